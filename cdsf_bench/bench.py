@@ -1,0 +1,186 @@
+"""Running a suite: every run through :func:`cdsf_bench.run.execute`, one results table.
+
+The suite's output folder holds ``suite.json`` (name, hash, definition), one run folder per
+run at ``<task>/<seed-N|fold-N>/<method>``, and the results table: ``results.csv`` for a
+whole suite, ``results.shard-I-of-N.csv`` for a shard. The table is rewritten atomically
+after every run, so a killed suite leaves a table of what finished. A run that fails
+(:class:`~cdsf_bench.errors.RunFailed`) is recorded as failed and the suite goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from cdsf_bench.errors import InputError, RunFailed
+from cdsf_bench.metrics import DIAGNOSIS_KEYS, SYNTHESIS_KEYS
+from cdsf_bench.progress import console, make_progress
+from cdsf_bench.registry import Registry
+from cdsf_bench.results import write_csv, write_json
+from cdsf_bench.suite import RunSpec, Suite, shard_runs, suite_from_canonical
+
+SUITE_FILE = "suite.json"
+RESULTS_FILE = "results.csv"
+IDENTITY_COLUMNS = ("suite", "task", "seed", "fold", "method", "synth", "diag", "coupling", "status")
+COLUMNS = (*IDENTITY_COLUMNS, *DIAGNOSIS_KEYS, *SYNTHESIS_KEYS, "n_test", "wall_seconds", "run_folder", "error")
+
+
+def results_name(shard: tuple[int, int] | None) -> str:
+    return RESULTS_FILE if shard is None else f"results.shard-{shard[0]}-of-{shard[1]}.csv"
+
+
+def claim_folder(suite: Suite, out: Path) -> None:
+    """Record the suite in ``out/suite.json``, refusing a folder that holds another suite."""
+    existing = out / SUITE_FILE
+    if existing.exists():
+        recorded = json.loads(existing.read_text())
+        if recorded.get("hash") != suite.hash:
+            raise InputError(
+                f"{out} holds runs of a different suite ('{recorded.get('name')}', hash "
+                f"{str(recorded.get('hash'))[:12]}; this suite's is {suite.hash[:12]}). Use another --out."
+            )
+        return
+    write_json(existing, {"name": suite.name, "hash": suite.hash, "suite": suite.canonical()})
+
+
+def result_row(spec: RunSpec, out: Path, status: str, error: str = "") -> dict:
+    """One results.csv row for a run, read from its run folder when it finished."""
+    folder = out / spec.folder
+    row: dict = {
+        "suite": spec.suite,
+        "task": spec.task,
+        "seed": spec.seed,
+        "fold": spec.fold,
+        "method": spec.method.name,
+        "synth": spec.method.synth,
+        "diag": spec.method.diag,
+        "coupling": spec.method.coupling,
+        "status": status,
+        **dict.fromkeys((*DIAGNOSIS_KEYS, *SYNTHESIS_KEYS, "n_test", "wall_seconds"), math.nan),
+        "run_folder": spec.folder.as_posix(),
+        "error": error,
+    }
+    if status == "done":
+        metrics = json.loads((folder / "metrics.json").read_text())
+        row.update({k: metrics["diagnosis"].get(k) for k in DIAGNOSIS_KEYS})
+        row.update({k: (metrics.get("synthesis") or {}).get(k) for k in SYNTHESIS_KEYS})
+        row["n_test"] = metrics.get("n", {}).get("test")
+        timing = folder / "timing.json"
+        if timing.exists():
+            row["wall_seconds"] = json.loads(timing.read_text()).get("wall_seconds")
+    return row
+
+
+def results_frame(rows: list[dict]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=list(COLUMNS))
+    return frame.astype({"seed": "Int64", "fold": "Int64", "n_test": "Int64"})
+
+
+def run_suite(
+    suite: Suite,
+    registry: Registry,
+    out: Path,
+    *,
+    resume: bool = False,
+    shard: tuple[int, int] | None = None,
+) -> pd.DataFrame:
+    """Run the suite (or one shard of it) into ``out``; return and write the results table.
+
+    With ``resume``, a run whose folder holds metrics.json is not repeated and a run with a
+    checkpoint continues from it. Without it, existing run folders of this shard are refused.
+    """
+    runs = suite.runs()
+    if shard is not None:
+        runs = shard_runs(runs, *shard)
+    configs = [spec.resolve(registry) for spec in runs]  # every config error before any compute
+    if not resume:
+        taken = [str(spec.folder) for spec in runs if (out / spec.folder).exists()]
+        if taken:
+            raise InputError(
+                f"{out} already holds run folder(s) of this suite ({', '.join(taken[:3])}"
+                f"{', ...' if len(taken) > 3 else ''}); continue them with --resume or choose another --out."
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    claim_folder(suite, out)
+    from cdsf_bench.run import execute  # torch-heavy; imported when runs are about to start
+
+    table = out / results_name(shard)
+    rows: list[dict] = []
+    with make_progress() as progress:
+        task = progress.add_task(f"suite {suite.name}", total=len(runs), status="")
+        for spec, config in zip(runs, configs, strict=True):
+            progress.update(task, status=f"{spec.task} {spec.replicate} {spec.method.name}")
+            if resume and (out / spec.folder / "metrics.json").exists():
+                rows.append(result_row(spec, out, "done"))
+            else:
+                rows.append(_execute_one(execute, spec, config, registry, out))
+            write_csv(table, results_frame(rows))
+            progress.advance(task)
+    return results_frame(rows)
+
+
+def _execute_one(execute, spec: RunSpec, config: dict, registry: Registry, out: Path) -> dict:
+    """Run one spec; a failed run becomes a 'failed' row instead of stopping the suite."""
+    folder = out / spec.folder
+    started = time.perf_counter()
+    continuing = (folder / "config.toml").exists()
+    try:
+        execute(config, registry, out=folder, resume=continuing)
+    except RunFailed as error:
+        console.print(f"[red]run {spec.folder} failed:[/] {error}", highlight=False)
+        row = result_row(spec, out, "failed", str(error))
+        row["wall_seconds"] = round(time.perf_counter() - started, 2)
+        return row
+    return result_row(spec, out, "done")
+
+
+def merge_shards(out: Path, sources: list[Path]) -> pd.DataFrame:
+    """Combine shard tables (and, from other folders, their run folders) into ``out/results.csv``.
+
+    Every source must record the same suite hash. Rows follow the suite's stable order; a
+    run that no shard reports gets a row with status 'missing'.
+    """
+    recorded = []
+    for source in sources:
+        path = source / SUITE_FILE
+        if not path.exists():
+            raise InputError(f"{source} has no {SUITE_FILE}; it is not the output of 'cdsf-bench bench'.")
+        recorded.append(json.loads(path.read_text()))
+    if (out / SUITE_FILE).exists() and out.resolve() not in {s.resolve() for s in sources}:
+        recorded.append(json.loads((out / SUITE_FILE).read_text()))
+        sources = [*sources, out]
+    if len({r["hash"] for r in recorded}) > 1:
+        names = ", ".join(f"{s} ('{r['name']}', {r['hash'][:12]})" for s, r in zip(sources, recorded, strict=True))
+        raise InputError(f"Refusing to merge shards of different suites: {names}.")
+    found: dict[str, dict] = {}
+    for source in sources:
+        for table in sorted(source.glob("results*.csv")):
+            frame = pd.read_csv(table, keep_default_na=False, na_values=[""])
+            for row in frame.to_dict("records"):
+                if source.resolve() != out.resolve():
+                    _copy_run(source / row["run_folder"], out / row["run_folder"])
+                found[row["run_folder"]] = row
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / SUITE_FILE).exists():
+        shutil.copyfile(sources[0] / SUITE_FILE, out / SUITE_FILE)
+    rows = []
+    for spec in suite_from_canonical(recorded[0]["suite"]).runs():
+        key = spec.folder.as_posix()
+        if key not in found:
+            console.print(f"[yellow]no shard reports run {key}[/]", highlight=False)
+        rows.append(found.get(key) or result_row(spec, out, "missing"))
+    frame = results_frame(rows)
+    write_csv(out / RESULTS_FILE, frame)
+    return frame
+
+
+def _copy_run(source: Path, target: Path) -> None:
+    if not source.exists():
+        raise InputError(f"Run folder {source} is listed in its shard's table but does not exist.")
+    if not target.exists():
+        shutil.copytree(source, target)

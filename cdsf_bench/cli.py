@@ -1,0 +1,221 @@
+"""The ``cdsf-bench`` command line.
+
+Exit codes: 0 success; 1 a failed run (or a metric regression); 2 a usage or input error,
+reported as one paragraph without a traceback unless ``--debug`` is given.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from cdsf_bench import config as cfg
+from cdsf_bench.errors import CdsfBenchError
+from cdsf_bench.progress import console
+from cdsf_bench.registry import KINDS, default_registry
+
+DEBUG_ENV = "CDSF_BENCH_DEBUG"
+
+
+class Cli(click.Group):
+    """A group that turns the project's errors into messages and exit codes."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except CdsfBenchError as error:
+            if os.environ.get(DEBUG_ENV) == "1":
+                raise
+            console.print(f"[bold red]error:[/] {error}", highlight=False)
+            sys.exit(error.exit_code)
+        except KeyboardInterrupt:
+            console.print("[yellow]interrupted[/]; a run can be continued with --resume RUN_DIR")
+            sys.exit(130)
+
+
+def _debug(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+    if value:
+        os.environ[DEBUG_ENV] = "1"
+    return value
+
+
+debug_option = click.option(
+    "--debug", is_flag=True, expose_value=False, is_eager=True, callback=_debug,
+    help="Show full tracebacks for errors.",
+)
+
+
+@click.group(cls=Cli, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="cdsf-bench")
+@debug_option
+def main() -> None:
+    """cdsf-bench: benchmark joint PET synthesis and diagnosis on incomplete MRI/PET cohorts."""
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def plugins(as_json: bool) -> None:
+    """List every registered plugin component: kind, name, distribution, description."""
+    registry = default_registry()
+    rows = [
+        {
+            "kind": kind,
+            "name": c.name,
+            "plugin": c.plugin,
+            "distribution": c.distribution,
+            "version": c.version,
+            "description": c.description,
+        }
+        for kind in KINDS
+        for c in sorted(registry.components.get(kind, {}).values(), key=lambda c: c.name)
+    ]
+    failures = [{"plugin": name, "error": error} for name, error in registry.failures.items()]
+    if as_json:
+        click.echo(json.dumps({"components": rows, "failed": failures}, indent=2))
+        return
+    table = Table(title="cdsf-bench plugins")
+    for column in ("kind", "name", "distribution", "description"):
+        table.add_column(column)
+    for row in rows:
+        dist = f"{row['distribution']} {row['version']}".strip() or row["plugin"]
+        table.add_row(row["kind"], row["name"], dist, row["description"])
+    console.print(table)
+    for failure in failures:
+        console.print(f"[red]failed to load plugin {failure['plugin']}:[/] {failure['error']}")
+
+
+@main.command()
+@click.option("--synth", help="Synthesiser name, or 'none' for MRI alone.")
+@click.option("--diag", help="Diagnoser name.")
+@click.option("--joint", "coupling_flag", flag_value="joint", help="Train synthesis and diagnosis together (CDSF).")
+@click.option("--decoupled", "coupling_flag", flag_value="decoupled", help="Train a GAN first, then the diagnoser.")
+@click.option("--coupling", help="Coupling name (see 'cdsf-bench plugins').")
+@click.option("--data", "data_spec", help="phantom (default), a manifest, a CAPS directory or a phantom folder.")
+@click.option("--task", type=click.Choice(list(cfg.TASKS)), help="Diagnostic task.")
+@click.option("--preset", type=click.Choice(cfg.PRESETS), help="Size preset (default quick).")
+@click.option("--config", "config_file", type=click.Path(path_type=Path), help="A TOML config (a run's config.toml repeats it).")
+@click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE", help="Override a setting, e.g. train.epochs=10.")
+@click.option("--epochs", type=int, help="Training epochs (per stage).")
+@click.option("--out", type=click.Path(path_type=Path), help="Run folder (default runs/<UTC>-<synth>-<diag>-<coupling>).")
+@click.option("--seed", type=int, help="Seed of splits, initialisation and batch order.")
+@click.option("--device", help="auto, cpu or cuda.")
+@click.option("--resume", "resume_dir", type=click.Path(path_type=Path, exists=True, file_okay=False), help="Continue a killed run.")
+@debug_option
+def run(
+    synth: str | None,
+    diag: str | None,
+    coupling_flag: str | None,
+    coupling: str | None,
+    data_spec: str | None,
+    task: str | None,
+    preset: str | None,
+    config_file: Path | None,
+    assignments: tuple[str, ...],
+    epochs: int | None,
+    out: Path | None,
+    seed: int | None,
+    device: str | None,
+    resume_dir: Path | None,
+) -> None:
+    """Train and evaluate one method; write a self-contained run folder."""
+    from cdsf_bench.run import execute
+
+    registry = default_registry()
+    if coupling_flag and coupling and coupling != coupling_flag:
+        raise click.UsageError(f"--{coupling_flag} and --coupling {coupling} disagree; give one.")
+    if resume_dir is not None:
+        config_file = resume_dir / "config.toml"
+        out = resume_dir
+    flags = {
+        "method.synth": synth,
+        "method.diag": diag,
+        "method.coupling": coupling or coupling_flag,
+        "data.spec": data_spec,
+        "task": task,
+        "preset": preset,
+        "train.epochs": epochs,
+        "seed": seed,
+        "device": device,
+    }
+    if synth == "none" and not (coupling or coupling_flag):
+        flags["method.coupling"] = "single"
+    if resume_dir is not None and (assignments or any(v is not None for v in flags.values())):
+        raise click.UsageError("--resume continues a run with its own config; give no other settings.")
+    config = cfg.resolve(registry, config_file, assignments, flags)
+    result = execute(config, registry, out=out, resume=resume_dir is not None)
+    _print_metrics(result.metrics, result.folder)
+
+
+def _print_metrics(metrics: dict, folder: Path) -> None:
+    method = metrics["method"]
+    table = Table(title=f"test metrics: {method['synth']} + {method['diag']} ({method['coupling']}), {metrics['task']}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    diag = metrics["diagnosis"]
+    for key in ("auc", "acc", "bacc", "sen", "spe", "f1", "mcc"):
+        value = f"{diag[key]:.3f}"
+        if key == "auc":
+            value += f" [{diag['auc_ci_low']:.3f}, {diag['auc_ci_high']:.3f}]"
+        table.add_row(key.upper(), value)
+    if metrics["synthesis"]:
+        for key, value in metrics["synthesis"].items():
+            table.add_row(f"synthesis {key.upper()}", f"{value:.4f}")
+    n = metrics["n"]
+    table.add_row("subjects", f"train {n['train']} / val {n['val']} / test {n['test']}")
+    console.print(table)
+    console.print(f"run folder: [bold]{folder}[/]")
+
+
+@main.group()
+def data() -> None:
+    """Make the phantom cohort, or check a dataset."""
+
+
+@data.command("phantom")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder to write.")
+@click.option("--subjects", type=int, default=200, show_default=True)
+@click.option("--resolution", type=float, default=4.0, show_default=True, help="Voxel size in mm.")
+@click.option("--missing-pet", type=float, default=0.5, show_default=True, help="Fraction of PET withheld.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def data_phantom(out: Path, subjects: int, resolution: float, missing_pet: float, seed: int) -> None:
+    """Write the phantom cohort as NIfTI (MNI space) plus participants.tsv."""
+    from cdsf_bench.data.phantom import PhantomSettings, generate_phantom, write_phantom
+    from cdsf_bench.errors import InputError
+    from cdsf_bench.progress import track
+
+    if subjects < 1 or resolution <= 0 or not 0 <= missing_pet < 1:
+        raise InputError("--subjects must be >= 1, --resolution > 0 and --missing-pet in [0, 1).")
+    settings = PhantomSettings(subjects=subjects, resolution_mm=resolution, missing_pet=missing_pet, seed=seed)
+    cohort = generate_phantom(settings, progress=track)
+    table = write_phantom(cohort, settings, out, progress=track)
+    console.print(f"wrote {subjects} subjects to {out} ({table})")
+
+
+@data.command("check")
+@click.argument("spec")
+@click.option("--task", type=click.Choice(list(cfg.TASKS)), default=None, help="Also check the task's class sizes.")
+@click.option("--resolution", type=float, default=4.0, show_default=True)
+def data_check(spec: str, task: str | None, resolution: float) -> None:
+    """Validate a dataset and list every problem at once (exit 2 if any)."""
+    from cdsf_bench.data.check import check_spec
+
+    problems, what = check_spec(spec, task, resolution)
+    if not problems:
+        console.print(f"[green]{what}: no problems found[/]")
+        return
+    table = Table(title=f"{len(problems)} problem(s) in {what}")
+    for column in ("subject", "file", "problem"):
+        table.add_column(column)
+    for problem in problems:
+        table.add_row(problem.subject, problem.file, problem.message)
+    console.print(table)
+    sys.exit(2)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

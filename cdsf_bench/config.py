@@ -1,0 +1,257 @@
+"""Run configuration: defaults < preset < TOML file < ``--set`` < explicit flags.
+
+A configuration is plain data (nested dicts of TOML values); nothing in it is ever
+evaluated as code. The resolved configuration, with every plugin setting filled in, is
+written to the run folder as ``config.toml`` so ``cdsf-bench run --config RUN/config.toml``
+repeats the run.
+"""
+
+from __future__ import annotations
+
+import copy
+import tomllib
+from dataclasses import fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from cdsf_bench.data.cohort import TASKS, DataSettings
+from cdsf_bench.errors import ConfigError
+from cdsf_bench.registry import Registry
+
+PRESETS = ("quick", "paper", "tiny")
+PLUGIN_SECTIONS = {"synth": "synthesiser", "diag": "diagnoser", "coupling": "coupling"}
+
+DEFAULTS: dict[str, Any] = {
+    "preset": "quick",
+    "seed": 0,
+    "task": "ad_cn",
+    "device": "auto",
+    "method": {"synth": "ism", "diag": "mdm", "coupling": "joint"},
+    "data": {"spec": "phantom", **{f.name: f.default for f in fields(DataSettings)}},
+    "split": {"val": 0.2, "test": 0.2, "folds": 0, "fold": 0},
+    "train": {
+        "epochs": 25,
+        "batch_size": 4,
+        "learning_rate": 2e-4,
+        "patience": 8,
+        "select_on": "auc",
+    },
+    "augment": {"enabled": True, "rotate_deg": 3.0, "translate_vox": 1.0, "intensity": 0.05},
+    "precision": {"mixed": True, "channels_last": True},
+    "evaluate": {"bootstrap": 1000, "save_synthetic": True},
+    "synth": {},
+    "diag": {},
+    "coupling": {},
+}
+SELECTION_METRICS = ("auc", "bacc", "mcc", "ssim", "psnr", "mae")
+
+
+def _merge(base: dict, overlay: dict, where: str = "") -> dict:
+    """Recursively overlay ``overlay`` on ``base``; plugin sections accept any keys here."""
+    out = copy.deepcopy(base)
+    for key, value in overlay.items():
+        path = f"{where}{key}"
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value, path + ".")
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def read_toml(path: Path) -> dict:
+    """Read a TOML file, turning syntax errors into a message with the file and line."""
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"Config file {path} does not exist.") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"Config file {path} is not valid TOML: {error}. Fix the syntax there.") from None
+    except OSError as error:
+        raise ConfigError(f"Config file {path} cannot be read: {error}.") from None
+
+
+def preset(name: str) -> dict:
+    if name not in PRESETS:
+        raise ConfigError(f"Unknown preset '{name}'; choose one of {', '.join(PRESETS)}.")
+    text = resources.files("cdsf_bench.presets").joinpath(f"{name}.toml").read_text()
+    return tomllib.loads(text)
+
+
+def parse_assignment(text: str) -> tuple[list[str], Any]:
+    """Parse ``a.b.c=VALUE`` where VALUE is a TOML value; a bare word is taken as a string."""
+    if "=" not in text:
+        raise ConfigError(f"--set '{text}' is not KEY=VALUE (for example --set train.epochs=10).")
+    key, raw = text.split("=", 1)
+    keys = [k for k in key.strip().split(".") if k]
+    if not keys:
+        raise ConfigError(f"--set '{text}' has an empty key.")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return keys, value
+
+
+def _assign(config: dict, keys: list[str], value: Any) -> None:
+    node = config
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {'.'.join(keys)}: '{k}' is a value, not a section.")
+    node[keys[-1]] = value
+
+
+def _type_ok(default: Any, value: Any) -> bool:
+    if default is None:
+        return True
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if isinstance(default, tuple | list):
+        return isinstance(value, list | tuple)
+    return isinstance(value, type(default))
+
+
+def _coerce(default: Any, value: Any) -> Any:
+    if isinstance(default, float) and isinstance(value, int):
+        return float(value)
+    if isinstance(default, tuple):
+        return tuple(value)
+    return value
+
+
+def _check_against(defaults: dict, given: dict, where: str) -> dict:
+    """Check keys and types of ``given`` against ``defaults``; return the merged section."""
+    out = dict(defaults)
+    for key, value in given.items():
+        path = f"{where}.{key}" if where else key
+        if key not in defaults:
+            close = [k for k in defaults if k.startswith(key[:3])]
+            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            raise ConfigError(
+                f"Unknown setting '{path}'.{hint} Known keys in [{where or 'top level'}]: "
+                f"{', '.join(sorted(defaults))}."
+            )
+        if not _type_ok(defaults[key], value):
+            raise ConfigError(
+                f"Setting '{path}' must be {type(defaults[key]).__name__} "
+                f"(like {defaults[key]!r}), got {value!r}."
+            )
+        out[key] = _coerce(defaults[key], value)
+    return out
+
+
+def resolve(
+    registry: Registry,
+    config_file: Path | None = None,
+    assignments: tuple[str, ...] = (),
+    flags: dict[str, Any] | None = None,
+) -> dict:
+    """Resolve the full run configuration and validate every key and type against defaults."""
+    layers: list[dict] = []
+    if config_file is not None:
+        layers.append(read_toml(config_file))
+    set_layer: dict = {}
+    for text in assignments:
+        keys, value = parse_assignment(text)
+        _assign(set_layer, keys, value)
+    layers.append(set_layer)
+    flag_layer: dict = {}
+    for dotted, value in (flags or {}).items():
+        if value is not None:
+            _assign(flag_layer, dotted.split("."), value)
+    layers.append(flag_layer)
+
+    chosen_preset = DEFAULTS["preset"]
+    for layer in layers:
+        chosen_preset = layer.get("preset", chosen_preset)
+    merged = _merge(DEFAULTS, preset(str(chosen_preset)))
+    for layer in layers:
+        merged = _merge(merged, layer)
+
+    resolved: dict[str, Any] = {}
+    for key, default in DEFAULTS.items():
+        if key in PLUGIN_SECTIONS:
+            continue
+        value = merged.get(key, default)
+        resolved[key] = _check_against(default, value, key) if isinstance(default, dict) else value
+        if not isinstance(default, dict) and not _type_ok(default, value):
+            raise ConfigError(f"Setting '{key}' must be {type(default).__name__}, got {value!r}.")
+    unknown = set(merged) - set(DEFAULTS)
+    if unknown:
+        raise ConfigError(
+            f"Unknown top-level setting(s): {', '.join(sorted(unknown))}. "
+            f"Known: {', '.join(sorted(DEFAULTS))}."
+        )
+    _validate_values(resolved)
+
+    for section, kind in PLUGIN_SECTIONS.items():
+        name = resolved["method"][section]
+        given = merged.get(section, {})
+        if not isinstance(given, dict):
+            raise ConfigError(f"[{section}] must be a table of plugin settings.")
+        if section == "synth" and name == "none":
+            resolved[section] = {}
+            continue
+        component = registry.get(kind, name)  # type: ignore[arg-type]
+        own = given.get(name, {})
+        if not isinstance(own, dict):
+            raise ConfigError(f"[{section}.{name}] must be a table of settings.")
+        resolved[section] = {name: _check_against(component.parameters(), own, f"{section}.{name}")}
+    return resolved
+
+
+def _validate_values(config: dict) -> None:
+    if config["task"] not in TASKS:
+        raise ConfigError(f"Unknown task '{config['task']}'; choose one of {', '.join(TASKS)}.")
+    if config["device"] not in ("auto", "cpu", "cuda") and not str(config["device"]).startswith("cuda:"):
+        raise ConfigError(f"Unknown device '{config['device']}'; choose auto, cpu or cuda.")
+    train = config["train"]
+    if train["select_on"] not in SELECTION_METRICS:
+        raise ConfigError(
+            f"train.select_on '{train['select_on']}' is not one of {', '.join(SELECTION_METRICS)}."
+        )
+    for key in ("epochs", "batch_size"):
+        if train[key] < 1:
+            raise ConfigError(f"train.{key} must be at least 1, got {train[key]}.")
+    split = config["split"]
+    if not (0 < split["val"] < 1 and 0 < split["test"] < 1 and split["val"] + split["test"] < 1):
+        raise ConfigError("split.val and split.test must be in (0, 1) and sum to less than 1.")
+    if split["folds"] == 1 or split["folds"] < 0:
+        raise ConfigError("split.folds must be 0 (a single hold-out split) or at least 2.")
+    if split["folds"] and not 0 <= split["fold"] < split["folds"]:
+        raise ConfigError(f"split.fold must be in 0..{split['folds'] - 1}, got {split['fold']}.")
+    data = config["data"]
+    if not data["resolution_mm"] > 0:
+        raise ConfigError("data.resolution_mm must be positive.")
+    if not 0 <= data["missing_pet"] < 1:
+        raise ConfigError("data.missing_pet must be in [0, 1).")
+
+
+def data_settings(config: dict) -> DataSettings:
+    """The ``[data]`` section as :class:`DataSettings` (the spec itself excluded)."""
+    return DataSettings(**{f.name: config["data"][f.name] for f in fields(DataSettings)})
+
+
+def plugin_settings(config: dict, section: str) -> tuple[str, dict]:
+    """The chosen component's name and its settings for ``section`` (synth, diag, coupling)."""
+    name = config["method"][section]
+    return name, dict(config[section].get(name, {}))
+
+
+def to_toml(config: dict) -> str:
+    """Serialise a resolved configuration (tuples become arrays)."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, tuple | list):
+            return [plain(v) for v in value]
+        return value
+
+    return tomli_w.dumps(plain(config))

@@ -1,0 +1,1 @@
+"""The data layer: sources that read cohorts, preprocessing, the cache, splits and the device pipeline."""

@@ -1,0 +1,217 @@
+"""Reading one NIfTI volume safely, and bringing it onto the reference grid.
+
+Real inputs come from people's disks and pipelines, so every way a file can be wrong is
+turned into an ``InputError`` that names the file and its role before any model sees it.
+Header facts (dimensions, affine) are checked before the voxel data are read, so a file
+that claims billions of voxels is refused without trying to allocate them.
+
+Real data are expected to be in MNI152 space already (Clinica's ``t1-linear`` and
+``pet-linear`` outputs, or any equivalent affine registration): this module only
+reorients and resamples onto the grid, it does not register.
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import nibabel
+import numpy as np
+from nibabel.filebasedimages import ImageFileError
+from nibabel.spatialimages import HeaderDataError
+
+from cdsf_bench.data.cohort import normalise_mri, normalise_pet
+from cdsf_bench.data.grid import Grid
+from cdsf_bench.errors import InputError
+
+#: Largest size of any axis we accept: a 0.1 mm whole-brain volume is about 2000 voxels wide.
+MAX_AXIS = 2048
+#: Largest voxel count we accept (4 GB of float32); anything bigger is a corrupt header.
+MAX_VOXELS = 1_000_000_000
+GZIP_MAGIC = b"\x1f\x8b"
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+#: What nibabel and the decompressors raise on damaged or foreign files.
+_READ_ERRORS = (
+    OSError,
+    EOFError,
+    ValueError,
+    zlib.error,
+    struct.error,
+    ImageFileError,
+    HeaderDataError,
+)
+
+
+@dataclass(frozen=True)
+class HeaderInfo:
+    """What a NIfTI header says about the volume, read without touching the voxel data."""
+
+    shape: tuple[int, int, int]
+    affine: np.ndarray
+
+
+def _open(path: Path, role: str) -> nibabel.Nifti1Image:
+    """Open lazily (header only) after the checks that need no nibabel at all."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(
+            f"{role} file {path} does not exist; check the path "
+            "(relative paths are read from the table's folder)."
+        )
+    if not path.is_file():
+        raise InputError(f"{role} path {path} is not a file; give the path of a .nii or .nii.gz volume.")
+    name = path.name.lower()
+    if not name.endswith(NIFTI_SUFFIXES):
+        raise InputError(
+            f"{role} file {path} is not NIfTI (expected .nii or .nii.gz); "
+            "convert it, e.g. with dcm2niix or Clinica."
+        )
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(2)
+    except OSError as error:
+        raise InputError(f"{role} file {path} cannot be read ({error}); check its permissions.") from error
+    if name.endswith(".gz") and head != GZIP_MAGIC:
+        raise InputError(
+            f"{role} file {path} is named .gz but is not gzip-compressed; "
+            "rename it to .nii if it is plain NIfTI, or compress it with gzip."
+        )
+    try:
+        image = nibabel.load(path)
+    except _READ_ERRORS as error:
+        raise InputError(
+            f"{role} file {path} cannot be read as NIfTI ({error}); re-export or re-download it."
+        ) from error
+    if not isinstance(image, nibabel.Nifti1Image):  # Nifti2Image is a subclass
+        raise InputError(f"{role} file {path} is a {type(image).__name__}, not NIfTI; convert it to .nii.gz.")
+    return image
+
+
+def _spatial_shape(shape: tuple[int, ...], path: Path, role: str) -> tuple[int, int, int]:
+    """The 3D shape, after dropping trailing singleton axes (a 4D file with one frame)."""
+    if (
+        any(int(n) > MAX_AXIS for n in shape)
+        or int(np.prod([int(n) for n in shape], dtype=np.float64)) > MAX_VOXELS
+    ):
+        raise InputError(
+            f"{role} file {path} has a header claiming dimensions {tuple(int(n) for n in shape)}, beyond "
+            f"{MAX_AXIS} per axis or {MAX_VOXELS:.0e} voxels; the header is corrupt, re-export the file."
+        )
+    dims = [int(n) for n in shape]
+    while len(dims) > 3 and dims[-1] == 1:
+        dims.pop()
+    if len(dims) > 3:
+        raise InputError(
+            f"{role} file {path} is {len(dims)}D with shape {tuple(dims)}; give one 3D volume "
+            "(average or pick a frame first, e.g. with fslmaths or nilearn.image.index_img)."
+        )
+    if len(dims) < 3 or min(dims) < 2:
+        raise InputError(
+            f"{role} file {path} has shape {tuple(dims)}, a 2D image or single slice; give a 3D volume."
+        )
+    return dims[0], dims[1], dims[2]
+
+
+def _open_checked(path: Path, role: str) -> tuple[nibabel.Nifti1Image, HeaderInfo]:
+    """The lazily opened image and its checked header, so reading data opens the file once."""
+    image = _open(path, role)
+    shape = _spatial_shape(image.header.get_data_shape(), path, role)
+    affine = np.asarray(image.affine, dtype=np.float64)
+    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
+        raise InputError(
+            f"{role} file {path} has an invalid affine (non-finite or zero voxel size); "
+            "fix its header (sform/qform)."
+        )
+    return image, HeaderInfo(shape=shape, affine=affine)
+
+
+def inspect_header(path: Path, role: str) -> HeaderInfo:
+    """Check a file's header (existence, format, dimensions, affine) without reading voxels."""
+    return _open_checked(Path(path), role)[1]
+
+
+def read_volume(path: Path, role: str) -> nibabel.Nifti1Image:
+    """Read a 3D volume and refuse anything that would poison training.
+
+    Returns an in-memory float32 image (the file is not kept open). ``role`` ("MRI" or
+    "PET") is named in every error, together with the path and how to fix it.
+    """
+    path = Path(path)
+    image, info = _open_checked(path, role)
+    try:
+        # astype copies, so no memory map onto the file outlives this function
+        data = np.asarray(image.dataobj).astype(np.float32, copy=True)
+    except (*_READ_ERRORS, gzip.BadGzipFile) as error:
+        raise InputError(
+            f"{role} file {path} is truncated or damaged ({error}); re-export or re-download it."
+        ) from error
+    data = data.reshape(info.shape)
+    bad = int(data.size - np.count_nonzero(np.isfinite(data)))
+    if bad:
+        raise InputError(
+            f"{role} file {path} has {bad} NaN or infinite voxels; "
+            "fix the preprocessing that wrote it (or set them to 0)."
+        )
+    if not np.any(data):
+        raise InputError(
+            f"{role} file {path} is all zeros; the preprocessing that wrote it failed, re-run it."
+        )
+    header = image.header.copy()
+    header.set_data_dtype(np.float32)
+    return nibabel.Nifti1Image(data, info.affine, header)
+
+
+def _antialias(image: nibabel.Nifti1Image, resolution_mm: float) -> nibabel.Nifti1Image:
+    """Smooth before downsampling so that sampling a 1 mm scan at 4 mm does not alias noise.
+
+    The Gaussian's FWHM per axis is sqrt(target^2 - source^2): it brings the effective
+    resolution to the target's, and does nothing when the source is already that coarse.
+    """
+    from nilearn.image import smooth_img
+
+    zooms = np.asarray(image.header.get_zooms()[:3], dtype=np.float64)
+    fwhm = np.sqrt(np.clip(resolution_mm**2 - zooms**2, 0.0, None))
+    if not np.any(fwhm > 0.5 * zooms):
+        return image
+    return smooth_img(image, fwhm=fwhm)
+
+
+def to_grid(
+    image: nibabel.Nifti1Image,
+    grid: Grid,
+    kind: Literal["mri", "pet"],
+    brain_mask: np.ndarray | None = None,
+    pet_suvr_max: float = 2.5,
+) -> np.ndarray:
+    """Resample a volume already in MNI space onto ``grid`` and map it to [-1, 1].
+
+    The image is reoriented to RAS (``as_closest_canonical``), smoothed where the grid is
+    coarser than the scan, and resampled by nilearn with spline interpolation; voxels
+    outside the scan's field of view become 0. MRI is scaled by its own brain-masked
+    percentiles (``brain_mask`` is required), PET by the fixed SUVR map (``pet_suvr_max``
+    to +1). No registration happens here: a scan that is not in MNI space lands wrong.
+    """
+    from nilearn.image import resample_img
+
+    if kind not in ("mri", "pet"):
+        raise ValueError(f"kind must be 'mri' or 'pet', got {kind!r}")
+    canonical = _antialias(nibabel.as_closest_canonical(image), grid.resolution_mm)
+    resampled = resample_img(
+        canonical,
+        target_affine=grid.affine,
+        target_shape=grid.shape,
+        interpolation="continuous",
+        force_resample=True,
+        copy_header=True,
+    )
+    volume = np.asarray(resampled.get_fdata(dtype=np.float32), dtype=np.float32)
+    if kind == "mri":
+        if brain_mask is None:
+            raise ValueError("an MRI needs the brain mask for its percentile normalisation")
+        return normalise_mri(volume, brain_mask.astype(bool))
+    return normalise_pet(volume, pet_suvr_max)

@@ -1,0 +1,630 @@
+"""The phantom cohort: MRI and FDG-PET of simulated people, drawn on real MNI anatomy.
+
+The benchmark needs a cohort it can ship, whose ground truth is known (each subject's
+disease severities and the PET that was "missing"), and which poses the same questions as
+real data: MRI alone should diagnose imperfectly, real PET should help, and synthetic PET
+should land in between. So the phantom is built from the ICBM152 2009a tissue maps
+(:mod:`cdsf_bench.data.templates`) and a generative model with the effects the literature
+reports, each with an explicit, documented strength (docs/data.md, "The phantom cohort").
+
+In short, per subject: a diagnosis; two correlated latent severities (structural and
+metabolic, so PET carries information MRI lacks); age and sex with effects that are not
+disease (global atrophy, ventricles, head size) and act as confounds; individual anatomy
+(a smooth random deformation, a head scale, regional variation); grey-matter loss in the
+medial and inferior temporal lobe and ventricle enlargement scaled by structural severity;
+hypometabolism in posterior cingulate, precuneus and angular cortex scaled by metabolic
+severity; a T1-like MRI with bias field and Rician noise; an FDG PET at scanner resolution
+with counting noise, in SUVR units relative to cerebellum and pons.
+
+Every random draw of subject ``i`` comes from its own stream, ``SeedSequence(seed,
+spawn_key=(0, i))``, and its diagnosis from a randomised block that holds it, so subject
+``i`` is the same whatever the cohort's size: a small cohort is a prefix of a large one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+
+from cdsf_bench.data.cohort import DIAGNOSES
+from cdsf_bench.data.grid import BRAIN_BOX_MM, Grid, reference_grid
+from cdsf_bench.data.templates import Templates, grid_mni_coordinates, load_templates, mni_to_voxel
+from cdsf_bench.errors import ConfigError
+
+#: Bumped whenever the files ``write_phantom`` writes change meaning or layout.
+FORMAT_VERSION = 1
+
+#: A progress wrapper: ``progress(iterable, total, label)`` yields the iterable's items.
+Progress = Callable[[Iterable, int, str], Iterable]
+
+FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
+#: Inverse golden ratio: the step of the low-discrepancy sequence that spreads missing PET.
+GOLDEN_STEP = (math.sqrt(5.0) - 1.0) / 2.0
+
+
+@dataclass(frozen=True)
+class Region:
+    """A region as MNI centres (one per hemisphere, or one on the midline) and a size.
+
+    ``sigma_mm`` is the standard deviation of the Gaussian weight an effect gets around
+    each centre; for a reference region it is the radius of the sphere averaged.
+    """
+
+    centres_mm: tuple[tuple[float, float, float], ...]
+    sigma_mm: float
+
+
+def _bilateral(x: float, y: float, z: float) -> tuple[tuple[float, float, float], ...]:
+    return ((-x, y, z), (x, y, z))
+
+
+#: Where the effects act (DESIGN.md section 3). The lateral ventricles' centre is the CSF
+#: centroid measured in the nilearn template, (+-12.5, -16, 16): the design's (+-16, -10,
+#: 18) lies in the white matter next to the ventricles there, and a radial expansion
+#: centred in white matter would push tissue, not grow CSF.
+REGIONS: dict[str, Region] = {
+    "hippocampus": Region(((-26.0, -22.0, -14.0), (28.0, -22.0, -14.0)), 7.0),
+    "entorhinal": Region(_bilateral(24.0, -6.0, -32.0), 6.0),
+    "inferior_temporal": Region(_bilateral(56.0, -30.0, -16.0), 10.0),
+    "posterior_cingulate": Region(((0.0, -50.0, 28.0),), 9.0),
+    "precuneus": Region(((0.0, -64.0, 42.0),), 10.0),
+    "angular": Region(_bilateral(46.0, -62.0, 34.0), 11.0),
+    "ventricles": Region(_bilateral(12.5, -16.0, 16.0), 14.0),
+    "pons": Region(((0.0, -26.0, -34.0),), 8.0),
+    "cerebellum": Region(_bilateral(24.0, -64.0, -40.0), 12.0),
+}
+#: Regions where grey matter is lost with structural severity.
+ATROPHY_REGIONS = ("hippocampus", "entorhinal", "inferior_temporal")
+#: Regions whose uptake falls with metabolic severity.
+HYPOMETABOLISM_REGIONS = ("posterior_cingulate", "precuneus", "angular")
+#: PET reference regions a setting may name; both are spared by the disease model.
+REFERENCE_REGIONS = {"pons": ("pons",), "cerebellum": ("cerebellum",), "cerebellum+pons": ("cerebellum", "pons")}
+#: Regions whose grey matter takes up less FDG than the cerebrum's (settings
+#: ``pet_pons_uptake``, ``pet_cerebellum_uptake``), over a Gaussian this many times wider
+#: than the region, so the reference sphere sits on a plateau of uptake.
+LOW_UPTAKE_WIDTH = 1.5
+#: The age at which every age effect is zero.
+REFERENCE_AGE = 70.0
+
+
+@dataclass(frozen=True)
+class PhantomSettings:
+    """Every parameter of the phantom's generative model, with its default (docs/data.md).
+
+    Severities are on a latent scale where 0 is the average cognitively normal person and
+    1 the average AD patient, so a strength "at severity 1" is the AD-versus-CN mean
+    difference the literature reports. Fractions of tissue or uptake are relative (0.2 is
+    20%). Lengths are in mm, so a subject looks the same at every resolution.
+    """
+
+    # Cohort.
+    subjects: int = 200
+    resolution_mm: float = 4.0
+    missing_pet: float = 0.5  # fraction of subjects whose PET is withheld
+    missing_mechanism: str = "mcar"  # "mcar" or "class" (see missing_class_log_odds)
+    seed: int = 0
+    class_fractions: tuple = (("CN", 0.3), ("sMCI", 0.2), ("pMCI", 0.2), ("AD", 0.3))
+    # "class" missingness: the log-odds of missing PET rise by this per step CN -> sMCI ->
+    # pMCI -> AD (sicker people drop out of a PET visit more often); the intercept is set
+    # so the cohort's expected missing fraction stays ``missing_pet``.
+    missing_class_log_odds: float = 0.7
+    # Demographics: age is a normal truncated to the range, the same in every class.
+    age_mean: float = 73.0
+    age_sd: float = 7.0
+    age_min: float = 60.0
+    age_max: float = 90.0
+    female_fraction: float = 0.5
+    # Latent severities: class mean, within-class sd, within-class correlation.
+    severity_means: tuple = (("CN", 0.0), ("sMCI", 0.3), ("pMCI", 0.75), ("AD", 1.0))
+    severity_sd: float = 0.4
+    severity_correlation: float = 0.6
+    # Structural disease effects at severity 1 (fraction of grey matter lost at the centre).
+    hippocampus_atrophy: float = 0.25
+    entorhinal_atrophy: float = 0.25
+    temporal_atrophy: float = 0.15
+    ventricle_expansion: float = 0.15  # radial stretch at the ventricles' centre
+    # Metabolic disease effects at severity 1 (fraction of grey-matter uptake lost).
+    cingulate_hypometabolism: float = 0.18
+    precuneus_hypometabolism: float = 0.16
+    angular_hypometabolism: float = 0.16
+    # Ageing, per year above (or below) REFERENCE_AGE.
+    age_gm_loss: float = 0.003  # everywhere
+    age_hippocampus_loss: float = 0.008  # extra, in the hippocampus and entorhinal cortex
+    age_ventricle_expansion: float = 0.008  # radial stretch at the ventricles' centre
+    # Individual anatomy.
+    head_scale_sd: float = 0.02
+    head_scale_sex: float = 0.03  # men's heads this much larger than women's (relative)
+    deformation_mm: float = 2.0  # sd of each displacement component
+    deformation_smoothness_mm: float = 16.0  # Gaussian sigma of the displacement field
+    regional_gm_sd: float = 0.06  # sd of a region's grey matter between people
+    regional_uptake_sd: float = 0.06  # sd of a region's grey-matter uptake between people
+    # MRI.
+    t1_gm: float = 0.6  # T1 intensity of pure grey matter (white matter = 1)
+    t1_csf: float = 0.15
+    mri_gain_sd: float = 0.1  # sd of the scanner's global gain (log scale)
+    bias_field_sd: float = 0.04  # sd of the log bias field
+    bias_field_smoothness_mm: float = 50.0
+    mri_noise: float = 0.03  # Rician noise sigma, relative to white matter
+    # PET.
+    pet_wm_uptake: float = 0.25  # white-matter uptake relative to cerebral grey matter
+    pet_cerebellum_uptake: float = 0.75  # cerebellar grey-matter uptake, same scale
+    pet_pons_uptake: float = 0.5  # brainstem grey-matter uptake, same scale
+    pet_fwhm_mm: float = 7.0
+    pet_noise: float = 0.05  # sd of the smoothed noise, relative, at grey-matter uptake
+    pet_reference: str = "cerebellum+pons"
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first setting that cannot be used."""
+        if int(self.subjects) != self.subjects or self.subjects < 1:
+            raise ConfigError(f"phantom subjects must be a positive integer, got {self.subjects}")
+        if not self.resolution_mm > 0:
+            raise ConfigError(f"phantom resolution_mm must be positive, got {self.resolution_mm}")
+        if not 0.0 <= self.missing_pet <= 1.0:
+            raise ConfigError(f"phantom missing_pet must lie in [0, 1], got {self.missing_pet}")
+        if self.missing_mechanism not in ("mcar", "class"):
+            raise ConfigError(f"phantom missing_mechanism must be 'mcar' or 'class', got {self.missing_mechanism!r}")
+        fractions = dict(self.class_fractions)
+        unknown = sorted(set(fractions) - set(DIAGNOSES))
+        if unknown or not fractions:
+            raise ConfigError(f"phantom class_fractions must name classes among {DIAGNOSES}, got {unknown or 'none'}")
+        if any(f < 0 for f in fractions.values()) or not math.isclose(sum(fractions.values()), 1.0, abs_tol=1e-6):
+            raise ConfigError(f"phantom class_fractions must be non-negative and sum to 1, got {fractions}")
+        missing_means = sorted(set(fractions) - set(dict(self.severity_means)))
+        if missing_means:
+            raise ConfigError(f"phantom severity_means lacks the classes {missing_means}")
+        if not -1.0 < self.severity_correlation < 1.0:
+            raise ConfigError(f"phantom severity_correlation must lie in (-1, 1), got {self.severity_correlation}")
+        if not self.age_min < self.age_max:
+            raise ConfigError(f"phantom age_min must be below age_max, got {self.age_min} and {self.age_max}")
+        if not 0.0 <= self.female_fraction <= 1.0:
+            raise ConfigError(f"phantom female_fraction must lie in [0, 1], got {self.female_fraction}")
+        if self.pet_reference not in REFERENCE_REGIONS:
+            raise ConfigError(f"phantom pet_reference must be one of {sorted(REFERENCE_REGIONS)}, got {self.pet_reference!r}")
+        positive = ("deformation_smoothness_mm", "bias_field_smoothness_mm", "pet_fwhm_mm", "t1_gm")
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"phantom {name} must be positive, got {getattr(self, name)}")
+        non_negative = (
+            "age_sd", "severity_sd", "head_scale_sd", "deformation_mm", "regional_gm_sd",
+            "regional_uptake_sd", "mri_gain_sd", "bias_field_sd", "mri_noise", "pet_noise",
+            "pet_wm_uptake", "pet_cerebellum_uptake", "pet_pons_uptake", "t1_csf",
+        )
+        for name in non_negative:
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"phantom {name} must not be negative, got {getattr(self, name)}")
+
+    def to_json(self) -> dict:
+        """The settings as plain JSON values (tuples become lists)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+@dataclass
+class PhantomCohort:
+    """A generated cohort in physical units, before the data layer's [-1, 1] mapping.
+
+    ``pet`` holds every subject's PET, the withheld ones too (the ground truth that
+    synthesis is scored against); ``has_pet`` says which a method may see.
+    """
+
+    participants: pd.DataFrame
+    mri: np.ndarray  # [N, D, H, W] float32, T1-like, white matter about 1
+    pet: np.ndarray  # [N, D, H, W] float32, SUVR (reference region mean 1)
+    has_pet: np.ndarray  # [N] bool
+    affine: np.ndarray  # [4, 4] voxel to MNI mm
+    brain_mask: np.ndarray  # [D, H, W] bool
+
+    def __len__(self) -> int:
+        return len(self.participants)
+
+
+# --------------------------------------------------------------------------------------
+# What every subject at one resolution shares, computed once.
+
+
+@dataclass
+class _Anatomy:
+    templates: Templates
+    grid: Grid
+    mni: np.ndarray  # [D, H, W, 3] voxel centres in mm
+    weights: dict[str, np.ndarray]  # per region: [n_centres, D, H, W] Gaussian weights
+    low_uptake: dict[str, np.ndarray]  # pons, cerebellum: [D, H, W] wide Gaussian weights
+    reference_masks: dict[str, np.ndarray]  # per reference setting: [D, H, W] bool
+    centre_mm: np.ndarray  # [3] the brain box centre, where head scaling is anchored
+
+
+@functools.lru_cache(maxsize=4)
+def _anatomy(resolution_mm: float) -> _Anatomy:
+    """The templates, voxel coordinates and region weights at one resolution."""
+    templates = load_templates(resolution_mm)
+    grid = templates.grid
+    mni = grid_mni_coordinates(grid).astype(np.float32)
+    weights = {}
+    spheres = {}
+    low_uptake = {}
+    for name, region in REGIONS.items():
+        distance2 = np.stack([((mni - np.float32(c)) ** 2).sum(-1) for c in region.centres_mm])
+        weights[name] = np.exp(-distance2 / np.float32(2.0 * region.sigma_mm**2)).astype(np.float32)
+        spheres[name] = (distance2 <= region.sigma_mm**2).any(0) & templates.brain_mask
+        if name in ("pons", "cerebellum"):
+            wide = np.exp(-distance2 / np.float32(2.0 * (LOW_UPTAKE_WIDTH * region.sigma_mm) ** 2))
+            low_uptake[name] = wide.max(0).astype(np.float32)
+    reference_masks = {key: np.logical_or.reduce([spheres[n] for n in names]) for key, names in REFERENCE_REGIONS.items()}
+    centre = np.array([(lo + hi) / 2 for lo, hi in BRAIN_BOX_MM], dtype=np.float32)
+    return _Anatomy(templates, grid, mni, weights, low_uptake, reference_masks, centre)
+
+
+@functools.lru_cache(maxsize=8)
+def _lattice(spacing_mm: float, resolution_mm: float) -> tuple[tuple[int, int, int], np.ndarray]:
+    """A coarse lattice for smooth random fields, and where the target voxels fall on it.
+
+    Smooth fields are drawn on a lattice whose spacing follows their smoothness, not the
+    output resolution, so a subject's deformation and bias field are the same function of
+    position at 2, 4 or 8 mm, and drawing them costs little at fine resolutions.
+    """
+    lattice = reference_grid(spacing_mm)
+    target = reference_grid(resolution_mm)
+    coordinates = mni_to_voxel(lattice, grid_mni_coordinates(target))
+    return lattice.shape, np.moveaxis(coordinates, -1, 0).astype(np.float32)
+
+
+def _smooth_fields(
+    rng: np.random.Generator, count: int, smoothness_mm: float, resolution_mm: float
+) -> np.ndarray:
+    """``count`` Gaussian random fields of unit sd and Gaussian correlation ``smoothness_mm``.
+
+    Returns [count, D, H, W] on the target grid.
+    """
+    spacing = min(8.0, smoothness_mm / 2.0)
+    shape, coordinates = _lattice(spacing, resolution_mm)
+    out = np.empty((count, *coordinates.shape[1:]), dtype=np.float32)
+    for k in range(count):
+        noise = ndimage.gaussian_filter(rng.standard_normal(shape), smoothness_mm / spacing, mode="reflect")
+        noise /= max(float(noise.std()), 1e-12)
+        out[k] = ndimage.map_coordinates(noise, coordinates, order=1, mode="nearest")
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def _smoothed_noise_sd(sigma_voxels: float) -> float:
+    """The sd of white unit noise after the PET kernel, to rescale smoothed noise to 1."""
+    radius = int(4.0 * sigma_voxels + 0.5)
+    impulse = np.zeros(2 * radius + 1)
+    impulse[radius] = 1.0
+    kernel = ndimage.gaussian_filter1d(impulse, sigma_voxels, truncate=4.0)
+    return float(np.sqrt((kernel**2).sum()) ** 3)
+
+
+# --------------------------------------------------------------------------------------
+# Cohort-level assignments: diagnoses and which PET is withheld.
+
+
+def _block_size(fractions: list[float]) -> int:
+    """The smallest block (at most 1000) in which every class fraction is a whole count."""
+    for size in range(1, 1001):
+        if all(abs(f * size - round(f * size)) < 1e-6 for f in fractions):
+            return size
+    return 100
+
+
+def _block_counts(fractions: list[float], size: int) -> list[int]:
+    """Whole counts per class summing to ``size``, by largest remainder."""
+    raw = [f * size for f in fractions]
+    counts = [int(math.floor(r)) for r in raw]
+    order = sorted(range(len(raw)), key=lambda k: raw[k] - counts[k], reverse=True)
+    for k in order[: size - sum(counts)]:
+        counts[k] += 1
+    return counts
+
+
+def assign_diagnoses(settings: PhantomSettings, n: int) -> list[str]:
+    """Diagnoses by permuted blocks: exact class fractions in every block, random order.
+
+    Block randomisation (as in clinical trials) keeps the fractions exact at every block
+    boundary, so small cohorts stay balanced, and block ``b`` depends only on the seed, so
+    subject ``i``'s diagnosis does not depend on the cohort's size.
+    """
+    classes = [c for c, _ in settings.class_fractions]
+    fractions = [float(f) for _, f in settings.class_fractions]
+    size = _block_size(fractions)
+    block = [c for c, k in zip(classes, _block_counts(fractions, size)) for _ in range(k)]
+    out: list[str] = []
+    for b in range(math.ceil(n / size)):
+        rng = np.random.default_rng(np.random.SeedSequence(settings.seed, spawn_key=(1, b)))
+        out.extend(block[k] for k in rng.permutation(size))
+    return out[:n]
+
+
+def missing_probabilities(settings: PhantomSettings) -> dict[str, float]:
+    """Each class's probability of missing PET under the settings' mechanism.
+
+    "mcar": the same ``missing_pet`` in every class. "class": the log-odds rise by
+    ``missing_class_log_odds`` per step along CN, sMCI, pMCI, AD, and the intercept is
+    solved (bisection) so the class-weighted mean is still ``missing_pet``.
+    """
+    fractions = dict(settings.class_fractions)
+    p = float(settings.missing_pet)
+    if settings.missing_mechanism == "mcar" or p in (0.0, 1.0):
+        return {c: p for c in fractions}
+    steps = {c: float(DIAGNOSES.index(c)) for c in fractions}
+    slope = float(settings.missing_class_log_odds)
+
+    def mean_missing(intercept: float) -> float:
+        return sum(f / (1.0 + math.exp(-(intercept + slope * steps[c]))) for c, f in fractions.items())
+
+    low, high = -50.0, 50.0
+    for _ in range(200):
+        mid = (low + high) / 2
+        if mean_missing(mid) < p:
+            low = mid
+        else:
+            high = mid
+    intercept = (low + high) / 2
+    return {c: 1.0 / (1.0 + math.exp(-(intercept + slope * steps[c]))) for c in fractions}
+
+
+def assign_has_pet(settings: PhantomSettings, diagnoses: list[str]) -> np.ndarray:
+    """Which subjects keep their PET: a golden-ratio sequence within each class.
+
+    The k-th subject of a class misses PET when ``frac(offset + k * 0.618...)`` falls
+    below the class's probability. That low-discrepancy sequence keeps every class's
+    missing fraction within a subject or two of its target for any cohort size (random
+    draws would not, at ten subjects), the seeded offsets make it random, and the k-th
+    subject of a class is the same whatever the cohort's size.
+    """
+    probabilities = missing_probabilities(settings)
+    rng = np.random.default_rng(np.random.SeedSequence(settings.seed, spawn_key=(2,)))
+    offsets = {c: float(u) for c, u in zip(DIAGNOSES, rng.random(len(DIAGNOSES)))}
+    seen = {c: 0 for c in DIAGNOSES}
+    has_pet = np.ones(len(diagnoses), dtype=bool)
+    for i, c in enumerate(diagnoses):
+        u = (offsets[c] + seen[c] * GOLDEN_STEP) % 1.0
+        seen[c] += 1
+        has_pet[i] = not u < probabilities[c]
+    return has_pet
+
+
+# --------------------------------------------------------------------------------------
+# One subject.
+
+
+@dataclass
+class _Subject:
+    row: dict
+    mri: np.ndarray
+    pet: np.ndarray
+
+
+def _truncated_normal(rng: np.random.Generator, mean: float, sd: float, low: float, high: float) -> float:
+    if sd == 0:
+        return float(np.clip(mean, low, high))
+    for _ in range(1000):
+        value = rng.normal(mean, sd)
+        if low <= value <= high:
+            return float(value)
+    return float(np.clip(mean, low, high))
+
+
+def _region_map(weights: np.ndarray, amounts: np.ndarray) -> np.ndarray:
+    """Sum over a region's centres of weight times that centre's amount."""
+    return np.tensordot(amounts.astype(np.float32), weights, axes=1)
+
+
+def _simulate_subject(settings: PhantomSettings, anatomy: _Anatomy, index: int, diagnosis: str) -> _Subject:
+    """Draw subject ``index``: demographics, severities, anatomy, then its MRI and PET."""
+    s = settings
+    rng = np.random.default_rng(np.random.SeedSequence(s.seed, spawn_key=(0, index)))
+    tpl = anatomy.templates
+    w = anatomy.weights
+    resolution = anatomy.grid.resolution_mm
+
+    # Demographics and latent severities. Everything is drawn in a fixed order, whatever
+    # the settings, so changing one strength does not reshuffle the other draws.
+    sex = "F" if rng.random() < s.female_fraction else "M"
+    age = round(_truncated_normal(rng, s.age_mean, s.age_sd, s.age_min, s.age_max), 1)
+    head_scale = 1.0 + (0.5 if sex == "M" else -0.5) * s.head_scale_sex + s.head_scale_sd * rng.standard_normal()
+    head_scale = float(np.clip(head_scale, 0.8, 1.2))
+    mean = float(dict(s.severity_means)[diagnosis])
+    rho = s.severity_correlation
+    z1, z2 = rng.standard_normal(2)
+    severity_structural = mean + s.severity_sd * z1
+    severity_metabolic = mean + s.severity_sd * (rho * z1 + math.sqrt(1.0 - rho**2) * z2)
+    years = age - REFERENCE_AGE
+
+    # Grey matter in template space: disease, ageing and individual variation per centre.
+    gm_loss = np.full(anatomy.grid.shape, s.age_gm_loss * years, dtype=np.float32)
+    strengths = {"hippocampus": s.hippocampus_atrophy, "entorhinal": s.entorhinal_atrophy, "inferior_temporal": s.temporal_atrophy}
+    for name in ATROPHY_REGIONS:
+        n = w[name].shape[0]
+        amounts = strengths[name] * severity_structural + s.regional_gm_sd * rng.standard_normal(n)
+        if name in ("hippocampus", "entorhinal"):
+            amounts = amounts + s.age_hippocampus_loss * years
+        gm_loss += _region_map(w[name], amounts)
+    gm_loss = np.clip(gm_loss, -0.5, 0.9)
+    lost = tpl.gm * gm_loss
+    lost = np.maximum(lost, -tpl.csf)  # grey matter can only grow into CSF
+    gm = tpl.gm - lost
+    csf = tpl.csf + lost  # atrophied tissue leaves CSF behind (sulci, temporal horn)
+
+    # Uptake in template space, so the hypometabolic pattern moves with the anatomy.
+    hypo_strengths = {
+        "posterior_cingulate": s.cingulate_hypometabolism,
+        "precuneus": s.precuneus_hypometabolism,
+        "angular": s.angular_hypometabolism,
+    }
+    uptake_loss = np.zeros(anatomy.grid.shape, dtype=np.float32)
+    for name in HYPOMETABOLISM_REGIONS:
+        n = w[name].shape[0]
+        amounts = hypo_strengths[name] * severity_metabolic + s.regional_uptake_sd * rng.standard_normal(n)
+        uptake_loss += _region_map(w[name], amounts)
+    uptake_loss = np.clip(uptake_loss, -0.5, 0.8)
+    base = 1.0 - (1.0 - s.pet_pons_uptake) * anatomy.low_uptake["pons"]
+    base = base - (1.0 - s.pet_cerebellum_uptake) * anatomy.low_uptake["cerebellum"]
+    activity = gm * np.maximum(base, 0.1) * (1.0 - uptake_loss) + s.pet_wm_uptake * tpl.wm
+
+    # Where each output voxel samples the template: head scale about the brain centre,
+    # ventricle enlargement (a radial stretch that grows what sits at the centres), and a
+    # smooth random displacement, the subject's individual anatomy.
+    mni = anatomy.mni
+    position = anatomy.centre_mm + (mni - anatomy.centre_mm) / np.float32(head_scale)
+    stretch = float(np.clip(s.ventricle_expansion * severity_structural + s.age_ventricle_expansion * years, -0.3, 0.6))
+    for k, centre in enumerate(REGIONS["ventricles"].centres_mm):
+        offset = mni - np.float32(centre)
+        position -= np.float32(stretch) * offset * w["ventricles"][k][..., None]
+    displacement = _smooth_fields(rng, 3, s.deformation_smoothness_mm, resolution)
+    position += np.float32(s.deformation_mm) * np.moveaxis(displacement, 0, -1)
+    coordinates = np.moveaxis(mni_to_voxel(anatomy.grid, position), -1, 0).astype(np.float32)
+
+    def warp(volume: np.ndarray) -> np.ndarray:
+        return ndimage.map_coordinates(volume, coordinates, order=1, mode="constant", cval=0.0)
+
+    gm_w, wm_w, csf_w, activity_w = warp(gm), warp(tpl.wm), warp(csf), warp(activity)
+
+    # MRI: tissue contrast, scanner gain, smooth bias field, Rician noise.
+    gain = math.exp(s.mri_gain_sd * rng.standard_normal())
+    bias = np.exp(np.float32(s.bias_field_sd) * _smooth_fields(rng, 1, s.bias_field_smoothness_mm, resolution)[0])
+    signal = gain * bias * (wm_w + s.t1_gm * gm_w + s.t1_csf * csf_w)
+    sigma = np.float32(s.mri_noise * gain)
+    real = signal + sigma * rng.standard_normal(signal.shape, dtype=np.float32)
+    imaginary = sigma * rng.standard_normal(signal.shape, dtype=np.float32)
+    mri = np.sqrt(real * real + imaginary * imaginary)
+
+    # PET: scanner resolution, counting noise (sd grows with the square root of uptake,
+    # correlated at the kernel's scale as reconstructed PET is), then SUVR.
+    sigma_voxels = s.pet_fwhm_mm / FWHM_PER_SIGMA / resolution
+    blurred = ndimage.gaussian_filter(activity_w, sigma_voxels, mode="constant", truncate=4.0)
+    noise = ndimage.gaussian_filter(rng.standard_normal(blurred.shape, dtype=np.float32), sigma_voxels, mode="constant", truncate=4.0)
+    noise /= np.float32(_smoothed_noise_sd(sigma_voxels))
+    pet = np.maximum(blurred + np.float32(s.pet_noise) * np.sqrt(np.maximum(blurred, 0.0)) * noise, 0.0)
+    reference = float(pet[anatomy.reference_masks[s.pet_reference]].mean())
+    pet = pet / np.float32(max(reference, 1e-6))
+
+    row = {
+        "participant_id": f"sub-{index + 1:04d}",
+        "diagnosis": diagnosis,
+        "age": age,
+        "sex": sex,
+        "severity_structural": float(severity_structural),
+        "severity_metabolic": float(severity_metabolic),
+        "head_scale": head_scale,
+    }
+    return _Subject(row, mri.astype(np.float32), pet.astype(np.float32))
+
+
+# --------------------------------------------------------------------------------------
+# Public entry points.
+
+
+def generate_phantom(settings: PhantomSettings, progress: Progress | None = None) -> PhantomCohort:
+    """Generate the phantom cohort the settings describe; deterministic in the settings.
+
+    ``progress``, if given, wraps the per-subject loop as ``progress(range(n), n,
+    "phantom")`` (a progress bar, say).
+    """
+    settings.validate()
+    n = int(settings.subjects)
+    anatomy = _anatomy(float(settings.resolution_mm))
+    diagnoses = assign_diagnoses(settings, n)
+    has_pet = assign_has_pet(settings, diagnoses)
+    shape = anatomy.grid.shape
+    mri = np.empty((n, *shape), dtype=np.float32)
+    pet = np.empty((n, *shape), dtype=np.float32)
+    rows = []
+    indices: Iterable = range(n)
+    if progress is not None:
+        indices = progress(indices, n, "phantom")
+    for i in indices:
+        subject = _simulate_subject(settings, anatomy, i, diagnoses[i])
+        mri[i] = subject.mri
+        pet[i] = subject.pet
+        rows.append(subject.row)
+    participants = pd.DataFrame(rows)
+    participants.insert(4, "has_pet", has_pet)
+    columns = [
+        "participant_id", "diagnosis", "age", "sex", "has_pet",
+        "severity_structural", "severity_metabolic", "head_scale",
+    ]
+    return PhantomCohort(
+        participants=participants[columns],
+        mri=mri,
+        pet=pet,
+        has_pet=has_pet,
+        affine=anatomy.grid.affine.copy(),
+        brain_mask=np.array(anatomy.templates.brain_mask, dtype=bool),
+    )
+
+
+def _save_nifti(volume: np.ndarray, affine: np.ndarray, path: Path) -> None:
+    """Write float32 NIfTI with qform and sform both set to the grid affine, code MNI."""
+    image = nib.Nifti1Image(np.asarray(volume, dtype=np.float32), affine)
+    image.set_qform(affine, code=4)
+    image.set_sform(affine, code=4)
+    image.header.set_xyzt_units("mm")
+    nib.save(image, str(path))
+
+
+def write_phantom(
+    cohort: PhantomCohort, settings: PhantomSettings, out_dir: Path, progress: Progress | None = None
+) -> Path:
+    """Write the cohort as NIfTI files, ``participants.tsv`` and ``phantom.json``.
+
+    Layout: ``sub-XXXX/sub-XXXX_T1w.nii.gz``; ``sub-XXXX/sub-XXXX_pet.nii.gz`` where the
+    PET is available, ``sub-XXXX/sub-XXXX_desc-hidden_pet.nii.gz`` (the ground truth for
+    scoring synthesis) where it is withheld. The TSV doubles as a manifest: its ``mri``,
+    ``pet`` and ``pet_truth`` columns are paths relative to ``out_dir``, and ``pet`` is
+    empty where PET is withheld. Returns the TSV's path.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = cohort.participants.copy()
+    n = len(table)
+    mri_paths, pet_paths, truth_paths = [], [], []
+    indices: Iterable = range(n)
+    if progress is not None:
+        indices = progress(indices, n, "write")
+    for i in indices:
+        pid = str(table.participant_id.iloc[i])
+        folder = out_dir / pid
+        folder.mkdir(exist_ok=True)
+        mri_rel = f"{pid}/{pid}_T1w.nii.gz"
+        _save_nifti(cohort.mri[i], cohort.affine, out_dir / mri_rel)
+        if cohort.has_pet[i]:
+            pet_rel = f"{pid}/{pid}_pet.nii.gz"
+            truth_rel = pet_rel
+        else:
+            pet_rel = ""
+            truth_rel = f"{pid}/{pid}_desc-hidden_pet.nii.gz"
+        _save_nifti(cohort.pet[i], cohort.affine, out_dir / truth_rel)
+        mri_paths.append(mri_rel)
+        pet_paths.append(pet_rel)
+        truth_paths.append(truth_rel)
+    table["has_pet"] = np.asarray(cohort.has_pet, dtype=bool)
+    table["mri"] = mri_paths
+    table["pet"] = pet_paths
+    table["pet_truth"] = truth_paths
+    columns = [
+        "participant_id", "diagnosis", "age", "sex", "has_pet", "mri", "pet", "pet_truth",
+        "severity_structural", "severity_metabolic", "head_scale",
+    ]
+    tsv = out_dir / "participants.tsv"
+    table[columns].to_csv(tsv, sep="\t", index=False, float_format="%.6g")
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "generator": "cdsf_bench.data.phantom",
+        "settings": settings.to_json(),
+        "shape": list(cohort.mri.shape[1:]),
+        "affine": np.asarray(cohort.affine).tolist(),
+        "subjects": n,
+        "subjects_with_pet": int(np.sum(cohort.has_pet)),
+    }
+    (out_dir / "phantom.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return tsv

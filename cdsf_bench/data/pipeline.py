@@ -1,0 +1,210 @@
+"""The device-resident data pipeline shared by every method.
+
+The whole preprocessed cohort is held on the run's device in float16 (a 40x48x40 volume is
+150 KiB), so drawing a batch is an index and a cast, not a file read. Batch order comes
+from permutations seeded by (run seed, epoch) alone, so every method of a seed sees the
+same subjects in the same order and comparisons between methods are paired; a subset of
+subjects (those with PET) keeps that order. Augmentation also happens on the device, with
+parameters drawn from a CPU generator seeded by (seed, epoch, batch) so that runs are
+reproducible on any device and a resumed run draws what the killed one would have.
+Cohorts larger than the device's memory stay in pinned host memory and are copied per batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterator
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cdsf_bench.data.cohort import Cohort
+from cdsf_bench.data.splits import SPLITS, Splits
+from cdsf_bench.interfaces import Batch
+
+Subjects = Literal["all", "with_pet"]
+#: epochs covered by the batch-order fingerprint (independent of how long a method trains)
+FINGERPRINT_EPOCHS = 10
+#: share of free device memory the cohort may take before it stays in host memory
+DEVICE_MEMORY_SHARE = 0.5
+
+
+def _seed(*parts: int) -> int:
+    digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+class DevicePipeline:
+    """Holds a cohort on a device and draws seeded, augmented batches from its splits."""
+
+    def __init__(
+        self,
+        cohort: Cohort,
+        labels: np.ndarray,
+        splits: Splits,
+        *,
+        device: torch.device,
+        seed: int,
+        batch_size: int,
+        augment: dict,
+        channels_last: bool = False,
+    ) -> None:
+        self.device = device
+        self.seed = seed
+        self.batch_size = batch_size
+        self.augment = augment
+        self.channels_last = channels_last
+        self.splits = splits
+        self.participants = cohort.participants
+        self.has_pet_np = np.asarray(cohort.has_pet, dtype=bool)
+        self.on_device = self._fits_on_device(cohort)
+        storage = device if self.on_device else torch.device("cpu")
+
+        def hold(array: np.ndarray) -> torch.Tensor:
+            tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float16))
+            if storage.type == "cpu" and device.type != "cpu":
+                tensor = tensor.pin_memory()
+            return tensor.to(storage)
+
+        self.mri = hold(cohort.mri)
+        self.pet = hold(cohort.pet)
+        self.pet_truth = None if cohort.pet_truth is None else hold(cohort.pet_truth)
+        self.has_pet = torch.from_numpy(self.has_pet_np).to(storage)
+        self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(storage)
+        self.brain_mask = torch.from_numpy(np.asarray(cohort.brain_mask, dtype=bool)).to(device)
+
+    def _fits_on_device(self, cohort: Cohort) -> bool:
+        if self.device.type != "cuda":
+            return True
+        n_volumes = 3 if cohort.pet_truth is not None else 2
+        needed = cohort.mri.size * 2 * n_volumes
+        free, _ = torch.cuda.mem_get_info(self.device)
+        return needed < DEVICE_MEMORY_SHARE * free
+
+    # -- which subjects, in which order ------------------------------------------------
+
+    def rows(self, split: str, subjects: Subjects = "all") -> np.ndarray:
+        rows = self.splits.rows(split)
+        return rows[self.has_pet_np[rows]] if subjects == "with_pet" else rows
+
+    def train_order(self, epoch: int, subjects: Subjects = "all") -> np.ndarray:
+        """The epoch's permutation of training rows, seeded by (seed, epoch) only."""
+        rows = self.splits.train
+        generator = torch.Generator().manual_seed(_seed(self.seed, "order", epoch))
+        order = rows[torch.randperm(len(rows), generator=generator).numpy()]
+        return order[self.has_pet_np[order]] if subjects == "with_pet" else order
+
+    def n_train_batches(self, subjects: Subjects = "all") -> int:
+        return max(1, len(self.rows("train", subjects)) // self.batch_size)
+
+    def fingerprint(self) -> dict[str, str]:
+        """Hashes of the split membership and the batch order, for checking pairing."""
+        split_hash = hashlib.sha256()
+        for name in SPLITS:
+            ids = sorted(self.participants["participant_id"].iloc[self.splits.rows(name)])
+            split_hash.update(f"{name}:{','.join(ids)};".encode())
+        order_hash = hashlib.sha256()
+        for epoch in range(FINGERPRINT_EPOCHS):
+            order_hash.update(self.train_order(epoch).astype(np.int64).tobytes())
+        return {"splits_sha256": split_hash.hexdigest(), "batch_order_sha256": order_hash.hexdigest()}
+
+    # -- batches -----------------------------------------------------------------------
+
+    def train_batches(self, epoch: int, subjects: Subjects = "all") -> Iterator[Batch]:
+        """Shuffled, augmented batches; sizes between batch_size and 2*batch_size-1, never 1."""
+        order = self.train_order(epoch, subjects)
+        n_batches = max(1, len(order) // self.batch_size)
+        for index, chunk in enumerate(np.array_split(order, n_batches)):
+            generator = torch.Generator().manual_seed(_seed(self.seed, "augment", epoch, index))
+            yield self._batch(chunk, generator if self.augment.get("enabled", True) else None)
+
+    def eval_batches(self, split: str, subjects: Subjects = "all") -> Iterator[Batch]:
+        rows = self.rows(split, subjects)
+        for start in range(0, len(rows), self.batch_size):
+            yield self._batch(rows[start : start + self.batch_size], None)
+
+    def n_eval_batches(self, split: str, subjects: Subjects = "all") -> int:
+        return math.ceil(len(self.rows(split, subjects)) / self.batch_size)
+
+    def _batch(self, rows: np.ndarray, generator: torch.Generator | None) -> Batch:
+        index = torch.from_numpy(rows.astype(np.int64))
+        take = index.to(self.mri.device)
+
+        def fetch(volumes: torch.Tensor) -> torch.Tensor:
+            return volumes[take].to(self.device, non_blocking=True).float().unsqueeze(1)
+
+        mri, pet = fetch(self.mri), fetch(self.pet)
+        pet_truth = None if self.pet_truth is None else fetch(self.pet_truth)
+        has_pet = self.has_pet[take].to(self.device)
+        if generator is not None:
+            mri, pet, pet_truth = self._augment(mri, pet, pet_truth, has_pet, generator)
+        if self.channels_last:
+            mri, pet = (t.contiguous(memory_format=torch.channels_last_3d) for t in (mri, pet))
+            if pet_truth is not None:
+                pet_truth = pet_truth.contiguous(memory_format=torch.channels_last_3d)
+        return Batch(
+            mri=mri,
+            pet=pet,
+            has_pet=has_pet,
+            label=self.labels[take].to(self.device),
+            index=index,
+            pet_truth=pet_truth,
+        )
+
+    def _augment(
+        self,
+        mri: torch.Tensor,
+        pet: torch.Tensor,
+        pet_truth: torch.Tensor | None,
+        has_pet: torch.Tensor,
+        generator: torch.Generator,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """One small random rigid transform per subject, shared by its MRI and PET.
+
+        MRI also gets a global intensity scale and shift (scanner variation); PET
+        intensities are left alone because their level is the disease signal.
+        """
+        b = mri.shape[0]
+        shape = mri.shape[2:]
+        angles = (torch.rand(b, 3, generator=generator) * 2 - 1) * math.radians(self.augment["rotate_deg"])
+        shift_vox = (torch.rand(b, 3, generator=generator) * 2 - 1) * self.augment["translate_vox"]
+        jitter = (torch.rand(b, 2, generator=generator) * 2 - 1) * self.augment["intensity"]
+        theta = _rigid_theta(angles, shift_vox, shape).to(mri.device)
+        volumes = [mri, pet] + ([pet_truth] if pet_truth is not None else [])
+        stacked = torch.cat(volumes, dim=1)
+        grid = F.affine_grid(theta, list(stacked.shape), align_corners=False)
+        # -1 is the background of every modality, so pad with it rather than zero
+        moved = F.grid_sample(stacked + 1, grid, mode="bilinear", padding_mode="zeros", align_corners=False) - 1
+        mri = moved[:, :1] * (1 + jitter[:, 0].view(b, 1, 1, 1, 1).to(mri.device))
+        mri = (mri + jitter[:, 1].view(b, 1, 1, 1, 1).to(mri.device)).clamp(-1, 1)
+        # a missing PET stays exactly zero, as the interface promises
+        pet = moved[:, 1:2] * has_pet.view(b, 1, 1, 1, 1)
+        truth = moved[:, 2:3] if pet_truth is not None else None
+        return mri, pet, truth
+
+    def train_pet_mean(self) -> torch.Tensor:
+        """Mean real PET over training subjects that have it, [1, 1, D, H, W] on the device."""
+        rows = self.rows("train", "with_pet")
+        total = torch.zeros(self.mri.shape[1:], dtype=torch.float32, device=self.device)
+        for start in range(0, len(rows), 64):
+            take = torch.from_numpy(rows[start : start + 64]).to(self.pet.device)
+            total += self.pet[take].to(self.device).float().sum(0)
+        return (total / max(len(rows), 1)).view(1, 1, *total.shape)
+
+
+def _rigid_theta(angles: torch.Tensor, shift_vox: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Affine matrices [B, 3, 4] in the normalised coordinates that affine_grid expects."""
+    cx, cy, cz = torch.cos(angles).unbind(1)
+    sx, sy, sz = torch.sin(angles).unbind(1)
+    one, zero = torch.ones_like(cx), torch.zeros_like(cx)
+    rx = torch.stack([one, zero, zero, zero, cx, -sx, zero, sx, cx], 1).view(-1, 3, 3)
+    ry = torch.stack([cy, zero, sy, zero, one, zero, -sy, zero, cy], 1).view(-1, 3, 3)
+    rz = torch.stack([cz, -sz, zero, sz, cz, zero, zero, zero, one], 1).view(-1, 3, 3)
+    rotation = rz @ ry @ rx
+    # affine_grid's last dimension is (x, y, z) = (W, H, D); a voxel is 2/size wide
+    sizes = torch.tensor([shape[2], shape[1], shape[0]], dtype=torch.float32)
+    translation = shift_vox * 2 / sizes
+    return torch.cat([rotation, translation.unsqueeze(2)], dim=2)

@@ -1,0 +1,283 @@
+"""The built-in data sources: the phantom, a phantom folder, a manifest and a CAPS directory.
+
+Every source ends in the same ``Cohort`` on the reference grid and goes through the
+cache, so a second run on unchanged inputs starts in seconds. The three file-based
+sources differ only in how they build the subject table; reading, checking and
+preprocessing the volumes is one shared function, ``cohort_from_table``, so they cannot
+drift apart. Problems are reported before the slow part: labels, duplicates and missing
+files first, then headers, and only then are volumes resampled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pandas as pd
+
+from cdsf_bench.data import cohort as cohort_module
+from cdsf_bench.data import nifti
+from cdsf_bench.data.cache import cohort_key, file_fingerprint, load_or_build, settings_fingerprint
+from cdsf_bench.data.check import (
+    ROLES,
+    Problem,
+    file_problems,
+    format_problems,
+    missing_file_problems,
+    table_problems,
+)
+from cdsf_bench.data.cohort import Cohort, DataSettings, normalise_mri, normalise_pet
+from cdsf_bench.data.grid import reference_grid
+from cdsf_bench.data.nifti import read_volume, to_grid
+from cdsf_bench.data.tables import read_manifest, scan_caps
+from cdsf_bench.errors import InputError
+from cdsf_bench.interfaces import DataSource
+from cdsf_bench.progress import track
+
+MANIFEST_SUFFIXES = (".csv", ".tsv", ".txt")
+#: Separates a CAPS directory from its diagnosis TSV in ``--data CAPS::LABELS.tsv``.
+CAPS_TSV_SEPARATOR = "::"
+
+
+def _code_fingerprint(*modules: ModuleType) -> str:
+    """A hash of the source of the modules that shape a cohort, so code changes invalidate the cache."""
+    digest = hashlib.sha256()
+    for module in modules:
+        digest.update(Path(inspect.getfile(module)).read_bytes())
+    return digest.hexdigest()
+
+
+def _raise_problems(problems: list[Problem], where: str) -> None:
+    if problems:
+        raise InputError(f"{where} has {len(problems)} problem(s):\n{format_problems(problems)}")
+
+
+def cohort_from_table(table: pd.DataFrame, settings: DataSettings, source_desc: str) -> Cohort:
+    """Read, check and preprocess every subject of ``table`` onto the reference grid.
+
+    MRI and PET go through ``read_volume`` and ``to_grid`` (inputs must be in MNI space);
+    the brain mask that scales each MRI is the ICBM152 template's on the same grid. PET is
+    zero for subjects without one. ``pet_truth`` is kept only when every subject has a
+    known PET (its ``pet_truth`` cell, else its ``pet``), as a phantom folder provides.
+    Every subject is attempted; all failures are raised together at the end.
+    """
+    from cdsf_bench.data.templates import load_templates
+
+    grid = reference_grid(settings.resolution_mm)
+    mask = np.asarray(load_templates(settings.resolution_mm).brain_mask, dtype=bool)
+    rows = table.to_dict("records")
+    n = len(rows)
+    pet_paths = [str(row.get("pet") or "") for row in rows]
+    truth_paths = [str(row.get("pet_truth") or "") or pet for row, pet in zip(rows, pet_paths, strict=True)]
+    keep_truth = "pet_truth" in table.columns and all(truth_paths)
+    has_pet = np.array([bool(path) for path in pet_paths], dtype=bool)
+    mri = np.zeros((n, *grid.shape), dtype=np.float16)
+    pet = np.zeros((n, *grid.shape), dtype=np.float16)
+    pet_truth = np.zeros((n, *grid.shape), dtype=np.float16) if keep_truth else None
+    problems: list[Problem] = []
+
+    def volume(participant: str, path: str, kind: str) -> np.ndarray | None:
+        try:
+            image = read_volume(Path(path), "MRI" if kind == "mri" else "PET")
+            return to_grid(image, grid, kind, brain_mask=mask, pet_suvr_max=settings.pet_suvr_max)  # type: ignore[arg-type]
+        except InputError as error:
+            problems.append(Problem(participant, path, str(error)))
+            return None
+
+    for i in track(range(n), n, f"Preprocessing {source_desc}"):
+        participant = str(rows[i]["participant_id"])
+        result = volume(participant, str(rows[i]["mri"]), "mri")
+        if result is not None:
+            mri[i] = result
+        if has_pet[i]:
+            result = volume(participant, pet_paths[i], "pet")
+            if result is not None:
+                pet[i] = result
+        if pet_truth is not None:
+            if truth_paths[i] == pet_paths[i]:
+                pet_truth[i] = pet[i]
+            else:
+                result = volume(participant, truth_paths[i], "pet")
+                if result is not None:
+                    pet_truth[i] = result
+    _raise_problems(problems, source_desc)
+    participants = table.reset_index(drop=True).copy()
+    participants["has_pet"] = has_pet
+    return Cohort(
+        participants=participants,
+        mri=mri,
+        pet=pet,
+        has_pet=has_pet,
+        affine=grid.affine.copy(),
+        brain_mask=mask,
+        pet_truth=pet_truth,
+        source=source_desc,
+    )
+
+
+def _load_table(
+    table: pd.DataFrame, settings: DataSettings, source_desc: str, problems: list[Problem] | None = None
+) -> Cohort:
+    """Check a table cheaply, then return its cohort from the cache or by preprocessing it.
+
+    The cache key covers the table itself, each file's size and modification time, the
+    settings and the preprocessing code, so editing a scan or a label rebuilds the cohort.
+    """
+    problems = list(problems or []) + table_problems(table)
+    if not table.empty:
+        problems += missing_file_problems(table)
+    _raise_problems(problems, source_desc)
+    files = sorted({str(row.get(c)) for row in table.to_dict("records") for c in ROLES if row.get(c)})
+    from cdsf_bench.data import templates
+
+    key = cohort_key(
+        {
+            "kind": "table",
+            "table": table.to_dict("split"),
+            "files": [file_fingerprint(path) for path in files],
+            "settings": settings_fingerprint(settings),
+            "code": _code_fingerprint(nifti, cohort_module, templates),
+        }
+    )
+
+    def build() -> Cohort:
+        # headers before voxels: a bad file among hundreds is named before minutes of resampling
+        _raise_problems(file_problems(table, pairs=False), source_desc)
+        return cohort_from_table(table, settings, source_desc)
+
+    return load_or_build(key, build, settings)[0]
+
+
+class PhantomSource(DataSource):
+    """The built-in synthetic cohort, generated from the data settings."""
+
+    name = "phantom"
+    description = "the word 'phantom': the built-in synthetic cohort on ICBM152 anatomy (no download)"
+
+    def detect(self, spec: str) -> bool:
+        return spec.strip().lower() == "phantom"
+
+    def load(self, spec: str, settings: DataSettings) -> Cohort:
+        from cdsf_bench.data import phantom, templates
+
+        key = cohort_key(
+            {
+                "kind": "phantom",
+                "settings": settings_fingerprint(settings),
+                "code": _code_fingerprint(phantom, templates, cohort_module),
+            }
+        )
+        return load_or_build(key, lambda: self._build(settings), settings)[0]
+
+    @staticmethod
+    def _build(settings: DataSettings) -> Cohort:
+        """Generate, then normalise as real data are: MRI by its own percentiles, PET by the SUVR map."""
+        from cdsf_bench.data.phantom import PhantomSettings, generate_phantom
+
+        generated = generate_phantom(
+            PhantomSettings(
+                subjects=settings.subjects,
+                resolution_mm=settings.resolution_mm,
+                missing_pet=settings.missing_pet,
+                missing_mechanism=settings.missing_mechanism,
+                seed=settings.phantom_seed,
+            ),
+            progress=track,
+        )
+        mask = np.asarray(generated.brain_mask, dtype=bool)
+        has_pet = np.asarray(generated.has_pet, dtype=bool)
+        n = len(has_pet)
+        mri = np.empty(generated.mri.shape, dtype=np.float16)
+        truth = np.empty(generated.pet.shape, dtype=np.float16)
+        for i in range(n):
+            mri[i] = normalise_mri(generated.mri[i], mask)
+            truth[i] = normalise_pet(generated.pet[i], settings.pet_suvr_max)
+        pet = np.where(has_pet[:, None, None, None], truth, np.float16(0)).astype(np.float16)
+        participants = generated.participants.reset_index(drop=True).copy()
+        participants["has_pet"] = has_pet
+        return Cohort(
+            participants=participants,
+            mri=mri,
+            pet=pet,
+            has_pet=has_pet,
+            affine=np.asarray(generated.affine, dtype=np.float64),
+            brain_mask=mask,
+            pet_truth=truth,
+            source=f"phantom ({n} subjects, seed {settings.phantom_seed})",
+        )
+
+
+class PhantomFolderSource(DataSource):
+    """A folder written by ``cdsf-bench data phantom``: its manifest, hidden PET included."""
+
+    name = "phantom-folder"
+    description = "a folder written by 'cdsf-bench data phantom' (it holds phantom.json and participants.tsv)"
+
+    def detect(self, spec: str) -> bool:
+        return Path(spec).is_dir() and (Path(spec) / "phantom.json").is_file()
+
+    def load(self, spec: str, settings: DataSettings) -> Cohort:
+        manifest = Path(spec) / "participants.tsv"
+        return _load_table(read_manifest(manifest, strict=False), settings, f"phantom folder {spec}")
+
+
+class ManifestSource(DataSource):
+    """A CSV / TSV table naming each subject's label and volumes."""
+
+    name = "manifest"
+    description = (
+        "a .csv, .tsv or .txt table with columns participant_id, diagnosis, mri and optionally pet, "
+        "pet_truth, split (paths relative to the table's folder)"
+    )
+
+    def detect(self, spec: str) -> bool:
+        return CAPS_TSV_SEPARATOR not in spec and spec.lower().endswith(MANIFEST_SUFFIXES)
+
+    def load(self, spec: str, settings: DataSettings) -> Cohort:
+        return _load_table(read_manifest(Path(spec), strict=False), settings, f"manifest {spec}")
+
+
+def _split_caps_spec(spec: str) -> tuple[Path, Path | None]:
+    caps, separator, tsv = spec.partition(CAPS_TSV_SEPARATOR)
+    return Path(caps), (Path(tsv) if separator and tsv else None)
+
+
+class CapsSource(DataSource):
+    """A Clinica CAPS directory (t1-linear and pet-linear outputs) and a diagnosis TSV."""
+
+    name = "caps"
+    description = (
+        "a Clinica CAPS directory (subjects/sub-*/ses-*/t1_linear and pet_linear) with its diagnosis TSV "
+        "at CAPS/participants.tsv, or given as CAPS::LABELS.tsv"
+    )
+
+    def detect(self, spec: str) -> bool:
+        subjects = _split_caps_spec(spec)[0] / "subjects"
+        if not subjects.is_dir():
+            return False
+        return any(entry.name.startswith("sub-") for entry in subjects.iterdir())
+
+    def load(self, spec: str, settings: DataSettings) -> Cohort:
+        caps, tsv = _split_caps_spec(spec)
+        table, problems = scan_caps(caps, tsv, settings.session, settings.tracer, settings.suvr_reference)
+        return _load_table(table, settings, f"CAPS directory {caps}", problems)
+
+
+def detect_source(spec: str, sources: list[DataSource]) -> DataSource:
+    """The first source that reads ``spec``; an error listing what each accepts otherwise."""
+    for source in sources:
+        try:
+            if source.detect(spec):
+                return source
+        except OSError:
+            continue
+    accepted = "\n".join(f"  - {source.name}: {source.description}" for source in sources)
+    hint = (
+        ""
+        if Path(spec.partition(CAPS_TSV_SEPARATOR)[0]).exists() or spec == "phantom"
+        else " (no such file or directory)"
+    )
+    raise InputError(f"could not tell what --data {spec} is{hint}: give one of\n{accepted}")

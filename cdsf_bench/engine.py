@@ -1,0 +1,287 @@
+"""The training engine: runs a coupling's stages, selects on validation, checkpoints, resumes.
+
+It knows no model. For each stage it draws batches from the pipeline, calls the stage's
+step, evaluates the coupling's predictions on the validation split after every epoch,
+keeps the best modules by the stage's selection metric, stops early, and restores the best
+state at the end of the stage. The test split is never touched here.
+
+A checkpoint (``checkpoints/last.pt``) is written atomically after every epoch with every
+module, optimiser and scheduler, the best state so far, the history and the RNG state;
+batch order and augmentation depend only on (seed, epoch), so a resumed run continues
+exactly where the killed one would have gone.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cdsf_bench.data.pipeline import DevicePipeline
+from cdsf_bench.errors import RunFailed
+from cdsf_bench.interfaces import Coupling, TrainingStage
+from cdsf_bench.metrics import HIGHER_IS_BETTER, diagnosis_metrics, mean_synthesis, synthesis_metrics
+from cdsf_bench.progress import make_progress
+from cdsf_bench.results import load_torch, save_torch, write_json
+
+CHECKPOINT = "last.pt"
+SYNTHESIS_SELECTION = ("ssim", "psnr", "mae")
+
+
+@dataclass
+class Evaluation:
+    """Predictions of one split: a per-subject table, metrics and synthetic volumes."""
+
+    predictions: pd.DataFrame
+    diagnosis: dict[str, float]
+    synthesis: dict[str, float] | None
+    synthetic: dict[int, np.ndarray] = field(default_factory=dict)  # cohort row -> volume
+
+
+def evaluate(
+    coupling: Coupling,
+    pipeline: DevicePipeline,
+    split: str,
+    *,
+    bootstrap: int = 0,
+    seed: int = 0,
+    with_ssim: bool = True,
+    keep_synthetic: bool = False,
+    progress: Callable | None = None,
+) -> Evaluation:
+    """Predict ``split`` with the coupling and score diagnosis and (where made) synthesis.
+
+    Synthesis is scored against real PET where the source knows it: the acquired PET, or on
+    the phantom the hidden PET of subjects whose PET is "missing".
+    """
+    rows: list[dict] = []
+    per_subject: list[dict[str, float]] = []
+    synthetic: dict[int, np.ndarray] = {}
+    mask = pipeline.brain_mask.cpu().numpy()
+    modules = _modules_of(coupling)
+    was_training = {name: m.training for name, m in modules.items()}
+    for module in modules.values():
+        module.eval()
+    with torch.no_grad():
+        for batch in pipeline.eval_batches(split, coupling.subjects):
+            prediction = coupling.predict(batch)
+            probability = prediction.probability.float().cpu().numpy()
+            for i, row in enumerate(batch.index.tolist()):
+                record = {
+                    "row": row,
+                    "label": int(batch.label[i]),
+                    "probability": float(probability[i]),
+                    "pet_source": prediction.pet_source[i],
+                }
+                if prediction.synthetic is not None:
+                    truth = batch.pet_truth if batch.pet_truth is not None else batch.pet
+                    known = batch.pet_truth is not None or bool(batch.has_pet[i])
+                    volume = prediction.synthetic[i, 0].float().cpu().numpy()
+                    if known:
+                        scores = synthesis_metrics(truth[i, 0].cpu().numpy(), volume, mask, ssim=with_ssim)
+                        per_subject.append(scores)
+                        record.update({f"synth_{k}": v for k, v in scores.items()})
+                    if keep_synthetic:
+                        synthetic[row] = volume
+                rows.append(record)
+            if progress is not None:
+                progress()
+    for name, module in modules.items():
+        module.train(was_training[name])
+    table = pd.DataFrame(rows)
+    participants = pipeline.participants
+    table.insert(0, "participant_id", participants["participant_id"].to_numpy()[table["row"]])
+    table.insert(1, "split", split)
+    table["prediction"] = (table["probability"] >= 0.5).astype(int)
+    diagnosis = diagnosis_metrics(
+        table["label"].to_numpy(), table["probability"].to_numpy(), bootstrap=bootstrap, seed=seed
+    )
+    return Evaluation(table, diagnosis, mean_synthesis(per_subject), synthetic)
+
+
+def _modules_of(coupling: Coupling) -> dict[str, torch.nn.Module]:
+    return {
+        name: value
+        for name, value in vars(coupling).items()
+        if isinstance(value, torch.nn.Module)
+    }
+
+
+class Trainer:
+    """Runs the stages of one coupling on one pipeline; writes checkpoints and history."""
+
+    def __init__(
+        self,
+        coupling: Coupling,
+        pipeline: DevicePipeline,
+        checkpoint_dir: Path,
+        *,
+        seed: int,
+        on_epoch: Callable[[list[dict]], None] | None = None,
+    ) -> None:
+        self.coupling = coupling
+        self.pipeline = pipeline
+        self.checkpoint_dir = Path(checkpoint_dir)
+        self.seed = seed
+        self.on_epoch = on_epoch
+        self.stages = coupling.stages()
+        self.history: list[dict] = []
+        #: per stage: its best epoch and validation value (metrics.json "selection")
+        self.selections: list[dict] = []
+
+    # -- checkpointing -------------------------------------------------------------------
+
+    def _state(self, stage_index: int, next_epoch: int, best: dict) -> dict:
+        return {
+            "stage_index": stage_index,
+            "next_epoch": next_epoch,
+            "best": best,
+            "history": self.history,
+            "selections": self.selections,
+            "torch_rng": torch.get_rng_state(),
+            "stages": [
+                {
+                    "modules": {k: m.state_dict() for k, m in s.modules.items()},
+                    "optimisers": {k: o.state_dict() for k, o in s.optimisers.items()},
+                    "schedulers": {k: sc.state_dict() for k, sc in s.schedulers.items()},
+                }
+                for s in self.stages
+            ],
+        }
+
+    def _restore(self, state: dict) -> None:
+        for stage, saved in zip(self.stages, state["stages"], strict=True):
+            for key, module in stage.modules.items():
+                module.load_state_dict(saved["modules"][key])
+            for key, optimiser in stage.optimisers.items():
+                optimiser.load_state_dict(saved["optimisers"][key])
+            for key, scheduler in stage.schedulers.items():
+                scheduler.load_state_dict(saved["schedulers"][key])
+        self.history = list(state["history"])
+        self.selections = list(state["selections"])
+        torch.set_rng_state(state["torch_rng"])
+
+    def checkpoint_path(self) -> Path:
+        return self.checkpoint_dir / CHECKPOINT
+
+    # -- training ------------------------------------------------------------------------
+
+    def fit(self, resume: bool = False) -> list[dict]:
+        """Train every stage; with ``resume``, continue from the last checkpoint."""
+        start_stage, start_epoch, best = 0, 0, _fresh_best()
+        if resume and self.checkpoint_path().exists():
+            state = load_torch(self.checkpoint_path())
+            self._restore(state)
+            start_stage, start_epoch, best = state["stage_index"], state["next_epoch"], state["best"]
+        with make_progress() as progress:
+            for index, stage in enumerate(self.stages):
+                if index < start_stage:
+                    continue
+                first_epoch = start_epoch if index == start_stage else 0
+                if index != start_stage:
+                    best = _fresh_best()
+                self._run_stage(index, stage, first_epoch, best, progress)
+        return self.history
+
+    def _run_stage(self, index: int, stage: TrainingStage, first_epoch: int, best: dict, progress) -> None:
+        higher = HIGHER_IS_BETTER[stage.select_on]
+        patience = stage.patience
+        label = f"{stage.name} ({index + 1}/{len(self.stages)})"
+        epochs_task = progress.add_task(f"{label} epochs", total=stage.epochs, completed=first_epoch, status="")
+        n_batches = self.pipeline.n_train_batches(stage.subjects)
+        batch_task = progress.add_task("  batches", total=n_batches, status="")
+        for epoch in range(first_epoch, stage.epochs):
+            if best["stale"] is not None and patience is not None and best["stale"] > patience:
+                break
+            started = time.perf_counter()
+            for module in stage.modules.values():
+                module.train()
+            sums: dict[str, float] = {}
+            progress.reset(batch_task, total=n_batches)
+            for step, batch in enumerate(self.pipeline.train_batches(epoch, stage.subjects)):
+                losses = stage.step(batch)
+                for key, value in losses.items():
+                    value = float(value)
+                    if not math.isfinite(value):
+                        self._fail(stage, epoch, step, key, value)
+                    sums[key] = sums.get(key, 0.0) + value
+                progress.update(batch_task, advance=1, status=_fmt(losses))
+            for scheduler in stage.schedulers.values():
+                scheduler.step()
+            train_losses = {f"train_{k}": v / n_batches for k, v in sums.items()}
+            val = self._validate(stage)
+            value = val[f"val_{stage.select_on}"]
+            improved = math.isfinite(value) and (
+                best["value"] is None or (value > best["value"] if higher else value < best["value"])
+            )
+            if improved:
+                best = {
+                    "value": value,
+                    "epoch": epoch,
+                    "stale": 0,
+                    "modules": {k: copy.deepcopy(m.state_dict()) for k, m in stage.modules.items()},
+                }
+            else:
+                best["stale"] = (best["stale"] or 0) + 1
+            row = {
+                "stage": stage.name,
+                "epoch": epoch,
+                **train_losses,
+                **val,
+                "selected": improved,
+                "seconds": round(time.perf_counter() - started, 3),
+            }
+            self.history.append(row)
+            save_torch(self.checkpoint_path(), self._state(index, epoch + 1, best))
+            if self.on_epoch is not None:
+                self.on_epoch(self.history)
+            progress.update(
+                epochs_task,
+                advance=1,
+                status=f"val {stage.select_on} {value:.3f} (best {best['value'] if best['value'] is not None else float('nan'):.3f} @ {best['epoch']})",
+            )
+        progress.update(batch_task, visible=False)
+        if best["modules"] is not None:
+            for key, module in stage.modules.items():
+                module.load_state_dict(best["modules"][key])
+        stage_summary = {"stage": stage.name, "best_epoch": best["epoch"], "metric": stage.select_on, "value": best["value"]}
+        self.selections.append(stage_summary)
+        # the next stage starts from here: record it so a resume does not repeat this stage
+        save_torch(self.checkpoint_path(), self._state(index + 1, 0, _fresh_best()))
+
+    def _validate(self, stage: TrainingStage) -> dict[str, float]:
+        with_ssim = stage.select_on == "ssim"
+        result = evaluate(self.coupling, self.pipeline, "val", with_ssim=with_ssim)
+        out = {f"val_{k}": result.diagnosis[k] for k in ("auc", "bacc", "mcc")}
+        if result.synthesis is not None:
+            out.update({f"val_{k}": v for k, v in result.synthesis.items() if not (k == "ssim" and not with_ssim)})
+        if f"val_{stage.select_on}" not in out:
+            raise RunFailed(
+                f"Stage '{stage.name}' selects on {stage.select_on}, which its validation does not "
+                "produce (synthesis metrics need a synthesiser and validation subjects with PET)."
+            )
+        return out
+
+    def _fail(self, stage: TrainingStage, epoch: int, step: int, key: str, value: float) -> None:
+        record = {"stage": stage.name, "epoch": epoch, "step": step, "loss": key, "value": str(value)}
+        write_json(self.checkpoint_dir.parent / "failure.json", record)
+        raise RunFailed(
+            f"Loss '{key}' became {value} in stage '{stage.name}', epoch {epoch}, step {step}. "
+            f"The last good checkpoint is kept at {self.checkpoint_path()}; lower the learning "
+            "rate (--set train.learning_rate=...) or check the data, then rerun."
+        )
+
+
+def _fresh_best() -> dict:
+    return {"value": None, "epoch": None, "stale": None, "modules": None}
+
+
+def _fmt(losses: dict) -> str:
+    return " ".join(f"{k} {float(v):.3f}" for k, v in list(losses.items())[:4])

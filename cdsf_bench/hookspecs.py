@@ -1,0 +1,55 @@
+"""The hook specifications: the one place that says what a plugin can contribute.
+
+Every hook returns a list of :class:`~cdsf_bench.registry.Component`, each a name (the user
+interface: ``--synth NAME``), a factory and a one-line description. Built-in plugins
+implement these hooks exactly as third-party plugins do, and are found through the same
+``cdsf_bench`` entry-point group. See docs/plugins.md for a complete external plugin.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    from cdsf_bench.registry import Component
+
+PROJECT = "cdsf_bench"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def cdsf_bench_synthesisers() -> list[Component]:
+    """Synthesisers: factories of ``nn.Module`` mapping an MRI batch [B,1,D,H,W] to PET.
+
+    The factory takes only keyword arguments with defaults (the user sets them with
+    ``--set synth.NAME.KEY=VALUE``); the module's output has the input's shape, in [-1, 1].
+    """
+
+
+@hookspec
+def cdsf_bench_diagnosers() -> list[Component]:
+    """Diagnosers: factories called as ``factory(in_channels, input_shape, num_classes, **params)``.
+
+    The module maps a batch [B, in_channels, D, H, W] (MRI, then PET when present) to a
+    :class:`~cdsf_bench.interfaces.DiagnoserOutput` of logits and features.
+    """
+
+
+@hookspec
+def cdsf_bench_couplings() -> list[Component]:
+    """Couplings: subclasses of :class:`~cdsf_bench.interfaces.Coupling`.
+
+    A coupling decides how the synthesiser and diagnoser are trained (its stages) and how
+    it predicts when PET is missing. Its keyword-only constructor arguments are its settings.
+    """
+
+
+@hookspec
+def cdsf_bench_data_sources() -> list[Component]:
+    """Data sources: subclasses of :class:`~cdsf_bench.interfaces.DataSource`.
+
+    ``--data SPEC`` is given to the first source whose ``detect(SPEC)`` is true.
+    """

@@ -1,0 +1,147 @@
+"""The plugin registry: loads plugins by entry point and finds components by name.
+
+Names are the user interface (as in timm's ``create_model``): an unknown name fails with
+the known names and the closest match. A plugin that fails to import is reported by name
+and does not stop the others. ``CDSF_BENCH_PLUGINS`` (comma-separated entry-point names)
+restricts which plugins load; unset, every installed plugin loads.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.metadata
+import inspect
+import os
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Literal
+
+import pluggy
+
+from cdsf_bench import hookspecs
+from cdsf_bench.errors import InputError
+
+Kind = Literal["synthesiser", "diagnoser", "coupling", "data_source"]
+KINDS: dict[Kind, str] = {
+    "synthesiser": "cdsf_bench_synthesisers",
+    "diagnoser": "cdsf_bench_diagnosers",
+    "coupling": "cdsf_bench_couplings",
+    "data_source": "cdsf_bench_data_sources",
+}
+ALLOWLIST_ENV = "CDSF_BENCH_PLUGINS"
+#: constructor arguments the core supplies itself; they are not user settings
+CORE_ARGUMENTS = frozenset(
+    {"self", "in_channels", "input_shape", "num_classes", "context", "build_synthesiser", "build_diagnoser"}
+)
+
+
+@dataclass(frozen=True)
+class Component:
+    """A named thing a plugin provides: a factory (a function or class) and a description."""
+
+    name: str
+    factory: Callable[..., Any]
+    description: str
+    #: filled in by the registry: which entry point and distribution provided it
+    plugin: str = ""
+    distribution: str = ""
+    version: str = ""
+
+    def parameters(self) -> dict[str, Any]:
+        """The factory's settings: its parameters with defaults, less those the core supplies."""
+        target = self.factory.__init__ if inspect.isclass(self.factory) else self.factory
+        return {
+            p.name: p.default
+            for p in inspect.signature(target).parameters.values()
+            if p.name not in CORE_ARGUMENTS
+            and p.default is not inspect.Parameter.empty
+            and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        }
+
+
+@dataclass
+class Registry:
+    """Every loaded component by kind and name, and the plugins that failed to load."""
+
+    components: dict[Kind, dict[str, Component]] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)  # plugin name -> error
+
+    def get(self, kind: Kind, name: str) -> Component:
+        known = self.components.get(kind, {})
+        if name in known:
+            return known[name]
+        close = difflib.get_close_matches(name, list(known), n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        label = kind.replace("_", " ")
+        raise InputError(
+            f"Unknown {label} '{name}'.{hint} Known {label}s: {', '.join(sorted(known)) or 'none'}. "
+            "Run 'cdsf-bench plugins' to see every installed plugin."
+        )
+
+    def names(self, kind: Kind) -> list[str]:
+        return sorted(self.components.get(kind, {}))
+
+    def all(self) -> list[tuple[Kind, Component]]:
+        return [(kind, c) for kind, comps in self.components.items() for c in comps.values()]
+
+
+def _entry_points() -> list[importlib.metadata.EntryPoint]:
+    found = importlib.metadata.entry_points(group=hookspecs.PROJECT)
+    allowed = os.environ.get(ALLOWLIST_ENV, "").strip()
+    if not allowed:
+        return list(found)
+    names = {n.strip() for n in allowed.split(",") if n.strip()}
+    return [ep for ep in found if ep.name in names]
+
+
+def build_registry(extra_plugins: list[object] | None = None) -> Registry:
+    """Load every allowed entry-point plugin (and ``extra_plugins``) and collect their components."""
+    manager = pluggy.PluginManager(hookspecs.PROJECT)
+    manager.add_hookspecs(hookspecs)
+    registry = Registry()
+    origins: dict[int, tuple[str, str, str]] = {}
+    for ep in _entry_points():
+        try:
+            module = ep.load()
+            manager.register(module, name=ep.name)
+        except Exception as error:  # a broken plugin must not stop the others
+            registry.failures[ep.name] = f"{type(error).__name__}: {error}"
+            warnings.warn(f"cdsf-bench plugin '{ep.name}' failed to load: {error}", stacklevel=2)
+            continue
+        dist = ep.dist
+        origins[id(module)] = (ep.name, dist.name if dist else "", dist.version if dist else "")
+    for plugin in extra_plugins or []:
+        manager.register(plugin)
+        origins[id(plugin)] = (getattr(plugin, "__name__", type(plugin).__name__), "", "")
+    for kind, hook_name in KINDS.items():
+        registry.components[kind] = {}
+        hook = getattr(manager.hook, hook_name)
+        for impl in hook.get_hookimpls():
+            plugin_name, dist, version = origins.get(id(impl.plugin), (impl.plugin_name, "", ""))
+            try:
+                provided = list(impl.function() or [])
+            except Exception as error:  # reported like an import failure; the others go on
+                registry.failures[plugin_name] = f"{hook_name}: {type(error).__name__}: {error}"
+                warnings.warn(f"cdsf-bench plugin '{plugin_name}' failed in {hook_name}: {error}", stacklevel=2)
+                continue
+            for comp in provided:
+                if comp.name in registry.components[kind]:
+                    other = registry.components[kind][comp.name]
+                    warnings.warn(
+                        f"{kind} '{comp.name}' from plugin '{plugin_name}' is shadowed by "
+                        f"the one from '{other.plugin}'",
+                        stacklevel=2,
+                    )
+                    continue
+                registry.components[kind][comp.name] = Component(
+                    comp.name, comp.factory, comp.description, plugin_name, dist, version
+                )
+    return registry
+
+
+@lru_cache(maxsize=1)
+def default_registry() -> Registry:
+    """The registry of installed plugins, loaded once per process."""
+    return build_registry()

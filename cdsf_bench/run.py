@@ -1,0 +1,331 @@
+"""One run, top to bottom: data, splits, pipeline, method, training, test, run folder.
+
+The order is the protocol: the cohort is split by subject before anything is trained, the
+model is selected on validation only, and the test split is predicted exactly once, after
+training, with the selected model.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import torch
+
+from cdsf_bench import config as cfg
+from cdsf_bench.data.cohort import TASKS, Cohort
+from cdsf_bench.data.pipeline import DevicePipeline
+from cdsf_bench.data.splits import Splits, check_no_leak, make_splits
+from cdsf_bench.engine import Evaluation, Trainer, evaluate
+from cdsf_bench.errors import InputError
+from cdsf_bench.figures import learning_curves, roc_figure, slice_montage
+from cdsf_bench.interfaces import Coupling, DataSource, TrainingContext
+from cdsf_bench.progress import console
+from cdsf_bench.registry import Registry
+from cdsf_bench.results import environment, utc_stamp, write_csv, write_json, write_text
+
+#: subjects shown in the slice montage
+MONTAGE_SUBJECTS = 4
+
+
+@dataclass
+class RunResult:
+    folder: Path
+    metrics: dict
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda was asked for, but torch sees no CUDA device; use --device cpu or auto.")
+    return device
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Whether bf16 autocast is fast here: CUDA with bf16, or a CPU with AVX-512 BF16 or AMX."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def load_cohort(config: dict, registry: Registry) -> tuple[Cohort, str]:
+    """Give ``--data`` to the first data source that recognises it."""
+    spec = str(config["data"]["spec"])
+    for component in registry.components.get("data_source", {}).values():
+        source: DataSource = component.factory()
+        if source.detect(spec):
+            return source.load(spec, cfg.data_settings(config)), component.name
+    accepted = "; ".join(
+        f"{c.name}: {c.description}" for c in registry.components.get("data_source", {}).values()
+    )
+    raise InputError(f"Could not tell what --data '{spec}' is. The installed data sources accept: {accepted}.")
+
+
+def task_subset(cohort: Cohort, task: str) -> tuple[Cohort, np.ndarray]:
+    """The subjects of the task's two classes and their binary labels (1 = positive class)."""
+    negative, positive = TASKS[task]
+    diagnosis = cohort.participants["diagnosis"].astype(str).to_numpy()
+    rows = np.flatnonzero(np.isin(diagnosis, [negative, positive]))
+    if len(rows) == 0:
+        raise InputError(f"The cohort has no {negative} or {positive} subjects for task {task}.")
+    subset = cohort.subset(rows)
+    return subset, (diagnosis[rows] == positive).astype(np.int64)
+
+
+def prepare_folder(config: dict, out: Path | None, resume: bool) -> Path:
+    """Create the run folder, or check that an existing one is this config's (for resume)."""
+    method = config["method"]
+    folder = out or Path("runs") / f"{utc_stamp()}-{method['synth']}-{method['diag']}-{method['coupling']}"
+    text = cfg.to_toml(config)
+    existing = folder / "config.toml"
+    if folder.exists() and any(folder.iterdir()):
+        if not existing.exists():
+            raise InputError(f"Output folder {folder} exists and is not a cdsf-bench run; choose another --out.")
+        if existing.read_text() != text:
+            raise InputError(
+                f"Output folder {folder} holds a run of a different config; choose another --out, "
+                f"or repeat that run with --config {existing}."
+            )
+        if not resume:
+            done = (folder / "metrics.json").exists()
+            raise InputError(
+                f"Output folder {folder} already holds {'a finished' if done else 'an unfinished'} run of "
+                f"this config; {'choose another --out' if done else f'continue it with --resume {folder}'}."
+            )
+    folder.mkdir(parents=True, exist_ok=True)
+    write_text(existing, text)
+    return folder
+
+
+def build_method(
+    config: dict, registry: Registry, context: TrainingContext, channels_last: bool
+) -> Coupling:
+    """Instantiate the coupling with factories for the chosen synthesiser and diagnoser."""
+    device = context.device
+    synth_name, synth_params = cfg.plugin_settings(config, "synth")
+    diag_name, diag_params = cfg.plugin_settings(config, "diag")
+    coupling_name, coupling_params = cfg.plugin_settings(config, "coupling")
+    coupling_component = registry.get("coupling", coupling_name)
+    coupling_class = coupling_component.factory
+    needs = coupling_class.needs_synthesiser
+    if synth_name == "none" and needs is True:
+        raise InputError(
+            f"Coupling '{coupling_name}' trains a synthesiser; --synth none is single-modality. "
+            "Choose a synthesiser (--synth ism) or the coupling 'single'."
+        )
+    if synth_name != "none" and needs is False:
+        raise InputError(f"Coupling '{coupling_name}' uses no synthesiser; pass --synth none.")
+    if coupling_class.needs_pet_truth and not context.has_pet_truth:
+        raise InputError(
+            f"Coupling '{coupling_name}' needs every subject's real PET, which this data does not have "
+            "(only the phantom keeps the PET it withholds)."
+        )
+
+    def place(module: torch.nn.Module) -> torch.nn.Module:
+        module = module.to(device)
+        return module.to(memory_format=torch.channels_last_3d) if channels_last else module
+
+    build_synth = None
+    if synth_name != "none":
+        synth_component = registry.get("synthesiser", synth_name)
+
+        def build_synth() -> torch.nn.Module:
+            return place(synth_component.factory(**synth_params))
+
+    diag_component = registry.get("diagnoser", diag_name)
+
+    def build_diag(in_channels: int, num_classes: int | None = None) -> torch.nn.Module:
+        return place(
+            diag_component.factory(
+                in_channels=in_channels,
+                input_shape=context.input_shape,
+                num_classes=num_classes or context.num_classes,
+                **diag_params,
+            )
+        )
+
+    return coupling_class(context, build_synth, build_diag, **coupling_params)
+
+
+def execute(config: dict, registry: Registry, out: Path | None = None, resume: bool = False) -> RunResult:
+    """Run one configuration end to end and write its run folder."""
+    started = time.perf_counter()
+    device = resolve_device(config["device"])
+    folder = prepare_folder(config, out, resume)
+    log = _Log(folder / "log.txt")
+    seed = int(config["seed"])
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+    log(f"run folder {folder}; device {device}; seed {seed}")
+    data_started = time.perf_counter()
+    cohort, source_name = load_cohort(config, registry)
+    data_seconds = time.perf_counter() - data_started
+    log(f"data: {source_name} ({cohort.source}), {len(cohort)} subjects, shape {cohort.shape}, {data_seconds:.1f} s")
+    cohort, labels = task_subset(cohort, config["task"])
+    split_cfg = config["split"]
+    splits = make_splits(
+        cohort.participants, labels, val=split_cfg["val"], test=split_cfg["test"],
+        seed=seed, folds=split_cfg["folds"], fold=split_cfg["fold"],
+    )
+    leak = check_no_leak(cohort.participants, splits)
+    write_csv(folder / "splits.csv", splits.table(cohort.participants))
+
+    mixed = bool(config["precision"]["mixed"]) and bf16_supported(device)
+    channels_last = bool(config["precision"]["channels_last"])
+    train = config["train"]
+    pipeline = DevicePipeline(
+        cohort, labels, splits, device=device, seed=seed, batch_size=train["batch_size"],
+        augment=config["augment"], channels_last=channels_last,
+    )
+    context = TrainingContext(
+        device=device,
+        input_shape=cohort.shape,
+        num_classes=2,
+        epochs=train["epochs"],
+        batch_size=train["batch_size"],
+        learning_rate=train["learning_rate"],
+        patience=train["patience"] or None,
+        select_on=train["select_on"],
+        train_pet_mean=pipeline.train_pet_mean(),
+        has_pet_truth=cohort.pet_truth is not None,
+        mixed_precision=mixed,
+    )
+    coupling = build_method(config, registry, context, channels_last)
+    plugins = [
+        {"kind": kind, "name": c.name, "plugin": c.plugin, "distribution": c.distribution, "version": c.version}
+        for kind, c in registry.all()
+        if c.name in (config["method"]["synth"], config["method"]["diag"], config["method"]["coupling"])
+    ]
+    env = environment(device, plugins)
+    env["mixed_precision_bf16"] = mixed
+    env["channels_last_3d"] = channels_last
+    write_json(folder / "environment.json", env)
+    write_json(
+        folder / "data.json",
+        {
+            "source": source_name,
+            "description": cohort.source,
+            "shape": list(cohort.shape),
+            "affine": np.asarray(cohort.affine).tolist(),
+            "subjects": {name: int(len(splits.rows(name))) for name in ("train", "val", "test")},
+            "with_pet": {name: int(cohort.has_pet[splits.rows(name)].sum()) for name in ("train", "val", "test")},
+            "leak_check": leak,
+            "fingerprints": pipeline.fingerprint(),
+            "cache_hit": cohort.extra.get("cache_hit"),
+            "load_seconds": round(data_seconds, 2),
+        },
+    )
+
+    def on_epoch(history: list[dict]) -> None:
+        write_csv(folder / "history.csv", pd.DataFrame(history))
+
+    trainer = Trainer(coupling, pipeline, folder / "checkpoints", seed=seed, on_epoch=on_epoch)
+    history = trainer.fit(resume=resume)
+    log(f"trained: {len(history)} epochs in {len(trainer.stages)} stage(s)")
+
+    test = evaluate(
+        coupling, pipeline, "test", bootstrap=config["evaluate"]["bootstrap"], seed=seed,
+        keep_synthetic=True,
+    )
+    metrics = _metrics(config, trainer, pipeline, coupling, test)
+    _write_outputs(folder, config, cohort, labels, splits, pipeline, history, test)
+    write_json(folder / "metrics.json", metrics)
+    log(f"test: {metrics['diagnosis']}; synthesis: {metrics['synthesis']}")
+    log(f"finished in {time.perf_counter() - started:.1f} s")
+    write_json(folder / "timing.json", {"wall_seconds": round(time.perf_counter() - started, 2), "data_seconds": round(data_seconds, 2)})
+    return RunResult(folder, metrics)
+
+
+def _metrics(config: dict, trainer: Trainer, pipeline: DevicePipeline, coupling: Coupling, test: Evaluation) -> dict:
+    last = trainer.selections[-1] if trainer.selections else {"best_epoch": None, "metric": None, "value": None}
+    return {
+        "diagnosis": test.diagnosis,
+        "synthesis": test.synthesis,
+        "selection": {"best_epoch": last["best_epoch"], "metric": last["metric"], "value": last["value"]},
+        "stages": trainer.selections,
+        "n": {name: int(len(pipeline.rows(name, coupling.subjects))) for name in ("train", "val", "test")},
+        "task": config["task"],
+        "method": dict(config["method"]),
+        "seed": config["seed"],
+    }
+
+
+def _write_outputs(
+    folder: Path,
+    config: dict,
+    cohort: Cohort,
+    labels: np.ndarray,
+    splits: Splits,
+    pipeline: DevicePipeline,
+    history: list[dict],
+    test: Evaluation,
+) -> None:
+    predictions = test.predictions.copy()
+    predictions.insert(2, "diagnosis", cohort.participants["diagnosis"].to_numpy()[predictions["row"]])
+    write_csv(folder / "predictions.csv", predictions.drop(columns=["row"]))
+    figures = folder / "figures"
+    roc_figure(
+        {config["method"]["coupling"]: (predictions["label"].to_numpy(), predictions["probability"].to_numpy())},
+        figures / "roc.png",
+        f"{config['task']} test ROC",
+    )
+    if history:
+        learning_curves(pd.DataFrame(history), figures / "learning_curves.png")
+    if not test.synthetic:
+        return
+    suvr_max = float(config["data"]["pet_suvr_max"])
+    if config["evaluate"]["save_synthetic"]:
+        for row, volume in test.synthetic.items():
+            participant = cohort.participants["participant_id"].iloc[row]
+            suvr = ((volume + 1.0) / 2.0 * suvr_max).astype(np.float32)
+            image = nib.Nifti1Image(suvr, np.asarray(cohort.affine))
+            image.header.set_xyzt_units("mm")
+            _save_nifti(image, folder / "synth" / f"{participant}_desc-synthetic_pet.nii.gz")
+    shown = []
+    for row in list(test.synthetic)[:MONTAGE_SUBJECTS]:
+        truth = cohort.pet_truth[row] if cohort.pet_truth is not None else (cohort.pet[row] if cohort.has_pet[row] else None)
+        participant = cohort.participants["participant_id"].iloc[row]
+        state = "PET acquired" if cohort.has_pet[row] else ("PET withheld" if truth is not None else "no PET")
+        shown.append(
+            {
+                "title": f"{participant} ({cohort.participants['diagnosis'].iloc[row]}, {state})",
+                "mri": np.asarray(cohort.mri[row], dtype=np.float32),
+                "pet": None if truth is None else np.asarray(truth, dtype=np.float32),
+                "synthetic": test.synthetic[row],
+            }
+        )
+    slice_montage(shown, figures / "montage.png")
+
+
+def _save_nifti(image: nib.Nifti1Image, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.nii.gz")
+    nib.save(image, tmp)
+    os.replace(tmp, path)
+
+
+class _Log:
+    """Appends timestamped lines to the run's log.txt and echoes them to the console."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __call__(self, message: str) -> None:
+        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}"
+        with open(self.path, "a") as handle:
+            handle.write(line + "\n")
+        console.log(message, highlight=False)

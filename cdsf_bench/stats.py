@@ -1,0 +1,138 @@
+"""Paired statistics for comparing two methods on the same test subjects.
+
+- AUC: DeLong's test for two correlated ROC curves (DeLong, DeLong and Clarke-Pearson,
+  Biometrics 1988). Each method's AUC is the Mann-Whitney statistic; its structural
+  components (per positive subject, the fraction of negatives it outranks; per negative
+  subject, the fraction of positives that outrank it) give the covariance matrix of the two
+  AUCs, and z = (AUC_a - AUC_b) / sqrt(var_a + var_b - 2 cov_ab) is referred to N(0, 1).
+- Balanced accuracy: a paired bootstrap over subjects (both methods scored on the same
+  resampled subjects, resampling within each class), seeded.
+- Across seeds or folds: the mean of the per-replicate differences with a Student t interval.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+
+@dataclass(frozen=True)
+class DeLongResult:
+    auc_a: float
+    auc_b: float
+    difference: float  # auc_a - auc_b
+    variance: float  # of the difference
+    z: float
+    p_value: float  # two-sided
+
+
+def _structural_components(positives: np.ndarray, negatives: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """V10 (one per positive) and V01 (one per negative) of the Mann-Whitney kernel.
+
+    The kernel is 1 when the positive scores higher, 1/2 on a tie, 0 otherwise; the AUC is
+    the mean of V10 (equally of V01).
+    """
+    kernel = (positives[:, None] > negatives[None, :]) + 0.5 * (positives[:, None] == negatives[None, :])
+    return kernel.mean(axis=1), kernel.mean(axis=0)
+
+
+def delong_test(labels: np.ndarray, score_a: np.ndarray, score_b: np.ndarray) -> DeLongResult:
+    """DeLong's paired test of AUC_a = AUC_b, both scored on the same subjects.
+
+    ``labels`` are 0/1; scores are any monotone measure of the positive class. When the
+    variance of the difference is zero (for example identical scores) the difference is
+    zero and z = 0, p = 1; a non-zero difference with zero variance has no test (NaN).
+    """
+    labels = np.asarray(labels).astype(int)
+    scores = np.stack([np.asarray(score_a, float), np.asarray(score_b, float)])
+    positive, negative = labels == 1, labels == 0
+    m, n = int(positive.sum()), int(negative.sum())
+    if m < 2 or n < 2:
+        raise ValueError(f"DeLong's test needs at least two subjects of each class, got {m} and {n}.")
+    v10 = np.empty((2, m))
+    v01 = np.empty((2, n))
+    for k in range(2):
+        v10[k], v01[k] = _structural_components(scores[k, positive], scores[k, negative])
+    aucs = v10.mean(axis=1)
+    covariance = np.cov(v10) / m + np.cov(v01) / n
+    variance = float(covariance[0, 0] + covariance[1, 1] - 2 * covariance[0, 1])
+    difference = float(aucs[0] - aucs[1])
+    if variance <= 1e-15:
+        z, p = (0.0, 1.0) if abs(difference) < 1e-12 else (math.nan, math.nan)
+    else:
+        z = difference / math.sqrt(variance)
+        p = float(2 * stats.norm.sf(abs(z)))
+    return DeLongResult(float(aucs[0]), float(aucs[1]), difference, max(variance, 0.0), z, p)
+
+
+@dataclass(frozen=True)
+class BootstrapResult:
+    difference: float  # metric_a - metric_b on all subjects
+    ci_low: float
+    ci_high: float
+    p_value: float  # two-sided
+    replicates: int
+
+
+def paired_bootstrap_bacc(
+    labels: np.ndarray,
+    predicted_a: np.ndarray,
+    predicted_b: np.ndarray,
+    *,
+    replicates: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> BootstrapResult:
+    """Paired bootstrap of the balanced-accuracy difference a - b over subjects.
+
+    Each replicate resamples subjects with replacement within each class (so both classes
+    are always present) and scores both methods on the same resample. The interval is the
+    percentile interval; the two-sided p-value is twice the smaller tail of the replicate
+    differences at zero, counted with add-one smoothing and capped at 1.
+    """
+    labels = np.asarray(labels).astype(int)
+    # per subject: +1/-1/0 when only a, only b, or both/neither are right
+    gain = (np.asarray(predicted_a).astype(int) == labels).astype(float) - (
+        np.asarray(predicted_b).astype(int) == labels
+    )
+    classes = [np.flatnonzero(labels == c) for c in (0, 1)]
+    if any(len(rows) == 0 for rows in classes):
+        raise ValueError("The paired bootstrap of balanced accuracy needs subjects of both classes.")
+    rng = np.random.default_rng(seed)
+    # balanced accuracy is the mean of the two per-class recalls, so the difference is the
+    # mean over classes of the per-class mean gain; resampling within a class keeps its size
+    differences = np.mean(
+        [gain[rng.choice(rows, (replicates, len(rows)))].mean(axis=1) for rows in classes], axis=0
+    )
+    observed = np.mean([gain[rows].mean() for rows in classes])
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(differences, [tail, 100 - tail])
+    # add-one counts keep p above zero: B replicates cannot show p below 1 / (B + 1)
+    smaller_tail = min(np.sum(differences <= 0), np.sum(differences >= 0)) + 1
+    p = min(1.0, 2 * smaller_tail / (replicates + 1))
+    return BootstrapResult(float(observed), float(low), float(high), float(p), replicates)
+
+
+@dataclass(frozen=True)
+class MeanInterval:
+    mean: float
+    low: float
+    high: float
+    n: int
+
+
+def t_interval(values: np.ndarray, level: float = 0.95) -> MeanInterval:
+    """Mean of per-replicate values with a Student t interval (NaN bounds for one value)."""
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    n = len(values)
+    if n == 0:
+        return MeanInterval(math.nan, math.nan, math.nan, 0)
+    mean = float(values.mean())
+    if n == 1:
+        return MeanInterval(mean, math.nan, math.nan, 1)
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1) * values.std(ddof=1) / math.sqrt(n))
+    return MeanInterval(mean, mean - half, mean + half, n)

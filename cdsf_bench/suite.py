@@ -1,0 +1,310 @@
+"""Benchmark suites: a TOML file that names methods, tasks and seeds (or folds) to compare.
+
+A suite expands into runs in one stable order (task, then seed or fold, then method). Every
+run's configuration is resolved by :func:`cdsf_bench.config.resolve` from ``--set``-style
+assignments, so a run of a suite is exactly the run ``cdsf-bench run --set ...`` would make.
+All methods of one seed (or fold) share that seed, and the core derives the split and the
+batch order from it: comparisons between methods are paired by construction.
+
+A suite's hash (sha256 of its normalised content) identifies it across shards: shards of a
+suite may be run anywhere and merged only with shards of the same suite.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from cdsf_bench import config as cfg
+from cdsf_bench.data.cohort import TASKS
+from cdsf_bench.errors import ConfigError, InputError
+from cdsf_bench.registry import Registry
+
+SUITE_FIELDS = ("name", "task", "tasks", "data", "preset", "seeds", "folds", "seed", "settings", "methods")
+METHOD_FIELDS = ("name", "synth", "diag", "coupling", "settings")
+#: settings a suite sets through its own fields; overriding them in [settings] would unpair runs
+SUITE_OWNED = {
+    "preset": "preset",
+    "task": "task / tasks",
+    "seed": "seeds (or seed with folds)",
+    "data.spec": "data",
+    "split.folds": "folds",
+    "split.fold": "folds",
+    "method.synth": "the method's synth",
+    "method.diag": "the method's diag",
+    "method.coupling": "the method's coupling",
+}
+DEFAULT_SEEDS = (0, 1, 2)
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One method of a suite: a display name, its three components and its own overrides."""
+
+    name: str
+    synth: str
+    diag: str
+    coupling: str
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def slug(self) -> str:
+        """The method's folder name: its display name in lower case, other characters as '-'."""
+        return re.sub(r"[^a-z0-9._+]+", "-", self.name.lower()).strip("-")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of a suite and the assignments that configure it."""
+
+    suite: str
+    task: str
+    seed: int
+    fold: int | None
+    method: MethodSpec
+    assignments: tuple[str, ...]
+
+    @property
+    def replicate(self) -> str:
+        """``seed-N`` or ``fold-N``: what distinguishes runs of one method and task."""
+        return f"seed-{self.seed}" if self.fold is None else f"fold-{self.fold}"
+
+    @property
+    def folder(self) -> Path:
+        """The run folder relative to the suite's output folder: ``task/replicate/method``."""
+        return Path(self.task) / self.replicate / self.method.slug
+
+    def resolve(self, registry: Registry) -> dict:
+        """The run's full configuration; errors name the method and replicate."""
+        try:
+            return cfg.resolve(registry, None, self.assignments)
+        except ConfigError as error:
+            raise InputError(
+                f"Suite '{self.suite}', method '{self.method.name}' ({self.task}, {self.replicate}): {error}"
+            ) from None
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A parsed, validated suite definition."""
+
+    name: str
+    tasks: tuple[str, ...]
+    data: str
+    preset: str
+    seeds: tuple[int, ...]
+    folds: int
+    settings: dict[str, Any]
+    methods: tuple[MethodSpec, ...]
+    path: Path | None = None
+
+    def canonical(self) -> dict:
+        """The normalised definition (no comments or formatting): what the hash covers."""
+        return {
+            "name": self.name,
+            "tasks": list(self.tasks),
+            "data": self.data,
+            "preset": self.preset,
+            "seeds": list(self.seeds),
+            "folds": self.folds,
+            "settings": self.settings,
+            "methods": [
+                {"name": m.name, "synth": m.synth, "diag": m.diag, "coupling": m.coupling, "settings": m.settings}
+                for m in self.methods
+            ],
+        }
+
+    @property
+    def hash(self) -> str:
+        text = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def runs(self) -> list[RunSpec]:
+        """Every run in the stable order: task, then seed or fold, then method."""
+        replicates = (
+            [(self.seeds[0], fold) for fold in range(self.folds)]
+            if self.folds
+            else [(seed, None) for seed in self.seeds]
+        )
+        out = []
+        for task in self.tasks:
+            for seed, fold in replicates:
+                for method in self.methods:
+                    out.append(RunSpec(self.name, task, seed, fold, method, self._assignments(task, seed, fold, method)))
+        return out
+
+    def _assignments(self, task: str, seed: int, fold: int | None, method: MethodSpec) -> tuple[str, ...]:
+        base: dict[str, Any] = {"preset": self.preset, "task": task, "data.spec": self.data, "seed": seed}
+        if fold is not None:
+            base.update({"split.folds": self.folds, "split.fold": fold})
+        chosen = {"method.synth": method.synth, "method.diag": method.diag, "method.coupling": method.coupling}
+        layers = [base, self.settings, chosen, method.settings]
+        return tuple(f"{key}={toml_value(value)}" for layer in layers for key, value in layer.items())
+
+
+def toml_value(value: Any) -> str:
+    """A value as TOML text, the form ``--set KEY=VALUE`` parses."""
+    return tomli_w.dumps({"v": value}).strip().removeprefix("v = ")
+
+
+def shard_runs(runs: list[RunSpec], index: int, count: int) -> list[RunSpec]:
+    """Shard ``index`` (1-based) of ``count``: every count-th run, so shards are disjoint and balanced."""
+    return runs[index - 1 :: count]
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """Parse ``I/N`` (1 <= I <= N)."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if not match or not 1 <= int(match[1]) <= int(match[2]):
+        raise InputError(f"--shard '{text}' must be I/N with 1 <= I <= N, for example --shard 2/4.")
+    return int(match[1]), int(match[2])
+
+
+def load_suite(path: Path) -> Suite:
+    """Read and validate a suite file; every error names the file and the field."""
+    raw = cfg.read_toml(Path(path))
+    where = f"Suite {path}"
+
+    def fail(message: str) -> InputError:
+        return InputError(f"{where}: {message}")
+
+    unknown = sorted(set(raw) - set(SUITE_FIELDS))
+    if unknown:
+        raise fail(f"unknown field(s) {', '.join(unknown)}; a suite has {', '.join(SUITE_FIELDS)}.")
+    name = raw.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise fail("field 'name' is required: a non-empty string naming the suite.")
+    tasks = _tasks(raw, fail)
+    data = raw.get("data", cfg.DEFAULTS["data"]["spec"])
+    if not isinstance(data, str) or not data:
+        raise fail(f"field 'data' must be a data spec string (like \"phantom\"), got {data!r}.")
+    preset = raw.get("preset", cfg.DEFAULTS["preset"])
+    if preset not in cfg.PRESETS:
+        raise fail(f"field 'preset' must be one of {', '.join(cfg.PRESETS)}, got {preset!r}.")
+    seeds, folds = _replicates(raw, fail)
+    settings = _settings(raw.get("settings", {}), "settings", fail)
+    methods = _methods(raw.get("methods"), fail)
+    return Suite(name.strip(), tasks, data, preset, seeds, folds, settings, methods, Path(path))
+
+
+def suite_from_canonical(content: dict) -> Suite:
+    """Rebuild a suite from :meth:`Suite.canonical` (as recorded in a suite folder's suite.json)."""
+    methods = tuple(MethodSpec(**method) for method in content["methods"])
+    return Suite(
+        content["name"], tuple(content["tasks"]), content["data"], content["preset"],
+        tuple(content["seeds"]), content["folds"], content["settings"], methods,
+    )
+
+
+def _tasks(raw: dict, fail) -> tuple[str, ...]:
+    if "task" in raw and "tasks" in raw:
+        raise fail("give 'task' or 'tasks', not both.")
+    given = raw.get("tasks", [raw.get("task", cfg.DEFAULTS["task"])])
+    if not isinstance(given, list) or not given:
+        raise fail("field 'tasks' must be a non-empty list of task names.")
+    for task in given:
+        if task not in TASKS:
+            raise fail(f"unknown task {task!r} in 'task'/'tasks'; choose from {', '.join(TASKS)}.")
+    if len(set(given)) != len(given):
+        raise fail("field 'tasks' lists a task twice.")
+    return tuple(given)
+
+
+def _replicates(raw: dict, fail) -> tuple[tuple[int, ...], int]:
+    """(seeds, folds): several seeds and no folds, or one seed and k folds."""
+    if "folds" in raw:
+        if "seeds" in raw:
+            raise fail("give 'seeds' (repeated hold-out splits) or 'folds' (k-fold with one 'seed'), not both.")
+        folds, seed = raw["folds"], raw.get("seed", 0)
+        if not isinstance(folds, int) or isinstance(folds, bool) or folds < 2:
+            raise fail(f"field 'folds' must be an integer of at least 2, got {folds!r}.")
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise fail(f"field 'seed' must be an integer, got {seed!r}.")
+        return (seed,), folds
+    if "seed" in raw:
+        raise fail("field 'seed' goes with 'folds'; for hold-out splits list them as seeds = [...].")
+    seeds = raw.get("seeds", list(DEFAULT_SEEDS))
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+        or len(set(seeds)) != len(seeds)
+    ):
+        raise fail(f"field 'seeds' must be a non-empty list of distinct integers, got {seeds!r}.")
+    return tuple(seeds), 0
+
+
+def _settings(given: Any, where: str, fail) -> dict[str, Any]:
+    """Flatten a settings table to dotted keys (``"train.epochs" = 10`` or ``[..train] epochs = 10``)."""
+    if not isinstance(given, dict):
+        raise fail(f"field '{where}' must be a table of dotted settings, like \"train.epochs\" = 10.")
+    flat: dict[str, Any] = {}
+
+    def walk(node: dict, prefix: str) -> None:
+        for key, value in node.items():
+            dotted = f"{prefix}{key}"
+            if isinstance(value, dict):
+                walk(value, dotted + ".")
+            else:
+                flat[dotted] = value
+
+    walk(given, "")
+    for key in flat:
+        owner = SUITE_OWNED.get(key)
+        if owner:
+            raise fail(f"'{where}' sets '{key}', which the suite controls; use {owner} instead.")
+    return flat
+
+
+def _methods(given: Any, fail) -> tuple[MethodSpec, ...]:
+    if not isinstance(given, list) or not given:
+        raise fail("needs at least one [[methods]] entry with name, synth, coupling (and optionally diag, settings).")
+    methods = []
+    for number, entry in enumerate(given, start=1):
+        label = f"[[methods]] entry {number}"
+        if not isinstance(entry, dict):
+            raise fail(f"{label} must be a table.")
+        unknown = sorted(set(entry) - set(METHOD_FIELDS))
+        if unknown:
+            raise fail(f"{label} has unknown field(s) {', '.join(unknown)}; a method has {', '.join(METHOD_FIELDS)}.")
+        for key in ("name", "synth", "coupling"):
+            if not isinstance(entry.get(key), str) or not entry[key].strip():
+                raise fail(f"{label} needs field '{key}' (a non-empty string).")
+        diag = entry.get("diag", cfg.DEFAULTS["method"]["diag"])
+        if not isinstance(diag, str) or not diag:
+            raise fail(f"{label}: field 'diag' must be a diagnoser name.")
+        name = entry["name"].strip()
+        settings = _settings(entry.get("settings", {}), f"methods '{name}' settings", fail)
+        method = MethodSpec(name, entry["synth"].strip(), diag, entry["coupling"].strip(), settings)
+        if not method.slug:
+            raise fail(f"{label}: name {name!r} needs at least one letter or digit.")
+        methods.append(method)
+    slugs = [m.slug for m in methods]
+    for slug in slugs:
+        if slugs.count(slug) > 1:
+            clash = [m.name for m in methods if m.slug == slug]
+            raise fail(f"method names {clash} share the folder name '{slug}'; make them distinct.")
+    return tuple(methods)
+
+
+def check_components(suite: Suite, registry: Registry) -> None:
+    """Check every method's synthesiser against its coupling before hours of compute are spent."""
+    for method in suite.methods:
+        coupling = registry.get("coupling", method.coupling).factory
+        needs = getattr(coupling, "needs_synthesiser", None)
+        if needs is True and method.synth == "none":
+            raise InputError(
+                f"Suite '{suite.name}', method '{method.name}': coupling '{method.coupling}' trains a "
+                "synthesiser, but synth is \"none\"; name a synthesiser or use coupling \"single\"."
+            )
+        if needs is False and method.synth != "none":
+            raise InputError(
+                f"Suite '{suite.name}', method '{method.name}': coupling '{method.coupling}' uses no "
+                f"synthesiser; set synth = \"none\" (not {method.synth!r})."
+            )

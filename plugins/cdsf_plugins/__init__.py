@@ -1,0 +1,1 @@
+"""The built-in method plugins of cdsf-bench."""

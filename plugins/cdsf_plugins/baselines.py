@@ -1,0 +1,278 @@
+"""The baselines CDSF is compared with: two-stage synthesis, single-modality and references.
+
+Notation as in cdsf.py: x is the MRI, y the real PET (present where m = 1), y* the PET of
+every subject (known only on the phantom), c the class, D the diagnoser with logits
+D(x, p), G the synthesiser, sg() stops gradients, CE is cross-entropy and BCE the binary
+cross-entropy on logits. Losses are computed in float32 from forward passes under the
+run's autocast.
+
+Every method here ends in a diagnoser trained on one stage with
+
+    L_D = CE(D(x, p), c)                       [the training subjects of the method]
+
+and predicting P(positive) = softmax(D(x, p))_1. They differ only in the PET channel p:
+
+    single         no PET channel: D reads x alone (pet_source "none")
+    mean-impute    p = m * y + (1 - m) * mean_train(y)   (pet_source "real" / "mean")
+    complete-case  p = y, trained and tested on subjects with PET only (a reference row)
+    oracle         p = y* for every subject, the hidden PET included (a reference row)
+    decoupled      p = m * y + (1 - m) * G(x), with G trained first and then frozen
+
+so they share one implementation, :class:`DiagnosisCoupling`, parameterised by
+``pet_channel``.
+
+``decoupled`` is the usual two-stage pipeline, pix2pix-style (Isola et al., 2017) in 3D.
+Stage 1, "synthesis", on subjects with real PET, alternates a patch discriminator P
+(patchgan.py, conditioned on x) and the generator G, with y_hat = G(x):
+
+    L_P = 1/2 * [ BCE(P(x, y), 1) + BCE(P(x, sg(y_hat)), 0) ]
+    L_G = BCE(P(x, y_hat), 1) + w_l1 * |y_hat - y|_1
+
+(the 1/2 is pix2pix's: it slows P relative to G; BCE averages over the patch map, L1 over
+the voxels). Both use Adam(``synthesis_lr`` = 2e-4, betas (0.5, 0.999)); P is frozen while
+G learns from it. The stage selects G (and P) on the validation MAE of G(x), lower being
+better. Stage 2, "diagnosis", freezes G (evaluation mode, no gradient) and trains D on
+the pairs above with real PET where it exists; prediction uses real PET where it exists
+(``predict_with = "real"``) or G(x) for everyone (``"synthetic"``), and always returns
+G(x) so that synthesis is scored. Unlike CDSF, the diagnosis never shapes G.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Mapping
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from cdsf_bench import Batch, Component, Coupling, Prediction, TrainingContext, TrainingStage, hookimpl
+from cdsf_bench.errors import InputError
+from cdsf_bench.interfaces import DiagnoserFactory, PetSource, SynthesiserFactory
+from cdsf_plugins.common import (
+    PREDICT_WITH,
+    as_floats,
+    check_choice,
+    diagnose,
+    diagnoser_optimiser,
+    fill_pet,
+    positive_probability,
+    real_where,
+    selected_stage,
+)
+from cdsf_plugins.patchgan import PatchGAN3D
+from cdsf_plugins.unet3d import UNet3D
+
+
+class PetChannel(NamedTuple):
+    """The PET a diagnoser reads for one batch, where it came from, and any synthetic PET."""
+
+    pet: Tensor | None  # [B, 1, D, H, W], or None for MRI alone
+    sources: list[PetSource]
+    synthetic: Tensor | None = None  # [B, 1, D, H, W] where the method synthesises
+
+
+class DiagnosisCoupling(Coupling):
+    """A diagnoser trained with cross-entropy on (x, p); subclasses say what p is.
+
+    ``in_channels`` is 2 (MRI and PET) unless a subclass reads the MRI alone. The one
+    training stage, "diagnosis", sees the subjects named by the class's ``subjects``
+    and selects on the run's metric.
+    """
+
+    needs_synthesiser = False
+    in_channels = 2
+
+    def __init__(
+        self,
+        context: TrainingContext,
+        build_synthesiser: SynthesiserFactory | None,
+        build_diagnoser: DiagnoserFactory,
+        *,
+        weight_decay: float = 1e-4,
+    ) -> None:
+        super().__init__(context, build_synthesiser, build_diagnoser)
+        self.diagnoser = build_diagnoser(self.in_channels)
+        self.optimise_diagnoser = diagnoser_optimiser(self.diagnoser, context, weight_decay)
+
+    @abstractmethod
+    def pet_channel(self, batch: Batch, training: bool) -> PetChannel:
+        """The PET channel for ``batch``; ``training`` tells a training step from a prediction."""
+
+    def stages(self) -> list[TrainingStage]:
+        return [
+            selected_stage(
+                self.context,
+                "diagnosis",
+                {"diagnoser": self.diagnoser},
+                {"diagnoser": self.optimise_diagnoser},
+                self.step,
+                subjects=self.subjects,
+            )
+        ]
+
+    def step(self, batch: Batch) -> Mapping[str, float]:
+        """One update of D on L_D = CE(D(x, p), c)."""
+        channel = self.pet_channel(batch, training=True)
+        logits = diagnose(self.diagnoser, self.context, batch.mri, channel.pet).logits
+        loss = F.cross_entropy(logits.float(), batch.label)
+        self.optimise_diagnoser.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimise_diagnoser.step()
+        return as_floats({"cls": loss})
+
+    def predict(self, batch: Batch) -> Prediction:
+        channel = self.pet_channel(batch, training=False)
+        logits = diagnose(self.diagnoser, self.context, batch.mri, channel.pet).logits
+        return Prediction(positive_probability(logits), channel.sources, channel.synthetic)
+
+
+class SingleModality(DiagnosisCoupling):
+    """The diagnoser on MRI alone: what the cohort's MRI can tell without any PET."""
+
+    in_channels = 1
+
+    def pet_channel(self, batch: Batch, training: bool) -> PetChannel:
+        return PetChannel(None, ["none"] * len(batch))
+
+
+class MeanImpute(DiagnosisCoupling):
+    """Missing PET replaced by the mean real PET of the training subjects that have it."""
+
+    def pet_channel(self, batch: Batch, training: bool) -> PetChannel:
+        pet, sources = fill_pet(batch, batch.has_pet, self.context.train_pet_mean, "mean")
+        return PetChannel(pet, sources)
+
+
+class CompleteCase(DiagnosisCoupling):
+    """Trained and tested on subjects with real PET only (the engine draws no others)."""
+
+    subjects = "with_pet"
+
+    def pet_channel(self, batch: Batch, training: bool) -> PetChannel:
+        return PetChannel(batch.pet, ["real"] * len(batch))
+
+
+class Oracle(DiagnosisCoupling):
+    """Real PET for every subject, the withheld PET included: the ceiling synthesis aims at."""
+
+    needs_pet_truth = True
+
+    def pet_channel(self, batch: Batch, training: bool) -> PetChannel:
+        if batch.pet_truth is None:
+            raise InputError(
+                "The oracle needs every subject's real PET (pet_truth), which this data does not have; "
+                "only the phantom keeps the PET it withholds."
+            )
+        return PetChannel(batch.pet_truth, ["real"] * len(batch))
+
+
+def _bce(logits: Tensor, target: float) -> Tensor:
+    """BCE-with-logits of a patch map against a constant label, in float32."""
+    logits = logits.float()
+    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
+
+
+class DecoupledCoupling(DiagnosisCoupling):
+    """Two stages: a pix2pix-style 3D conditional GAN, then a diagnoser on real-or-imputed PET.
+
+    ``synthesis_epochs`` = 0 means the run's epochs; the diagnosis stage always uses them.
+    """
+
+    needs_synthesiser = True
+
+    def __init__(
+        self,
+        context: TrainingContext,
+        build_synthesiser: SynthesiserFactory | None,
+        build_diagnoser: DiagnoserFactory,
+        *,
+        w_l1: float = 100.0,
+        synthesis_lr: float = 2e-4,
+        synthesis_epochs: int = 0,
+        discriminator_widths: tuple[int, ...] = (16, 32, 64),
+        discriminator_norm: str = "instance",
+        predict_with: str = "real",
+        weight_decay: float = 1e-4,
+    ) -> None:
+        super().__init__(context, build_synthesiser, build_diagnoser, weight_decay=weight_decay)
+        if build_synthesiser is None:
+            raise InputError("The decoupled coupling trains a synthesiser; choose one with --synth.")
+        if synthesis_epochs < 0:
+            raise InputError(
+                f"coupling.decoupled.synthesis_epochs must be 0 (the run's epochs) or more, got {synthesis_epochs}."
+            )
+        self.predict_with = check_choice("predict_with", predict_with, PREDICT_WITH)
+        self.w_l1 = w_l1
+        self.synthesis_epochs = synthesis_epochs or context.epochs
+        self.synthesiser = build_synthesiser()
+        self.discriminator = PatchGAN3D(2, tuple(discriminator_widths), discriminator_norm).to(context.device)
+        betas = (0.5, 0.999)
+        self.optimise_synthesiser = torch.optim.Adam(self.synthesiser.parameters(), lr=synthesis_lr, betas=betas)
+        self.optimise_discriminator = torch.optim.Adam(self.discriminator.parameters(), lr=synthesis_lr, betas=betas)
+
+    def stages(self) -> list[TrainingStage]:
+        synthesis = TrainingStage(
+            name="synthesis",
+            modules={"synthesiser": self.synthesiser, "discriminator": self.discriminator},
+            optimisers={"synthesiser": self.optimise_synthesiser, "discriminator": self.optimise_discriminator},
+            step=self.synthesis_step,
+            epochs=self.synthesis_epochs,
+            select_on="mae",
+            subjects="with_pet",
+            patience=self.context.patience,
+        )
+        return [synthesis, *super().stages()]
+
+    def _judge(self, mri: Tensor, pet: Tensor) -> Tensor:
+        """P(x, p): patch logits of the discriminator for the pair."""
+        with self.context.autocast():
+            return self.discriminator(torch.cat([mri, pet], dim=1))
+
+    def synthesis_step(self, batch: Batch) -> Mapping[str, float]:
+        """One pix2pix update: P on L_P, then G on L_G (every subject here has real PET)."""
+        mri, real = batch.mri, batch.pet
+        with self.context.autocast():
+            fake = self.synthesiser(mri)
+        loss_p = 0.5 * (_bce(self._judge(mri, real), 1.0) + _bce(self._judge(mri, fake.detach()), 0.0))
+        self.optimise_discriminator.zero_grad(set_to_none=True)
+        loss_p.backward()
+        self.optimise_discriminator.step()
+        # P is frozen while G learns from it, so L_G moves G alone
+        self.discriminator.requires_grad_(False)
+        try:
+            adversarial = _bce(self._judge(mri, fake), 1.0)
+            l1 = (fake.float() - real).abs().mean()
+            loss_g = adversarial + self.w_l1 * l1
+            self.optimise_synthesiser.zero_grad(set_to_none=True)
+            loss_g.backward()
+            self.optimise_synthesiser.step()
+        finally:
+            self.discriminator.requires_grad_(True)
+        return as_floats({"D": loss_p, "G": loss_g, "adv": adversarial, "l1": l1})
+
+    def pet_channel(self, batch: Batch, training: bool) -> PetChannel:
+        if training:
+            self.synthesiser.eval()  # frozen in the diagnosis stage: its norms behave as at inference
+        with torch.no_grad(), self.context.autocast():
+            synthetic = self.synthesiser(batch.mri).float()
+        use_real = batch.has_pet if training else real_where(batch, self.predict_with)
+        pet, sources = fill_pet(batch, use_real, synthetic, "synthetic")
+        return PetChannel(pet, sources, synthetic)
+
+
+@hookimpl
+def cdsf_bench_synthesisers() -> list[Component]:
+    return [Component("unet3d", UNet3D, "pix2pix-style 3D U-Net generator with skip connections, MRI to PET")]
+
+
+@hookimpl
+def cdsf_bench_couplings() -> list[Component]:
+    return [
+        Component("decoupled", DecoupledCoupling, "two-stage: a pix2pix 3D cGAN imputes missing PET, then the diagnoser"),
+        Component("single", SingleModality, "the diagnoser on MRI alone (--synth none)"),
+        Component("mean-impute", MeanImpute, "missing PET replaced by the mean training PET"),
+        Component("complete-case", CompleteCase, "reference: train and test on subjects with real PET only"),
+        Component("oracle", Oracle, "reference: every subject's real PET, withheld PET included (phantom only)"),
+    ]

@@ -1,0 +1,202 @@
+"""CDSF (Pan, Chen, Shen, Xia, MICCAI 2021): ISM and MDM trained collaboratively.
+
+Notation: x is the MRI, y the real PET (present where m = 1), c the class, G the image
+synthesis module (ISM), D the multi-modal diagnosis module (MDM) with logits D(x, p) and
+L2-normalised features f(x, p), and y_hat = G(x). Masked means average over subjects with
+real PET only. Every weight can be 0, which removes its term (that is how ablations run).
+
+Reading (a), the default (``mdm_head = "class"``):
+
+    L_D = w_cls_real  * CE(D(x, y), c)                     [subjects with PET]
+        + w_cls_synth * CE(D(x, sg(y_hat)), c)             [all subjects]
+    L_G = w_voxel     * |y_hat - y|_1                      [subjects with PET]
+        + w_feature   * ||f(x, y_hat) - sg(f(x, y))||^2    [subjects with PET]
+        + w_diag      * CE(D(x, y_hat), c)                 [all subjects]
+
+Reading (b) (``mdm_head = "class_source"``, AC-GAN-like): D has 2K outputs indexed by
+(class, source), source 0 = real, 1 = synthetic; D learns CE(D(x, y), (c, real)) and
+CE(D(x, sg(y_hat)), (c, synthetic)); G's diagnostic term becomes CE(D(x, y_hat), (c, real)),
+so G must make PET that D takes for real PET of the right class. Class probabilities
+marginalise the source.
+
+sg() stops gradients. D is updated on L_D with its own optimiser, then G on L_G; D's
+parameters are frozen during G's backward so L_G moves only G. Prediction uses the real
+PET where it exists (``predict_with = "real"``) and the synthetic PET otherwise; with
+``predict_with = "synthetic"`` every subject uses synthetic PET. docs/methods.md explains
+which parts are the paper's and which are our reading.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cdsf_bench import Batch, Component, Coupling, Prediction, TrainingContext, TrainingStage, hookimpl
+from cdsf_plugins.ism import ISM
+from cdsf_plugins.mdm import MDM
+
+MDM_HEADS = ("class", "class_source")
+PREDICT_WITH = ("real", "synthetic")
+
+
+def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    """Mean of per-subject ``values`` over ``mask``; zero (and no gradient) when none is set."""
+    mask = mask.to(values.dtype)
+    return (values * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def positive_probability(logits: Tensor, head: str) -> Tensor:
+    """P(positive class) from logits, marginalising the source under reading (b)."""
+    probability = logits.float().softmax(dim=1)
+    if head == "class_source":
+        return probability[:, 2] + probability[:, 3]  # (positive, real) + (positive, synthetic)
+    return probability[:, 1]
+
+
+class JointCoupling(Coupling):
+    """ISM and MDM trained together in one stage (the CDSF method)."""
+
+    needs_synthesiser = True
+
+    def __init__(
+        self,
+        context: TrainingContext,
+        build_synthesiser,
+        build_diagnoser,
+        *,
+        w_voxel: float = 10.0,
+        w_feature: float = 1.0,
+        w_diag: float = 0.1,
+        w_cls_real: float = 1.0,
+        w_cls_synth: float = 1.0,
+        mdm_head: str = "class",
+        predict_with: str = "real",
+        synthesiser_lr_factor: float = 1.0,
+        weight_decay: float = 1e-4,
+    ) -> None:
+        super().__init__(context, build_synthesiser, build_diagnoser)
+        if mdm_head not in MDM_HEADS:
+            raise ValueError(f"mdm_head must be one of {MDM_HEADS}, got {mdm_head!r}")
+        if predict_with not in PREDICT_WITH:
+            raise ValueError(f"predict_with must be one of {PREDICT_WITH}, got {predict_with!r}")
+        self.weights = {
+            "voxel": w_voxel,
+            "feature": w_feature,
+            "diag": w_diag,
+            "cls_real": w_cls_real,
+            "cls_synth": w_cls_synth,
+        }
+        self.head = mdm_head
+        self.predict_with = predict_with
+        self.synthesiser = build_synthesiser()
+        outputs = context.num_classes * (2 if mdm_head == "class_source" else 1)
+        self.diagnoser = build_diagnoser(2, outputs)
+        lr = context.learning_rate
+        self.optimise_synthesiser = torch.optim.Adam(
+            self.synthesiser.parameters(), lr=lr * synthesiser_lr_factor, betas=(0.5, 0.999)
+        )
+        self.optimise_diagnoser = torch.optim.Adam(
+            self.diagnoser.parameters(), lr=lr, weight_decay=weight_decay
+        )
+
+    def stages(self) -> list[TrainingStage]:
+        return [
+            TrainingStage(
+                name="joint",
+                modules={"synthesiser": self.synthesiser, "diagnoser": self.diagnoser},
+                optimisers={"synthesiser": self.optimise_synthesiser, "diagnoser": self.optimise_diagnoser},
+                step=self.step,
+                epochs=self.context.epochs,
+                select_on=self.context.select_on,
+                patience=self.context.patience,
+            )
+        ]
+
+    def _target(self, label: Tensor, synthetic: bool) -> Tensor:
+        """The class index, or under reading (b) the (class, source) index."""
+        return label * 2 + int(synthetic) if self.head == "class_source" else label
+
+    def _diagnose(self, mri: Tensor, pet: Tensor):
+        with self.context.autocast():
+            return self.diagnoser(torch.cat([mri, pet], dim=1))
+
+    def diagnoser_loss(self, batch: Batch, synthetic: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """L_D: the diagnosis learnt from real pairs and from (detached) synthetic pairs."""
+        w = self.weights
+        real = batch.has_pet
+        zero = torch.zeros((), device=batch.mri.device)
+        terms = {"cls_real": zero, "cls_synth": zero}
+        if w["cls_real"] and real.any():
+            out = self._diagnose(batch.mri[real], batch.pet[real])
+            terms["cls_real"] = F.cross_entropy(out.logits.float(), self._target(batch.label[real], False))
+        if w["cls_synth"]:
+            out = self._diagnose(batch.mri, synthetic.detach())
+            terms["cls_synth"] = F.cross_entropy(out.logits.float(), self._target(batch.label, True))
+        return w["cls_real"] * terms["cls_real"] + w["cls_synth"] * terms["cls_synth"], terms
+
+    def synthesiser_loss(self, batch: Batch, synthetic: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """L_G: voxel and feature consistency with real PET, and MDM's diagnostic signal."""
+        w = self.weights
+        real = batch.has_pet
+        zero = torch.zeros((), device=batch.mri.device)
+        voxel = (synthetic.float() - batch.pet).abs().flatten(1).mean(dim=1)
+        terms = {"voxel": masked_mean(voxel, real), "feature": zero, "diag": zero}
+        if w["feature"] or w["diag"]:
+            out_fake = self._diagnose(batch.mri, synthetic)
+            if w["diag"]:
+                terms["diag"] = F.cross_entropy(out_fake.logits.float(), self._target(batch.label, False))
+            if w["feature"] and real.any():
+                with torch.no_grad():
+                    target = self._diagnose(batch.mri[real], batch.pet[real]).features.float()
+                distance = (out_fake.features.float()[real] - target).pow(2).sum(dim=1)
+                terms["feature"] = distance.mean()
+        total = w["voxel"] * terms["voxel"] + w["feature"] * terms["feature"] + w["diag"] * terms["diag"]
+        return total, terms
+
+    def step(self, batch: Batch) -> Mapping[str, float]:
+        """One collaborative update: D on real and synthetic pairs, then G under D's supervision."""
+        with self.context.autocast():
+            synthetic = self.synthesiser(batch.mri)
+        loss_d, terms_d = self.diagnoser_loss(batch, synthetic)
+        self.optimise_diagnoser.zero_grad(set_to_none=True)
+        if loss_d.requires_grad:
+            loss_d.backward()
+            self.optimise_diagnoser.step()
+        # D is frozen while G learns from it, so L_G moves G alone
+        self.diagnoser.requires_grad_(False)
+        try:
+            loss_g, terms_g = self.synthesiser_loss(batch, synthetic)
+            self.optimise_synthesiser.zero_grad(set_to_none=True)
+            if loss_g.requires_grad:
+                loss_g.backward()
+                self.optimise_synthesiser.step()
+        finally:
+            self.diagnoser.requires_grad_(True)
+        return {"D": float(loss_d), "G": float(loss_g), **{k: float(v) for k, v in {**terms_d, **terms_g}.items()}}
+
+    def predict(self, batch: Batch) -> Prediction:
+        with self.context.autocast():
+            synthetic = self.synthesiser(batch.mri).float()
+        use_real = batch.has_pet if self.predict_with == "real" else torch.zeros_like(batch.has_pet)
+        pet = torch.where(use_real.view(-1, 1, 1, 1, 1), batch.pet, synthetic)
+        logits = self._diagnose(batch.mri, pet).logits
+        sources = ["real" if bool(r) else "synthetic" for r in use_real.tolist()]
+        return Prediction(positive_probability(logits, self.head), sources, synthetic)
+
+
+@hookimpl
+def cdsf_bench_synthesisers() -> list[Component]:
+    return [Component("ism", ISM, "CDSF image synthesis module: 3D ResNet generator, MRI to PET")]
+
+
+@hookimpl
+def cdsf_bench_diagnosers() -> list[Component]:
+    return [Component("mdm", MDM, "CDSF multi-modal diagnosis module: 3D CNN with L2-normalised spatial features")]
+
+
+@hookimpl
+def cdsf_bench_couplings() -> list[Component]:
+    return [Component("joint", JointCoupling, "CDSF collaborative training of synthesiser and diagnoser")]
