@@ -27,7 +27,15 @@ from cdsf_bench.suite import RunSpec, Suite, shard_runs, suite_from_canonical
 SUITE_FILE = "suite.json"
 RESULTS_FILE = "results.csv"
 IDENTITY_COLUMNS = ("suite", "task", "seed", "fold", "method", "synth", "diag", "coupling", "status")
-COLUMNS = (*IDENTITY_COLUMNS, *DIAGNOSIS_KEYS, *SYNTHESIS_KEYS, "n_test", "wall_seconds", "run_folder", "error")
+COLUMNS = (
+    *IDENTITY_COLUMNS,
+    *DIAGNOSIS_KEYS,
+    *SYNTHESIS_KEYS,
+    "n_test",
+    "wall_seconds",
+    "run_folder",
+    "error",
+)
 
 
 def results_name(shard: tuple[int, int] | None) -> str:
@@ -155,7 +163,9 @@ def merge_shards(out: Path, sources: list[Path]) -> pd.DataFrame:
         recorded.append(json.loads((out / SUITE_FILE).read_text()))
         sources = [*sources, out]
     if len({r["hash"] for r in recorded}) > 1:
-        names = ", ".join(f"{s} ('{r['name']}', {r['hash'][:12]})" for s, r in zip(sources, recorded, strict=True))
+        names = ", ".join(
+            f"{s} ('{r['name']}', {r['hash'][:12]})" for s, r in zip(sources, recorded, strict=True)
+        )
         raise InputError(f"Refusing to merge shards of different suites: {names}.")
     found: dict[str, dict] = {}
     for source in sources:

@@ -17,6 +17,8 @@ import torch
 from torch import Tensor, nn
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from cdsf_bench.data.cohort import Cohort, DataSettings
 
 #: Where the PET that a prediction used came from, per subject (written to predictions.csv).
@@ -162,3 +164,11 @@ class DataSource(ABC):
     @abstractmethod
     def load(self, spec: str, settings: DataSettings) -> Cohort:
         """Read the cohort; raise ``cdsf_bench.errors.InputError`` naming the bad file or field."""
+
+    def subject_table(self, spec: str, settings: DataSettings) -> tuple[pd.DataFrame, list] | None:
+        """The subject table behind a file-based cohort and problems found while building it.
+
+        ``cdsf-bench data check`` validates this table (columns as in a manifest: participant_id,
+        diagnosis, mri, pet, ...). Sources that generate their data return None.
+        """
+        return None

@@ -20,6 +20,7 @@ import torch
 from cdsf_bench import config as cfg
 from cdsf_bench.data.cohort import TASKS, Cohort
 from cdsf_bench.data.pipeline import DevicePipeline
+from cdsf_bench.data.sources import detect_source
 from cdsf_bench.data.splits import Splits, check_no_leak, make_splits
 from cdsf_bench.engine import Evaluation, Trainer, evaluate
 from cdsf_bench.errors import InputError
@@ -59,17 +60,17 @@ def bf16_supported(device: torch.device) -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def data_source(spec: str, registry: Registry) -> DataSource:
+    """The first installed data source that recognises ``spec``."""
+    sources = [c.factory() for c in registry.components.get("data_source", {}).values()]
+    return detect_source(spec, sources)
+
+
 def load_cohort(config: dict, registry: Registry) -> tuple[Cohort, str]:
-    """Give ``--data`` to the first data source that recognises it."""
+    """Read the cohort named by ``data.spec`` (the ``--data`` option)."""
     spec = str(config["data"]["spec"])
-    for component in registry.components.get("data_source", {}).values():
-        source: DataSource = component.factory()
-        if source.detect(spec):
-            return source.load(spec, cfg.data_settings(config)), component.name
-    accepted = "; ".join(
-        f"{c.name}: {c.description}" for c in registry.components.get("data_source", {}).values()
-    )
-    raise InputError(f"Could not tell what --data '{spec}' is. The installed data sources accept: {accepted}.")
+    source = data_source(spec, registry)
+    return source.load(spec, cfg.data_settings(config)), source.name
 
 
 def task_subset(cohort: Cohort, task: str) -> tuple[Cohort, np.ndarray]:

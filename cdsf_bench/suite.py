@@ -115,7 +115,13 @@ class Suite:
             "folds": self.folds,
             "settings": self.settings,
             "methods": [
-                {"name": m.name, "synth": m.synth, "diag": m.diag, "coupling": m.coupling, "settings": m.settings}
+                {
+                    "name": m.name,
+                    "synth": m.synth,
+                    "diag": m.diag,
+                    "coupling": m.coupling,
+                    "settings": m.settings,
+                }
                 for m in self.methods
             ],
         }
@@ -136,14 +142,22 @@ class Suite:
         for task in self.tasks:
             for seed, fold in replicates:
                 for method in self.methods:
-                    out.append(RunSpec(self.name, task, seed, fold, method, self._assignments(task, seed, fold, method)))
+                    out.append(
+                        RunSpec(
+                            self.name, task, seed, fold, method, self._assignments(task, seed, fold, method)
+                        )
+                    )
         return out
 
     def _assignments(self, task: str, seed: int, fold: int | None, method: MethodSpec) -> tuple[str, ...]:
         base: dict[str, Any] = {"preset": self.preset, "task": task, "data.spec": self.data, "seed": seed}
         if fold is not None:
             base.update({"split.folds": self.folds, "split.fold": fold})
-        chosen = {"method.synth": method.synth, "method.diag": method.diag, "method.coupling": method.coupling}
+        chosen = {
+            "method.synth": method.synth,
+            "method.diag": method.diag,
+            "method.coupling": method.coupling,
+        }
         layers = [base, self.settings, chosen, method.settings]
         return tuple(f"{key}={toml_value(value)}" for layer in layers for key, value in layer.items())
 
@@ -197,8 +211,14 @@ def suite_from_canonical(content: dict) -> Suite:
     """Rebuild a suite from :meth:`Suite.canonical` (as recorded in a suite folder's suite.json)."""
     methods = tuple(MethodSpec(**method) for method in content["methods"])
     return Suite(
-        content["name"], tuple(content["tasks"]), content["data"], content["preset"],
-        tuple(content["seeds"]), content["folds"], content["settings"], methods,
+        content["name"],
+        tuple(content["tasks"]),
+        content["data"],
+        content["preset"],
+        tuple(content["seeds"]),
+        content["folds"],
+        content["settings"],
+        methods,
     )
 
 
@@ -220,7 +240,9 @@ def _replicates(raw: dict, fail) -> tuple[tuple[int, ...], int]:
     """(seeds, folds): several seeds and no folds, or one seed and k folds."""
     if "folds" in raw:
         if "seeds" in raw:
-            raise fail("give 'seeds' (repeated hold-out splits) or 'folds' (k-fold with one 'seed'), not both.")
+            raise fail(
+                "give 'seeds' (repeated hold-out splits) or 'folds' (k-fold with one 'seed'), not both."
+            )
         folds, seed = raw["folds"], raw.get("seed", 0)
         if not isinstance(folds, int) or isinstance(folds, bool) or folds < 2:
             raise fail(f"field 'folds' must be an integer of at least 2, got {folds!r}.")
@@ -264,7 +286,9 @@ def _settings(given: Any, where: str, fail) -> dict[str, Any]:
 
 def _methods(given: Any, fail) -> tuple[MethodSpec, ...]:
     if not isinstance(given, list) or not given:
-        raise fail("needs at least one [[methods]] entry with name, synth, coupling (and optionally diag, settings).")
+        raise fail(
+            "needs at least one [[methods]] entry with name, synth, coupling (and optionally diag, settings)."
+        )
     methods = []
     for number, entry in enumerate(given, start=1):
         label = f"[[methods]] entry {number}"
@@ -272,7 +296,9 @@ def _methods(given: Any, fail) -> tuple[MethodSpec, ...]:
             raise fail(f"{label} must be a table.")
         unknown = sorted(set(entry) - set(METHOD_FIELDS))
         if unknown:
-            raise fail(f"{label} has unknown field(s) {', '.join(unknown)}; a method has {', '.join(METHOD_FIELDS)}.")
+            raise fail(
+                f"{label} has unknown field(s) {', '.join(unknown)}; a method has {', '.join(METHOD_FIELDS)}."
+            )
         for key in ("name", "synth", "coupling"):
             if not isinstance(entry.get(key), str) or not entry[key].strip():
                 raise fail(f"{label} needs field '{key}' (a non-empty string).")
@@ -301,10 +327,10 @@ def check_components(suite: Suite, registry: Registry) -> None:
         if needs is True and method.synth == "none":
             raise InputError(
                 f"Suite '{suite.name}', method '{method.name}': coupling '{method.coupling}' trains a "
-                "synthesiser, but synth is \"none\"; name a synthesiser or use coupling \"single\"."
+                'synthesiser, but synth is "none"; name a synthesiser or use coupling "single".'
             )
         if needs is False and method.synth != "none":
             raise InputError(
                 f"Suite '{suite.name}', method '{method.name}': coupling '{method.coupling}' uses no "
-                f"synthesiser; set synth = \"none\" (not {method.synth!r})."
+                f'synthesiser; set synth = "none" (not {method.synth!r}).'
             )

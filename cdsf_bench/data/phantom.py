@@ -44,6 +44,20 @@ from cdsf_bench.errors import ConfigError
 #: Bumped whenever the files ``write_phantom`` writes change meaning or layout.
 FORMAT_VERSION = 1
 
+#: The columns of ``PhantomCohort.participants``, in order.
+PARTICIPANT_COLUMNS = (
+    "participant_id",
+    "diagnosis",
+    "age",
+    "sex",
+    "has_pet",
+    "severity_structural",
+    "severity_metabolic",
+    "head_scale",
+)
+#: The columns of ``participants.tsv``: the table plus the files, relative to its folder.
+TSV_COLUMNS = PARTICIPANT_COLUMNS[:5] + ("mri", "pet", "pet_truth") + PARTICIPANT_COLUMNS[5:]
+
 #: A progress wrapper: ``progress(iterable, total, label)`` yields the iterable's items.
 Progress = Callable[[Iterable, int, str], Iterable]
 
@@ -88,7 +102,11 @@ ATROPHY_REGIONS = ("hippocampus", "entorhinal", "inferior_temporal")
 #: Regions whose uptake falls with metabolic severity.
 HYPOMETABOLISM_REGIONS = ("posterior_cingulate", "precuneus", "angular")
 #: PET reference regions a setting may name; both are spared by the disease model.
-REFERENCE_REGIONS = {"pons": ("pons",), "cerebellum": ("cerebellum",), "cerebellum+pons": ("cerebellum", "pons")}
+REFERENCE_REGIONS = {
+    "pons": ("pons",),
+    "cerebellum": ("cerebellum",),
+    "cerebellum+pons": ("cerebellum", "pons"),
+}
 #: Regions whose grey matter takes up less FDG than the cerebrum's (settings
 #: ``pet_pons_uptake``, ``pet_cerebellum_uptake``), over a Gaussian this many times wider
 #: than the region, so the reference sphere sits on a plateau of uptake.
@@ -104,7 +122,9 @@ class PhantomSettings:
     Severities are on a latent scale where 0 is the average cognitively normal person and
     1 the average AD patient, so a strength "at severity 1" is the AD-versus-CN mean
     difference the literature reports. Fractions of tissue or uptake are relative (0.2 is
-    20%). Lengths are in mm, so a subject looks the same at every resolution.
+    20%). Lengths are in mm and the smooth random fields are drawn on a fixed lattice, so a
+    subject's anatomy and disease pattern are the same at every resolution; only the
+    voxel noise differs.
     """
 
     # Cohort.
@@ -129,7 +149,7 @@ class PhantomSettings:
     severity_sd: float = 0.4
     severity_correlation: float = 0.6
     # Structural disease effects at severity 1 (fraction of grey matter lost at the centre).
-    hippocampus_atrophy: float = 0.25
+    hippocampus_atrophy: float = 0.28
     entorhinal_atrophy: float = 0.25
     temporal_atrophy: float = 0.15
     ventricle_expansion: float = 0.15  # radial stretch at the ventricles' centre
@@ -156,8 +176,8 @@ class PhantomSettings:
     bias_field_smoothness_mm: float = 50.0
     mri_noise: float = 0.03  # Rician noise sigma, relative to white matter
     # PET.
-    pet_wm_uptake: float = 0.25  # white-matter uptake relative to cerebral grey matter
-    pet_cerebellum_uptake: float = 0.75  # cerebellar grey-matter uptake, same scale
+    pet_wm_uptake: float = 0.22  # white-matter uptake relative to cerebral grey matter
+    pet_cerebellum_uptake: float = 0.72  # cerebellar grey-matter uptake, same scale
     pet_pons_uptake: float = 0.5  # brainstem grey-matter uptake, same scale
     pet_fwhm_mm: float = 7.0
     pet_noise: float = 0.05  # sd of the smoothed noise, relative, at grey-matter uptake
@@ -167,37 +187,60 @@ class PhantomSettings:
         """Raise :class:`ConfigError` naming the first setting that cannot be used."""
         if int(self.subjects) != self.subjects or self.subjects < 1:
             raise ConfigError(f"phantom subjects must be a positive integer, got {self.subjects}")
+        if int(self.seed) != self.seed or self.seed < 0:
+            raise ConfigError(f"phantom seed must be a non-negative integer, got {self.seed}")
         if not self.resolution_mm > 0:
             raise ConfigError(f"phantom resolution_mm must be positive, got {self.resolution_mm}")
         if not 0.0 <= self.missing_pet <= 1.0:
             raise ConfigError(f"phantom missing_pet must lie in [0, 1], got {self.missing_pet}")
         if self.missing_mechanism not in ("mcar", "class"):
-            raise ConfigError(f"phantom missing_mechanism must be 'mcar' or 'class', got {self.missing_mechanism!r}")
+            raise ConfigError(
+                f"phantom missing_mechanism must be 'mcar' or 'class', got {self.missing_mechanism!r}"
+            )
         fractions = dict(self.class_fractions)
         unknown = sorted(set(fractions) - set(DIAGNOSES))
         if unknown or not fractions:
-            raise ConfigError(f"phantom class_fractions must name classes among {DIAGNOSES}, got {unknown or 'none'}")
-        if any(f < 0 for f in fractions.values()) or not math.isclose(sum(fractions.values()), 1.0, abs_tol=1e-6):
+            raise ConfigError(
+                f"phantom class_fractions must name classes among {DIAGNOSES}, got {unknown or 'none'}"
+            )
+        total = sum(fractions.values())
+        if any(f < 0 for f in fractions.values()) or not math.isclose(total, 1.0, abs_tol=1e-6):
             raise ConfigError(f"phantom class_fractions must be non-negative and sum to 1, got {fractions}")
         missing_means = sorted(set(fractions) - set(dict(self.severity_means)))
         if missing_means:
             raise ConfigError(f"phantom severity_means lacks the classes {missing_means}")
         if not -1.0 < self.severity_correlation < 1.0:
-            raise ConfigError(f"phantom severity_correlation must lie in (-1, 1), got {self.severity_correlation}")
+            raise ConfigError(
+                f"phantom severity_correlation must lie in (-1, 1), got {self.severity_correlation}"
+            )
         if not self.age_min < self.age_max:
             raise ConfigError(f"phantom age_min must be below age_max, got {self.age_min} and {self.age_max}")
         if not 0.0 <= self.female_fraction <= 1.0:
             raise ConfigError(f"phantom female_fraction must lie in [0, 1], got {self.female_fraction}")
         if self.pet_reference not in REFERENCE_REGIONS:
-            raise ConfigError(f"phantom pet_reference must be one of {sorted(REFERENCE_REGIONS)}, got {self.pet_reference!r}")
+            raise ConfigError(
+                f"phantom pet_reference must be one of {sorted(REFERENCE_REGIONS)}, "
+                f"got {self.pet_reference!r}"
+            )
         positive = ("deformation_smoothness_mm", "bias_field_smoothness_mm", "pet_fwhm_mm", "t1_gm")
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"phantom {name} must be positive, got {getattr(self, name)}")
         non_negative = (
-            "age_sd", "severity_sd", "head_scale_sd", "deformation_mm", "regional_gm_sd",
-            "regional_uptake_sd", "mri_gain_sd", "bias_field_sd", "mri_noise", "pet_noise",
-            "pet_wm_uptake", "pet_cerebellum_uptake", "pet_pons_uptake", "t1_csf",
+            "age_sd",
+            "severity_sd",
+            "head_scale_sd",
+            "deformation_mm",
+            "regional_gm_sd",
+            "regional_uptake_sd",
+            "mri_gain_sd",
+            "bias_field_sd",
+            "mri_noise",
+            "pet_noise",
+            "pet_wm_uptake",
+            "pet_cerebellum_uptake",
+            "pet_pons_uptake",
+            "t1_csf",
         )
         for name in non_negative:
             if not getattr(self, name) >= 0:
@@ -206,6 +249,23 @@ class PhantomSettings:
     def to_json(self) -> dict:
         """The settings as plain JSON values (tuples become lists)."""
         return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_json(cls, values: dict) -> PhantomSettings:
+        """Settings back from :meth:`to_json` (``phantom.json``), unknown keys refused.
+
+        Lists become tuples again so the result compares equal to, and hashes like, the
+        settings that wrote the file.
+        """
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ConfigError(f"unknown phantom settings {unknown}; known: {sorted(names)}")
+
+        def as_tuple(value: object) -> object:
+            return tuple(as_tuple(v) for v in value) if isinstance(value, list) else value
+
+        return cls(**{key: as_tuple(value) for key, value in values.items()})
 
 
 @dataclass
@@ -258,7 +318,9 @@ def _anatomy(resolution_mm: float) -> _Anatomy:
         if name in ("pons", "cerebellum"):
             wide = np.exp(-distance2 / np.float32(2.0 * (LOW_UPTAKE_WIDTH * region.sigma_mm) ** 2))
             low_uptake[name] = wide.max(0).astype(np.float32)
-    reference_masks = {key: np.logical_or.reduce([spheres[n] for n in names]) for key, names in REFERENCE_REGIONS.items()}
+    reference_masks = {
+        key: np.logical_or.reduce([spheres[n] for n in names]) for key, names in REFERENCE_REGIONS.items()
+    }
     centre = np.array([(lo + hi) / 2 for lo, hi in BRAIN_BOX_MM], dtype=np.float32)
     return _Anatomy(templates, grid, mni, weights, low_uptake, reference_masks, centre)
 
@@ -336,7 +398,7 @@ def assign_diagnoses(settings: PhantomSettings, n: int) -> list[str]:
     classes = [c for c, _ in settings.class_fractions]
     fractions = [float(f) for _, f in settings.class_fractions]
     size = _block_size(fractions)
-    block = [c for c, k in zip(classes, _block_counts(fractions, size)) for _ in range(k)]
+    block = [c for c, k in zip(classes, _block_counts(fractions, size), strict=True) for _ in range(k)]
     out: list[str] = []
     for b in range(math.ceil(n / size)):
         rng = np.random.default_rng(np.random.SeedSequence(settings.seed, spawn_key=(1, b)))
@@ -383,7 +445,7 @@ def assign_has_pet(settings: PhantomSettings, diagnoses: list[str]) -> np.ndarra
     """
     probabilities = missing_probabilities(settings)
     rng = np.random.default_rng(np.random.SeedSequence(settings.seed, spawn_key=(2,)))
-    offsets = {c: float(u) for c, u in zip(DIAGNOSES, rng.random(len(DIAGNOSES)))}
+    offsets = {c: float(u) for c, u in zip(DIAGNOSES, rng.random(len(DIAGNOSES)), strict=True)}
     seen = {c: 0 for c in DIAGNOSES}
     has_pet = np.ones(len(diagnoses), dtype=bool)
     for i, c in enumerate(diagnoses):
@@ -415,8 +477,15 @@ def _truncated_normal(rng: np.random.Generator, mean: float, sd: float, low: flo
 
 
 def _region_map(weights: np.ndarray, amounts: np.ndarray) -> np.ndarray:
-    """Sum over a region's centres of weight times that centre's amount."""
-    return np.tensordot(amounts.astype(np.float32), weights, axes=1)
+    """Sum over a region's centres of weight times that centre's amount.
+
+    A plain loop over the one or two centres rather than a tensordot, which would call
+    a multi-threaded BLAS for no gain on a shared machine.
+    """
+    out = np.zeros(weights.shape[1:], dtype=np.float32)
+    for weight, amount in zip(weights, amounts, strict=True):
+        out += np.float32(amount) * weight
+    return out
 
 
 def _simulate_subject(settings: PhantomSettings, anatomy: _Anatomy, index: int, diagnosis: str) -> _Subject:
@@ -431,7 +500,8 @@ def _simulate_subject(settings: PhantomSettings, anatomy: _Anatomy, index: int, 
     # the settings, so changing one strength does not reshuffle the other draws.
     sex = "F" if rng.random() < s.female_fraction else "M"
     age = round(_truncated_normal(rng, s.age_mean, s.age_sd, s.age_min, s.age_max), 1)
-    head_scale = 1.0 + (0.5 if sex == "M" else -0.5) * s.head_scale_sex + s.head_scale_sd * rng.standard_normal()
+    sex_scale = (0.5 if sex == "M" else -0.5) * s.head_scale_sex
+    head_scale = 1.0 + sex_scale + s.head_scale_sd * rng.standard_normal()
     head_scale = float(np.clip(head_scale, 0.8, 1.2))
     mean = float(dict(s.severity_means)[diagnosis])
     rho = s.severity_correlation
@@ -442,7 +512,11 @@ def _simulate_subject(settings: PhantomSettings, anatomy: _Anatomy, index: int, 
 
     # Grey matter in template space: disease, ageing and individual variation per centre.
     gm_loss = np.full(anatomy.grid.shape, s.age_gm_loss * years, dtype=np.float32)
-    strengths = {"hippocampus": s.hippocampus_atrophy, "entorhinal": s.entorhinal_atrophy, "inferior_temporal": s.temporal_atrophy}
+    strengths = {
+        "hippocampus": s.hippocampus_atrophy,
+        "entorhinal": s.entorhinal_atrophy,
+        "inferior_temporal": s.temporal_atrophy,
+    }
     for name in ATROPHY_REGIONS:
         n = w[name].shape[0]
         amounts = strengths[name] * severity_structural + s.regional_gm_sd * rng.standard_normal(n)
@@ -476,7 +550,8 @@ def _simulate_subject(settings: PhantomSettings, anatomy: _Anatomy, index: int, 
     # smooth random displacement, the subject's individual anatomy.
     mni = anatomy.mni
     position = anatomy.centre_mm + (mni - anatomy.centre_mm) / np.float32(head_scale)
-    stretch = float(np.clip(s.ventricle_expansion * severity_structural + s.age_ventricle_expansion * years, -0.3, 0.6))
+    stretch = s.ventricle_expansion * severity_structural + s.age_ventricle_expansion * years
+    stretch = float(np.clip(stretch, -0.3, 0.6))
     for k, centre in enumerate(REGIONS["ventricles"].centres_mm):
         offset = mni - np.float32(centre)
         position -= np.float32(stretch) * offset * w["ventricles"][k][..., None]
@@ -491,7 +566,8 @@ def _simulate_subject(settings: PhantomSettings, anatomy: _Anatomy, index: int, 
 
     # MRI: tissue contrast, scanner gain, smooth bias field, Rician noise.
     gain = math.exp(s.mri_gain_sd * rng.standard_normal())
-    bias = np.exp(np.float32(s.bias_field_sd) * _smooth_fields(rng, 1, s.bias_field_smoothness_mm, resolution)[0])
+    log_bias = _smooth_fields(rng, 1, s.bias_field_smoothness_mm, resolution)[0]
+    bias = np.exp(np.float32(s.bias_field_sd) * log_bias)
     signal = gain * bias * (wm_w + s.t1_gm * gm_w + s.t1_csf * csf_w)
     sigma = np.float32(s.mri_noise * gain)
     real = signal + sigma * rng.standard_normal(signal.shape, dtype=np.float32)
@@ -502,7 +578,8 @@ def _simulate_subject(settings: PhantomSettings, anatomy: _Anatomy, index: int, 
     # correlated at the kernel's scale as reconstructed PET is), then SUVR.
     sigma_voxels = s.pet_fwhm_mm / FWHM_PER_SIGMA / resolution
     blurred = ndimage.gaussian_filter(activity_w, sigma_voxels, mode="constant", truncate=4.0)
-    noise = ndimage.gaussian_filter(rng.standard_normal(blurred.shape, dtype=np.float32), sigma_voxels, mode="constant", truncate=4.0)
+    white = rng.standard_normal(blurred.shape, dtype=np.float32)
+    noise = ndimage.gaussian_filter(white, sigma_voxels, mode="constant", truncate=4.0)
     noise /= np.float32(_smoothed_noise_sd(sigma_voxels))
     pet = np.maximum(blurred + np.float32(s.pet_noise) * np.sqrt(np.maximum(blurred, 0.0)) * noise, 0.0)
     reference = float(pet[anatomy.reference_masks[s.pet_reference]].mean())
@@ -549,12 +626,8 @@ def generate_phantom(settings: PhantomSettings, progress: Progress | None = None
         rows.append(subject.row)
     participants = pd.DataFrame(rows)
     participants.insert(4, "has_pet", has_pet)
-    columns = [
-        "participant_id", "diagnosis", "age", "sex", "has_pet",
-        "severity_structural", "severity_metabolic", "head_scale",
-    ]
     return PhantomCohort(
-        participants=participants[columns],
+        participants=participants[list(PARTICIPANT_COLUMNS)],
         mri=mri,
         pet=pet,
         has_pet=has_pet,
@@ -611,12 +684,8 @@ def write_phantom(
     table["mri"] = mri_paths
     table["pet"] = pet_paths
     table["pet_truth"] = truth_paths
-    columns = [
-        "participant_id", "diagnosis", "age", "sex", "has_pet", "mri", "pet", "pet_truth",
-        "severity_structural", "severity_metabolic", "head_scale",
-    ]
     tsv = out_dir / "participants.tsv"
-    table[columns].to_csv(tsv, sep="\t", index=False, float_format="%.6g")
+    table[list(TSV_COLUMNS)].to_csv(tsv, sep="\t", index=False, float_format="%.6g")
     meta = {
         "format_version": FORMAT_VERSION,
         "generator": "cdsf_bench.data.phantom",

@@ -119,14 +119,14 @@ def cohort_from_table(table: pd.DataFrame, settings: DataSettings, source_desc: 
 
 
 def _load_table(
-    table: pd.DataFrame, settings: DataSettings, source_desc: str, problems: list[Problem] | None = None
+    table: pd.DataFrame, problems: list[Problem], settings: DataSettings, source_desc: str
 ) -> Cohort:
     """Check a table cheaply, then return its cohort from the cache or by preprocessing it.
 
     The cache key covers the table itself, each file's size and modification time, the
     settings and the preprocessing code, so editing a scan or a label rebuilds the cohort.
     """
-    problems = list(problems or []) + table_problems(table)
+    problems = list(problems) + table_problems(table)
     if not table.empty:
         problems += missing_file_problems(table)
     _raise_problems(problems, source_desc)
@@ -219,9 +219,11 @@ class PhantomFolderSource(DataSource):
     def detect(self, spec: str) -> bool:
         return Path(spec).is_dir() and (Path(spec) / "phantom.json").is_file()
 
+    def subject_table(self, spec: str, settings: DataSettings) -> tuple[pd.DataFrame, list[Problem]]:
+        return read_manifest(Path(spec) / "participants.tsv", strict=False), []
+
     def load(self, spec: str, settings: DataSettings) -> Cohort:
-        manifest = Path(spec) / "participants.tsv"
-        return _load_table(read_manifest(manifest, strict=False), settings, f"phantom folder {spec}")
+        return _load_table(*self.subject_table(spec, settings), settings, f"phantom folder {spec}")
 
 
 class ManifestSource(DataSource):
@@ -236,8 +238,11 @@ class ManifestSource(DataSource):
     def detect(self, spec: str) -> bool:
         return CAPS_TSV_SEPARATOR not in spec and spec.lower().endswith(MANIFEST_SUFFIXES)
 
+    def subject_table(self, spec: str, settings: DataSettings) -> tuple[pd.DataFrame, list[Problem]]:
+        return read_manifest(Path(spec), strict=False), []
+
     def load(self, spec: str, settings: DataSettings) -> Cohort:
-        return _load_table(read_manifest(Path(spec), strict=False), settings, f"manifest {spec}")
+        return _load_table(*self.subject_table(spec, settings), settings, f"manifest {spec}")
 
 
 def _split_caps_spec(spec: str) -> tuple[Path, Path | None]:
@@ -260,10 +265,13 @@ class CapsSource(DataSource):
             return False
         return any(entry.name.startswith("sub-") for entry in subjects.iterdir())
 
-    def load(self, spec: str, settings: DataSettings) -> Cohort:
+    def subject_table(self, spec: str, settings: DataSettings) -> tuple[pd.DataFrame, list[Problem]]:
         caps, tsv = _split_caps_spec(spec)
-        table, problems = scan_caps(caps, tsv, settings.session, settings.tracer, settings.suvr_reference)
-        return _load_table(table, settings, f"CAPS directory {caps}", problems)
+        return scan_caps(caps, tsv, settings.session, settings.tracer, settings.suvr_reference)
+
+    def load(self, spec: str, settings: DataSettings) -> Cohort:
+        table, problems = self.subject_table(spec, settings)
+        return _load_table(table, problems, settings, f"CAPS directory {_split_caps_spec(spec)[0]}")
 
 
 def detect_source(spec: str, sources: list[DataSource]) -> DataSource:

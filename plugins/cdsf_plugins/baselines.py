@@ -201,7 +201,8 @@ class DecoupledCoupling(DiagnosisCoupling):
             raise InputError("The decoupled coupling trains a synthesiser; choose one with --synth.")
         if synthesis_epochs < 0:
             raise InputError(
-                f"coupling.decoupled.synthesis_epochs must be 0 (the run's epochs) or more, got {synthesis_epochs}."
+                "coupling.decoupled.synthesis_epochs must be 0 (the run's epochs) or more, "
+                f"got {synthesis_epochs}."
             )
         self.predict_with = check_choice("predict_with", predict_with, PREDICT_WITH)
         self.w_l1 = w_l1
@@ -209,14 +210,21 @@ class DecoupledCoupling(DiagnosisCoupling):
         self.synthesiser = build_synthesiser()
         self.discriminator = PatchGAN3D(2, tuple(discriminator_widths), discriminator_norm).to(context.device)
         betas = (0.5, 0.999)
-        self.optimise_synthesiser = torch.optim.Adam(self.synthesiser.parameters(), lr=synthesis_lr, betas=betas)
-        self.optimise_discriminator = torch.optim.Adam(self.discriminator.parameters(), lr=synthesis_lr, betas=betas)
+        self.optimise_synthesiser = torch.optim.Adam(
+            self.synthesiser.parameters(), lr=synthesis_lr, betas=betas
+        )
+        self.optimise_discriminator = torch.optim.Adam(
+            self.discriminator.parameters(), lr=synthesis_lr, betas=betas
+        )
 
     def stages(self) -> list[TrainingStage]:
         synthesis = TrainingStage(
             name="synthesis",
             modules={"synthesiser": self.synthesiser, "discriminator": self.discriminator},
-            optimisers={"synthesiser": self.optimise_synthesiser, "discriminator": self.optimise_discriminator},
+            optimisers={
+                "synthesiser": self.optimise_synthesiser,
+                "discriminator": self.optimise_discriminator,
+            },
             step=self.synthesis_step,
             epochs=self.synthesis_epochs,
             select_on="mae",
@@ -270,9 +278,15 @@ def cdsf_bench_synthesisers() -> list[Component]:
 @hookimpl
 def cdsf_bench_couplings() -> list[Component]:
     return [
-        Component("decoupled", DecoupledCoupling, "two-stage: a pix2pix 3D cGAN imputes missing PET, then the diagnoser"),
+        Component(
+            "decoupled",
+            DecoupledCoupling,
+            "two-stage: a pix2pix 3D cGAN imputes missing PET, then the diagnoser",
+        ),
         Component("single", SingleModality, "the diagnoser on MRI alone (--synth none)"),
         Component("mean-impute", MeanImpute, "missing PET replaced by the mean training PET"),
         Component("complete-case", CompleteCase, "reference: train and test on subjects with real PET only"),
-        Component("oracle", Oracle, "reference: every subject's real PET, withheld PET included (phantom only)"),
+        Component(
+            "oracle", Oracle, "reference: every subject's real PET, withheld PET included (phantom only)"
+        ),
     ]

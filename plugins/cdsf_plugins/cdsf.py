@@ -35,25 +35,23 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cdsf_bench import Batch, Component, Coupling, Prediction, TrainingContext, TrainingStage, hookimpl
+from cdsf_bench.interfaces import DiagnoserOutput
+from cdsf_plugins.common import (
+    PREDICT_WITH,
+    as_floats,
+    check_choice,
+    diagnose,
+    diagnoser_optimiser,
+    fill_pet,
+    masked_mean,
+    positive_probability,
+    real_where,
+    selected_stage,
+)
 from cdsf_plugins.ism import ISM
 from cdsf_plugins.mdm import MDM
 
 MDM_HEADS = ("class", "class_source")
-PREDICT_WITH = ("real", "synthetic")
-
-
-def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
-    """Mean of per-subject ``values`` over ``mask``; zero (and no gradient) when none is set."""
-    mask = mask.to(values.dtype)
-    return (values * mask).sum() / mask.sum().clamp(min=1.0)
-
-
-def positive_probability(logits: Tensor, head: str) -> Tensor:
-    """P(positive class) from logits, marginalising the source under reading (b)."""
-    probability = logits.float().softmax(dim=1)
-    if head == "class_source":
-        return probability[:, 2] + probability[:, 3]  # (positive, real) + (positive, synthetic)
-    return probability[:, 1]
 
 
 class JointCoupling(Coupling):
@@ -78,10 +76,8 @@ class JointCoupling(Coupling):
         weight_decay: float = 1e-4,
     ) -> None:
         super().__init__(context, build_synthesiser, build_diagnoser)
-        if mdm_head not in MDM_HEADS:
-            raise ValueError(f"mdm_head must be one of {MDM_HEADS}, got {mdm_head!r}")
-        if predict_with not in PREDICT_WITH:
-            raise ValueError(f"predict_with must be one of {PREDICT_WITH}, got {predict_with!r}")
+        check_choice("mdm_head", mdm_head, MDM_HEADS)
+        check_choice("predict_with", predict_with, PREDICT_WITH)
         self.weights = {
             "voxel": w_voxel,
             "feature": w_feature,
@@ -98,20 +94,16 @@ class JointCoupling(Coupling):
         self.optimise_synthesiser = torch.optim.Adam(
             self.synthesiser.parameters(), lr=lr * synthesiser_lr_factor, betas=(0.5, 0.999)
         )
-        self.optimise_diagnoser = torch.optim.Adam(
-            self.diagnoser.parameters(), lr=lr, weight_decay=weight_decay
-        )
+        self.optimise_diagnoser = diagnoser_optimiser(self.diagnoser, context, weight_decay)
 
     def stages(self) -> list[TrainingStage]:
         return [
-            TrainingStage(
-                name="joint",
-                modules={"synthesiser": self.synthesiser, "diagnoser": self.diagnoser},
-                optimisers={"synthesiser": self.optimise_synthesiser, "diagnoser": self.optimise_diagnoser},
-                step=self.step,
-                epochs=self.context.epochs,
-                select_on=self.context.select_on,
-                patience=self.context.patience,
+            selected_stage(
+                self.context,
+                "joint",
+                {"synthesiser": self.synthesiser, "diagnoser": self.diagnoser},
+                {"synthesiser": self.optimise_synthesiser, "diagnoser": self.optimise_diagnoser},
+                self.step,
             )
         ]
 
@@ -119,9 +111,8 @@ class JointCoupling(Coupling):
         """The class index, or under reading (b) the (class, source) index."""
         return label * 2 + int(synthetic) if self.head == "class_source" else label
 
-    def _diagnose(self, mri: Tensor, pet: Tensor):
-        with self.context.autocast():
-            return self.diagnoser(torch.cat([mri, pet], dim=1))
+    def _diagnose(self, mri: Tensor, pet: Tensor) -> DiagnoserOutput:
+        return diagnose(self.diagnoser, self.context, mri, pet)
 
     def diagnoser_loss(self, batch: Batch, synthetic: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """L_D: the diagnosis learnt from real pairs and from (detached) synthetic pairs."""
@@ -175,15 +166,13 @@ class JointCoupling(Coupling):
                 self.optimise_synthesiser.step()
         finally:
             self.diagnoser.requires_grad_(True)
-        return {"D": float(loss_d), "G": float(loss_g), **{k: float(v) for k, v in {**terms_d, **terms_g}.items()}}
+        return as_floats({"D": loss_d, "G": loss_g, **terms_d, **terms_g})
 
     def predict(self, batch: Batch) -> Prediction:
         with self.context.autocast():
             synthetic = self.synthesiser(batch.mri).float()
-        use_real = batch.has_pet if self.predict_with == "real" else torch.zeros_like(batch.has_pet)
-        pet = torch.where(use_real.view(-1, 1, 1, 1, 1), batch.pet, synthetic)
+        pet, sources = fill_pet(batch, real_where(batch, self.predict_with), synthetic, "synthetic")
         logits = self._diagnose(batch.mri, pet).logits
-        sources = ["real" if bool(r) else "synthetic" for r in use_real.tolist()]
         return Prediction(positive_probability(logits, self.head), sources, synthetic)
 
 

@@ -80,7 +80,9 @@ def fill_pet(
     return pet, sources
 
 
-def diagnoser_optimiser(diagnoser: nn.Module, context: TrainingContext, weight_decay: float) -> torch.optim.Adam:
+def diagnoser_optimiser(
+    diagnoser: nn.Module, context: TrainingContext, weight_decay: float
+) -> torch.optim.Adam:
     """Adam at the run's learning rate with L2 weight decay: every method's diagnoser optimiser."""
     return torch.optim.Adam(diagnoser.parameters(), lr=context.learning_rate, weight_decay=weight_decay)
 

@@ -75,9 +75,11 @@ class MDM(nn.Module):
         widths: tuple[int, ...] = (16, 32, 64, 64, 64),
         norm: str = "batch",
         eps: float = 1e-12,
+        feature_scale: float = 16.0,
     ) -> None:
         super().__init__()
         self.eps = eps
+        self.feature_scale = feature_scale
         layers: list[nn.Module] = []
         shape = tuple(input_shape)
         channels = in_channels
@@ -93,6 +95,12 @@ class MDM(nn.Module):
         self.features = nn.Sequential(*layers)
         self.feature_shape: tuple[int, ...] = (channels, *shape)
         self.classifier = nn.Linear(math.prod(self.feature_shape), num_classes)
+
+    # A unit-norm vector spread over C*S entries has entries of about 1/sqrt(C*S), so a
+    # linear layer initialised as usual gives logits near 0 and the softmax stays flat for
+    # hundreds of steps. Scaling the normalised features by ``feature_scale`` before the
+    # layer (the scale of normalised-feature classifiers, as in NormFace) lets logits
+    # reach useful sizes at ordinary learning rates; the features themselves stay unit-norm.
 
     def spatial_representation(self, x: Tensor) -> Tensor:
         """The final map as [B, C, S], each of the S positions a unit vector over channels.
@@ -110,4 +118,4 @@ class MDM(nn.Module):
 
     def forward(self, x: Tensor) -> DiagnoserOutput:
         features = F.normalize(self.spatial_representation(x).flatten(1), dim=1, eps=self.eps)
-        return DiagnoserOutput(logits=self.classifier(features), features=features)
+        return DiagnoserOutput(logits=self.classifier(features * self.feature_scale), features=features)

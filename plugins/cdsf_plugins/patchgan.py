@@ -25,7 +25,9 @@ from cdsf_plugins.layers import conv_block, make_activation
 class PatchGAN3D(nn.Module):
     """Patch logits [B, 1, d, h, w] for MRI and PET [B, 2, D, H, W] (MRI first)."""
 
-    def __init__(self, in_channels: int = 2, widths: tuple[int, ...] = (16, 32, 64), norm: str = "instance") -> None:
+    def __init__(
+        self, in_channels: int = 2, widths: tuple[int, ...] = (16, 32, 64), norm: str = "instance"
+    ) -> None:
         super().__init__()
         if not widths:
             raise ValueError("PatchGAN3D needs at least one width")

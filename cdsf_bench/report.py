@@ -1,0 +1,378 @@
+"""The suite report: per-method summaries, paired tests against a reference, figures.
+
+Read from a suite folder (``results.csv``, ``suite.json`` and the run folders), written to
+``report.md`` (figures linked from ``figures/``), ``report.html`` (one file, figures embedded)
+and ``comparisons.csv`` (every paired test, one row per method and replicate).
+
+Pairing: a method is compared with the reference within each replicate (the same task and
+seed or fold, hence the same split) on the test subjects both predicted, matched by
+participant. AUCs are compared by DeLong's test, balanced accuracies by a paired bootstrap
+over subjects; over replicates the mean difference gets a Student t interval.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from rich.table import Table as RichTable
+
+from cdsf_bench.bench import RESULTS_FILE, SUITE_FILE
+from cdsf_bench.errors import InputError
+from cdsf_bench.metrics import SYNTHESIS_KEYS
+from cdsf_bench.progress import console
+from cdsf_bench.report_figures import pooled_roc, strip_plot, synthesis_bars
+from cdsf_bench.report_render import Block, Bullets, Figure, Heading, Paragraph, Table, to_html, to_markdown
+from cdsf_bench.results import write_csv, write_text
+from cdsf_bench.stats import delong_test, paired_bootstrap_bacc, t_interval
+
+#: diagnosis metrics summarised per method (per-run AUC intervals stay in results.csv)
+SUMMARY_METRICS = ("auc", "bacc", "acc", "sen", "spe", "f1", "mcc")
+BOOTSTRAP_REPLICATES = 2000
+FORMATS = ("md", "html")
+TESTS_NOTE = (
+    "AUC differences: DeLong's test for two correlated ROC curves (DeLong et al., Biometrics 1988), "
+    "two-sided, one p-value per replicate. Balanced-accuracy differences: paired bootstrap over test "
+    f"subjects ({BOOTSTRAP_REPLICATES} replicates resampled within each class, seeded by the run seed), "
+    "two-sided, one p-value per replicate. Across replicates: mean difference with a 95% Student t "
+    "interval (none for a single replicate). Differences are method minus reference; no correction "
+    "for multiple comparisons is applied. A dash: the test cannot be computed (DeLong needs two test "
+    "subjects of each class and a non-zero variance unless the AUCs are equal)."
+)
+
+
+def load_results(folder: Path) -> pd.DataFrame:
+    path = Path(folder) / RESULTS_FILE
+    if not path.exists():
+        raise InputError(
+            f"{folder} has no {RESULTS_FILE}; give a folder written by 'cdsf-bench bench' "
+            "(for shards, run 'cdsf-bench merge' first)."
+        )
+    return pd.read_csv(path, keep_default_na=False, na_values=[""])
+
+
+def method_order(results: pd.DataFrame) -> list[str]:
+    """Methods in the suite's order (their first appearance in results.csv)."""
+    return list(dict.fromkeys(results["method"]))
+
+
+def choose_reference(results: pd.DataFrame, requested: str | None) -> str:
+    """The requested method, else joint ISM (CDSF), else the first method."""
+    methods = method_order(results)
+    if requested is not None:
+        if requested not in methods:
+            raise InputError(
+                f"--reference '{requested}' is not a method of these results: {', '.join(methods)}."
+            )
+        return requested
+    cdsf = results[(results["coupling"] == "joint") & (results["synth"] == "ism")]["method"]
+    return cdsf.iloc[0] if len(cdsf) else methods[0]
+
+
+def mean_sd(values: pd.Series, digits: int = 3) -> str:
+    values = values.astype(float).dropna()
+    if values.empty:
+        return "-"
+    if len(values) == 1:
+        return f"{values.iloc[0]:.{digits}f}"
+    return f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f}"
+
+
+def _replicate(run_folder: str) -> str:
+    """``task/seed-N`` (or ``task/fold-N``): the replicate a run belongs to."""
+    return Path(run_folder).parent.as_posix()
+
+
+def _predictions(folder: Path, run_folder: str) -> pd.DataFrame:
+    return pd.read_csv(folder / run_folder / "predictions.csv", dtype={"participant_id": str})
+
+
+def compare_replicate(folder: Path, run: pd.Series, reference: pd.Series) -> dict:
+    """DeLong and paired-bootstrap tests of one run against the reference run of its replicate."""
+    mine, theirs = _predictions(folder, run["run_folder"]), _predictions(folder, reference["run_folder"])
+    paired = mine.merge(theirs, on="participant_id", suffixes=("", "_ref"))
+    if not (paired["label"] == paired["label_ref"]).all():
+        raise InputError(f"Runs {run['run_folder']} and {reference['run_folder']} disagree on test labels.")
+    labels = paired["label"].to_numpy()
+    out = {
+        "task": run["task"],
+        "replicate": Path(_replicate(run["run_folder"])).name,
+        "method": run["method"],
+        "reference": reference["method"],
+        "n_paired": len(paired),
+    }
+    try:
+        delong = delong_test(labels, paired["probability"], paired["probability_ref"])
+        out.update(auc_diff=delong.difference, delong_z=delong.z, delong_p=delong.p_value)
+    except ValueError:
+        out.update(auc_diff=math.nan, delong_z=math.nan, delong_p=math.nan)
+    try:
+        boot = paired_bootstrap_bacc(
+            labels,
+            paired["prediction"],
+            paired["prediction_ref"],
+            replicates=BOOTSTRAP_REPLICATES,
+            seed=int(run["seed"]),
+        )
+        out.update(
+            bacc_diff=boot.difference, bacc_ci_low=boot.ci_low, bacc_ci_high=boot.ci_high, bacc_p=boot.p_value
+        )
+    except ValueError:
+        out.update(bacc_diff=math.nan, bacc_ci_low=math.nan, bacc_ci_high=math.nan, bacc_p=math.nan)
+    return out
+
+
+def comparisons(folder: Path, done: pd.DataFrame, reference: str) -> pd.DataFrame:
+    """Every method against the reference, replicate by replicate (finished runs only)."""
+    done = done.assign(replicate=done["run_folder"].map(_replicate))
+    references = done[done["method"] == reference].set_index("replicate")
+    rows = [
+        compare_replicate(folder, run, references.loc[run["replicate"]])
+        for _, run in done.iterrows()
+        if run["method"] != reference and run["replicate"] in references.index
+    ]
+    return pd.DataFrame(rows)
+
+
+def _interval(values: pd.Series) -> str:
+    result = t_interval(values.to_numpy())
+    if result.n == 0:
+        return "-"
+    if result.n == 1:
+        return f"{result.mean:+.3f}"
+    return f"{result.mean:+.3f} [{result.low:+.3f}, {result.high:+.3f}]"
+
+
+def _p_values(part: pd.DataFrame, column: str) -> str:
+    return "; ".join(
+        f"{r}: {p:.3g}" if np.isfinite(p) else f"{r}: -"
+        for r, p in zip(part["replicate"], part[column], strict=True)
+    )
+
+
+def _environment(folder: Path, done: pd.DataFrame) -> dict:
+    for run_folder in done["run_folder"]:
+        path = folder / run_folder / "environment.json"
+        if path.exists():
+            return json.loads(path.read_text())
+    return {}
+
+
+def _header(folder: Path, results: pd.DataFrame, done: pd.DataFrame, reference: str) -> list[Block]:
+    env = _environment(folder, done)
+    suite_file = folder / SUITE_FILE
+    recorded = json.loads(suite_file.read_text()) if suite_file.exists() else {}
+    suite = recorded.get("suite", {})
+    name = suite.get("name") or str(results["suite"].iloc[0])
+    hardware = ", ".join(
+        str(part)
+        for part in (
+            env.get("gpu") or env.get("processor"),
+            f"{env['cpu_count']} CPU cores" if env.get("cpu_count") else None,
+            f"device {env['device']}" if env.get("device") else None,
+            env.get("platform"),
+            f"torch {env.get('packages', {}).get('torch')}" if env.get("packages") else None,
+        )
+        if part
+    )
+    if suite.get("folds"):
+        replicates = f"{suite['folds']}-fold cross-validation (seed {suite['seeds'][0]})"
+    elif suite.get("seeds"):
+        replicates = (
+            f"{len(suite['seeds'])} seeds ({', '.join(map(str, suite['seeds']))}), one hold-out split each"
+        )
+    else:
+        replicates = "replicates as listed in results.csv"
+    settings = ", ".join(f"{k} = {v}" for k, v in suite.get("settings", {}).items()) or "none"
+    return [
+        Heading(1, f"Benchmark report: {name}"),
+        Bullets(
+            (
+                f"Date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
+                f"Hardware: {hardware or 'not recorded'}",
+                f"Commit: {env.get('git_commit') or 'not recorded (not a git checkout)'}",
+                f"Suite: {name} (hash {str(recorded.get('hash', 'not recorded'))[:12]}); "
+                f"data {suite.get('data', '?')}; preset {suite.get('preset', '?')}; "
+                f"settings: {settings}",
+                f"Runs: {len(done)} finished of {len(results)}",
+                f"Reference method for paired comparisons: {reference}",
+            )
+        ),
+        Paragraph(
+            f"Protocol: {replicates}. Within a replicate every method uses the same subject-level, "
+            "label-stratified split and the same batch order (both derived from the seed); models are "
+            "selected on the validation split only, and the test split is predicted once. Summaries "
+            "are mean ± sd over replicates. Paired comparisons use the test subjects both methods "
+            "predicted (a complete-case method predicts only subjects with real PET)."
+        ),
+    ]
+
+
+def _summary_tables(done: pd.DataFrame, methods: list[str]) -> list[Block]:
+    rows = []
+    for method in methods:
+        part = done[done["method"] == method]
+        rows.append((method, str(len(part)), *(mean_sd(part[m]) for m in SUMMARY_METRICS)))
+    blocks: list[Block] = [
+        Heading(3, "Diagnosis (test split, mean ± sd over replicates)"),
+        Table(("method", "runs", *(m.upper() for m in SUMMARY_METRICS)), tuple(rows)),
+    ]
+    synthesising = [m for m in methods if done.loc[done["method"] == m, "ssim"].notna().any()]
+    if synthesising:
+        rows = [
+            (m, *(mean_sd(done.loc[done["method"] == m, k], 4) for k in SYNTHESIS_KEYS)) for m in synthesising
+        ]
+        blocks += [
+            Heading(3, "Synthesis (PET on the [0, 1] scale, inside the brain mask; mean ± sd)"),
+            Table(("method", *(k.upper() for k in SYNTHESIS_KEYS)), tuple(rows)),
+        ]
+    return blocks
+
+
+def _comparison_table(paired: pd.DataFrame, methods: list[str], reference: str) -> list[Block]:
+    rows = []
+    for method in methods:
+        part = paired[paired["method"] == method] if len(paired) else paired
+        if method == reference or part.empty:
+            continue
+        rows.append(
+            (
+                method,
+                str(len(part)),
+                f"{part['n_paired'].min()}-{part['n_paired'].max()}",
+                _interval(part["auc_diff"]),
+                _p_values(part, "delong_p"),
+                _interval(part["bacc_diff"]),
+                _p_values(part, "bacc_p"),
+            )
+        )
+    if not rows:
+        return [Paragraph("No paired comparisons: the reference has no finished run to pair with.")]
+    columns = (
+        "method",
+        "replicates",
+        "subjects paired",
+        f"ΔAUC vs {reference} (mean [95% t-CI])",
+        "DeLong p per replicate",
+        f"ΔBACC vs {reference} (mean [95% t-CI])",
+        "bootstrap p per replicate",
+    )
+    return [
+        Heading(3, f"Paired comparisons against {reference}"),
+        Table(columns, tuple(rows)),
+        Paragraph(TESTS_NOTE),
+    ]
+
+
+def _figures(folder: Path, task: str, done: pd.DataFrame, methods: list[str]) -> list[Block]:
+    figures = folder / "figures"
+    blocks: list[Block] = []
+    curves = {}
+    for method in methods:
+        runs = done[done["method"] == method]["run_folder"]
+        if len(runs):
+            pooled = pd.concat([_predictions(folder, r) for r in runs])
+            curves[method] = (pooled["label"].to_numpy(), pooled["probability"].to_numpy())
+    pooled_roc(curves, figures / f"{task}_roc.png", task)
+    blocks.append(
+        Figure(f"figures/{task}_roc.png", f"{task}: ROC curves, test subjects of all replicates pooled")
+    )
+    strip_plot(done, methods, figures / f"{task}_strip.png", task)
+    blocks.append(
+        Figure(f"figures/{task}_strip.png", f"{task}: AUC and balanced accuracy per replicate (bar: mean)")
+    )
+    synthesising = [m for m in methods if done.loc[done["method"] == m, "ssim"].notna().any()]
+    if synthesising:
+        synthesis_bars(
+            done[done["method"].isin(synthesising)], synthesising, figures / f"{task}_synthesis.png", task
+        )
+        blocks.append(
+            Figure(f"figures/{task}_synthesis.png", f"{task}: synthesis quality, mean ± sd over replicates")
+        )
+    for method in synthesising:
+        first = done[done["method"] == method].iloc[0]
+        montage = folder / first["run_folder"] / "figures" / "montage.png"
+        if montage.exists():
+            slug = Path(first["run_folder"]).name
+            target = figures / f"{task}_montage_{slug}.png"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(montage, target)
+            blocks.append(
+                Figure(
+                    f"figures/{target.name}",
+                    f"{task}: {method}, MRI, real PET, synthetic PET and error on test subjects "
+                    f"({Path(first['run_folder']).parent.name})",
+                )
+            )
+    return blocks
+
+
+def build_report(folder: Path, reference: str | None = None) -> tuple[list[Block], pd.DataFrame, str]:
+    """The report's blocks, the paired comparisons and the reference, drawing the figures."""
+    results = load_results(folder)
+    done = results[results["status"] == "done"]
+    reference = choose_reference(results, reference)
+    blocks = _header(folder, results, done, reference)
+    all_pairs = []
+    for task in dict.fromkeys(results["task"]):
+        task_done = done[done["task"] == task]
+        methods = method_order(results[results["task"] == task])
+        blocks.append(Heading(2, f"Task {task}"))
+        if task_done.empty:
+            blocks.append(Paragraph("No run of this task finished."))
+            continue
+        paired = comparisons(folder, task_done, reference)
+        all_pairs.append(paired)
+        blocks += _summary_tables(task_done, methods)
+        blocks += _comparison_table(paired, methods, reference)
+        blocks += _figures(folder, task, task_done, methods)
+    unfinished = results[results["status"] != "done"]
+    if len(unfinished):
+        blocks += [
+            Heading(2, "Runs that did not finish"),
+            Table(
+                ("run", "status", "error"),
+                tuple(
+                    (r["run_folder"], r["status"], str(r["error"] or "")) for _, r in unfinished.iterrows()
+                ),
+            ),
+        ]
+    pairs = pd.concat(all_pairs, ignore_index=True) if all_pairs else pd.DataFrame()
+    return blocks, pairs, reference
+
+
+def write_report(
+    folder: Path, formats: tuple[str, ...] = FORMATS, reference: str | None = None
+) -> list[Path]:
+    """Write report.md and/or report.html and comparisons.csv into ``folder``; return the paths."""
+    folder = Path(folder)
+    blocks, pairs, reference = build_report(folder, reference)
+    written = [write_csv(folder / "comparisons.csv", pairs)]
+    title = blocks[0].text if isinstance(blocks[0], Heading) else "cdsf-bench report"
+    if "md" in formats:
+        written.append(write_text(folder / "report.md", to_markdown(blocks)))
+    if "html" in formats:
+        written.append(write_text(folder / "report.html", to_html(blocks, folder, title)))
+    return written
+
+
+def print_summary(results: pd.DataFrame) -> None:
+    """The per-method mean ± sd table on the console."""
+    done = results[results["status"] == "done"]
+    for task in dict.fromkeys(results["task"]):
+        part = done[done["task"] == task]
+        table = RichTable(title=f"{task}: test metrics, mean ± sd over replicates")
+        for column in ("method", "runs", *(m.upper() for m in (*SUMMARY_METRICS, *SYNTHESIS_KEYS))):
+            table.add_column(column, justify="left" if column == "method" else "right")
+        for method in method_order(results[results["task"] == task]):
+            runs = part[part["method"] == method]
+            cells = [mean_sd(runs[m]) for m in SUMMARY_METRICS] + [
+                mean_sd(runs[k], 4) for k in SYNTHESIS_KEYS
+            ]
+            table.add_row(method, str(len(runs)), *cells)
+        console.print(table)

@@ -1,0 +1,378 @@
+"""Suites, the suite runner, the report and its statistics, and regression checks.
+
+One tiny suite (two methods, two seeds, 8 mm, one epoch) runs once for the whole module;
+the resume, shard, report and regression tests reuse its folder. conftest.py keeps the
+progress bars quiet and the data cache private.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import re
+import shutil
+import tomllib
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from scipy.stats import mannwhitneyu
+from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+
+from cdsf_bench.bench import COLUMNS, results_frame
+from cdsf_bench.cli import main
+from cdsf_bench.errors import InputError
+from cdsf_bench.registry import default_registry
+from cdsf_bench.stats import delong_test, paired_bootstrap_bacc, t_interval
+from cdsf_bench.suite import load_suite, parse_shard, shard_runs
+
+
+def _second_method() -> str:
+    """MRI alone when the 'single' coupling is installed, else CDSF without the feature term."""
+    if "single" in default_registry().names("coupling"):
+        return 'name = "MRI only"\nsynth = "none"\ncoupling = "single"'
+    return (
+        'name = "CDSF no feature"\nsynth = "ism"\ncoupling = "joint"\nsettings.coupling.joint.w_feature = 0'
+    )
+
+
+TINY_SUITE = """
+name = "tiny"
+task = "ad_cn"
+preset = "tiny"
+seeds = [0, 1]
+
+[settings]
+"data.subjects" = 24
+"train.epochs" = 1
+"evaluate.bootstrap" = 10
+
+[[methods]]
+name = "CDSF"
+synth = "ism"
+coupling = "joint"
+
+[[methods]]
+{second}
+"""
+
+
+@pytest.fixture(scope="module")
+def suite_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("suite") / "tiny.toml"
+    path.write_text(TINY_SUITE.format(second=_second_method()))
+    return path
+
+
+@pytest.fixture(scope="module")
+def suite_run(suite_file, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("bench") / "tiny"
+    result = CliRunner().invoke(main, ["bench", str(suite_file), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+# -- suites -------------------------------------------------------------------------------
+
+
+def test_suite_runs_in_stable_order_with_paired_assignments(suite_file):
+    suite = load_suite(suite_file)
+    runs = suite.runs()
+    assert [r.folder.as_posix() for r in runs][:2] == [
+        "ad_cn/seed-0/cdsf",
+        f"ad_cn/seed-0/{runs[1].method.slug}",
+    ]
+    assert [r.seed for r in runs] == [0, 0, 1, 1]
+    config = runs[0].resolve(default_registry())
+    assert config["seed"] == 0 and config["train"]["epochs"] == 1 and config["data"]["subjects"] == 24
+    assert config["preset"] == "tiny"
+
+
+def test_folds_set_split_and_keep_the_seed(tmp_path):
+    path = tmp_path / "folds.toml"
+    path.write_text(
+        'name = "k"\nfolds = 3\nseed = 7\n[[methods]]\nname = "A"\nsynth = "ism"\ncoupling = "joint"\n'
+    )
+    runs = load_suite(path).runs()
+    assert [r.folder.as_posix() for r in runs] == [f"ad_cn/fold-{f}/a" for f in range(3)]
+    config = runs[2].resolve(default_registry())
+    assert (config["split"]["folds"], config["split"]["fold"], config["seed"]) == (3, 2, 7)
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        ('task = "ad_cn"', "name"),
+        ('name = "x"\nseeds = [0, 0]\n[[methods]]\nname="a"\nsynth="ism"\ncoupling="joint"', "seeds"),
+        ('name = "x"\ntask = "nope"\n[[methods]]\nname="a"\nsynth="ism"\ncoupling="joint"', "task"),
+        ('name = "x"\n[[methods]]\nname="a"\ncoupling="joint"', "synth"),
+        ('name = "x"\nbogus = 1\n[[methods]]\nname="a"\nsynth="ism"\ncoupling="joint"', "bogus"),
+        ('name = "x"\n[settings]\nseed = 3\n[[methods]]\nname="a"\nsynth="ism"\ncoupling="joint"', "seed"),
+    ],
+)
+def test_suite_errors_name_the_field(tmp_path, text, field):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(InputError, match=field):
+        load_suite(path)
+
+
+def test_shards_cover_the_suite_disjointly(suite_file):
+    runs = load_suite(suite_file).runs()
+    first, second = ({r.folder for r in shard_runs(runs, i, 2)} for i in (1, 2))
+    assert first.isdisjoint(second)
+    assert first | second == {r.folder for r in runs}
+    assert parse_shard("2/3") == (2, 3)
+    for bad in ("0/2", "3/2", "1-2"):
+        with pytest.raises(InputError):
+            parse_shard(bad)
+
+
+# -- the suite runner ----------------------------------------------------------------------
+
+
+def test_bench_writes_results_and_report(suite_run):
+    results = pd.read_csv(suite_run / "results.csv")
+    assert list(results.columns) == list(COLUMNS)
+    assert len(results) == 4 and (results["status"] == "done").all()
+    assert results["auc"].notna().all() and results["n_test"].gt(0).all()
+    for folder in results["run_folder"]:
+        assert (suite_run / folder / "metrics.json").exists()
+    assert (suite_run / "report.md").exists() and (suite_run / "report.html").exists()
+    recorded = json.loads((suite_run / "suite.json").read_text())
+    assert recorded["name"] == "tiny" and len(recorded["hash"]) == 64
+
+
+def test_resume_skips_finished_runs(suite_run, suite_file):
+    stamps = {p: p.stat().st_mtime_ns for p in suite_run.glob("*/*/*/metrics.json")}
+    assert len(stamps) == 4
+    refused = invoke("bench", suite_file, "--out", suite_run)
+    assert refused.exit_code == 2 and "--resume" in refused.output
+    result = invoke("bench", suite_file, "--out", suite_run, "--resume")
+    assert result.exit_code == 0, result.output
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert len(pd.read_csv(suite_run / "results.csv")) == 4
+
+
+def test_shards_merge_into_the_whole(suite_run, suite_file, tmp_path):
+    shards = []
+    for index in (1, 2):
+        folder = tmp_path / f"shard{index}"
+        shutil.copytree(
+            suite_run, folder, ignore=shutil.ignore_patterns("results*.csv", "report*", "figures")
+        )
+        result = invoke("bench", suite_file, "--out", folder, "--resume", "--shard", f"{index}/2")
+        assert result.exit_code == 0, result.output
+        assert len(pd.read_csv(folder / f"results.shard-{index}-of-2.csv")) == 2
+        shards.append(folder)
+    merged = tmp_path / "merged"
+    assert invoke("merge", merged, *shards, "--no-report").exit_code == 0
+    whole = pd.read_csv(suite_run / "results.csv").drop(columns="wall_seconds")
+    pd.testing.assert_frame_equal(pd.read_csv(merged / "results.csv").drop(columns="wall_seconds"), whole)
+
+    other = tmp_path / "other"
+    shutil.copytree(shards[1], other)
+    recorded = json.loads((other / "suite.json").read_text())
+    (other / "suite.json").write_text(json.dumps({**recorded, "hash": "0" * 64}))
+    refused = invoke("merge", tmp_path / "mixed", shards[0], other)
+    assert refused.exit_code == 2 and "different suites" in refused.output
+
+
+# -- statistics ----------------------------------------------------------------------------
+
+
+def test_delong_identical_predictions_give_no_difference():
+    rng = np.random.default_rng(1)
+    labels = np.repeat([0, 1], 15)
+    scores = labels + rng.normal(0, 1, 30)
+    result = delong_test(labels, scores, scores)
+    assert result.difference == 0 and result.z == 0 and result.p_value == 1
+
+
+def test_delong_matches_a_hand_computation():
+    # positives A: 0.9 0.8 0.4 | negatives A: 0.5 0.3 0.1 -> V10 = (1, 1, 2/3), V01 = (2/3, 1, 1)
+    # positives B: 0.7 0.2 0.6 | negatives B: 0.3 0.5 0.4 -> V10 = (1, 0, 1), V01 = (2/3, 2/3, 2/3)
+    # AUC_A = 8/9, AUC_B = 2/3; S10 = [[1/27, -1/18], [-1/18, 1/3]], S01 = [[1/27, 0], [0, 0]]
+    # var = (1/27 + 1/3 + 1/9) / 3 + (1/27) / 3 = 14/81; z = (2/9) / sqrt(14/81) = 2 / sqrt(14)
+    labels = [1, 1, 1, 0, 0, 0]
+    result = delong_test(labels, [0.9, 0.8, 0.4, 0.5, 0.3, 0.1], [0.7, 0.2, 0.6, 0.3, 0.5, 0.4])
+    assert result.auc_a == pytest.approx(8 / 9) and result.auc_b == pytest.approx(2 / 3)
+    assert result.variance == pytest.approx(14 / 81)
+    assert result.z == pytest.approx(2 / math.sqrt(14))
+    assert result.p_value == pytest.approx(0.59298, abs=1e-4)
+
+
+def test_delong_auc_is_the_mann_whitney_statistic_with_ties():
+    rng = np.random.default_rng(2)
+    labels = np.repeat([0, 1], [12, 9])
+    score_a = np.round(labels * 0.5 + rng.normal(0, 0.5, 21), 1)  # rounded: ties occur
+    score_b = np.round(rng.normal(0, 1, 21), 1)
+    result = delong_test(labels, score_a, score_b)
+    u = mannwhitneyu(score_a[labels == 1], score_a[labels == 0]).statistic
+    assert result.auc_a == pytest.approx(u / (9 * 12))
+    assert result.auc_b == pytest.approx(roc_auc_score(labels, score_b))
+    assert 0 < result.p_value < 1
+
+
+def test_paired_bootstrap_of_balanced_accuracy():
+    labels = np.repeat([0, 1], [20, 10])
+    same = paired_bootstrap_bacc(labels, labels, labels, replicates=200)
+    assert (same.difference, same.ci_low, same.ci_high, same.p_value) == (0, 0, 0, 1)
+    right, wrong = labels, 1 - labels
+    result = paired_bootstrap_bacc(labels, right, wrong, replicates=200, seed=3)
+    assert result.difference == 1 and result.ci_low == 1 and result.p_value == pytest.approx(2 / 201)
+    rng = np.random.default_rng(4)
+    noisy_a = np.where(rng.random(30) < 0.8, labels, 1 - labels)
+    noisy_b = np.where(rng.random(30) < 0.6, labels, 1 - labels)
+    first = paired_bootstrap_bacc(labels, noisy_a, noisy_b, replicates=300, seed=5)
+    expected = balanced_accuracy_score(labels, noisy_a) - balanced_accuracy_score(labels, noisy_b)
+    assert first.difference == pytest.approx(expected)
+    assert first.ci_low <= first.difference <= first.ci_high
+    assert paired_bootstrap_bacc(labels, noisy_a, noisy_b, replicates=300, seed=5) == first
+
+
+def test_t_interval():
+    result = t_interval(np.array([0.1, 0.2, 0.3]))
+    assert result.mean == pytest.approx(0.2)
+    assert result.high - result.mean == pytest.approx(4.302653 * 0.1 / math.sqrt(3), rel=1e-5)
+    assert math.isnan(t_interval(np.array([0.5])).low)
+
+
+# -- report ---------------------------------------------------------------------------------
+
+
+class _Images(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sources: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.sources.append(dict(attrs)["src"])
+        for name, value in attrs:
+            assert name not in ("href", "src") or value.startswith(("data:", "#")), f"external asset {value}"
+
+
+def test_html_report_is_self_contained(suite_run):
+    markdown = (suite_run / "report.md").read_text()
+    figures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown)
+    assert {"figures/ad_cn_roc.png", "figures/ad_cn_strip.png"} <= set(figures)
+    parser = _Images()
+    parser.feed((suite_run / "report.html").read_text())
+    parser.close()
+    embedded = {src.removeprefix("data:image/png;base64,") for src in parser.sources}
+    for figure in figures:
+        assert base64.b64encode((suite_run / figure).read_bytes()).decode() in embedded, figure
+    assert "DeLong" in markdown and "bootstrap" in markdown
+
+
+def test_report_command_and_reference(suite_run):
+    methods = pd.read_csv(suite_run / "results.csv")["method"].unique()
+    result = invoke("report", suite_run, "--format", "md", "--reference", methods[1])
+    assert result.exit_code == 0, result.output
+    pairs = pd.read_csv(suite_run / "comparisons.csv")
+    assert set(pairs["reference"]) == {methods[1]} and len(pairs) == 2
+    assert invoke("report", suite_run, "--reference", "nobody").exit_code == 2
+    invoke("report", suite_run)  # leave the default report for the other tests
+
+
+# -- regression -----------------------------------------------------------------------------
+
+
+def _results(path: Path) -> Path:
+    """A results.csv with known values: two seeds of 'A' (with synthesis), one of 'B'."""
+
+    def row(seed: int, method: str, **metrics: float) -> dict:
+        folder = f"ad_cn/seed-{seed}/{method.lower()}"
+        identity = {"suite": "s", "task": "ad_cn", "seed": seed, "method": method, "status": "done"}
+        return {**dict.fromkeys(COLUMNS), **identity, **metrics, "run_folder": folder}
+
+    rows = [row(0, "A", auc=0.8, mae=0.10), row(1, "A", auc=0.9, mae=0.12), row(0, "B", auc=0.7)]
+    results_frame(rows).to_csv(path / "results.csv", index=False)
+    return path / "results.csv"
+
+
+def _baseline(path: Path, text: str) -> Path:
+    target = path / "baseline.toml"
+    target.write_text(text)
+    return target
+
+
+def test_regress_passes_on_identical_results(tmp_path):
+    results = _results(tmp_path)
+    baseline = _baseline(
+        tmp_path,
+        "[methods.A.auc]\nvalue = 0.85\nabs_tol = 0.0\n"
+        "[methods.A.mae]\nvalue = 0.11\n"
+        "[methods.B.auc]\nvalue = 0.7\n",
+    )
+    result = invoke("regress", results, "--baseline", baseline, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["passed"] and {c["verdict"] for c in report["checks"]} == {"ok"}
+    assert invoke("regress", tmp_path, "--baseline", baseline).exit_code == 0  # the suite folder
+
+
+def test_regress_fails_naming_the_worse_metric(tmp_path):
+    results = _results(tmp_path)
+    baseline = _baseline(tmp_path, "[methods.A.auc]\nvalue = 0.95\nabs_tol = 0.05\nrel_tol = 0.01\n")
+    result = invoke("regress", results, "--baseline", baseline)
+    assert result.exit_code == 1
+    assert re.search(r"A auc worse", result.output)
+    loose = _baseline(tmp_path, "[methods.A.auc]\nvalue = 0.95\nrel_tol = 0.2\n")
+    assert invoke("regress", results, "--baseline", loose).exit_code == 0
+
+
+def test_regress_respects_direction(tmp_path):
+    results = _results(tmp_path)  # A's mean MAE is 0.11, and a lower MAE is better
+    lower_now = _baseline(tmp_path, "[methods.A.mae]\nvalue = 0.2\nabs_tol = 0.001\n")
+    assert invoke("regress", results, "--baseline", lower_now).exit_code == 0
+    higher_now = _baseline(tmp_path, "[methods.A.mae]\nvalue = 0.05\nabs_tol = 0.001\n")
+    result = invoke("regress", results, "--baseline", higher_now)
+    assert result.exit_code == 1 and "A mae worse" in result.output
+    flipped = _baseline(tmp_path, '[methods.A.mae]\nvalue = 0.2\nabs_tol = 0.001\ndirection = "higher"\n')
+    assert invoke("regress", results, "--baseline", flipped).exit_code == 1
+
+
+def test_regress_fails_on_missing_metric_or_method(tmp_path):
+    results = _results(tmp_path)
+    for text, name in (
+        ("[methods.B.mae]\nvalue = 0.1\n", "B mae missing"),
+        ("[methods.C.auc]\nvalue = 0.5\n", "C auc missing"),
+    ):
+        result = invoke("regress", results, "--baseline", _baseline(tmp_path, text))
+        assert result.exit_code == 1 and name in result.output
+
+
+def test_regress_update_keeps_tolerances(tmp_path):
+    results = _results(tmp_path)
+    baseline = _baseline(
+        tmp_path,
+        '[methods.A.auc]\nvalue = 0.1\nabs_tol = 0.03\n[methods.A.mae]\nrel_tol = 0.2\ndirection = "lower"\n',
+    )
+    assert invoke("regress", results, "--baseline", baseline).exit_code == 2  # A.mae has no value yet
+    assert invoke("regress", results, "--baseline", baseline, "--update").exit_code == 0
+    updated = tomllib.loads(baseline.read_text())["methods"]["A"]
+    assert updated["auc"] == {"value": pytest.approx(0.85), "abs_tol": 0.03}
+    assert updated["mae"] == {"value": pytest.approx(0.11), "direction": "lower", "rel_tol": 0.2}
+    assert invoke("regress", results, "--baseline", baseline).exit_code == 0
+
+
+def test_regress_on_a_run_folder_and_a_suite(suite_run, tmp_path):
+    results = pd.read_csv(suite_run / "results.csv")
+    run = results.iloc[0]
+    key = f"{run['synth']}+{run['diag']}+{run['coupling']}"
+    baseline = _baseline(tmp_path, f'[methods."{key}".auc]\nvalue = 0.0\nabs_tol = 0.0\n')
+    assert invoke("regress", suite_run / run["run_folder"], "--baseline", baseline, "--update").exit_code == 0
+    assert invoke("regress", suite_run / run["run_folder"], "--baseline", baseline).exit_code == 0
+    suite_baseline = _baseline(tmp_path, f'[methods."{run["method"]}".bacc]\nabs_tol = 0.0\n')
+    assert invoke("regress", suite_run, "--baseline", suite_baseline, "--update").exit_code == 0
+    assert invoke("regress", suite_run, "--baseline", suite_baseline).exit_code == 0

@@ -1,0 +1,142 @@
+"""The joint coupling's losses: every term reaches the module it should, and a weight of 0 removes it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cdsf_bench.interfaces import Batch, TrainingContext
+from cdsf_plugins.cdsf import JointCoupling, masked_mean, positive_probability
+from cdsf_plugins.ism import ISM
+from cdsf_plugins.mdm import MDM
+
+SHAPE = (16, 20, 16)
+
+
+def _coupling(**weights) -> JointCoupling:
+    torch.manual_seed(0)
+    context = TrainingContext(
+        device=torch.device("cpu"), input_shape=SHAPE, num_classes=2, epochs=1, batch_size=4,
+        learning_rate=1e-3, patience=None, select_on="auc",
+        train_pet_mean=torch.zeros(1, 1, *SHAPE), has_pet_truth=False,
+    )
+    return JointCoupling(
+        context,
+        lambda: ISM(widths=(4, 8, 8), n_residual=1),
+        lambda channels, classes=None: MDM(channels, SHAPE, classes or 2, widths=(4, 8, 8, 8, 8)),
+        **weights,
+    )
+
+
+def _batch() -> Batch:
+    torch.manual_seed(1)
+    return Batch(
+        mri=torch.rand(4, 1, *SHAPE) * 2 - 1,
+        pet=torch.rand(4, 1, *SHAPE) * 2 - 1,
+        has_pet=torch.tensor([True, True, False, True]),
+        label=torch.tensor([0, 1, 1, 0]),
+        index=torch.arange(4),
+    )
+
+
+def _synth_grad(coupling: JointCoupling, batch: Batch, term: str | None = None) -> tuple[float, torch.Tensor]:
+    coupling.synthesiser.zero_grad()
+    synthetic = coupling.synthesiser(batch.mri)
+    total, terms = coupling.synthesiser_loss(batch, synthetic)
+    loss = total if term is None else terms[term]
+    loss.backward()
+    loss = loss.detach()
+    grad = torch.cat([p.grad.flatten() for p in coupling.synthesiser.parameters() if p.grad is not None])
+    return float(loss), grad
+
+
+def test_feature_consistency_gradient_reaches_the_synthesiser():
+    coupling = _coupling(w_voxel=0.0, w_diag=0.0, w_feature=1.0)
+    loss, grad = _synth_grad(coupling, _batch(), "feature")
+    assert loss > 0
+    assert grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("term", ["voxel", "feature", "diag"])
+def test_zero_weight_removes_a_synthesiser_term(term: str):
+    batch = _batch()
+    full_loss, full_grad = _synth_grad(_coupling(), batch)
+    ablated_loss, ablated_grad = _synth_grad(_coupling(**{f"w_{term}": 0.0}), batch)
+    assert ablated_loss != pytest.approx(full_loss)
+    assert not torch.allclose(full_grad, ablated_grad)
+    coupling = _coupling(**{f"w_{term}": 0.0})
+    total, terms = coupling.synthesiser_loss(batch, coupling.synthesiser(batch.mri))
+    kept = sum(coupling.weights[k] * float(v) for k, v in terms.items() if k != term)
+    assert float(total) == pytest.approx(kept, rel=1e-5)
+
+
+@pytest.mark.parametrize("term", ["cls_real", "cls_synth"])
+def test_zero_weight_removes_a_diagnoser_term(term: str):
+    batch = _batch()
+
+    def diag_loss(coupling: JointCoupling) -> tuple[float, torch.Tensor]:
+        coupling.diagnoser.zero_grad()
+        total, _ = coupling.diagnoser_loss(batch, coupling.synthesiser(batch.mri))
+        total.backward()
+        return float(total), torch.cat([p.grad.flatten() for p in coupling.diagnoser.parameters()])
+
+    full_loss, full_grad = diag_loss(_coupling())
+    ablated_loss, ablated_grad = diag_loss(_coupling(**{f"w_{term}": 0.0}))
+    assert ablated_loss != pytest.approx(full_loss)
+    assert not torch.allclose(full_grad, ablated_grad)
+
+
+def test_synthesiser_loss_does_not_move_the_diagnoser():
+    coupling = _coupling()
+    before = [p.detach().clone() for p in coupling.diagnoser.parameters()]
+    coupling.step(_batch())
+    after = list(coupling.diagnoser.parameters())
+    # the diagnoser moved once, by its own optimiser; its grads came from L_D only
+    assert any(not torch.equal(a, b) for a, b in zip(after, before, strict=True))
+    assert all(p.requires_grad for p in coupling.diagnoser.parameters())
+
+
+def test_voxel_loss_uses_only_subjects_with_pet():
+    coupling = _coupling()
+    batch = _batch()
+    synthetic = coupling.synthesiser(batch.mri)
+    _, terms = coupling.synthesiser_loss(batch, synthetic)
+    real = batch.has_pet
+    expected = (synthetic - batch.pet).abs()[real].flatten(1).mean(1).mean()
+    assert float(terms["voxel"]) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_prediction_uses_real_pet_where_present_and_synthetic_elsewhere():
+    coupling = _coupling()
+    coupling.synthesiser.eval()
+    coupling.diagnoser.eval()
+    with torch.no_grad():
+        prediction = coupling.predict(_batch())
+    assert prediction.pet_source == ["real", "real", "synthetic", "real"]
+    assert prediction.synthetic.shape == (4, 1, *SHAPE)
+    assert torch.all((prediction.probability >= 0) & (prediction.probability <= 1))
+    always_synthetic = _coupling(predict_with="synthetic")
+    always_synthetic.synthesiser.eval()
+    always_synthetic.diagnoser.eval()
+    with torch.no_grad():
+        assert always_synthetic.predict(_batch()).pet_source == ["synthetic"] * 4
+
+
+def test_reading_b_has_a_class_by_source_head_and_marginal_probabilities():
+    coupling = _coupling(mdm_head="class_source")
+    assert coupling.diagnoser.classifier.out_features == 4
+    loss = coupling.step(_batch())
+    assert all(torch.isfinite(torch.tensor(v)) for v in loss.values())
+    logits = torch.tensor([[0.0, 0.0, 0.0, 0.0]])
+    assert float(positive_probability(logits, "class_source")) == pytest.approx(0.5)
+
+
+def test_masked_mean_is_zero_without_subjects():
+    values = torch.tensor([1.0, 2.0])
+    assert float(masked_mean(values, torch.tensor([False, False]))) == 0.0
+    assert float(masked_mean(values, torch.tensor([True, False]))) == 1.0
+
+
+def test_unknown_head_is_refused():
+    with pytest.raises(ValueError, match="mdm_head"):
+        _coupling(mdm_head="nope")

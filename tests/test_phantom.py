@@ -1,0 +1,254 @@
+"""Tests of the phantom cohort and its templates, at 6 mm and a dozen subjects.
+
+They pin down what the rest of the benchmark relies on: the reference grid, determinism
+(a cohort is a function of its settings, and a small cohort is a prefix of a large one),
+the missing-PET bookkeeping with the hidden truth kept, SUVR units, the direction of the
+disease effects, and a lossless round trip through the files ``write_phantom`` writes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from cdsf_bench.data.grid import reference_grid
+from cdsf_bench.data.phantom import (
+    FORMAT_VERSION,
+    REFERENCE_REGIONS,
+    REGIONS,
+    PhantomCohort,
+    PhantomSettings,
+    generate_phantom,
+    missing_probabilities,
+    write_phantom,
+)
+from cdsf_bench.data.templates import grid_mni_coordinates, load_templates, mni_to_voxel
+from cdsf_bench.errors import ConfigError
+
+RESOLUTION = 6.0
+SMALL = PhantomSettings(subjects=10, resolution_mm=RESOLUTION, seed=3)
+
+
+@pytest.fixture(scope="module")
+def cohort() -> PhantomCohort:
+    return generate_phantom(SMALL)
+
+
+def region_weights(name: str, resolution: float = RESOLUTION) -> np.ndarray:
+    """Gaussian weights of a region on the grid, built here from the MNI centres alone."""
+    mni = grid_mni_coordinates(reference_grid(resolution))
+    region = REGIONS[name]
+    distances2 = [((mni - np.array(c)) ** 2).sum(-1) for c in region.centres_mm]
+    return np.max([np.exp(-d2 / (2 * region.sigma_mm**2)) for d2 in distances2], axis=0)
+
+
+def weighted_means(volumes: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    return (volumes * weights).reshape(len(volumes), -1).sum(1) / weights.sum()
+
+
+def test_templates_on_reference_grid() -> None:
+    templates = load_templates(RESOLUTION)
+    grid = reference_grid(RESOLUTION)
+    for name in ("t1", "gm", "wm", "csf"):
+        volume = getattr(templates, name)
+        assert volume.shape == grid.shape and volume.dtype == np.float32
+        assert volume.min() >= 0.0 and volume.max() <= 1.0
+    assert templates.brain_mask.dtype == bool and templates.brain_mask.shape == grid.shape
+    # The mask holds the tissue, and tissue fractions add up to about one inside it.
+    total = templates.gm + templates.wm + templates.csf
+    assert np.mean(total[templates.brain_mask]) > 0.9
+    assert templates.gm[templates.brain_mask].sum() > 0.9 * templates.gm.sum()
+    # Cached and read-only, so no caller can corrupt another's templates.
+    assert load_templates(RESOLUTION) is templates
+    with pytest.raises(ValueError):
+        templates.gm[0, 0, 0] = 1.0
+
+
+def test_mni_to_voxel_inverts_the_affine() -> None:
+    grid = reference_grid(RESOLUTION)
+    ijk = np.array([[0, 0, 0], [3, 5, 7]], dtype=float)
+    mm = ijk @ grid.affine[:3, :3].T + grid.affine[:3, 3]
+    np.testing.assert_allclose(mni_to_voxel(grid, mm), ijk, atol=1e-9)
+
+
+def test_shapes_types_and_table(cohort: PhantomCohort) -> None:
+    grid = reference_grid(RESOLUTION)
+    n = SMALL.subjects
+    assert cohort.mri.shape == (n, *grid.shape) and cohort.mri.dtype == np.float32
+    assert cohort.pet.shape == (n, *grid.shape) and cohort.pet.dtype == np.float32
+    assert cohort.has_pet.shape == (n,) and cohort.has_pet.dtype == bool
+    np.testing.assert_array_equal(cohort.affine, grid.affine)
+    assert cohort.brain_mask.shape == grid.shape and cohort.brain_mask.dtype == bool
+    table = cohort.participants
+    assert list(table.columns) == [
+        "participant_id",
+        "diagnosis",
+        "age",
+        "sex",
+        "has_pet",
+        "severity_structural",
+        "severity_metabolic",
+        "head_scale",
+    ]
+    assert list(table.participant_id) == [f"sub-{i:04d}" for i in range(1, n + 1)]
+    assert set(table.diagnosis) <= {"CN", "sMCI", "pMCI", "AD"}
+    assert set(table.sex) <= {"F", "M"}
+    assert table.age.between(SMALL.age_min, SMALL.age_max).all()
+    np.testing.assert_array_equal(table.has_pet.to_numpy(), cohort.has_pet)
+    assert np.isfinite(cohort.mri).all() and np.isfinite(cohort.pet).all()
+
+
+def test_class_fractions_exact_per_block(cohort: PhantomCohort) -> None:
+    counts = cohort.participants.diagnosis.value_counts().to_dict()
+    assert counts == {"CN": 3, "sMCI": 2, "pMCI": 2, "AD": 3}
+
+
+def test_deterministic_and_seed_dependent(cohort: PhantomCohort) -> None:
+    again = generate_phantom(SMALL)
+    np.testing.assert_array_equal(again.mri, cohort.mri)
+    np.testing.assert_array_equal(again.pet, cohort.pet)
+    np.testing.assert_array_equal(again.has_pet, cohort.has_pet)
+    pd.testing.assert_frame_equal(again.participants, cohort.participants)
+    other = generate_phantom(PhantomSettings(subjects=SMALL.subjects, resolution_mm=RESOLUTION, seed=4))
+    assert not np.array_equal(other.mri, cohort.mri)
+    assert not np.array_equal(other.pet, cohort.pet)
+
+
+def test_subject_independent_of_cohort_size(cohort: PhantomCohort) -> None:
+    small = generate_phantom(PhantomSettings(subjects=6, resolution_mm=RESOLUTION, seed=SMALL.seed))
+    np.testing.assert_array_equal(small.mri, cohort.mri[:6])
+    np.testing.assert_array_equal(small.pet, cohort.pet[:6])
+    np.testing.assert_array_equal(small.has_pet, cohort.has_pet[:6])
+    pd.testing.assert_frame_equal(small.participants, cohort.participants.iloc[:6])
+
+
+def test_missing_fraction_respected(cohort: PhantomCohort) -> None:
+    missing = int((~cohort.has_pet).sum())
+    assert abs(missing - SMALL.missing_pet * SMALL.subjects) <= 1
+    for fraction in (0.0, 1.0):
+        settings = PhantomSettings(subjects=4, resolution_mm=RESOLUTION, missing_pet=fraction)
+        assert generate_phantom(settings).has_pet.all() == (fraction == 0.0)
+
+
+def test_missing_by_class() -> None:
+    settings = PhantomSettings(missing_pet=0.4, missing_mechanism="class")
+    p = missing_probabilities(settings)
+    assert p["CN"] < p["sMCI"] < p["pMCI"] < p["AD"]
+    assert sum(f * p[c] for c, f in settings.class_fractions) == pytest.approx(0.4)
+    assert set(missing_probabilities(PhantomSettings(missing_pet=0.4)).values()) == {0.4}
+
+
+def test_hidden_pet_kept(cohort: PhantomCohort) -> None:
+    hidden = cohort.pet[~cohort.has_pet]
+    assert len(hidden) > 0
+    # The withheld PET is a full scan, as bright inside the brain as the available ones.
+    inside = cohort.brain_mask
+    hidden_mean = hidden[:, inside].mean()
+    shown_mean = cohort.pet[cohort.has_pet][:, inside].mean()
+    assert hidden_mean > 0.5 and abs(hidden_mean - shown_mean) < 0.15 * shown_mean
+
+
+def test_pet_in_suvr_units(cohort: PhantomCohort) -> None:
+    templates = load_templates(RESOLUTION)
+    mni = grid_mni_coordinates(reference_grid(RESOLUTION))
+    reference = np.zeros(templates.shape, dtype=bool)
+    for name in REFERENCE_REGIONS[SMALL.pet_reference]:
+        region = REGIONS[name]
+        for centre in region.centres_mm:
+            reference |= ((mni - np.array(centre)) ** 2).sum(-1) <= region.sigma_mm**2
+    reference &= templates.brain_mask
+    np.testing.assert_allclose(cohort.pet[:, reference].mean(1), 1.0, atol=1e-4)
+    cortex = (templates.gm > 0.5) & templates.brain_mask & (mni[..., 2] > 0)
+    assert 1.0 < cohort.pet[:, cortex].mean() < 1.8
+    assert cohort.pet.min() >= 0.0 and cohort.pet.max() < 2.5
+
+
+def test_disease_effects_point_the_right_way() -> None:
+    # A stronger atrophy and only CN and AD, so twenty subjects show the direction reliably.
+    settings = PhantomSettings(
+        subjects=20,
+        resolution_mm=RESOLUTION,
+        seed=1,
+        class_fractions=(("CN", 0.5), ("AD", 0.5)),
+        hippocampus_atrophy=0.5,
+        entorhinal_atrophy=0.5,
+    )
+    data = generate_phantom(settings)
+    ad = (data.participants.diagnosis == "AD").to_numpy()
+    hippocampus = weighted_means(data.mri, region_weights("hippocampus"))
+    gain = data.mri[:, load_templates(RESOLUTION).wm > 0.8].mean(1)  # the scanner gain cancels
+    assert (hippocampus / gain)[ad].mean() < (hippocampus / gain)[~ad].mean()
+    cingulate = weighted_means(data.pet, region_weights("posterior_cingulate"))
+    assert cingulate[ad].mean() < 0.95 * cingulate[~ad].mean()
+    severity = data.participants[["severity_structural", "severity_metabolic"]].to_numpy()
+    assert (severity[ad].mean(0) > severity[~ad].mean(0) + 0.5).all()
+
+
+def test_progress_wraps_the_subject_loop() -> None:
+    calls = []
+
+    def progress(iterable, total, label):
+        calls.append((total, label))
+        return iterable
+
+    generate_phantom(PhantomSettings(subjects=2, resolution_mm=RESOLUTION), progress=progress)
+    assert calls == [(2, "phantom")]
+
+
+def test_write_round_trip(cohort: PhantomCohort, tmp_path: Path) -> None:
+    tsv = write_phantom(cohort, SMALL, tmp_path)
+    assert tsv == tmp_path / "participants.tsv"
+    table = pd.read_csv(tsv, sep="\t", keep_default_na=False)
+    assert list(table.columns) == [
+        "participant_id",
+        "diagnosis",
+        "age",
+        "sex",
+        "has_pet",
+        "mri",
+        "pet",
+        "pet_truth",
+        "severity_structural",
+        "severity_metabolic",
+        "head_scale",
+    ]
+    assert list(table.participant_id) == list(cohort.participants.participant_id)
+    np.testing.assert_array_equal(table.has_pet.astype(bool).to_numpy(), cohort.has_pet)
+    for i, row in table.iterrows():
+        pid = row.participant_id
+        assert row.mri == f"{pid}/{pid}_T1w.nii.gz"
+        if cohort.has_pet[i]:
+            assert row.pet == row.pet_truth == f"{pid}/{pid}_pet.nii.gz"
+        else:
+            assert row.pet == "" and row.pet_truth == f"{pid}/{pid}_desc-hidden_pet.nii.gz"
+        for column, expected in (("mri", cohort.mri[i]), ("pet_truth", cohort.pet[i])):
+            image = nib.load(tmp_path / row[column])
+            assert image.get_data_dtype() == np.float32
+            np.testing.assert_allclose(image.affine, cohort.affine, atol=1e-6)
+            assert int(image.header["qform_code"]) == 4 and int(image.header["sform_code"]) == 4
+            np.testing.assert_array_equal(np.asanyarray(image.dataobj), expected)
+    meta = json.loads((tmp_path / "phantom.json").read_text())
+    assert meta["format_version"] == FORMAT_VERSION
+    assert PhantomSettings.from_json(meta["settings"]) == SMALL
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"missing_pet": 1.5},
+        {"missing_mechanism": "mnar"},
+        {"class_fractions": (("CN", 0.5), ("MCI", 0.5))},
+        {"class_fractions": (("CN", 0.5), ("AD", 0.4))},
+        {"subjects": 0},
+        {"pet_reference": "thalamus"},
+    ],
+)
+def test_bad_settings_refused(change: dict) -> None:
+    settings = PhantomSettings(**{"subjects": 2, "resolution_mm": RESOLUTION, **change})
+    with pytest.raises(ConfigError):
+        generate_phantom(settings)

@@ -1,0 +1,96 @@
+"""The device pipeline: seeded, paired batch order; augmentation that keeps MRI and PET aligned."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cdsf_bench.data.cohort import Cohort
+from cdsf_bench.data.pipeline import DevicePipeline
+from cdsf_bench.data.splits import make_splits
+
+AUGMENT = {"enabled": True, "rotate_deg": 5.0, "translate_vox": 1.0, "intensity": 0.05}
+
+
+def _cohort(n: int = 30, shape=(12, 12, 12)) -> tuple[Cohort, np.ndarray]:
+    rng = np.random.default_rng(0)
+    labels = np.array([0, 1] * (n // 2))
+    has_pet = rng.random(n) < 0.5
+    mri = rng.uniform(-1, 1, (n, *shape)).astype(np.float16)
+    truth = rng.uniform(-1, 1, (n, *shape)).astype(np.float16)
+    pet = np.where(has_pet[:, None, None, None], truth, np.float16(0))
+    table = pd.DataFrame(
+        {"participant_id": [f"sub-{i:02d}" for i in range(n)], "diagnosis": labels, "has_pet": has_pet}
+    )
+    cohort = Cohort(table, mri, pet, has_pet, np.eye(4), np.ones(shape, bool), pet_truth=truth)
+    return cohort, labels
+
+
+def _pipeline(seed: int = 0, augment=None, batch_size: int = 4) -> DevicePipeline:
+    cohort, labels = _cohort()
+    splits = make_splits(cohort.participants, labels, val=0.2, test=0.2, seed=0)
+    return DevicePipeline(
+        cohort, labels, splits, device=torch.device("cpu"), seed=seed, batch_size=batch_size,
+        augment=augment or {**AUGMENT, "enabled": False},
+    )
+
+
+def test_same_seed_same_batches_and_fingerprint():
+    a, b = _pipeline(), _pipeline()
+    assert a.fingerprint() == b.fingerprint()
+    for x, y in zip(a.train_batches(3), b.train_batches(3), strict=True):
+        assert torch.equal(x.index, y.index)
+    assert _pipeline(seed=1).fingerprint()["batch_order_sha256"] != a.fingerprint()["batch_order_sha256"]
+
+
+def test_with_pet_subset_keeps_the_order_of_all_subjects():
+    pipe = _pipeline()
+    everyone = pipe.train_order(2)
+    with_pet = pipe.train_order(2, "with_pet")
+    assert list(with_pet) == [row for row in everyone if pipe.has_pet_np[row]]
+
+
+def test_every_training_subject_once_per_epoch_and_no_batch_of_one():
+    pipe = _pipeline(batch_size=4)
+    rows = np.concatenate([b.index.numpy() for b in pipe.train_batches(0)])
+    assert sorted(rows) == sorted(pipe.splits.train)
+    assert min(len(b) for b in pipe.train_batches(0)) >= 4
+
+
+def test_augmentation_is_seeded_and_keeps_missing_pet_zero():
+    a, b = _pipeline(augment=AUGMENT), _pipeline(augment=AUGMENT)
+    for x, y in zip(a.train_batches(1), b.train_batches(1), strict=True):
+        assert torch.equal(x.mri, y.mri)
+        missing = ~x.has_pet
+        assert torch.all(x.pet[missing] == 0)
+        assert x.mri.min() >= -1 and x.mri.max() <= 1
+
+
+def test_augmentation_moves_mri_and_pet_together():
+    """With PET equal to MRI, one shared rigid transform must leave them equal."""
+    cohort, labels = _cohort()
+    cohort.pet = cohort.mri.copy()
+    cohort.has_pet[:] = True
+    splits = make_splits(cohort.participants, labels, val=0.2, test=0.2, seed=0)
+    pipe = DevicePipeline(
+        cohort, labels, splits, device=torch.device("cpu"), seed=0, batch_size=4,
+        augment={**AUGMENT, "intensity": 0.0},
+    )
+    batch = next(iter(pipe.train_batches(0)))
+    original = torch.from_numpy(cohort.mri[batch.index.numpy()]).float().unsqueeze(1)
+    assert not torch.allclose(batch.mri, original)  # it did move
+    assert torch.allclose(batch.mri, batch.pet, atol=1e-6)
+
+
+def test_eval_batches_cover_the_split_in_order():
+    pipe = _pipeline()
+    rows = np.concatenate([b.index.numpy() for b in pipe.eval_batches("test")])
+    assert list(rows) == list(pipe.splits.test)
+
+
+def test_train_pet_mean_uses_training_subjects_with_pet_only():
+    pipe = _pipeline()
+    rows = pipe.rows("train", "with_pet")
+    expected = pipe.pet[torch.from_numpy(rows)].float().mean(0)
+    assert torch.allclose(pipe.train_pet_mean()[0, 0], expected, atol=1e-3)
