@@ -173,7 +173,7 @@ def merge_shards(out: Path, sources: list[Path]) -> pd.DataFrame:
             frame = pd.read_csv(table, keep_default_na=False, na_values=[""])
             for row in frame.to_dict("records"):
                 if source.resolve() != out.resolve():
-                    _copy_run(source / row["run_folder"], out / row["run_folder"])
+                    _copy_run(source / row["run_folder"], out / row["run_folder"], row["status"])
                 found[row["run_folder"]] = row
     out.mkdir(parents=True, exist_ok=True)
     if not (out / SUITE_FILE).exists():
@@ -189,8 +189,11 @@ def merge_shards(out: Path, sources: list[Path]) -> pd.DataFrame:
     return frame
 
 
-def _copy_run(source: Path, target: Path) -> None:
+def _copy_run(source: Path, target: Path, status: str) -> None:
+    """Copy a shard's run folder into the merged folder (a finished run must have one)."""
     if not source.exists():
-        raise InputError(f"Run folder {source} is listed in its shard's table but does not exist.")
+        if status == "done":
+            raise InputError(f"Run folder {source} is listed as done in its shard's table but is gone.")
+        return
     if not target.exists():
         shutil.copytree(source, target)

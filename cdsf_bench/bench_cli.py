@@ -40,7 +40,10 @@ def bench(suite_file: Path, out: Path | None, resume: bool, shard: str | None) -
     failed = int((results["status"] != "done").sum())
     console.print(f"{len(results) - failed} run(s) finished, {failed} failed: {out / results_name(part)}")
     if part is not None:
-        console.print(f"shard {part[0]}/{part[1]} done; when every shard is, run: cdsf-bench merge {out}")
+        console.print(
+            f"shard {part[0]}/{part[1]} done. When every shard is: cdsf-bench merge {out} "
+            "(add the other shards' folders if they wrote elsewhere)."
+        )
         return
     written = write_report(out)
     print_summary(results)

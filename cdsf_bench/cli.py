@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from cdsf_bench import config as cfg
@@ -31,7 +32,8 @@ class Cli(click.Group):
         except CdsfBenchError as error:
             if os.environ.get(DEBUG_ENV) == "1":
                 raise
-            console.print(f"[bold red]error:[/] {error}", highlight=False)
+            # escaped: messages name sections like [train] and paths that rich would read as markup
+            console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
             sys.exit(error.exit_code)
         except KeyboardInterrupt:
             console.print("[yellow]interrupted[/]; a run can be continued with --resume RUN_DIR")
@@ -221,7 +223,7 @@ def data_check(spec: str, task: str | None, assignments: tuple[str, ...]) -> Non
     for column in ("subject", "file", "problem"):
         problem_table.add_column(column, overflow="fold")
     for problem in problems:
-        problem_table.add_row(problem.subject, problem.file, problem.message)
+        problem_table.add_row(escape(problem.subject), escape(problem.file), escape(problem.message))
     console.print(problem_table)
     sys.exit(2)
 
@@ -232,6 +234,11 @@ from cdsf_bench.bench_cli import bench, merge, regress, report  # noqa: E402
 for _command in (bench, merge, report, regress):
     main.add_command(_command)
 
+
+# performance measurement (cdsf_bench/perf.py): perf
+from cdsf_bench.perf import perf_command  # noqa: E402
+
+main.add_command(perf_command)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

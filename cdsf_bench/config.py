@@ -35,7 +35,7 @@ DEFAULTS: dict[str, Any] = {
     "train": {
         "epochs": 25,
         "batch_size": 4,
-        "learning_rate": 2e-4,
+        "learning_rate": 1e-3,
         "patience": 8,
         "select_on": "auc",
     },
@@ -179,6 +179,11 @@ def resolve(
         if key in PLUGIN_SECTIONS:
             continue
         value = merged.get(key, default)
+        if isinstance(default, dict) and not isinstance(value, dict):
+            raise ConfigError(
+                f"Setting '{key}' is a section, not a value (got {value!r}); set its keys instead, "
+                f"e.g. --set {key}.{next(iter(default))}=... (known keys: {', '.join(sorted(default))})."
+            )
         resolved[key] = _check_against(default, value, key) if isinstance(default, dict) else value
         if not isinstance(default, dict) and not _type_ok(default, value):
             raise ConfigError(f"Setting '{key}' must be {type(default).__name__}, got {value!r}.")

@@ -270,12 +270,26 @@ class Trainer:
         return out
 
     def _fail(self, stage: TrainingStage, epoch: int, step: int, key: str, value: float) -> None:
-        record = {"stage": stage.name, "epoch": epoch, "step": step, "loss": key, "value": str(value)}
+        # a checkpoint exists only once an epoch has finished; never claim one that is not there
+        kept = self.checkpoint_path() if self.checkpoint_path().exists() else None
+        record = {
+            "stage": stage.name,
+            "epoch": epoch,
+            "step": step,
+            "loss": key,
+            "value": str(value),
+            "checkpoint": None if kept is None else str(kept),
+        }
         write_json(self.checkpoint_dir.parent / "failure.json", record)
+        saved = (
+            f"The checkpoint of the last good epoch is kept at {kept}"
+            if kept is not None
+            else "No epoch finished before it, so there is no checkpoint to keep"
+        )
         raise RunFailed(
             f"Loss '{key}' became {value} in stage '{stage.name}', epoch {epoch}, step {step}. "
-            f"The last good checkpoint is kept at {self.checkpoint_path()}; lower the learning "
-            "rate (--set train.learning_rate=...) or check the data, then rerun."
+            f"{saved}; the failure is recorded in {self.checkpoint_dir.parent / 'failure.json'}. "
+            "Lower the learning rate (--set train.learning_rate=...) or check the data, then rerun."
         )
 
 

@@ -54,7 +54,7 @@ class Check:
     baseline: float | None
     now: float | None
     change: float | None  # now - baseline
-    allowed: float  # the largest accepted loss
+    allowed: float | None  # the largest accepted loss (None until the entry has a value)
     direction: str
     verdict: str  # ok, better, worse, missing, failed; new (no value yet, --update fills it)
 
@@ -172,7 +172,7 @@ def compare(baseline: dict[str, dict[str, dict]], current: Current) -> list[Chec
             direction = direction_of(metric, spec)
             now = current.values.get(method, {}).get(metric)
             if "value" not in spec:  # an entry added to be filled by --update
-                checks.append(Check(method, metric, None, now, None, 0.0, direction, "new"))
+                checks.append(Check(method, metric, None, now, None, None, direction, "new"))
                 continue
             value, allowed = float(spec["value"]), allowed_loss(spec)
             if method in current.failed:

@@ -148,6 +148,11 @@ def _interval(values: pd.Series) -> str:
     return f"{result.mean:+.3f} [{result.low:+.3f}, {result.high:+.3f}]"
 
 
+def _span(counts: pd.Series) -> str:
+    low, high = int(counts.min()), int(counts.max())
+    return str(low) if low == high else f"{low}-{high}"
+
+
 def _p_values(part: pd.DataFrame, column: str) -> str:
     return "; ".join(
         f"{r}: {p:.3g}" if np.isfinite(p) else f"{r}: -"
@@ -183,8 +188,10 @@ def _header(folder: Path, results: pd.DataFrame, done: pd.DataFrame, reference: 
     if suite.get("folds"):
         replicates = f"{suite['folds']}-fold cross-validation (seed {suite['seeds'][0]})"
     elif suite.get("seeds"):
+        count = len(suite["seeds"])
         replicates = (
-            f"{len(suite['seeds'])} seeds ({', '.join(map(str, suite['seeds']))}), one hold-out split each"
+            f"{count} seed{'s' if count > 1 else ''} ({', '.join(map(str, suite['seeds']))}), "
+            "one hold-out split each"
         )
     else:
         replicates = "replicates as listed in results.csv"
@@ -244,7 +251,7 @@ def _comparison_table(paired: pd.DataFrame, methods: list[str], reference: str) 
             (
                 method,
                 str(len(part)),
-                f"{part['n_paired'].min()}-{part['n_paired'].max()}",
+                _span(part["n_paired"]),
                 _interval(part["auc_diff"]),
                 _p_values(part, "delong_p"),
                 _interval(part["bacc_diff"]),

@@ -26,7 +26,9 @@ def pooled_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, tas
 def strip_plot(done: pd.DataFrame, methods: list[str], path: Path, task: str) -> Path:
     """One point per replicate and a bar at the mean, per method, for AUC and balanced accuracy."""
     width = 1.5 + 0.6 * len(methods)  # per panel: room for each method's rotated label
-    figure, axes = plt.subplots(1, len(STRIP_METRICS), figsize=(width * len(STRIP_METRICS), 3.8), squeeze=False)
+    figure, axes = plt.subplots(
+        1, len(STRIP_METRICS), figsize=(width * len(STRIP_METRICS), 3.8), squeeze=False
+    )
     rng = np.random.default_rng(0)  # jitter only; fixed so the figure is reproducible
     for axis, (metric, label) in zip(axes[0], STRIP_METRICS.items(), strict=True):
         for x, method in enumerate(methods):

@@ -10,6 +10,7 @@ import io
 import json
 import math
 import os
+import pickle
 import platform
 import subprocess
 import sys
@@ -22,6 +23,8 @@ from typing import Any, BinaryIO
 
 import pandas as pd
 import torch
+
+from cdsf_bench.errors import InputError
 
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> Path:
@@ -71,8 +74,23 @@ def save_torch(path: Path, obj: Any) -> Path:
 
 
 def load_torch(path: Path, map_location: str | torch.device = "cpu") -> Any:
-    """Load a checkpoint safely: tensors and plain containers only, never pickled code."""
-    return torch.load(path, map_location=map_location, weights_only=True)
+    """Load a checkpoint safely: tensors and plain containers only, never pickled code.
+
+    A file that holds anything else (or is damaged) is refused with an ``InputError``
+    naming it, instead of a traceback from the unpickler.
+    """
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as error:
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        # torch's message opens with advice to load unsafely; the refused global is the fact
+        first = lines[0] if lines else type(error).__name__
+        reason = next((line for line in lines if "GLOBAL" in line), first)
+        raise InputError(
+            f"Checkpoint {path} cannot be loaded safely ({reason[:300]}): it is damaged, or holds objects "
+            "other than tensors and plain containers, which are never unpickled. Delete it to start "
+            "the run over, or point to a checkpoint written by cdsf-bench."
+        ) from error
 
 
 def utc_stamp() -> str:

@@ -90,6 +90,8 @@ def prepare_folder(config: dict, out: Path | None, resume: bool) -> Path:
     folder = out or Path("runs") / f"{utc_stamp()}-{method['synth']}-{method['diag']}-{method['coupling']}"
     text = cfg.to_toml(config)
     existing = folder / "config.toml"
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"Output folder {folder} is a file, not a folder; choose another --out.")
     if folder.exists() and any(folder.iterdir()):
         if not existing.exists():
             raise InputError(f"Output folder {folder} exists and is not a cdsf-bench run; choose another --out.")
@@ -180,7 +182,7 @@ def execute(config: dict, registry: Registry, out: Path | None = None, resume: b
     split_cfg = config["split"]
     splits = make_splits(
         cohort.participants, labels, val=split_cfg["val"], test=split_cfg["test"],
-        seed=seed, folds=split_cfg["folds"], fold=split_cfg["fold"],
+        seed=seed, folds=split_cfg["folds"], fold=split_cfg["fold"], class_names=TASKS[config["task"]],
     )
     leak = check_no_leak(cohort.participants, splits)
     write_csv(folder / "splits.csv", splits.table(cohort.participants))
@@ -297,7 +299,13 @@ def _write_outputs(
             image.header.set_xyzt_units("mm")
             _save_nifti(image, folder / "synth" / f"{participant}_desc-synthetic_pet.nii.gz")
     shown = []
-    for row in list(test.synthetic)[:MONTAGE_SUBJECTS]:
+    # half with acquired PET, half whose PET was withheld (where the source keeps it)
+    rows = list(test.synthetic)
+    acquired = [r for r in rows if cohort.has_pet[r]]
+    withheld = [r for r in rows if not cohort.has_pet[r]]
+    half = MONTAGE_SUBJECTS // 2
+    picked = acquired[:half] + withheld[: MONTAGE_SUBJECTS - min(half, len(acquired))]
+    for row in sorted(picked)[:MONTAGE_SUBJECTS]:
         truth = cohort.pet_truth[row] if cohort.pet_truth is not None else (cohort.pet[row] if cohort.has_pet[row] else None)
         participant = cohort.participants["participant_id"].iloc[row]
         state = "PET acquired" if cohort.has_pet[row] else ("PET withheld" if truth is not None else "no PET")

@@ -23,9 +23,10 @@ from click.testing import CliRunner
 from scipy.stats import mannwhitneyu
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
-from cdsf_bench.bench import COLUMNS, results_frame
+from cdsf_bench.bench import COLUMNS, results_frame, run_suite
 from cdsf_bench.cli import main
-from cdsf_bench.errors import InputError
+from cdsf_bench.errors import InputError, RunFailed
+from cdsf_bench.metrics import DIAGNOSIS_KEYS
 from cdsf_bench.registry import default_registry
 from cdsf_bench.stats import delong_test, paired_bootstrap_bacc, t_interval
 from cdsf_bench.suite import load_suite, parse_shard, shard_runs
@@ -160,6 +161,26 @@ def test_resume_skips_finished_runs(suite_run, suite_file):
     assert result.exit_code == 0, result.output
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert len(pd.read_csv(suite_run / "results.csv")) == 4
+
+
+def test_a_failed_run_is_recorded_and_the_suite_goes_on(suite_file, tmp_path, monkeypatch):
+    import cdsf_bench.run
+
+    def fake_execute(config, registry, out, resume=False):
+        if config["method"]["coupling"] == "joint" and config["seed"] == 0:
+            raise RunFailed("Loss 'G' became nan")
+        out.mkdir(parents=True)
+        metrics = {"diagnosis": dict.fromkeys(DIAGNOSIS_KEYS, 0.5), "synthesis": None, "n": {"test": 3}}
+        (out / "metrics.json").write_text(json.dumps(metrics))
+
+    monkeypatch.setattr(cdsf_bench.run, "execute", fake_execute)
+    results = run_suite(load_suite(suite_file), default_registry(), tmp_path / "out")
+    assert results["status"].tolist() == ["failed", "done", "done", "done"]
+    assert "nan" in results.loc[0, "error"]
+    assert pd.read_csv(tmp_path / "out" / "results.csv")["status"].tolist() == results["status"].tolist()
+    baseline = _baseline(tmp_path, '[methods."CDSF".auc]\nvalue = 0.5\n')
+    result = invoke("regress", tmp_path / "out", "--baseline", baseline)
+    assert result.exit_code == 1 and "CDSF auc failed" in result.output
 
 
 def test_shards_merge_into_the_whole(suite_run, suite_file, tmp_path):

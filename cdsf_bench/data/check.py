@@ -22,8 +22,10 @@ from cdsf_bench.data.splits import MIN_PER_CLASS, SPLITS
 from cdsf_bench.errors import InputError
 from cdsf_bench.progress import track
 
-#: Largest difference between MRI and PET affine entries (mm) still called the same space.
-AFFINE_TOLERANCE = 1e-2
+#: MRI and PET of a subject share a grid when, both reoriented to RAS as ``to_grid`` does,
+#: their shapes match and no voxel centre of one lies further than this fraction of a voxel
+#: from the same voxel's centre in the other (storage order, e.g. LAS vs RAS, is no mismatch).
+GRID_TOLERANCE_VOXELS = 0.5
 #: A PET whose 99th percentile exceeds this many times ``pet_suvr_max`` is not in SUVR units.
 SUVR_FACTOR = 4.0
 #: Volume columns, their role in messages.
@@ -147,17 +149,39 @@ def missing_file_problems(table: pd.DataFrame) -> list[Problem]:
     return problems
 
 
+def _ras_grid(info: HeaderInfo) -> tuple[tuple[int, ...], np.ndarray]:
+    """Shape and affine of a volume once reoriented to the closest RAS orientation."""
+    from nibabel.orientations import inv_ornt_aff, io_orientation
+
+    ornt = io_orientation(info.affine)
+    shape = [0, 0, 0]
+    for axis, size in zip(ornt[:, 0].astype(int), info.shape, strict=True):
+        shape[axis] = int(size)
+    return tuple(shape), info.affine @ inv_ornt_aff(ornt, info.shape)
+
+
 def _pair_problem(participant: str, mri: HeaderInfo, pet: HeaderInfo, pet_path: str) -> Problem | None:
     """MRI and PET of one subject that do not share a grid suggest a registration mix-up."""
-    if mri.shape == pet.shape and np.max(np.abs(mri.affine - pet.affine)) <= AFFINE_TOLERANCE:
-        return None
+    mri_shape, mri_affine = _ras_grid(mri)
+    pet_shape, pet_affine = _ras_grid(pet)
+    voxel_mm = float(min(np.linalg.norm(a[:3, :3], axis=0).min() for a in (mri_affine, pet_affine)))
+    tolerance = GRID_TOLERANCE_VOXELS * voxel_mm
+    if mri_shape == pet_shape:
+        # the two grids differ by an affine map, so their largest gap is at a corner
+        last = [n - 1 for n in mri_shape]
+        corners = np.array([[i, j, k, 1.0] for i in (0, last[0]) for j in (0, last[1]) for k in (0, last[2])])
+        apart = float(np.max(np.linalg.norm((corners @ (mri_affine - pet_affine).T)[:, :3], axis=1)))
+        if apart <= tolerance:
+            return None
+        how = f"voxel centres up to {apart:.3g} mm apart, beyond half a voxel ({tolerance:.3g} mm)"
+    else:
+        how = "the shapes differ"
     return Problem(
         participant,
         pet_path,
         f"PET grid (shape {pet.shape}, origin {np.round(pet.affine[:3, 3], 2).tolist()} mm) differs from "
-        f"the MRI's (shape {mri.shape}, origin {np.round(mri.affine[:3, 3], 2).tolist()} mm) beyond "
-        f"{AFFINE_TOLERANCE} mm; give MRI and PET registered to the same MNI grid "
-        "(e.g. both Clinica desc-Crop outputs).",
+        f"the MRI's (shape {mri.shape}, origin {np.round(mri.affine[:3, 3], 2).tolist()} mm): {how}; "
+        "give MRI and PET registered to the same MNI grid (e.g. both Clinica desc-Crop outputs).",
     )
 
 

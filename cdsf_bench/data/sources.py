@@ -144,8 +144,9 @@ def _load_table(
     )
 
     def build() -> Cohort:
-        # headers before voxels: a bad file among hundreds is named before minutes of resampling
-        _raise_problems(file_problems(table, pairs=False), source_desc)
+        # headers before voxels: a bad file among hundreds is named before minutes of resampling;
+        # an MRI and PET of one subject on different grids are refused here, as data check reports
+        _raise_problems(file_problems(table, pairs=True), source_desc)
         return cohort_from_table(table, settings, source_desc)
 
     return load_or_build(key, build, settings)[0]

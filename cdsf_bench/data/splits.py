@@ -49,20 +49,22 @@ def make_splits(
     seed: int,
     folds: int = 0,
     fold: int = 0,
+    class_names: tuple[str, str] = ("label 0", "label 1"),
 ) -> Splits:
     """Split subjects into train / val / test, stratified by label and seeded.
 
     With ``folds`` >= 2, fold ``fold`` of a stratified k-fold is the test split and the
     validation split is drawn (stratified) from the remaining subjects with fraction ``val``.
+    ``class_names`` (negative, positive) name the classes in errors.
     """
     if "split" in participants.columns and participants["split"].notna().all() and folds == 0:
         return _explicit(participants)
     counts = np.bincount(labels, minlength=2)
     if counts.min() < MIN_PER_CLASS:
         raise InputError(
-            f"The task's classes have {counts[0]} and {counts[1]} subjects; each needs at least "
-            f"{MIN_PER_CLASS} for a stratified train / validation / test split. Add subjects "
-            "or choose the other task."
+            f"The task's classes have {counts[0]} {class_names[0]} and {counts[1]} {class_names[1]} "
+            f"subjects; each needs at least {MIN_PER_CLASS} for a stratified train / validation / "
+            "test split. Add subjects or choose the other task."
         )
     rows = np.arange(len(labels))
     if folds:

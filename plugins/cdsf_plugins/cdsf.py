@@ -72,7 +72,7 @@ class JointCoupling(Coupling):
         w_cls_synth: float = 1.0,
         mdm_head: str = "class",
         predict_with: str = "real",
-        synthesiser_lr_factor: float = 1.0,
+        synthesiser_lr_factor: float = 0.2,
         weight_decay: float = 1e-4,
     ) -> None:
         super().__init__(context, build_synthesiser, build_diagnoser)
@@ -152,10 +152,12 @@ class JointCoupling(Coupling):
         with self.context.autocast():
             synthetic = self.synthesiser(batch.mri)
         loss_d, terms_d = self.diagnoser_loss(batch, synthetic)
+        # step() runs even without a gradient (a no-op then), so every process of a
+        # distributed run takes the same steps
         self.optimise_diagnoser.zero_grad(set_to_none=True)
         if loss_d.requires_grad:
             loss_d.backward()
-            self.optimise_diagnoser.step()
+        self.optimise_diagnoser.step()
         # D is frozen while G learns from it, so L_G moves G alone
         self.diagnoser.requires_grad_(False)
         try:
@@ -163,7 +165,7 @@ class JointCoupling(Coupling):
             self.optimise_synthesiser.zero_grad(set_to_none=True)
             if loss_g.requires_grad:
                 loss_g.backward()
-                self.optimise_synthesiser.step()
+            self.optimise_synthesiser.step()
         finally:
             self.diagnoser.requires_grad_(True)
         return as_floats({"D": loss_d, "G": loss_g, **terms_d, **terms_g})

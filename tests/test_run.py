@@ -1,0 +1,87 @@
+"""The default command end to end on a tiny phantom: the run folder, its schema, determinism."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from cdsf_bench.cli import main
+from cdsf_bench.metrics import DIAGNOSIS_KEYS, SYNTHESIS_KEYS
+
+
+@pytest.fixture(scope="module")
+def joint_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "joint"
+    args = ["run", "--synth", "ism", "--diag", "mdm", "--joint", "--preset", "tiny", "--set", "data.subjects=24",
+            "--epochs", "2", "--set", "evaluate.bootstrap=20", "--out", str(out)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_run_folder_has_every_file(joint_run: Path):
+    for name in ("config.toml", "environment.json", "data.json", "splits.csv", "metrics.json", "predictions.csv",
+                 "history.csv", "log.txt", "checkpoints/last.pt", "figures/roc.png", "figures/learning_curves.png",
+                 "figures/montage.png"):
+        assert (joint_run / name).is_file(), name
+    assert list((joint_run / "synth").glob("*_desc-synthetic_pet.nii.gz"))
+    assert not list(joint_run.rglob(".*.tmp")), "no temporary file may be left behind"
+
+
+def test_metrics_schema(joint_run: Path):
+    metrics = json.loads((joint_run / "metrics.json").read_text())
+    assert set(DIAGNOSIS_KEYS) <= set(metrics["diagnosis"])
+    assert set(SYNTHESIS_KEYS) == set(metrics["synthesis"])
+    assert set(metrics["selection"]) == {"best_epoch", "metric", "value"}
+    assert metrics["selection"]["metric"] == "auc"
+    assert set(metrics["n"]) == {"train", "val", "test"}
+    assert metrics["task"] == "ad_cn"
+    assert metrics["method"] == {"synth": "ism", "diag": "mdm", "coupling": "joint"}
+    assert 0 <= metrics["diagnosis"]["auc"] <= 1
+
+
+def test_predictions_cover_the_test_split_once(joint_run: Path):
+    predictions = pd.read_csv(joint_run / "predictions.csv")
+    splits = pd.read_csv(joint_run / "splits.csv")
+    test_ids = set(splits.loc[splits["split"] == "test", "participant_id"])
+    assert set(predictions["participant_id"]) == test_ids
+    assert predictions["participant_id"].is_unique
+    assert set(predictions["pet_source"]) <= {"real", "synthetic"}
+    assert {"label", "probability", "prediction", "diagnosis", "split"} <= set(predictions.columns)
+    data = json.loads((joint_run / "data.json").read_text())
+    assert data["leak_check"]["passed"] is True
+
+
+def test_history_has_losses_and_validation(joint_run: Path):
+    history = pd.read_csv(joint_run / "history.csv")
+    assert list(history["epoch"]) == [0, 1]
+    assert {"train_G", "train_D", "train_voxel", "val_auc", "val_mae"} <= set(history.columns)
+
+
+def test_synthetic_pet_has_the_cohort_affine(joint_run: Path):
+    data = json.loads((joint_run / "data.json").read_text())
+    image = nib.load(next((joint_run / "synth").glob("*.nii.gz")))
+    assert np.allclose(image.affine, np.array(data["affine"]))
+    assert image.shape == tuple(data["shape"])
+    assert 0 <= float(image.get_fdata().min()) and float(image.get_fdata().max()) <= 2.5 + 1e-4
+
+
+def test_config_repeats_the_run_exactly(joint_run: Path, tmp_path: Path):
+    """config.toml alone reproduces the run: identical metrics.json on the CPU."""
+    again = tmp_path / "again"
+    result = CliRunner().invoke(main, ["run", "--config", str(joint_run / "config.toml"), "--out", str(again)])
+    assert result.exit_code == 0, result.output
+    assert (again / "metrics.json").read_text() == (joint_run / "metrics.json").read_text()
+    assert (again / "config.toml").read_text() == (joint_run / "config.toml").read_text()
+
+
+def test_existing_folder_of_the_same_config_points_to_resume(joint_run: Path):
+    result = CliRunner().invoke(main, ["run", "--config", str(joint_run / "config.toml"), "--out", str(joint_run)])
+    assert result.exit_code == 2
+    assert "already holds a finished run" in result.output
