@@ -107,6 +107,7 @@ def plugins(as_json: bool) -> None:
 @click.option("--seed", type=int, help="Seed of splits, initialisation and batch order.")
 @click.option("--device", help="auto, cpu or cuda.")
 @click.option("--resume", "resume_dir", type=click.Path(path_type=Path, exists=True, file_okay=False), help="Continue a killed run.")
+@click.option("--nproc", type=click.IntRange(min=1), help="Train with N data-parallel processes on this node (torchrun).")
 @debug_option
 def run(
     synth: str | None,
@@ -123,9 +124,13 @@ def run(
     seed: int | None,
     device: str | None,
     resume_dir: Path | None,
+    nproc: int | None,
 ) -> None:
     """Train and evaluate one method; write a self-contained run folder."""
     from cdsf_bench.run import execute
+
+    if nproc and nproc > 1 and "WORLD_SIZE" not in os.environ:
+        sys.exit(_torchrun(nproc))
 
     registry = default_registry()
     if coupling_flag and coupling and coupling != coupling_flag:
@@ -151,6 +156,24 @@ def run(
     config = cfg.resolve(registry, config_file, assignments, flags)
     result = execute(config, registry, out=out, resume=resume_dir is not None)
     _print_metrics(result.metrics, result.folder)
+
+
+def _torchrun(nproc: int) -> int:
+    """Relaunch this very command under torchrun with ``nproc`` processes on this node."""
+    import subprocess
+
+    args, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            args.append(arg)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "cdsf_bench", *args]
+    console.print(f"launching {nproc} processes: {' '.join(command[2:])}", highlight=False)
+    return subprocess.run(command).returncode
 
 
 def _print_metrics(metrics: dict, folder: Path) -> None:

@@ -65,6 +65,11 @@ def stop(cluster: Cluster) -> None:
         dist.destroy_process_group()
 
 
+def barrier(cluster: Cluster) -> None:
+    if cluster.active:
+        dist.barrier()
+
+
 def broadcast_object(value: Any, cluster: Cluster) -> Any:
     """Rank 0's ``value`` on every process (a run folder's path, say)."""
     if not cluster.active:
@@ -72,6 +77,16 @@ def broadcast_object(value: Any, cluster: Cluster) -> Any:
     holder = [value]
     dist.broadcast_object_list(holder, src=0)
     return holder[0]
+
+
+def average_scalars(values: dict[str, float], cluster: Cluster) -> dict[str, float]:
+    """The mean of each named value over processes (losses for the history)."""
+    if not cluster.active or not values:
+        return values
+    keys = sorted(values)
+    tensor = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return {k: float(v) / cluster.world for k, v in zip(keys, tensor.tolist(), strict=True)}
 
 
 def gather_records(records: list[dict], cluster: Cluster) -> list[dict]:

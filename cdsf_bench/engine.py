@@ -24,10 +24,18 @@ import numpy as np
 import pandas as pd
 import torch
 
+from cdsf_bench import distributed
 from cdsf_bench.data.pipeline import DevicePipeline
+from cdsf_bench.distributed import Cluster
 from cdsf_bench.errors import RunFailed
 from cdsf_bench.interfaces import Coupling, TrainingStage
-from cdsf_bench.metrics import HIGHER_IS_BETTER, diagnosis_metrics, mean_synthesis, synthesis_metrics
+from cdsf_bench.metrics import (
+    HIGHER_IS_BETTER,
+    SYNTHESIS_KEYS,
+    diagnosis_metrics,
+    mean_synthesis,
+    synthesis_metrics,
+)
 from cdsf_bench.progress import make_progress
 from cdsf_bench.results import load_torch, save_torch, write_json
 
@@ -54,16 +62,15 @@ def evaluate(
     seed: int = 0,
     with_ssim: bool = True,
     keep_synthetic: bool = False,
-    progress: Callable | None = None,
+    cluster: Cluster = Cluster(),
 ) -> Evaluation:
     """Predict ``split`` with the coupling and score diagnosis and (where made) synthesis.
 
     Synthesis is scored against real PET where the source knows it: the acquired PET, or on
-    the phantom the hidden PET of subjects whose PET is "missing".
+    the phantom the hidden PET of subjects whose PET is "missing". Under torch.distributed
+    each process predicts its share and the records are gathered, one per subject.
     """
-    rows: list[dict] = []
-    per_subject: list[dict[str, float]] = []
-    synthetic: dict[int, np.ndarray] = {}
+    records: list[dict] = []
     mask = pipeline.brain_mask.cpu().numpy()
     modules = _modules_of(coupling)
     was_training = {name: m.training for name, m in modules.items()}
@@ -86,16 +93,15 @@ def evaluate(
                     volume = prediction.synthetic[i, 0].float().cpu().numpy()
                     if known:
                         scores = synthesis_metrics(truth[i, 0].cpu().numpy(), volume, mask, ssim=with_ssim)
-                        per_subject.append(scores)
                         record.update({f"synth_{k}": v for k, v in scores.items()})
                     if keep_synthetic:
-                        synthetic[row] = volume
-                rows.append(record)
-            if progress is not None:
-                progress()
+                        record["volume"] = volume
+                records.append(record)
     for name, module in modules.items():
         module.train(was_training[name])
-    table = pd.DataFrame(rows)
+    records = sorted(distributed.gather_records(records, cluster), key=lambda r: r["row"])
+    synthetic = {r["row"]: r.pop("volume") for r in records if "volume" in r}
+    table = pd.DataFrame(records)
     participants = pipeline.participants
     table.insert(0, "participant_id", participants["participant_id"].to_numpy()[table["row"]])
     table.insert(1, "split", split)
@@ -103,7 +109,10 @@ def evaluate(
     diagnosis = diagnosis_metrics(
         table["label"].to_numpy(), table["probability"].to_numpy(), bootstrap=bootstrap, seed=seed
     )
-    return Evaluation(table, diagnosis, mean_synthesis(per_subject), synthetic)
+    scored = [
+        {key: r[f"synth_{key}"] for key in SYNTHESIS_KEYS} for r in records if "synth_mae" in r
+    ]
+    return Evaluation(table, diagnosis, mean_synthesis(scored), synthetic)
 
 
 def _modules_of(coupling: Coupling) -> dict[str, torch.nn.Module]:
@@ -125,13 +134,17 @@ class Trainer:
         *,
         seed: int,
         on_epoch: Callable[[list[dict]], None] | None = None,
+        cluster: Cluster = Cluster(),
     ) -> None:
         self.coupling = coupling
         self.pipeline = pipeline
         self.checkpoint_dir = Path(checkpoint_dir)
         self.seed = seed
         self.on_epoch = on_epoch
+        self.cluster = cluster
         self.stages = coupling.stages()
+        for stage in self.stages:
+            distributed.synchronise(stage.modules, stage.optimisers, cluster)
         self.history: list[dict] = []
         #: per stage: its best epoch and validation value (metrics.json "selection")
         self.selections: list[dict] = []
@@ -168,6 +181,11 @@ class Trainer:
         self.selections = list(state["selections"])
         torch.set_rng_state(state["torch_rng"])
 
+    def _save(self, state: dict) -> None:
+        """Write the checkpoint (rank 0 only: every process holds the same weights)."""
+        if self.cluster.is_main:
+            save_torch(self.checkpoint_path(), state)
+
     def checkpoint_path(self) -> Path:
         return self.checkpoint_dir / CHECKPOINT
 
@@ -180,7 +198,7 @@ class Trainer:
             state = load_torch(self.checkpoint_path())
             self._restore(state)
             start_stage, start_epoch, best = state["stage_index"], state["next_epoch"], state["best"]
-        with make_progress() as progress:
+        with make_progress(enabled=self.cluster.is_main) as progress:
             for index, stage in enumerate(self.stages):
                 if index < start_stage:
                     continue
@@ -215,6 +233,7 @@ class Trainer:
                 progress.update(batch_task, advance=1, status=_fmt(losses))
             for scheduler in stage.schedulers.values():
                 scheduler.step()
+            sums = distributed.average_scalars(sums, self.cluster)
             train_losses = {f"train_{k}": v / n_batches for k, v in sums.items()}
             val = self._validate(stage)
             value = val[f"val_{stage.select_on}"]
@@ -239,8 +258,8 @@ class Trainer:
                 "seconds": round(time.perf_counter() - started, 3),
             }
             self.history.append(row)
-            save_torch(self.checkpoint_path(), self._state(index, epoch + 1, best))
-            if self.on_epoch is not None:
+            self._save(self._state(index, epoch + 1, best))
+            if self.on_epoch is not None and self.cluster.is_main:
                 self.on_epoch(self.history)
             progress.update(
                 epochs_task,
@@ -254,11 +273,11 @@ class Trainer:
         stage_summary = {"stage": stage.name, "best_epoch": best["epoch"], "metric": stage.select_on, "value": best["value"]}
         self.selections.append(stage_summary)
         # the next stage starts from here: record it so a resume does not repeat this stage
-        save_torch(self.checkpoint_path(), self._state(index + 1, 0, _fresh_best()))
+        self._save(self._state(index + 1, 0, _fresh_best()))
 
     def _validate(self, stage: TrainingStage) -> dict[str, float]:
         with_ssim = stage.select_on == "ssim"
-        result = evaluate(self.coupling, self.pipeline, "val", with_ssim=with_ssim)
+        result = evaluate(self.coupling, self.pipeline, "val", with_ssim=with_ssim, cluster=self.cluster)
         out = {f"val_{k}": result.diagnosis[k] for k in ("auc", "bacc", "mcc")}
         if result.synthesis is not None:
             out.update({f"val_{k}": v for k, v in result.synthesis.items() if not (k == "ssim" and not with_ssim)})
@@ -280,7 +299,8 @@ class Trainer:
             "value": str(value),
             "checkpoint": None if kept is None else str(kept),
         }
-        write_json(self.checkpoint_dir.parent / "failure.json", record)
+        if self.cluster.is_main:
+            write_json(self.checkpoint_dir.parent / "failure.json", record)
         saved = (
             f"The checkpoint of the last good epoch is kept at {kept}"
             if kept is not None

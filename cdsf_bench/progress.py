@@ -29,8 +29,8 @@ def progress_enabled() -> bool:
     return os.environ.get("CDSF_BENCH_QUIET", "") in ("", "0")
 
 
-def make_progress() -> Progress:
-    """A progress display with a bar, count, elapsed time and ETA."""
+def make_progress(enabled: bool = True) -> Progress:
+    """A progress display with a bar, count, elapsed time and ETA (off when not ``enabled``)."""
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -41,7 +41,7 @@ def make_progress() -> Progress:
         TimeRemainingColumn(),
         console=console,
         transient=False,
-        disable=not progress_enabled(),
+        disable=not (enabled and progress_enabled()),
     )
 
 

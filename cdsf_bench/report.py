@@ -369,17 +369,18 @@ def write_report(
 
 
 def print_summary(results: pd.DataFrame) -> None:
-    """The per-method mean ± sd table on the console."""
+    """The report's per-method mean ± sd tables, on the console."""
     done = results[results["status"] == "done"]
     for task in dict.fromkeys(results["task"]):
-        part = done[done["task"] == task]
-        table = RichTable(title=f"{task}: test metrics, mean ± sd over replicates")
-        for column in ("method", "runs", *(m.upper() for m in (*SUMMARY_METRICS, *SYNTHESIS_KEYS))):
-            table.add_column(column, justify="left" if column == "method" else "right")
-        for method in method_order(results[results["task"] == task]):
-            runs = part[part["method"] == method]
-            cells = [mean_sd(runs[m]) for m in SUMMARY_METRICS] + [
-                mean_sd(runs[k], 4) for k in SYNTHESIS_KEYS
-            ]
-            table.add_row(method, str(len(runs)), *cells)
-        console.print(table)
+        methods = method_order(results[results["task"] == task])
+        title = task
+        for block in _summary_tables(done[done["task"] == task], methods):
+            if isinstance(block, Heading):
+                title = f"{task}: {block.text}"
+            elif isinstance(block, Table):
+                table = RichTable(title=title)
+                for index, column in enumerate(block.columns):
+                    table.add_column(column, justify="left" if index == 0 else "right", overflow="fold")
+                for row in block.rows:
+                    table.add_row(*row)
+                console.print(table)

@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 
 from cdsf_bench import config as cfg
+from cdsf_bench import distributed
 from cdsf_bench.data.cohort import TASKS, Cohort
 from cdsf_bench.data.pipeline import DevicePipeline
 from cdsf_bench.data.sources import detect_source
@@ -162,20 +163,44 @@ def build_method(
 
 
 def execute(config: dict, registry: Registry, out: Path | None = None, resume: bool = False) -> RunResult:
-    """Run one configuration end to end and write its run folder."""
+    """Run one configuration end to end and write its run folder.
+
+    Under torchrun every process runs this function; rank 0 alone writes files and logs.
+    """
     started = time.perf_counter()
-    device = resolve_device(config["device"])
-    folder = prepare_folder(config, out, resume)
-    log = _Log(folder / "log.txt")
+    cluster = distributed.from_environment()
+    device = distributed.start(cluster, resolve_device(config["device"]))
+    try:
+        return _execute(config, registry, out, resume, cluster, device, started)
+    finally:
+        distributed.stop(cluster)
+
+
+def _execute(
+    config: dict,
+    registry: Registry,
+    out: Path | None,
+    resume: bool,
+    cluster: distributed.Cluster,
+    device: torch.device,
+    started: float,
+) -> RunResult:
+    main = cluster.is_main
+    folder = distributed.broadcast_object(prepare_folder(config, out, resume) if main else None, cluster)
+    log = _Log(folder / "log.txt", enabled=main)
     seed = int(config["seed"])
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
 
-    log(f"run folder {folder}; device {device}; seed {seed}")
+    log(f"run folder {folder}; device {device}; seed {seed}; processes {cluster.world}")
     data_started = time.perf_counter()
+    if not main:
+        distributed.barrier(cluster)  # rank 0 fills the cache first; the others then read it
     cohort, source_name = load_cohort(config, registry)
+    if main:
+        distributed.barrier(cluster)
     data_seconds = time.perf_counter() - data_started
     log(f"data: {source_name} ({cohort.source}), {len(cohort)} subjects, shape {cohort.shape}, {data_seconds:.1f} s")
     cohort, labels = task_subset(cohort, config["task"])
@@ -185,14 +210,13 @@ def execute(config: dict, registry: Registry, out: Path | None = None, resume: b
         seed=seed, folds=split_cfg["folds"], fold=split_cfg["fold"], class_names=TASKS[config["task"]],
     )
     leak = check_no_leak(cohort.participants, splits)
-    write_csv(folder / "splits.csv", splits.table(cohort.participants))
 
     mixed = bool(config["precision"]["mixed"]) and bf16_supported(device)
     channels_last = bool(config["precision"]["channels_last"])
     train = config["train"]
     pipeline = DevicePipeline(
         cohort, labels, splits, device=device, seed=seed, batch_size=train["batch_size"],
-        augment=config["augment"], channels_last=channels_last,
+        augment=config["augment"], channels_last=channels_last, shard=(cluster.rank, cluster.world),
     )
     context = TrainingContext(
         device=device,
@@ -208,48 +232,51 @@ def execute(config: dict, registry: Registry, out: Path | None = None, resume: b
         mixed_precision=mixed,
     )
     coupling = build_method(config, registry, context, channels_last)
-    plugins = [
-        {"kind": kind, "name": c.name, "plugin": c.plugin, "distribution": c.distribution, "version": c.version}
-        for kind, c in registry.all()
-        if c.name in (config["method"]["synth"], config["method"]["diag"], config["method"]["coupling"])
-    ]
-    env = environment(device, plugins)
-    env["mixed_precision_bf16"] = mixed
-    env["channels_last_3d"] = channels_last
-    write_json(folder / "environment.json", env)
-    write_json(
-        folder / "data.json",
-        {
-            "source": source_name,
-            "description": cohort.source,
-            "shape": list(cohort.shape),
-            "affine": np.asarray(cohort.affine).tolist(),
-            "subjects": {name: int(len(splits.rows(name))) for name in ("train", "val", "test")},
-            "with_pet": {name: int(cohort.has_pet[splits.rows(name)].sum()) for name in ("train", "val", "test")},
-            "leak_check": leak,
-            "fingerprints": pipeline.fingerprint(),
-            "cache_hit": cohort.extra.get("cache_hit"),
-            "load_seconds": round(data_seconds, 2),
-        },
-    )
+    if main:
+        write_csv(folder / "splits.csv", splits.table(cohort.participants))
+        plugins = [
+            {"kind": kind, "name": c.name, "plugin": c.plugin, "distribution": c.distribution, "version": c.version}
+            for kind, c in registry.all()
+            if c.name in (config["method"]["synth"], config["method"]["diag"], config["method"]["coupling"])
+        ]
+        env = environment(device, plugins)
+        env.update({"mixed_precision_bf16": mixed, "channels_last_3d": channels_last, "processes": cluster.world})
+        write_json(folder / "environment.json", env)
+        write_json(
+            folder / "data.json",
+            {
+                "source": source_name,
+                "description": cohort.source,
+                "shape": list(cohort.shape),
+                "affine": np.asarray(cohort.affine).tolist(),
+                "subjects": {name: int(len(splits.rows(name))) for name in ("train", "val", "test")},
+                "with_pet": {name: int(cohort.has_pet[splits.rows(name)].sum()) for name in ("train", "val", "test")},
+                "leak_check": leak,
+                "fingerprints": pipeline.fingerprint(),
+                "cache_hit": cohort.extra.get("cache_hit"),
+                "load_seconds": round(data_seconds, 2),
+            },
+        )
 
     def on_epoch(history: list[dict]) -> None:
         write_csv(folder / "history.csv", pd.DataFrame(history))
 
-    trainer = Trainer(coupling, pipeline, folder / "checkpoints", seed=seed, on_epoch=on_epoch)
+    trainer = Trainer(coupling, pipeline, folder / "checkpoints", seed=seed, on_epoch=on_epoch, cluster=cluster)
     history = trainer.fit(resume=resume)
     log(f"trained: {len(history)} epochs in {len(trainer.stages)} stage(s)")
 
     test = evaluate(
         coupling, pipeline, "test", bootstrap=config["evaluate"]["bootstrap"], seed=seed,
-        keep_synthetic=True,
+        keep_synthetic=True, cluster=cluster,
     )
     metrics = _metrics(config, trainer, pipeline, coupling, test)
-    _write_outputs(folder, config, cohort, labels, splits, pipeline, history, test)
-    write_json(folder / "metrics.json", metrics)
+    if main:
+        _write_outputs(folder, config, cohort, labels, splits, pipeline, history, test)
+        write_json(folder / "metrics.json", metrics)
+        wall = round(time.perf_counter() - started, 2)
+        write_json(folder / "timing.json", {"wall_seconds": wall, "data_seconds": round(data_seconds, 2)})
     log(f"test: {metrics['diagnosis']}; synthesis: {metrics['synthesis']}")
     log(f"finished in {time.perf_counter() - started:.1f} s")
-    write_json(folder / "timing.json", {"wall_seconds": round(time.perf_counter() - started, 2), "data_seconds": round(data_seconds, 2)})
     return RunResult(folder, metrics)
 
 
@@ -330,10 +357,13 @@ def _save_nifti(image: nib.Nifti1Image, path: Path) -> None:
 class _Log:
     """Appends timestamped lines to the run's log.txt and echoes them to the console."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, enabled: bool = True) -> None:
         self.path = path
+        self.enabled = enabled
 
     def __call__(self, message: str) -> None:
+        if not self.enabled:
+            return
         line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}"
         with open(self.path, "a") as handle:
             handle.write(line + "\n")

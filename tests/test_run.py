@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -85,3 +87,30 @@ def test_existing_folder_of_the_same_config_points_to_resume(joint_run: Path):
     result = CliRunner().invoke(main, ["run", "--config", str(joint_run / "config.toml"), "--out", str(joint_run)])
     assert result.exit_code == 2
     assert "already holds a finished run" in result.output
+
+
+def _run_processes(nproc: int, out: Path) -> subprocess.CompletedProcess:
+    args = ["run", "--synth", "none", "--diag", "mdm", "--preset", "tiny", "--set", "data.subjects=24", "--epochs", "2",
+            "--set", "evaluate.bootstrap=10", "--set", "diag.mdm.norm=group", "--set", "precision.mixed=false",
+            "--set", "augment.enabled=false", "--out", str(out), "--nproc", str(nproc)]
+    return subprocess.run([sys.executable, "-m", "cdsf_bench", *args], capture_output=True, text=True)
+
+
+def test_two_gloo_processes_match_one_process(tmp_path: Path):
+    """torchrun with 2 CPU processes (gloo, a free port picked by torchrun's --standalone)
+    gives the 1-process metrics; probabilities agree within 1e-3 (float summation order
+    and per-process batch shares differ, nothing else)."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    for nproc, out in ((1, one), (2, two)):
+        done = _run_processes(nproc, out)
+        assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((two / "environment.json").read_text())["processes"] == 2
+    first = json.loads((one / "metrics.json").read_text())
+    second = json.loads((two / "metrics.json").read_text())
+    assert first["n"] == second["n"]
+    for key in ("auc", "bacc", "acc"):
+        assert first["diagnosis"][key] == pytest.approx(second["diagnosis"][key], abs=1e-6)
+    p1 = pd.read_csv(one / "predictions.csv")
+    p2 = pd.read_csv(two / "predictions.csv")
+    assert list(p1["participant_id"]) == list(p2["participant_id"])  # every subject once, none twice
+    assert np.allclose(p1["probability"], p2["probability"], atol=1e-3)

@@ -51,8 +51,11 @@ class DevicePipeline:
         batch_size: int,
         augment: dict,
         channels_last: bool = False,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
         self.device = device
+        #: (rank, world): this process trains on batch[rank::world] and evaluates rows[rank::world]
+        self.rank, self.world = shard
         self.seed = seed
         self.batch_size = batch_size
         self.augment = augment
@@ -119,15 +122,18 @@ class DevicePipeline:
         n_batches = max(1, len(order) // self.batch_size)
         for index, chunk in enumerate(np.array_split(order, n_batches)):
             generator = torch.Generator().manual_seed(_seed(self.seed, "augment", epoch, index))
-            yield self._batch(chunk, generator if self.augment.get("enabled", True) else None)
+            batch = self._batch(chunk, generator if self.augment.get("enabled", True) else None)
+            # every process draws the global batch (same augmentation), then keeps its share
+            yield batch if self.world == 1 else _take(batch, slice(self.rank, None, self.world))
 
     def eval_batches(self, split: str, subjects: Subjects = "all") -> Iterator[Batch]:
-        rows = self.rows(split, subjects)
+        """This process's share of ``split`` in order (all of it in a single process)."""
+        rows = self.rows(split, subjects)[self.rank :: self.world]
         for start in range(0, len(rows), self.batch_size):
             yield self._batch(rows[start : start + self.batch_size], None)
 
     def n_eval_batches(self, split: str, subjects: Subjects = "all") -> int:
-        return math.ceil(len(self.rows(split, subjects)) / self.batch_size)
+        return math.ceil(len(self.rows(split, subjects)[self.rank :: self.world]) / self.batch_size)
 
     def _batch(self, rows: np.ndarray, generator: torch.Generator | None) -> Batch:
         index = torch.from_numpy(rows.astype(np.int64))
@@ -193,6 +199,18 @@ class DevicePipeline:
             take = torch.from_numpy(rows[start : start + 64]).to(self.pet.device)
             total += self.pet[take].to(self.device).float().sum(0)
         return (total / max(len(rows), 1)).view(1, 1, *total.shape)
+
+
+def _take(batch: Batch, part: slice) -> Batch:
+    """The subjects ``part`` of a batch."""
+    return Batch(
+        mri=batch.mri[part],
+        pet=batch.pet[part],
+        has_pet=batch.has_pet[part],
+        label=batch.label[part],
+        index=batch.index[part],
+        pet_truth=None if batch.pet_truth is None else batch.pet_truth[part],
+    )
 
 
 def _rigid_theta(angles: torch.Tensor, shift_vox: torch.Tensor, shape: torch.Size) -> torch.Tensor:
