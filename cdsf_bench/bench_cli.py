@@ -41,8 +41,8 @@ def bench(suite_file: Path, out: Path | None, resume: bool, shard: str | None) -
     console.print(f"{len(results) - failed} run(s) finished, {failed} failed: {out / results_name(part)}")
     if part is not None:
         console.print(
-            f"shard {part[0]}/{part[1]} done. When every shard is: cdsf-bench merge {out} "
-            "(add the other shards' folders if they wrote elsewhere)."
+            f"shard {part[0]}/{part[1]} done. When every shard is: cdsf-bench merge SHARD_FOLDERS... --out MERGED "
+            f"(this shard's folder: {out})."
         )
         return
     written = write_report(out)
@@ -51,19 +51,19 @@ def bench(suite_file: Path, out: Path | None, resume: bool, shard: str | None) -
 
 
 @click.command()
-@click.argument("out", type=click.Path(path_type=Path, file_okay=False))
-@click.argument("shards", nargs=-1, type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.argument("shards", nargs=-1, required=True, type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True, help="Merged suite folder.")
 @click.option("--no-report", is_flag=True, help="Only write results.csv.")
-def merge(out: Path, shards: tuple[Path, ...], no_report: bool) -> None:
-    """Merge the shards of one suite into OUT/results.csv and write the report.
+def merge(shards: tuple[Path, ...], out: Path, no_report: bool) -> None:
+    """Merge the shard folders SHARDS of one suite into OUT/results.csv and write the report.
 
-    SHARDS are the shard output folders (default: OUT itself, when every shard wrote there);
-    run folders from other folders are copied into OUT. Shards of different suites are refused.
+    Run folders from the shards are copied into OUT (a shard that wrote into OUT itself is
+    read in place). Shards of different suites are refused.
     """
     from cdsf_bench.bench import merge_shards
     from cdsf_bench.report import print_summary, write_report
 
-    results = merge_shards(out, list(shards) or [out])
+    results = merge_shards(out, list(shards))
     if not no_report:
         for path in write_report(out):
             console.print(f"wrote {path}")

@@ -27,6 +27,15 @@ import torch
 from cdsf_bench.errors import InputError
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> Path:
     """Write ``path`` through ``write(handle)`` into a temporary file, then rename it."""
     path = Path(path)
@@ -37,6 +46,7 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> Path:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes files private; results are for sharing
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

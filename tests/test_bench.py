@@ -195,7 +195,7 @@ def test_shards_merge_into_the_whole(suite_run, suite_file, tmp_path):
         assert len(pd.read_csv(folder / f"results.shard-{index}-of-2.csv")) == 2
         shards.append(folder)
     merged = tmp_path / "merged"
-    assert invoke("merge", merged, *shards, "--no-report").exit_code == 0
+    assert invoke("merge", *shards, "--out", merged, "--no-report").exit_code == 0
     whole = pd.read_csv(suite_run / "results.csv").drop(columns="wall_seconds")
     pd.testing.assert_frame_equal(pd.read_csv(merged / "results.csv").drop(columns="wall_seconds"), whole)
 
@@ -203,7 +203,7 @@ def test_shards_merge_into_the_whole(suite_run, suite_file, tmp_path):
     shutil.copytree(shards[1], other)
     recorded = json.loads((other / "suite.json").read_text())
     (other / "suite.json").write_text(json.dumps({**recorded, "hash": "0" * 64}))
-    refused = invoke("merge", tmp_path / "mixed", shards[0], other)
+    refused = invoke("merge", shards[0], other, "--out", tmp_path / "mixed")
     assert refused.exit_code == 2 and "different suites" in refused.output
 
 
