@@ -1,7 +1,15 @@
 """cdsf-bench: benchmark collaborative PET synthesis and diagnosis (CDSF) against its alternatives."""
 
 from cdsf_bench.hookspecs import hookimpl
-from cdsf_bench.interfaces import Batch, Coupling, DataSource, DiagnoserOutput, Prediction, TrainingContext, TrainingStage
+from cdsf_bench.interfaces import (
+    Batch,
+    Coupling,
+    DataSource,
+    DiagnoserOutput,
+    Prediction,
+    TrainingContext,
+    TrainingStage,
+)
 from cdsf_bench.registry import Component
 
 __all__ = [

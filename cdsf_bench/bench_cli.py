@@ -41,8 +41,8 @@ def bench(suite_file: Path, out: Path | None, resume: bool, shard: str | None) -
     console.print(f"{len(results) - failed} run(s) finished, {failed} failed: {out / results_name(part)}")
     if part is not None:
         console.print(
-            f"shard {part[0]}/{part[1]} done. When every shard is: cdsf-bench merge SHARD_FOLDERS... --out MERGED "
-            f"(this shard's folder: {out})."
+            f"shard {part[0]}/{part[1]} done ({out}). When every shard is: "
+            "cdsf-bench merge SHARD_FOLDERS... --out MERGED"
         )
         return
     written = write_report(out)
@@ -51,8 +51,12 @@ def bench(suite_file: Path, out: Path | None, resume: bool, shard: str | None) -
 
 
 @click.command()
-@click.argument("shards", nargs=-1, required=True, type=click.Path(path_type=Path, exists=True, file_okay=False))
-@click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True, help="Merged suite folder.")
+@click.argument(
+    "shards", nargs=-1, required=True, type=click.Path(path_type=Path, exists=True, file_okay=False)
+)
+@click.option(
+    "--out", type=click.Path(path_type=Path, file_okay=False), required=True, help="Merged suite folder."
+)
 @click.option("--no-report", is_flag=True, help="Only write results.csv.")
 def merge(shards: tuple[Path, ...], out: Path, no_report: bool) -> None:
     """Merge the shard folders SHARDS of one suite into OUT/results.csv and write the report.

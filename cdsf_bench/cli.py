@@ -47,7 +47,11 @@ def _debug(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
 
 
 debug_option = click.option(
-    "--debug", is_flag=True, expose_value=False, is_eager=True, callback=_debug,
+    "--debug",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_debug,
     help="Show full tracebacks for errors.",
 )
 
@@ -94,20 +98,50 @@ def plugins(as_json: bool) -> None:
 @main.command()
 @click.option("--synth", help="Synthesiser name, or 'none' for MRI alone.")
 @click.option("--diag", help="Diagnoser name.")
-@click.option("--joint", "coupling_flag", flag_value="joint", help="Train synthesis and diagnosis together (CDSF).")
-@click.option("--decoupled", "coupling_flag", flag_value="decoupled", help="Train a GAN first, then the diagnoser.")
+@click.option(
+    "--joint", "coupling_flag", flag_value="joint", help="Train synthesis and diagnosis together (CDSF)."
+)
+@click.option(
+    "--decoupled", "coupling_flag", flag_value="decoupled", help="Train a GAN first, then the diagnoser."
+)
 @click.option("--coupling", help="Coupling name (see 'cdsf-bench plugins').")
-@click.option("--data", "data_spec", help="phantom (default), a manifest, a CAPS directory or a phantom folder.")
+@click.option(
+    "--data", "data_spec", help="phantom (default), a manifest, a CAPS directory or a phantom folder."
+)
 @click.option("--task", type=click.Choice(list(cfg.TASKS)), help="Diagnostic task.")
 @click.option("--preset", type=click.Choice(cfg.PRESETS), help="Size preset (default quick).")
-@click.option("--config", "config_file", type=click.Path(path_type=Path), help="A TOML config (a run's config.toml repeats it).")
-@click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE", help="Override a setting, e.g. train.epochs=10.")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path),
+    help="A TOML config (a run's config.toml repeats it).",
+)
+@click.option(
+    "--set",
+    "assignments",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a setting, e.g. train.epochs=10.",
+)
 @click.option("--epochs", type=int, help="Training epochs (per stage).")
-@click.option("--out", type=click.Path(path_type=Path), help="Run folder (default runs/<UTC>-<synth>-<diag>-<coupling>).")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    help="Run folder (default runs/<UTC>-<synth>-<diag>-<coupling>).",
+)
 @click.option("--seed", type=int, help="Seed of splits, initialisation and batch order.")
 @click.option("--device", help="auto, cpu or cuda.")
-@click.option("--resume", "resume_dir", type=click.Path(path_type=Path, exists=True, file_okay=False), help="Continue a killed run.")
-@click.option("--nproc", type=click.IntRange(min=1), help="Train with N data-parallel processes on this node (torchrun).")
+@click.option(
+    "--resume",
+    "resume_dir",
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    help="Continue a killed run.",
+)
+@click.option(
+    "--nproc",
+    type=click.IntRange(min=1),
+    help="Train with N data-parallel processes on this node (torchrun).",
+)
 @debug_option
 def run(
     synth: str | None,
@@ -170,15 +204,25 @@ def _torchrun(nproc: int) -> int:
             skip = True
         elif not arg.startswith("--nproc="):
             args.append(arg)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-               "-m", "cdsf_bench", *args]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "cdsf_bench",
+        *args,
+    ]
     console.print(f"launching {nproc} processes: {' '.join(command[2:])}", highlight=False)
     return subprocess.run(command).returncode
 
 
 def _print_metrics(metrics: dict, folder: Path) -> None:
     method = metrics["method"]
-    table = Table(title=f"test metrics: {method['synth']} + {method['diag']} ({method['coupling']}), {metrics['task']}")
+    table = Table(
+        title=f"test metrics: {method['synth']} + {method['diag']} ({method['coupling']}), {metrics['task']}"
+    )
     table.add_column("metric")
     table.add_column("value", justify="right")
     diag = metrics["diagnosis"]
@@ -215,7 +259,9 @@ def data_phantom(out: Path, subjects: int, resolution: float, missing_pet: float
 
     if subjects < 1 or resolution <= 0 or not 0 <= missing_pet < 1:
         raise InputError("--subjects must be >= 1, --resolution > 0 and --missing-pet in [0, 1).")
-    settings = PhantomSettings(subjects=subjects, resolution_mm=resolution, missing_pet=missing_pet, seed=seed)
+    settings = PhantomSettings(
+        subjects=subjects, resolution_mm=resolution, missing_pet=missing_pet, seed=seed
+    )
     cohort = generate_phantom(settings, progress=track)
     table = write_phantom(cohort, settings, out, progress=track)
     console.print(f"wrote {subjects} subjects to {out} ({table})")
@@ -223,8 +269,16 @@ def data_phantom(out: Path, subjects: int, resolution: float, missing_pet: float
 
 @data.command("check")
 @click.argument("spec")
-@click.option("--task", type=click.Choice(list(cfg.TASKS)), default=None, help="Also check the task's class sizes.")
-@click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE", help="Data settings, e.g. data.session=ses-M00.")
+@click.option(
+    "--task", type=click.Choice(list(cfg.TASKS)), default=None, help="Also check the task's class sizes."
+)
+@click.option(
+    "--set",
+    "assignments",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Data settings, e.g. data.session=ses-M00.",
+)
 def data_check(spec: str, task: str | None, assignments: tuple[str, ...]) -> None:
     """Validate a dataset and list every problem at once (exit 2 if any)."""
     from cdsf_bench.data.check import check_table
@@ -235,7 +289,9 @@ def data_check(spec: str, task: str | None, assignments: tuple[str, ...]) -> Non
     source = data_source(spec, registry)
     found = source.subject_table(spec, settings)
     if found is None:
-        console.print(f"[green]{spec} is generated by the '{source.name}' source; there are no files to check.[/]")
+        console.print(
+            f"[green]{spec} is generated by the '{source.name}' source; there are no files to check.[/]"
+        )
         return
     table, problems = found
     problems = list(problems) + check_table(table, settings, task)

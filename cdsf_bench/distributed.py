@@ -98,7 +98,9 @@ def gather_records(records: list[dict], cluster: Cluster) -> list[dict]:
     return [record for part in parts for record in (part or [])]
 
 
-def synchronise(modules: dict[str, torch.nn.Module], optimisers: dict[str, torch.optim.Optimizer], cluster: Cluster) -> None:
+def synchronise(
+    modules: dict[str, torch.nn.Module], optimisers: dict[str, torch.optim.Optimizer], cluster: Cluster
+) -> None:
     """Start every process from rank 0's weights and average gradients before each step."""
     if not cluster.active:
         return
@@ -124,8 +126,9 @@ def _average_gradients(cluster: Cluster):
         parameters = [p for group in optimiser.param_groups for p in group["params"]]
         if not parameters:
             return
-        present = torch.tensor([p.grad is not None for p in parameters], dtype=torch.float32,
-                               device=parameters[0].device)
+        present = torch.tensor(
+            [p.grad is not None for p in parameters], dtype=torch.float32, device=parameters[0].device
+        )
         dist.all_reduce(present, op=dist.ReduceOp.MAX)
         for parameter, anywhere in zip(parameters, present.tolist(), strict=True):
             if not anywhere:

@@ -40,6 +40,7 @@ from cdsf_bench.progress import make_progress
 from cdsf_bench.results import load_torch, save_torch, write_json
 
 CHECKPOINT = "last.pt"
+SINGLE_PROCESS = Cluster()
 SYNTHESIS_SELECTION = ("ssim", "psnr", "mae")
 
 
@@ -62,7 +63,8 @@ def evaluate(
     seed: int = 0,
     with_ssim: bool = True,
     keep_synthetic: bool = False,
-    cluster: Cluster = Cluster(),
+    cluster: Cluster = SINGLE_PROCESS,
+    threshold: float = 0.5,
 ) -> Evaluation:
     """Predict ``split`` with the coupling and score diagnosis and (where made) synthesis.
 
@@ -105,22 +107,20 @@ def evaluate(
     participants = pipeline.participants
     table.insert(0, "participant_id", participants["participant_id"].to_numpy()[table["row"]])
     table.insert(1, "split", split)
-    table["prediction"] = (table["probability"] >= 0.5).astype(int)
+    table["prediction"] = (table["probability"] >= threshold).astype(int)
     diagnosis = diagnosis_metrics(
-        table["label"].to_numpy(), table["probability"].to_numpy(), bootstrap=bootstrap, seed=seed
+        table["label"].to_numpy(),
+        table["probability"].to_numpy(),
+        threshold=threshold,
+        bootstrap=bootstrap,
+        seed=seed,
     )
-    scored = [
-        {key: r[f"synth_{key}"] for key in SYNTHESIS_KEYS} for r in records if "synth_mae" in r
-    ]
+    scored = [{key: r[f"synth_{key}"] for key in SYNTHESIS_KEYS} for r in records if "synth_mae" in r]
     return Evaluation(table, diagnosis, mean_synthesis(scored), synthetic)
 
 
 def _modules_of(coupling: Coupling) -> dict[str, torch.nn.Module]:
-    return {
-        name: value
-        for name, value in vars(coupling).items()
-        if isinstance(value, torch.nn.Module)
-    }
+    return {name: value for name, value in vars(coupling).items() if isinstance(value, torch.nn.Module)}
 
 
 class Trainer:
@@ -134,7 +134,7 @@ class Trainer:
         *,
         seed: int,
         on_epoch: Callable[[list[dict]], None] | None = None,
-        cluster: Cluster = Cluster(),
+        cluster: Cluster = SINGLE_PROCESS,
     ) -> None:
         self.coupling = coupling
         self.pipeline = pipeline
@@ -212,7 +212,9 @@ class Trainer:
         higher = HIGHER_IS_BETTER[stage.select_on]
         patience = stage.patience
         label = f"{stage.name} ({index + 1}/{len(self.stages)})"
-        epochs_task = progress.add_task(f"{label} epochs", total=stage.epochs, completed=first_epoch, status="")
+        epochs_task = progress.add_task(
+            f"{label} epochs", total=stage.epochs, completed=first_epoch, status=""
+        )
         n_batches = self.pipeline.n_train_batches(stage.subjects)
         batch_task = progress.add_task("  batches", total=n_batches, status="")
         for epoch in range(first_epoch, stage.epochs):
@@ -261,16 +263,19 @@ class Trainer:
             self._save(self._state(index, epoch + 1, best))
             if self.on_epoch is not None and self.cluster.is_main:
                 self.on_epoch(self.history)
-            progress.update(
-                epochs_task,
-                advance=1,
-                status=f"val {stage.select_on} {value:.3f} (best {best['value'] if best['value'] is not None else float('nan'):.3f} @ {best['epoch']})",
-            )
+            best_value = best["value"] if best["value"] is not None else float("nan")
+            status = f"val {stage.select_on} {value:.3f} (best {best_value:.3f} @ {best['epoch']})"
+            progress.update(epochs_task, advance=1, status=status)
         progress.update(batch_task, visible=False)
         if best["modules"] is not None:
             for key, module in stage.modules.items():
                 module.load_state_dict(best["modules"][key])
-        stage_summary = {"stage": stage.name, "best_epoch": best["epoch"], "metric": stage.select_on, "value": best["value"]}
+        stage_summary = {
+            "stage": stage.name,
+            "best_epoch": best["epoch"],
+            "metric": stage.select_on,
+            "value": best["value"],
+        }
         self.selections.append(stage_summary)
         # the next stage starts from here: record it so a resume does not repeat this stage
         self._save(self._state(index + 1, 0, _fresh_best()))
@@ -280,7 +285,9 @@ class Trainer:
         result = evaluate(self.coupling, self.pipeline, "val", with_ssim=with_ssim, cluster=self.cluster)
         out = {f"val_{k}": result.diagnosis[k] for k in ("auc", "bacc", "mcc")}
         if result.synthesis is not None:
-            out.update({f"val_{k}": v for k, v in result.synthesis.items() if not (k == "ssim" and not with_ssim)})
+            out.update(
+                {f"val_{k}": v for k, v in result.synthesis.items() if not (k == "ssim" and not with_ssim)}
+            )
         if f"val_{stage.select_on}" not in out:
             raise RunFailed(
                 f"Stage '{stage.name}' selects on {stage.select_on}, which its validation does not "

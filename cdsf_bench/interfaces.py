@@ -150,7 +150,6 @@ class Coupling(ABC):
         """Predict a batch in evaluation mode; called under ``torch.no_grad``."""
 
 
-
 class DataSource(ABC):
     """Turns a ``--data`` spec into a cohort (see ``cdsf_bench.data.cohort.Cohort``)."""
 

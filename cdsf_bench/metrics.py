@@ -53,6 +53,22 @@ def diagnosis_metrics(
     return {key: float(out[key]) for key in DIAGNOSIS_KEYS}
 
 
+def youden_threshold(labels: np.ndarray, probability: np.ndarray) -> float:
+    """The operating point that maximises sensitivity + specificity (Youden's J).
+
+    Chosen on validation and applied to test: a model selected for its AUC can rank
+    subjects well while its probabilities sit on one side of 0.5, and a fixed 0.5 would
+    then report every test subject as one class. 0.5 when validation has one class.
+    """
+    labels = np.asarray(labels, dtype=int)
+    if len(np.unique(labels)) < 2:
+        return 0.5
+    fpr, tpr, thresholds = skm.roc_curve(labels, probability)
+    finite = np.isfinite(thresholds)
+    best = np.argmax((tpr - fpr)[finite])
+    return float(thresholds[finite][best])
+
+
 def auc_interval(
     labels: np.ndarray, probability: np.ndarray, replicates: int, seed: int, level: float = 0.95
 ) -> tuple[float, float]:
@@ -62,9 +78,7 @@ def auc_interval(
     negatives = np.flatnonzero(labels == 0)
     aucs = np.empty(replicates)
     for i in range(replicates):
-        rows = np.concatenate(
-            [rng.choice(positives, len(positives)), rng.choice(negatives, len(negatives))]
-        )
+        rows = np.concatenate([rng.choice(positives, len(positives)), rng.choice(negatives, len(negatives))])
         aucs[i] = skm.roc_auc_score(labels[rows], probability[rows])
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(aucs, [tail, 100 - tail])

@@ -124,7 +124,9 @@ def build_registry(extra_plugins: list[object] | None = None) -> Registry:
                 provided = list(impl.function() or [])
             except Exception as error:  # reported like an import failure; the others go on
                 registry.failures[plugin_name] = f"{hook_name}: {type(error).__name__}: {error}"
-                warnings.warn(f"cdsf-bench plugin '{plugin_name}' failed in {hook_name}: {error}", stacklevel=2)
+                warnings.warn(
+                    f"cdsf-bench plugin '{plugin_name}' failed in {hook_name}: {error}", stacklevel=2
+                )
                 continue
             for comp in provided:
                 if comp.name in registry.components[kind]:

@@ -27,6 +27,7 @@ from cdsf_bench.engine import Evaluation, Trainer, evaluate
 from cdsf_bench.errors import InputError
 from cdsf_bench.figures import learning_curves, roc_figure, slice_montage
 from cdsf_bench.interfaces import Coupling, DataSource, TrainingContext
+from cdsf_bench.metrics import youden_threshold
 from cdsf_bench.progress import console
 from cdsf_bench.registry import Registry
 from cdsf_bench.results import environment, utc_stamp, write_csv, write_json, write_text
@@ -46,7 +47,9 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda was asked for, but torch sees no CUDA device; use --device cpu or auto.")
+        raise InputError(
+            "--device cuda was asked for, but torch sees no CUDA device; use --device cpu or auto."
+        )
     return device
 
 
@@ -95,7 +98,9 @@ def prepare_folder(config: dict, out: Path | None, resume: bool) -> Path:
         raise InputError(f"Output folder {folder} is a file, not a folder; choose another --out.")
     if folder.exists() and any(folder.iterdir()):
         if not existing.exists():
-            raise InputError(f"Output folder {folder} exists and is not a cdsf-bench run; choose another --out.")
+            raise InputError(
+                f"Output folder {folder} exists and is not a cdsf-bench run; choose another --out."
+            )
         if existing.read_text() != text:
             raise InputError(
                 f"Output folder {folder} holds a run of a different config; choose another --out, "
@@ -112,9 +117,7 @@ def prepare_folder(config: dict, out: Path | None, resume: bool) -> Path:
     return folder
 
 
-def build_method(
-    config: dict, registry: Registry, context: TrainingContext, channels_last: bool
-) -> Coupling:
+def build_method(config: dict, registry: Registry, context: TrainingContext, channels_last: bool) -> Coupling:
     """Instantiate the coupling with factories for the chosen synthesiser and diagnoser."""
     device = context.device
     synth_name, synth_params = cfg.plugin_settings(config, "synth")
@@ -202,12 +205,20 @@ def _execute(
     if main:
         distributed.barrier(cluster)
     data_seconds = time.perf_counter() - data_started
-    log(f"data: {source_name} ({cohort.source}), {len(cohort)} subjects, shape {cohort.shape}, {data_seconds:.1f} s")
+    log(
+        f"data: {source_name} ({cohort.source}), {len(cohort)} subjects, {cohort.shape}, {data_seconds:.1f} s"
+    )
     cohort, labels = task_subset(cohort, config["task"])
     split_cfg = config["split"]
     splits = make_splits(
-        cohort.participants, labels, val=split_cfg["val"], test=split_cfg["test"],
-        seed=seed, folds=split_cfg["folds"], fold=split_cfg["fold"], class_names=TASKS[config["task"]],
+        cohort.participants,
+        labels,
+        val=split_cfg["val"],
+        test=split_cfg["test"],
+        seed=seed,
+        folds=split_cfg["folds"],
+        fold=split_cfg["fold"],
+        class_names=TASKS[config["task"]],
     )
     leak = check_no_leak(cohort.participants, splits)
 
@@ -215,8 +226,15 @@ def _execute(
     channels_last = bool(config["precision"]["channels_last"])
     train = config["train"]
     pipeline = DevicePipeline(
-        cohort, labels, splits, device=device, seed=seed, batch_size=train["batch_size"],
-        augment=config["augment"], channels_last=channels_last, shard=(cluster.rank, cluster.world),
+        cohort,
+        labels,
+        splits,
+        device=device,
+        seed=seed,
+        batch_size=train["batch_size"],
+        augment=config["augment"],
+        channels_last=channels_last,
+        shard=(cluster.rank, cluster.world),
     )
     context = TrainingContext(
         device=device,
@@ -235,12 +253,20 @@ def _execute(
     if main:
         write_csv(folder / "splits.csv", splits.table(cohort.participants))
         plugins = [
-            {"kind": kind, "name": c.name, "plugin": c.plugin, "distribution": c.distribution, "version": c.version}
+            {
+                "kind": kind,
+                "name": c.name,
+                "plugin": c.plugin,
+                "distribution": c.distribution,
+                "version": c.version,
+            }
             for kind, c in registry.all()
             if c.name in (config["method"]["synth"], config["method"]["diag"], config["method"]["coupling"])
         ]
         env = environment(device, plugins)
-        env.update({"mixed_precision_bf16": mixed, "channels_last_3d": channels_last, "processes": cluster.world})
+        env.update(
+            {"mixed_precision_bf16": mixed, "channels_last_3d": channels_last, "processes": cluster.world}
+        )
         write_json(folder / "environment.json", env)
         write_json(
             folder / "data.json",
@@ -250,7 +276,9 @@ def _execute(
                 "shape": list(cohort.shape),
                 "affine": np.asarray(cohort.affine).tolist(),
                 "subjects": {name: int(len(splits.rows(name))) for name in ("train", "val", "test")},
-                "with_pet": {name: int(cohort.has_pet[splits.rows(name)].sum()) for name in ("train", "val", "test")},
+                "with_pet": {
+                    name: int(cohort.has_pet[splits.rows(name)].sum()) for name in ("train", "val", "test")
+                },
                 "leak_check": leak,
                 "fingerprints": pipeline.fingerprint(),
                 "cache_hit": cohort.extra.get("cache_hit"),
@@ -261,15 +289,27 @@ def _execute(
     def on_epoch(history: list[dict]) -> None:
         write_csv(folder / "history.csv", pd.DataFrame(history))
 
-    trainer = Trainer(coupling, pipeline, folder / "checkpoints", seed=seed, on_epoch=on_epoch, cluster=cluster)
+    trainer = Trainer(
+        coupling, pipeline, folder / "checkpoints", seed=seed, on_epoch=on_epoch, cluster=cluster
+    )
     history = trainer.fit(resume=resume)
     log(f"trained: {len(history)} epochs in {len(trainer.stages)} stage(s)")
 
+    # the operating point is chosen on validation with the selected model, never on test
+    validation = evaluate(coupling, pipeline, "val", with_ssim=False, cluster=cluster)
+    threshold = youden_threshold(validation.predictions["label"], validation.predictions["probability"])
     test = evaluate(
-        coupling, pipeline, "test", bootstrap=config["evaluate"]["bootstrap"], seed=seed,
-        keep_synthetic=True, cluster=cluster,
+        coupling,
+        pipeline,
+        "test",
+        bootstrap=config["evaluate"]["bootstrap"],
+        seed=seed,
+        keep_synthetic=True,
+        cluster=cluster,
+        threshold=threshold,
     )
     metrics = _metrics(config, trainer, pipeline, coupling, test)
+    metrics["selection"]["threshold"] = threshold
     if main:
         _write_outputs(folder, config, cohort, labels, splits, pipeline, history, test)
         write_json(folder / "metrics.json", metrics)
@@ -280,8 +320,12 @@ def _execute(
     return RunResult(folder, metrics)
 
 
-def _metrics(config: dict, trainer: Trainer, pipeline: DevicePipeline, coupling: Coupling, test: Evaluation) -> dict:
-    last = trainer.selections[-1] if trainer.selections else {"best_epoch": None, "metric": None, "value": None}
+def _metrics(
+    config: dict, trainer: Trainer, pipeline: DevicePipeline, coupling: Coupling, test: Evaluation
+) -> dict:
+    last = (
+        trainer.selections[-1] if trainer.selections else {"best_epoch": None, "metric": None, "value": None}
+    )
     return {
         "diagnosis": test.diagnosis,
         "synthesis": test.synthesis,
@@ -309,7 +353,12 @@ def _write_outputs(
     write_csv(folder / "predictions.csv", predictions.drop(columns=["row"]))
     figures = folder / "figures"
     roc_figure(
-        {config["method"]["coupling"]: (predictions["label"].to_numpy(), predictions["probability"].to_numpy())},
+        {
+            config["method"]["coupling"]: (
+                predictions["label"].to_numpy(),
+                predictions["probability"].to_numpy(),
+            )
+        },
         figures / "roc.png",
         f"{config['task']} test ROC",
     )
@@ -333,7 +382,11 @@ def _write_outputs(
     half = MONTAGE_SUBJECTS // 2
     picked = acquired[:half] + withheld[: MONTAGE_SUBJECTS - min(half, len(acquired))]
     for row in sorted(picked)[:MONTAGE_SUBJECTS]:
-        truth = cohort.pet_truth[row] if cohort.pet_truth is not None else (cohort.pet[row] if cohort.has_pet[row] else None)
+        truth = (
+            cohort.pet_truth[row]
+            if cohort.pet_truth is not None
+            else (cohort.pet[row] if cohort.has_pet[row] else None)
+        )
         participant = cohort.participants["participant_id"].iloc[row]
         state = "PET acquired" if cohort.has_pet[row] else ("PET withheld" if truth is not None else "no PET")
         shown.append(

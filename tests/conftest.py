@@ -18,4 +18,13 @@ def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
 @pytest.fixture
 def tiny_args() -> list[str]:
     """Options for a seconds-long run on a tiny phantom."""
-    return ["--preset", "tiny", "--set", "data.subjects=24", "--epochs", "1", "--set", "evaluate.bootstrap=20"]
+    return [
+        "--preset",
+        "tiny",
+        "--set",
+        "data.subjects=24",
+        "--epochs",
+        "1",
+        "--set",
+        "evaluate.bootstrap=20",
+    ]

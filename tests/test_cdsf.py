@@ -16,9 +16,16 @@ SHAPE = (16, 20, 16)
 def _coupling(**weights) -> JointCoupling:
     torch.manual_seed(0)
     context = TrainingContext(
-        device=torch.device("cpu"), input_shape=SHAPE, num_classes=2, epochs=1, batch_size=4,
-        learning_rate=1e-3, patience=None, select_on="auc",
-        train_pet_mean=torch.zeros(1, 1, *SHAPE), has_pet_truth=False,
+        device=torch.device("cpu"),
+        input_shape=SHAPE,
+        num_classes=2,
+        epochs=1,
+        batch_size=4,
+        learning_rate=1e-3,
+        patience=None,
+        select_on="auc",
+        train_pet_mean=torch.zeros(1, 1, *SHAPE),
+        has_pet_truth=False,
     )
     return JointCoupling(
         context,

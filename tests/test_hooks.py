@@ -16,7 +16,8 @@ SHAPE = (16, 20, 16)
 
 def _hook_names() -> list[str]:
     return [
-        name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction)
+        name
+        for name, fn in inspect.getmembers(hookspecs, inspect.isfunction)
         if name.startswith("cdsf_bench_")
     ]
 

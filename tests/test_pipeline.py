@@ -31,7 +31,12 @@ def _pipeline(seed: int = 0, augment=None, batch_size: int = 4) -> DevicePipelin
     cohort, labels = _cohort()
     splits = make_splits(cohort.participants, labels, val=0.2, test=0.2, seed=0)
     return DevicePipeline(
-        cohort, labels, splits, device=torch.device("cpu"), seed=seed, batch_size=batch_size,
+        cohort,
+        labels,
+        splits,
+        device=torch.device("cpu"),
+        seed=seed,
+        batch_size=batch_size,
         augment=augment or {**AUGMENT, "enabled": False},
     )
 
@@ -74,7 +79,12 @@ def test_augmentation_moves_mri_and_pet_together():
     cohort.has_pet[:] = True
     splits = make_splits(cohort.participants, labels, val=0.2, test=0.2, seed=0)
     pipe = DevicePipeline(
-        cohort, labels, splits, device=torch.device("cpu"), seed=0, batch_size=4,
+        cohort,
+        labels,
+        splits,
+        device=torch.device("cpu"),
+        seed=0,
+        batch_size=4,
         augment={**AUGMENT, "intensity": 0.0},
     )
     batch = next(iter(pipe.train_batches(0)))

@@ -26,7 +26,12 @@ def test_plugins_json_lists_every_kind_with_its_distribution():
     assert result.exit_code == 0, result.output
     listed = json.loads(result.output)
     kinds = {(c["kind"], c["name"]): c for c in listed["components"]}
-    for key in [("synthesiser", "ism"), ("diagnoser", "mdm"), ("coupling", "joint"), ("data_source", "phantom")]:
+    for key in [
+        ("synthesiser", "ism"),
+        ("diagnoser", "mdm"),
+        ("coupling", "joint"),
+        ("data_source", "phantom"),
+    ]:
         assert key in kinds
         assert kinds[key]["distribution"] == "cdsf-bench"
     assert listed["failed"] == []
@@ -109,27 +114,74 @@ def test_external_plugin_from_the_docs_installs_and_runs(tmp_path: Path):
     (project / "cdsf_bench_shallow.py").write_text(python)
     wheels = tmp_path / "wheels"
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels), str(project)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(wheels),
+            str(project),
+        ],
         check=True,
     )
     site = tmp_path / "site"
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target", str(site),
-         *map(str, wheels.glob("*.whl"))],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "--no-index",
+            "-q",
+            "--target",
+            str(site),
+            *map(str, wheels.glob("*.whl")),
+        ],
         check=True,
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
     listed = subprocess.run(
-        [sys.executable, "-m", "cdsf_bench", "plugins", "--json"], env=env, capture_output=True, text=True, check=True
+        [sys.executable, "-m", "cdsf_bench", "plugins", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     shallow = [c for c in json.loads(listed.stdout)["components"] if c["name"] == "shallow"]
     assert shallow and shallow[0]["distribution"] == "cdsf-bench-shallow"
     out = tmp_path / "run"
     ran = subprocess.run(
-        [sys.executable, "-m", "cdsf_bench", "run", "--synth", "shallow", "--diag", "mdm", "--joint",
-         "--preset", "tiny", "--set", "data.subjects=24", "--epochs", "1", "--set", "synth.shallow.depth=3",
-         "--set", "evaluate.bootstrap=10", "--out", str(out)],
-        env=env, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "cdsf_bench",
+            "run",
+            "--synth",
+            "shallow",
+            "--diag",
+            "mdm",
+            "--joint",
+            "--preset",
+            "tiny",
+            "--set",
+            "data.subjects=24",
+            "--epochs",
+            "1",
+            "--set",
+            "synth.shallow.depth=3",
+            "--set",
+            "evaluate.bootstrap=10",
+            "--out",
+            str(out),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert ran.returncode == 0, ran.stderr[-2000:]
     metrics = json.loads((out / "metrics.json").read_text())

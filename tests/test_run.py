@@ -20,17 +20,44 @@ from cdsf_bench.metrics import DIAGNOSIS_KEYS, SYNTHESIS_KEYS
 @pytest.fixture(scope="module")
 def joint_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "joint"
-    args = ["run", "--synth", "ism", "--diag", "mdm", "--joint", "--preset", "tiny", "--set", "data.subjects=24",
-            "--epochs", "2", "--set", "evaluate.bootstrap=20", "--out", str(out)]
+    args = [
+        "run",
+        "--synth",
+        "ism",
+        "--diag",
+        "mdm",
+        "--joint",
+        "--preset",
+        "tiny",
+        "--set",
+        "data.subjects=24",
+        "--epochs",
+        "2",
+        "--set",
+        "evaluate.bootstrap=20",
+        "--out",
+        str(out),
+    ]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     return out
 
 
 def test_run_folder_has_every_file(joint_run: Path):
-    for name in ("config.toml", "environment.json", "data.json", "splits.csv", "metrics.json", "predictions.csv",
-                 "history.csv", "log.txt", "checkpoints/last.pt", "figures/roc.png", "figures/learning_curves.png",
-                 "figures/montage.png"):
+    for name in (
+        "config.toml",
+        "environment.json",
+        "data.json",
+        "splits.csv",
+        "metrics.json",
+        "predictions.csv",
+        "history.csv",
+        "log.txt",
+        "checkpoints/last.pt",
+        "figures/roc.png",
+        "figures/learning_curves.png",
+        "figures/montage.png",
+    ):
         assert (joint_run / name).is_file(), name
     assert list((joint_run / "synth").glob("*_desc-synthetic_pet.nii.gz"))
     assert not list(joint_run.rglob(".*.tmp")), "no temporary file may be left behind"
@@ -40,7 +67,7 @@ def test_metrics_schema(joint_run: Path):
     metrics = json.loads((joint_run / "metrics.json").read_text())
     assert set(DIAGNOSIS_KEYS) <= set(metrics["diagnosis"])
     assert set(SYNTHESIS_KEYS) == set(metrics["synthesis"])
-    assert set(metrics["selection"]) == {"best_epoch", "metric", "value"}
+    assert set(metrics["selection"]) == {"best_epoch", "metric", "value", "threshold"}
     assert metrics["selection"]["metric"] == "auc"
     assert set(metrics["n"]) == {"train", "val", "test"}
     assert metrics["task"] == "ad_cn"
@@ -71,28 +98,54 @@ def test_synthetic_pet_has_the_cohort_affine(joint_run: Path):
     image = nib.load(next((joint_run / "synth").glob("*.nii.gz")))
     assert np.allclose(image.affine, np.array(data["affine"]))
     assert image.shape == tuple(data["shape"])
-    assert 0 <= float(image.get_fdata().min()) and float(image.get_fdata().max()) <= 2.5 + 1e-4
+    assert float(image.get_fdata().min()) >= 0 and float(image.get_fdata().max()) <= 2.5 + 1e-4
 
 
 def test_config_repeats_the_run_exactly(joint_run: Path, tmp_path: Path):
     """config.toml alone reproduces the run: identical metrics.json on the CPU."""
     again = tmp_path / "again"
-    result = CliRunner().invoke(main, ["run", "--config", str(joint_run / "config.toml"), "--out", str(again)])
+    result = CliRunner().invoke(
+        main, ["run", "--config", str(joint_run / "config.toml"), "--out", str(again)]
+    )
     assert result.exit_code == 0, result.output
     assert (again / "metrics.json").read_text() == (joint_run / "metrics.json").read_text()
     assert (again / "config.toml").read_text() == (joint_run / "config.toml").read_text()
 
 
 def test_existing_folder_of_the_same_config_points_to_resume(joint_run: Path):
-    result = CliRunner().invoke(main, ["run", "--config", str(joint_run / "config.toml"), "--out", str(joint_run)])
+    result = CliRunner().invoke(
+        main, ["run", "--config", str(joint_run / "config.toml"), "--out", str(joint_run)]
+    )
     assert result.exit_code == 2
     assert "already holds a finished run" in result.output
 
 
 def _run_processes(nproc: int, out: Path) -> subprocess.CompletedProcess:
-    args = ["run", "--synth", "none", "--diag", "mdm", "--preset", "tiny", "--set", "data.subjects=24", "--epochs", "2",
-            "--set", "evaluate.bootstrap=10", "--set", "diag.mdm.norm=group", "--set", "precision.mixed=false",
-            "--set", "augment.enabled=false", "--out", str(out), "--nproc", str(nproc)]
+    args = [
+        "run",
+        "--synth",
+        "none",
+        "--diag",
+        "mdm",
+        "--preset",
+        "tiny",
+        "--set",
+        "data.subjects=24",
+        "--epochs",
+        "2",
+        "--set",
+        "evaluate.bootstrap=10",
+        "--set",
+        "diag.mdm.norm=group",
+        "--set",
+        "precision.mixed=false",
+        "--set",
+        "augment.enabled=false",
+        "--out",
+        str(out),
+        "--nproc",
+        str(nproc),
+    ]
     return subprocess.run([sys.executable, "-m", "cdsf_bench", *args], capture_output=True, text=True)
 
 

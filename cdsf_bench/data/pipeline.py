@@ -183,7 +183,9 @@ class DevicePipeline:
         stacked = torch.cat(volumes, dim=1)
         grid = F.affine_grid(theta, list(stacked.shape), align_corners=False)
         # -1 is the background of every modality, so pad with it rather than zero
-        moved = F.grid_sample(stacked + 1, grid, mode="bilinear", padding_mode="zeros", align_corners=False) - 1
+        moved = (
+            F.grid_sample(stacked + 1, grid, mode="bilinear", padding_mode="zeros", align_corners=False) - 1
+        )
         mri = moved[:, :1] * (1 + jitter[:, 0].view(b, 1, 1, 1, 1).to(mri.device))
         mri = (mri + jitter[:, 1].view(b, 1, 1, 1, 1).to(mri.device)).clamp(-1, 1)
         # a missing PET stays exactly zero, as the interface promises

@@ -12,5 +12,10 @@ def cdsf_bench_data_sources() -> list[Component]:
 
     return [
         Component(cls.name, cls, cls.description)
-        for cls in (sources.PhantomSource, sources.PhantomFolderSource, sources.ManifestSource, sources.CapsSource)
+        for cls in (
+            sources.PhantomSource,
+            sources.PhantomFolderSource,
+            sources.ManifestSource,
+            sources.CapsSource,
+        )
     ]

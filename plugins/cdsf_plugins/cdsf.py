@@ -32,7 +32,7 @@ from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from cdsf_bench import Batch, Component, Coupling, Prediction, TrainingContext, TrainingStage, hookimpl
 from cdsf_bench.interfaces import DiagnoserOutput
@@ -185,7 +185,9 @@ def cdsf_bench_synthesisers() -> list[Component]:
 
 @hookimpl
 def cdsf_bench_diagnosers() -> list[Component]:
-    return [Component("mdm", MDM, "CDSF multi-modal diagnosis module: 3D CNN with L2-normalised spatial features")]
+    return [
+        Component("mdm", MDM, "CDSF multi-modal diagnosis module: 3D CNN with L2-normalised spatial features")
+    ]
 
 
 @hookimpl

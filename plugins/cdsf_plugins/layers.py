@@ -79,7 +79,5 @@ def up_block(
     ``output_padding=1`` makes the output exactly twice the input, the inverse of a
     stride-2 ``conv_block`` on even sides.
     """
-    conv = nn.ConvTranspose3d(
-        in_channels, out_channels, 3, stride=2, padding=1, output_padding=1, bias=False
-    )
+    conv = nn.ConvTranspose3d(in_channels, out_channels, 3, stride=2, padding=1, output_padding=1, bias=False)
     return nn.Sequential(conv, make_norm(norm, out_channels), make_activation(activation))
