@@ -91,10 +91,14 @@ class SpaceToDepthConv3d(nn.Conv3d):
         self.factor = factor
         k = self.kernel_size[0]
         self.applies = (
-            self.stride == (1, 1, 1) and self.dilation == (1, 1, 1) and self.groups == 1
+            self.stride == (1, 1, 1)
+            and self.dilation == (1, 1, 1)
+            and self.groups == 1
             and len(set(self.kernel_size)) == 1
         )
-        index = _scatter_index(self.out_channels, self.in_channels, k, factor) if self.applies else torch.empty(0)
+        index = (
+            _scatter_index(self.out_channels, self.in_channels, k, factor) if self.applies else torch.empty(0)
+        )
         self.register_buffer("scatter_index", index, persistent=False)
 
     def _conv_forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -121,8 +125,15 @@ def reformulated(conv: nn.Conv3d, factor: int = 2) -> SpaceToDepthConv3d:
     Sharing the ``nn.Parameter`` objects keeps any optimiser built on the original working.
     """
     new = SpaceToDepthConv3d(
-        conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
-        dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None, padding_mode=conv.padding_mode,
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        stride=conv.stride,
+        padding=conv.padding,
+        dilation=conv.dilation,
+        groups=conv.groups,
+        bias=conv.bias is not None,
+        padding_mode=conv.padding_mode,
         factor=factor,
     )
     new.weight = conv.weight
@@ -162,11 +173,29 @@ def _joint_steps(size: tuple[int, int, int], batch: int, mixed: bool, channels_l
     config = _resolve(PerfSettings(size=size, batch=batch, bf16=mixed, channels_last=channels_last), registry)
     device = torch.device("cpu")
     cohort, labels, splits = synthetic_cohort(size, batch, 0)
-    pipeline = DevicePipeline(cohort, labels, splits, device=device, seed=0, batch_size=batch,
-                              augment=config["augment"], channels_last=channels_last)
-    context = TrainingContext(device=device, input_shape=size, num_classes=2, epochs=1, batch_size=batch,
-                              learning_rate=1e-3, patience=None, select_on="auc",
-                              train_pet_mean=pipeline.train_pet_mean(), has_pet_truth=True, mixed_precision=mixed)
+    pipeline = DevicePipeline(
+        cohort,
+        labels,
+        splits,
+        device=device,
+        seed=0,
+        batch_size=batch,
+        augment=config["augment"],
+        channels_last=channels_last,
+    )
+    context = TrainingContext(
+        device=device,
+        input_shape=size,
+        num_classes=2,
+        epochs=1,
+        batch_size=batch,
+        learning_rate=1e-3,
+        patience=None,
+        select_on="auc",
+        train_pet_mean=pipeline.train_pet_mean(),
+        has_pet_truth=True,
+        mixed_precision=mixed,
+    )
     drawn = _typical_batches(list(pipeline.train_batches(0)))[0]
     steps = []
     for swap in (False, True):
@@ -201,10 +230,15 @@ def main(argv: list[str] | None = None) -> int:
     exact = (conv.double()(x64) - fast.double()(x64)).abs().max().item()
     conv.float()
     fast.float()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; factor {args.factor}; "
-          f"float64 max |difference| {exact:.2e}; same state_dict keys: "
-          f"{list(conv.state_dict()) == list(fast.state_dict())}")
-    for mixed, channels_last, label in ((True, True, "bf16 + channels_last"), (False, False, "fp32 contiguous")):
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; factor {args.factor}; "
+        f"float64 max |difference| {exact:.2e}; same state_dict keys: "
+        f"{list(conv.state_dict()) == list(fast.state_dict())}"
+    )
+    for mixed, channels_last, label in (
+        (True, True, "bf16 + channels_last"),
+        (False, False, "fp32 contiguous"),
+    ):
         fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
         x = (torch.rand(args.batch, 8, *size) * 2 - 1).contiguous(memory_format=fmt).requires_grad_()
         layer_times = [
@@ -215,9 +249,11 @@ def main(argv: list[str] | None = None) -> int:
         swapped.decoder[2] = reformulated(ism.decoder[2], args.factor).to(memory_format=fmt)
         mri = (torch.rand(args.batch, 1, *size) * 2 - 1).contiguous(memory_format=fmt)
         ism_times = [_best(_train_step(m, mri, mixed), args.repeats) for m in (ism, swapped)]
-        print(f"{label}: last layer {layer_times[0] * 1e3:.1f} -> {layer_times[1] * 1e3:.1f} ms "
-              f"({layer_times[0] / layer_times[1]:.2f}x); ISM fwd+bwd {ism_times[0] * 1e3:.1f} -> "
-              f"{ism_times[1] * 1e3:.1f} ms ({ism_times[0] / ism_times[1]:.2f}x)")
+        print(
+            f"{label}: last layer {layer_times[0] * 1e3:.1f} -> {layer_times[1] * 1e3:.1f} ms "
+            f"({layer_times[0] / layer_times[1]:.2f}x); ISM fwd+bwd {ism_times[0] * 1e3:.1f} -> "
+            f"{ism_times[1] * 1e3:.1f} ms ({ism_times[0] / ism_times[1]:.2f}x)"
+        )
         if args.joint:
             original, swapped_step = _joint_steps(size, args.batch, mixed, channels_last)
             joint = [_best(step, args.repeats) for step in (original, swapped_step)]

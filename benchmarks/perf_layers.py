@@ -66,7 +66,9 @@ def _first_output(output: object) -> torch.Tensor:
     return output if isinstance(output, torch.Tensor) else output[0]  # type: ignore[index]
 
 
-def capture_inputs(module: nn.Module, inputs: torch.Tensor, mixed: bool) -> list[tuple[str, nn.Module, torch.Tensor]]:
+def capture_inputs(
+    module: nn.Module, inputs: torch.Tensor, mixed: bool
+) -> list[tuple[str, nn.Module, torch.Tensor]]:
     """Every leaf module with the input it received in one forward pass, in call order."""
     seen: list[tuple[str, nn.Module, torch.Tensor]] = []
     handles = []
@@ -96,7 +98,11 @@ def time_layers(module: nn.Module, inputs: torch.Tensor, mixed: bool, repeats: i
         x = captured.requires_grad_(needs_grad)
         with torch.no_grad(), _autocast(mixed):
             probe = _first_output(layer(x))
-        if not probe.requires_grad and not any(p.requires_grad for p in layer.parameters()) and not needs_grad:
+        if (
+            not probe.requires_grad
+            and not any(p.requires_grad for p in layer.parameters())
+            and not needs_grad
+        ):
             continue
         grad = torch.randn_like(probe)
 
@@ -104,7 +110,9 @@ def time_layers(module: nn.Module, inputs: torch.Tensor, mixed: bool, repeats: i
         # it gets a copy, whose cost is then part of its time
         inplace = bool(getattr(layer, "inplace", False)) and needs_grad
 
-        def step(layer: nn.Module = layer, x: torch.Tensor = x, grad: torch.Tensor = grad) -> None:
+        def step(
+            layer: nn.Module = layer, x: torch.Tensor = x, grad: torch.Tensor = grad, inplace: bool = inplace
+        ) -> None:
             layer.zero_grad(set_to_none=True)
             with _autocast(mixed):
                 y = _first_output(layer(x.clone() if inplace else x))
@@ -115,7 +123,11 @@ def time_layers(module: nn.Module, inputs: torch.Tensor, mixed: bool, repeats: i
         with counter:
             step()
         seconds = _best_of(step, repeats)
-        out.append(LayerTime(name, type(layer).__name__, tuple(captured.shape), seconds, counter.get_total_flops() / 1e9))
+        out.append(
+            LayerTime(
+                name, type(layer).__name__, tuple(captured.shape), seconds, counter.get_total_flops() / 1e9
+            )
+        )
     return out
 
 
@@ -150,7 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--net", choices=("synth", "diag", "both"), default="both")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--all-variants", action="store_true", help="also fp32+channels_last and bf16 contiguous")
+    parser.add_argument(
+        "--all-variants", action="store_true", help="also fp32+channels_last and bf16 contiguous"
+    )
     parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     if args.threads:
@@ -158,7 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     size = tuple(args.size)
     variants = VARIANTS if args.all_variants else {k: VARIANTS[k] for k in ("plain", "mixed")}
     nets = ("synth", "diag") if args.net == "both" else (args.net,)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, size {list(size)}, batch {args.batch}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, size {list(size)}, batch {args.batch}"
+    )
     for kind in nets:
         torch.manual_seed(0)
         base, channels = build(kind, size, tuple(args.assignments))
@@ -183,7 +199,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{kind}: {type(base).__name__}\n{header}")
         sums = {label: sum(t.seconds for t in layers) for label, layers in results.items()}
         for row, layer in enumerate(first):
-            line = f"{layer.name:28s} {layer.kind:16s} {'x'.join(map(str, layer.shape)):22s} {layer.gflop:7.2f}"
+            line = (
+                f"{layer.name:28s} {layer.kind:16s} {'x'.join(map(str, layer.shape)):22s} {layer.gflop:7.2f}"
+            )
             for label, layers in results.items():
                 t = layers[row]
                 rate = t.gflop / t.seconds if t.gflop else 0.0
@@ -191,8 +209,12 @@ def main(argv: list[str] | None = None) -> int:
             print(line)
         for label in results:
             flops = sum(t.gflop for t in results[label])
-            print(f"{label:>10s}: sum of layers {sums[label] * 1e3:8.1f} ms ({flops / sums[label]:.1f} GFLOP/s), "
-                  f"whole network {totals[label] * 1e3:8.1f} ms, between layers {(totals[label] - sums[label]) * 1e3:8.1f} ms")
+            between = totals[label] - sums[label]
+            print(
+                f"{label:>10s}: sum of layers {sums[label] * 1e3:8.1f} ms"
+                f" ({flops / sums[label]:.1f} GFLOP/s), "
+                f"whole network {totals[label] * 1e3:8.1f} ms, between layers {between * 1e3:8.1f} ms"
+            )
     return 0
 
 

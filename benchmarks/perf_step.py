@@ -63,8 +63,12 @@ def figures(result: dict[str, Any]) -> dict[str, float]:
 
 #: which figures are better when larger (for "best round")
 HIGHER_IS_BETTER = {
-    "ism_speedup", "joint_gflop_per_s", "bf16_matmul_gflop_per_s", "fp32_matmul_gflop_per_s",
-    "joint_share_of_bf16_matmul", "subjects_per_s",
+    "ism_speedup",
+    "joint_gflop_per_s",
+    "bf16_matmul_gflop_per_s",
+    "fp32_matmul_gflop_per_s",
+    "joint_share_of_bf16_matmul",
+    "subjects_per_s",
 }
 
 
@@ -91,11 +95,12 @@ def report(summary: dict[str, dict[str, float]], loads: list[list[float] | None]
     m = {key: value["median"] for key, value in summary.items()}
     lines += [
         "targets (median over rounds):",
-        f"  ISM bf16+channels_last vs fp32 contiguous: {m['ism_fp32_plain_s']:.3f} s / {m['ism_mixed_s']:.3f} s "
-        f"= {m['ism_speedup']:.2f}x (target >= {TARGET_SYNTH_SPEEDUP}x: "
+        f"  ISM bf16+channels_last vs fp32 contiguous: {m['ism_fp32_plain_s']:.3f} s"
+        f" / {m['ism_mixed_s']:.3f} s = {m['ism_speedup']:.2f}x (target >= {TARGET_SYNTH_SPEEDUP}x: "
         f"{_verdict(m['ism_speedup'], TARGET_SYNTH_SPEEDUP, True)})",
-        f"  joint step {m['joint_gflop_per_s']:.1f} GFLOP/s vs bf16 matmul {m['bf16_matmul_gflop_per_s']:.1f} GFLOP/s "
-        f"= {m['joint_share_of_bf16_matmul']:.1%} (target >= {TARGET_MATMUL_SHARE:.0%}: "
+        f"  joint step {m['joint_gflop_per_s']:.1f} GFLOP/s vs bf16 matmul"
+        f" {m['bf16_matmul_gflop_per_s']:.1f} GFLOP/s = {m['joint_share_of_bf16_matmul']:.1%}"
+        f" (target >= {TARGET_MATMUL_SHARE:.0%}: "
         f"{_verdict(m['joint_share_of_bf16_matmul'], TARGET_MATMUL_SHARE, True)})",
         f"  pipeline {m['pipeline_batch_s'] * 1e3:.1f} ms per batch vs joint step {m['joint_step_s']:.3f} s "
         f"= {m['pipeline_share']:.2%} (target < {TARGET_PIPELINE_SHARE:.0%}: "
@@ -104,8 +109,9 @@ def report(summary: dict[str, dict[str, float]], loads: list[list[float] | None]
     if plain is not None:
         p = {key: value["median"] for key, value in plain.items()}
         lines.append(
-            f"  whole joint step, fp32 contiguous: {p['joint_step_s']:.3f} s ({p['joint_gflop_per_s']:.1f} GFLOP/s) "
-            f"vs bf16+channels_last {m['joint_step_s']:.3f} s: {p['joint_step_s'] / m['joint_step_s']:.2f}x"
+            f"  whole joint step, fp32 contiguous: {p['joint_step_s']:.3f} s"
+            f" ({p['joint_gflop_per_s']:.1f} GFLOP/s) vs bf16+channels_last {m['joint_step_s']:.3f} s:"
+            f" {p['joint_step_s'] / m['joint_step_s']:.2f}x"
         )
     return "\n".join(lines)
 
@@ -126,14 +132,22 @@ def main(argv: list[str] | None = None) -> int:
         for index in range(args.rounds):
             loads.append([round(x, 2) for x in os.getloadavg()])
             settings = PerfSettings(
-                size=tuple(args.size), batch=args.batch, device="cpu", repeats=args.repeats,
-                bf16=bf16, channels_last=channels_last, threads=args.threads,
+                size=tuple(args.size),
+                batch=args.batch,
+                device="cpu",
+                repeats=args.repeats,
+                bf16=bf16,
+                channels_last=channels_last,
+                threads=args.threads,
             )
             result = measure(settings)
             results.append(result)
             rounds.append(figures(result))
-            print(f"round {index + 1}/{args.rounds} ({'bf16+CL' if bf16 else 'fp32 plain'}): "
-                  f"joint step {rounds[-1]['joint_step_s']:.3f} s, load {loads[-1]}", file=sys.stderr)
+            print(
+                f"round {index + 1}/{args.rounds} ({'bf16+CL' if bf16 else 'fp32 plain'}): "
+                f"joint step {rounds[-1]['joint_step_s']:.3f} s, load {loads[-1]}",
+                file=sys.stderr,
+            )
         return results, rounds, loads
 
     results, rounds, loads = run(True, True)
@@ -143,8 +157,11 @@ def main(argv: list[str] | None = None) -> int:
         plain_results, plain_rounds, _ = run(False, False)
         plain_summary = summarise(plain_rounds)
     settings = results[0]["settings"]
-    print(f"cdsf-bench perf targets: {settings['device_name']}, {settings['threads']} threads, torch {settings['torch']}, "
-          f"size {settings['size']}, batch {settings['batch']}, {args.rounds} round(s) x {args.repeats} steps")
+    print(
+        f"cdsf-bench perf targets: {settings['device_name']}, {settings['threads']} threads, "
+        f"torch {settings['torch']}, size {settings['size']}, batch {settings['batch']}, "
+        f"{args.rounds} round(s) x {args.repeats} steps"
+    )
     print(report(summarise(rounds), loads, plain_summary))
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,9 @@ of random volumes, and times, after warm-up:
 - a large matrix multiply in bf16 and in fp32: what this device can do at best.
 
 Times are medians over ``repeats`` steps with their interquartile range, because on a
-shared machine the mean is pulled by whoever else is running. FLOPs are counted once per
+shared machine the mean is pulled by whoever else is running. The parts are timed in
+rounds, one step of each per round, so that the ratios reported between them (speed-up
+over fp32, share of the matmul rate, pipeline share) see the same background load. FLOPs are counted once per
 step with ``torch.utils.flop_counter.FlopCounterMode`` (convolutions and matrix multiplies,
 forward and backward; norms, pooling and activations are memory-bound and not counted) and
 divided by the median time.
@@ -36,7 +38,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -189,20 +191,6 @@ def _peak_memory(device: torch.device, record: dict[str, Any]) -> Iterator[None]
             record["peak_memory_mib"] = _process_peak_rss_mib()
 
 
-def time_calls(step: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> Timing:
-    """Run ``step`` ``warmup`` times untimed, then time ``repeats`` calls one by one."""
-    for _ in range(warmup):
-        step()
-    _sync(device)
-    seconds = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        step()
-        _sync(device)
-        seconds.append(time.perf_counter() - started)
-    return Timing(seconds)
-
-
 def count_flops(step: Callable[[], object]) -> float:
     """FLOPs of one call of ``step`` as torch's flop counter sees them (conv and matmul)."""
     counter = FlopCounterMode(display=False)
@@ -211,25 +199,90 @@ def count_flops(step: Callable[[], object]) -> float:
     return float(counter.get_total_flops())
 
 
-def matmul_rate(dtype: torch.dtype, device: torch.device, repeats: int, side: int = MATMUL_SIDE) -> dict[str, Any]:
-    """GFLOP/s of a ``side`` x ``side`` matrix multiply in ``dtype``: the device's practical peak.
+@dataclass
+class Part:
+    """One thing that is timed: its step, the subjects it handles and what preparing it found.
+
+    ``flops`` is None for steps that do no counted arithmetic (the data pipeline);
+    ``modules`` are the modules ``--compile`` compiles for this part.
+    """
+
+    name: str
+    step: Callable[[], object]
+    subjects: int
+    record: dict[str, Any] = field(default_factory=dict)
+    flops: float | None = None
+    count: bool = True
+    modules: list[nn.Module] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+
+    def prepare(self, device: torch.device, warmup: int) -> None:
+        """Warm up, then count one step's FLOPs, noting the peak memory meanwhile.
+
+        Warm-up comes first so one-off costs (oneDNN primitive creation, first touch of
+        buffers) stay out of the count, and so a step that cannot run fails early.
+        """
+        with _peak_memory(device, self.record):
+            for _ in range(warmup):
+                self.step()
+            if self.count:
+                self.flops = count_flops(self.step)
+            _sync(device)
+
+    def summary(self) -> dict[str, Any]:
+        return {**Timing(self.seconds).summary(self.subjects, self.flops), **self.record}
+
+
+def time_interleaved(parts: list[Part], device: torch.device, repeats: int) -> None:
+    """Time one call of every part per round, ``repeats`` rounds, appending to ``part.seconds``.
+
+    Interleaving gives every part the same share of whatever else the machine is doing, so
+    ratios between parts (speed-up over fp32, share of the matmul rate, pipeline share)
+    compare like with like even when the load changes during the measurement.
+    """
+    for _ in range(repeats):
+        for part in parts:
+            _sync(device)
+            started = time.perf_counter()
+            part.step()
+            _sync(device)
+            part.seconds.append(time.perf_counter() - started)
+
+
+def _matmul_part(dtype: torch.dtype, device: torch.device, side: int = MATMUL_SIDE) -> Part:
+    """A ``side`` x ``side`` matrix multiply in ``dtype``: the device's practical peak rate.
 
     A square multiply this large is compute-bound and runs in the vendor library's best
-    kernel (oneDNN/MKL on CPU, cuBLAS on GPU), so its rate is what convolutions could
-    reach at best in the same dtype on the same cores, under the same background load.
+    kernel (oneDNN/MKL on CPU, cuBLAS on GPU), so its rate is what convolutions could reach
+    at best in that dtype on the same cores, under the same background load.
     """
     generator = torch.Generator().manual_seed(0)
     a = torch.randn(side, side, generator=generator).to(device=device, dtype=dtype)
     b = torch.randn(side, side, generator=generator).to(device=device, dtype=dtype)
-    timing = time_calls(lambda: torch.mm(a, b), device, warmup=2, repeats=max(repeats, 3))
-    flops = 2.0 * side**3
+    name = str(dtype).removeprefix("torch.")
+    part = Part(f"{name}_matmul", partial(torch.mm, a, b), 1, {"dtype": name, "side": side}, count=False)
+    part.flops = 2.0 * side**3
+    return part
+
+
+def _matmul_summary(part: Part) -> dict[str, Any]:
+    """A matmul part's median time and rate, and its best rate (the least disturbed call)."""
+    timing = Timing(part.seconds)
+    flops = part.flops or 0.0
     return {
-        "dtype": str(dtype).removeprefix("torch."),
-        "side": side,
+        **part.record,
         "median_s": timing.median,
         "gflop_per_s": flops / timing.median / 1e9,
         "best_gflop_per_s": flops / min(timing.seconds) / 1e9,
     }
+
+
+def _batch_stream(pipeline: Any) -> Iterator[Batch]:
+    """Augmented training batches drawn as the engine draws them, epoch after epoch."""
+    epoch = 0
+    while True:
+        yield from pipeline.train_batches(epoch)
+        epoch += 1
 
 
 # -- the synthetic cohort ------------------------------------------------------------------
@@ -319,7 +372,9 @@ def _place(module: nn.Module, device: torch.device, channels_last: bool) -> nn.M
 
 
 def _layout(tensor: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    return tensor.contiguous(memory_format=torch.channels_last_3d if channels_last else torch.contiguous_format)
+    return tensor.contiguous(
+        memory_format=torch.channels_last_3d if channels_last else torch.contiguous_format
+    )
 
 
 def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
@@ -363,32 +418,6 @@ def _diag_step(
     return step
 
 
-def _measure_step(
-    step: Callable[[], object],
-    device: torch.device,
-    settings: PerfSettings,
-    subjects: int,
-    compile_first: Callable[[], None] | None = None,
-) -> dict[str, Any]:
-    """Warm up, count one step's FLOPs (eagerly), optionally compile, then time the step.
-
-    Warm-up comes first so that one-off costs (oneDNN primitive creation, first-touch of
-    buffers) stay out of both the count and the timing, and so that a step that cannot run
-    fails before anything slow happens.
-    """
-    record: dict[str, Any] = {}
-    with _peak_memory(device, record):
-        for _ in range(settings.warmup):
-            step()
-        flops = count_flops(step)
-        warmup = 0
-        if compile_first is not None:
-            compile_first()
-            warmup = settings.warmup + COMPILE_EXTRA_WARMUP
-        timing = time_calls(step, device, warmup, settings.repeats)
-    return {**timing.summary(subjects, flops), **record}
-
-
 def _layout_of(tensor: torch.Tensor) -> str:
     """``channels_last``, ``contiguous``, ``either`` (a 1-voxel map fits both) or ``other``."""
     plain = tensor.is_contiguous()
@@ -429,11 +458,16 @@ def _param_dtypes(modules: list[nn.Module]) -> list[str]:
 
 
 def measure(settings: PerfSettings, registry: Registry | None = None) -> dict[str, Any]:
-    """Measure everything ``cdsf-bench perf`` reports and return it as one JSON-ready dict."""
+    """Measure everything ``cdsf-bench perf`` reports and return it as one JSON-ready dict.
+
+    Every part is built and prepared first (warm-up, FLOP count, peak memory), then all
+    parts are timed together, one step of each per round (``time_interleaved``).
+    """
     from cdsf_bench.data.pipeline import DevicePipeline
     from cdsf_bench.run import bf16_supported, build_method, resolve_device
 
     _check(settings)
+    load_before = _load_average()
     registry = registry or default_registry()
     config = _resolve(settings, registry)
     device = resolve_device(config["device"])
@@ -451,63 +485,67 @@ def measure(settings: PerfSettings, registry: Registry | None = None) -> dict[st
         torch.backends.cudnn.benchmark = True
     size = tuple(int(s) for s in settings.size)
     batch = settings.batch
-    method = config["method"]
+    warmup = settings.warmup
 
     # the pipeline, as a run builds it, on random volumes
     cohort, labels, splits = synthetic_cohort(size, batch, seed)
     pipeline = DevicePipeline(
-        cohort, labels, splits, device=device, seed=seed, batch_size=batch,
-        augment=config["augment"], channels_last=channels_last,
-    )
-    train = config["train"]
-    context = TrainingContext(
+        cohort,
+        labels,
+        splits,
         device=device,
-        input_shape=size,
-        num_classes=2,
-        epochs=1,
+        seed=seed,
         batch_size=batch,
-        learning_rate=train["learning_rate"],
-        patience=None,
-        select_on=train["select_on"],
-        train_pet_mean=pipeline.train_pet_mean(),
-        has_pet_truth=True,
-        mixed_precision=mixed,
+        augment=config["augment"],
+        channels_last=channels_last,
     )
-    result: dict[str, Any] = {}
+    stream = _batch_stream(pipeline)
+    pipeline_part = Part(
+        "pipeline",
+        partial(next, stream),
+        batch,
+        {"augment": bool(config["augment"].get("enabled", True)), "volumes_per_subject": 3},
+        count=False,
+    )
+    pipeline_part.prepare(device, warmup)
+    parts = [pipeline_part]
 
-    pipeline_record: dict[str, Any] = {}
-    with _peak_memory(device, pipeline_record):
-        pipeline_timing = _time_pipeline(pipeline, device, settings)
-    result["pipeline"] = {
-        **pipeline_timing.summary(batch, None),
-        **pipeline_record,
-        "augment": bool(config["augment"].get("enabled", True)),
-        "volumes_per_subject": 3,
-    }
-
-    # the synthesiser alone
+    # the synthesiser alone, and the same network in plain fp32 (the speed-up reference)
     generator = torch.Generator().manual_seed(seed)
     mri = _layout((torch.rand(batch, 1, *size, generator=generator) * 2 - 1).to(device), channels_last)
     pet = _layout((torch.rand(batch, 1, *size, generator=generator) * 2 - 1).to(device), channels_last)
-    batch_labels = (torch.arange(batch) % 2).to(device)
     synth_name, synth_params = cfg.plugin_settings(config, "synth")
-    synth_module: nn.Module | None = None
+    synth_part: Part | None = None
+    reference_part: Part | None = None
+    plain = not mixed and not channels_last and not settings.compile
     if synth_name != "none":
-        synth_factory = registry.get("synthesiser", synth_name).factory
-        synth_module = _place(synth_factory(**synth_params), device, channels_last)
-        step = _synth_step(synth_module, mri, pet, mixed, device)
-        record = _measure_step(
-            step, device, settings, batch,
-            compile_first=(lambda: _compile_modules([synth_module])) if settings.compile else None,
-        )
+        factory = registry.get("synthesiser", synth_name).factory
+        synth_module = _place(factory(**synth_params), device, channels_last)
         layouts, output = layout_census(synth_module, mri, device, mixed)
-        record["layer_output_layouts"] = layouts
-        record["output_dtype"] = str(output.dtype).removeprefix("torch.")
-        record["name"] = synth_name
-        record["param_dtypes"] = _param_dtypes([synth_module])
-        result["synthesiser"] = record
-    else:
-        result["synthesiser"] = None
+        synth_part = Part(
+            "synthesiser",
+            _synth_step(synth_module, mri, pet, mixed, device),
+            batch,
+            {
+                "name": synth_name,
+                "layer_output_layouts": layouts,
+                "output_dtype": str(output.dtype).removeprefix("torch."),
+                "param_dtypes": _param_dtypes([synth_module]),
+            },
+            modules=[synth_module],
+        )
+        synth_part.prepare(device, warmup)
+        parts.append(synth_part)
+        if not plain:
+            reference_module = factory(**synth_params).to(device)
+            reference_module.load_state_dict(synth_module.state_dict())
+            reference_part = Part(
+                "synthesiser_fp32_reference",
+                _synth_step(reference_module, mri.contiguous(), pet.contiguous(), False, device),
+                batch,
+            )
+            reference_part.prepare(device, warmup)
+            parts.append(reference_part)
 
     # the diagnoser alone, on MRI and PET stacked
     diag_name, diag_params = cfg.plugin_settings(config, "diag")
@@ -516,126 +554,152 @@ def measure(settings: PerfSettings, registry: Registry | None = None) -> dict[st
         diag_factory(in_channels=2, input_shape=size, num_classes=2, **diag_params), device, channels_last
     )
     inputs = _layout(torch.cat([mri, pet], dim=1), channels_last)
-    record = _measure_step(
-        _diag_step(diag_module, inputs, batch_labels, mixed, device), device, settings, batch,
-        compile_first=(lambda: _compile_modules([diag_module])) if settings.compile else None,
+    batch_labels = (torch.arange(batch) % 2).to(device)
+    diag_part = Part(
+        "diagnoser",
+        _diag_step(diag_module, inputs, batch_labels, mixed, device),
+        batch,
+        {
+            "name": diag_name,
+            "param_dtypes": _param_dtypes([diag_module]),
+            "layer_output_layouts": layout_census(diag_module, inputs, device, mixed)[0],
+        },
+        modules=[diag_module],
     )
-    record["name"] = diag_name
-    record["param_dtypes"] = _param_dtypes([diag_module])
-    record["layer_output_layouts"] = layout_census(diag_module, inputs, device, mixed)[0]
-    result["diagnoser"] = record
+    diag_part.prepare(device, warmup)
+    parts.append(diag_part)
 
     # the coupling's real steps, built exactly as a run builds it
+    context = TrainingContext(
+        device=device,
+        input_shape=size,
+        num_classes=2,
+        epochs=1,
+        batch_size=batch,
+        learning_rate=config["train"]["learning_rate"],
+        patience=None,
+        select_on=config["train"]["select_on"],
+        train_pet_mean=pipeline.train_pet_mean(),
+        has_pet_truth=True,
+        mixed_precision=mixed,
+    )
     coupling = build_method(config, registry, context, channels_last)
-    result["coupling"] = _measure_coupling(coupling, pipeline, device, settings)
-    result["coupling"]["name"] = method["coupling"]
+    stage_parts = _coupling_parts(coupling, pipeline, device, settings)
+    parts += stage_parts
 
-    # the same synthesiser in plain float32, contiguous, eager: the speed-up reference
+    matmuls = [_matmul_part(torch.bfloat16, device), _matmul_part(torch.float32, device)]
+    for part in matmuls:
+        part.prepare(device, warmup=2)
+    parts += matmuls
+
+    if settings.compile:
+        compiled: set[int] = set()
+        for part in parts:
+            fresh = [m for m in part.modules if id(m) not in compiled]
+            _compile_modules(fresh)
+            compiled.update(id(m) for m in fresh)
+            for _ in range(warmup + COMPILE_EXTRA_WARMUP if part.modules else 0):
+                part.step()
+
+    time_interleaved(parts, device, settings.repeats)
+
+    result: dict[str, Any] = {"pipeline": pipeline_part.summary()}
+    result["synthesiser"] = None if synth_part is None else synth_part.summary()
+    result["diagnoser"] = diag_part.summary()
+    stages = [part.summary() for part in stage_parts]
+    result["coupling"] = {**stages[0], "name": config["method"]["coupling"], "stages": stages}
     result["synthesiser_fp32_reference"] = None
-    if synth_module is not None:
-        plain = not mixed and not channels_last and not settings.compile
-        if plain:
-            reference = dict(result["synthesiser"])
-        else:
-            reference_module = synth_factory(**synth_params).to(device)
-            reference_module.load_state_dict(synth_module.state_dict())
-            contiguous = (mri.contiguous(), pet.contiguous())
-            reference = _measure_step(
-                _synth_step(reference_module, *contiguous, False, device), device, settings, batch
-            )
-            del reference_module
-        reference["reused_from_synthesiser"] = plain
+    if synth_part is not None:
+        reference = dict(result["synthesiser"]) if reference_part is None else reference_part.summary()
+        reference["reused_from_synthesiser"] = reference_part is None
         reference["speedup_of_synthesiser"] = reference["median_s"] / result["synthesiser"]["median_s"]
         result["synthesiser_fp32_reference"] = reference
-
     result["reference_rates"] = {
-        "bf16_matmul": matmul_rate(torch.bfloat16, device, settings.repeats),
-        "fp32_matmul": matmul_rate(torch.float32, device, settings.repeats),
+        "bf16_matmul": _matmul_summary(matmuls[0]),
+        "fp32_matmul": _matmul_summary(matmuls[1]),
     }
     first = result["coupling"]
-    bf16_rate = result["reference_rates"]["bf16_matmul"]["gflop_per_s"]
-    first["share_of_bf16_matmul"] = first["gflop_per_s"] / bf16_rate
+    first["share_of_bf16_matmul"] = (
+        first["gflop_per_s"] / result["reference_rates"]["bf16_matmul"]["gflop_per_s"]
+    )
     result["pipeline"]["share_of_coupling_step"] = result["pipeline"]["median_s"] / first["median_s"]
+    measured = [part.record["peak_memory_mib"] for part in parts if "peak_memory_mib" in part.record]
     result["memory"] = {
-        "peak_mib": max(
-            r["peak_memory_mib"]
-            for r in (result["pipeline"], result["synthesiser"], result["diagnoser"], result["coupling"])
-            if r is not None
-        ),
-        "kind": "cuda max_memory_allocated per phase" if device.type == "cuda"
-        else "process peak RSS (ru_maxrss), cumulative over the phases run so far",
+        "peak_mib": max(measured),
+        "kind": "cuda max_memory_allocated while preparing each part"
+        if device.type == "cuda"
+        else "process peak RSS (ru_maxrss), cumulative: each part's figure is the peak up to it",
     }
-    result["settings"] = _settings_record(settings, config, device, mixed, deterministic, coupling)
+    result["settings"] = _settings_record(settings, config, device, mixed, deterministic)
+    result["settings"]["load_average_before"] = load_before
+    # observed, not assumed: the parameters' dtype after the coupling's optimiser steps
+    result["settings"]["master_weights"] = "/".join(result["coupling"]["param_dtypes"])
+    result["warnings"] = _warnings(load_before, device)
     result["targets"] = targets(result)
-    ordered = ("settings", "synthesiser", "diagnoser", "coupling", "pipeline", "synthesiser_fp32_reference",
-               "reference_rates", "memory", "targets")
+    ordered = (
+        "settings",
+        "synthesiser",
+        "diagnoser",
+        "coupling",
+        "pipeline",
+        "synthesiser_fp32_reference",
+        "reference_rates",
+        "memory",
+        "targets",
+        "warnings",
+    )
     return {key: result[key] for key in ordered}
 
 
-def _time_pipeline(pipeline: Any, device: torch.device, settings: PerfSettings) -> Timing:
-    """Seconds per augmented training batch, drawn exactly as the engine draws them."""
-    needed = settings.warmup + settings.repeats
-    seconds: list[float] = []
-    epoch = 0
-    while len(seconds) < needed:
-        batches = pipeline.train_batches(epoch)
-        while True:
-            _sync(device)
-            started = time.perf_counter()
-            drawn = next(batches, None)
-            _sync(device)
-            if drawn is None:
-                break
-            seconds.append(time.perf_counter() - started)
-        epoch += 1
-    return Timing(seconds[settings.warmup : needed])
-
-
-def _measure_coupling(
+def _coupling_parts(
     coupling: Coupling, pipeline: Any, device: torch.device, settings: PerfSettings
-) -> dict[str, Any]:
-    """Time each stage's step on a typical batch; the first stage's figures are the headline.
+) -> list[Part]:
+    """One part per stage, each on a typical batch; the first stage's figures are the headline.
 
     The typical batch is the one whose share of subjects with PET is closest to half. On
     very small volumes a batch whose PET subset is a single subject can leave batch norm
     one value per channel, which training refuses (ValueError); the next closest batch is
-    then used, and ``batch_with_pet`` says which was timed.
+    then used, and ``batch_with_pet`` and ``batches_refused`` say so.
     """
     modules = [value for value in vars(coupling).values() if isinstance(value, nn.Module)]
-    stages_out: list[dict[str, Any]] = []
+    parts: list[Part] = []
     for stage in coupling.stages():
         for module in stage.modules.values():
             module.train()
-        candidates = _typical_batches(list(pipeline.train_batches(0, stage.subjects)))
         refused: list[str] = []
-        record: dict[str, Any] | None = None
-        for batch in candidates:
+        chosen: Part | None = None
+        for batch in _typical_batches(list(pipeline.train_batches(0, stage.subjects))):
+            part = Part(
+                f"coupling:{stage.name}",
+                partial(stage.step, batch),
+                len(batch),
+                {
+                    "stage": stage.name,
+                    "batch_subjects": len(batch),
+                    "batch_with_pet": int(batch.has_pet.sum()),
+                },
+                modules=modules,
+            )
             try:
-                record = _measure_step(
-                    partial(stage.step, batch), device, settings, len(batch),
-                    compile_first=partial(_compile_modules, modules) if settings.compile and not stages_out else None,
-                )
+                part.prepare(device, settings.warmup)
             except ValueError as error:
                 refused.append(f"{int(batch.has_pet.sum())} of {len(batch)} with PET: {error}")
                 continue
-            record["batch_subjects"] = len(batch)
-            record["batch_with_pet"] = int(batch.has_pet.sum())
+            chosen = part
             break
-        if record is None:
+        if chosen is None:
             raise InputError(
                 f"Stage '{stage.name}' cannot train on any batch of size {settings.batch} at "
                 f"{'x'.join(map(str, settings.size))}: {refused[0]}. Use a larger --size or --batch."
             )
-        record["stage"] = stage.name
-        record["batches_refused"] = refused
-        record["param_dtypes"] = _param_dtypes(list(stage.modules.values()))
-        stages_out.append(record)
-    return {**stages_out[0], "stages": stages_out}
+        chosen.record["batches_refused"] = refused
+        chosen.record["param_dtypes"] = _param_dtypes(list(stage.modules.values()))
+        parts.append(chosen)
+    return parts
 
 
 def _settings_record(
-    settings: PerfSettings, config: dict, device: torch.device, mixed: bool, deterministic: bool,
-    coupling: Coupling,
+    settings: PerfSettings, config: dict, device: torch.device, mixed: bool, deterministic: bool
 ) -> dict[str, Any]:
     flags = cpu_flags()
     return {
@@ -651,7 +715,7 @@ def _settings_record(
         "bf16_autocast": mixed,
         "channels_last_3d": settings.channels_last,
         "compile": settings.compile,
-        "master_weights": "float32",
+        # perf's own steps compute their losses in float32, as the built-in couplings do
         "loss_dtype": "float32",
         "cudnn_benchmark": bool(torch.backends.cudnn.benchmark) if device.type == "cuda" else None,
         "deterministic_algorithms": deterministic,
@@ -662,10 +726,30 @@ def _settings_record(
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_flags": flags,
         "mkldnn": torch.backends.mkldnn.is_available(),
-        "flops_counted": "convolutions and matrix multiplies, forward and backward (torch.utils.flop_counter)",
-        "load_average": _load_average(),
+        "flops_counted": "convolutions and matrix multiplies, forward + backward (torch.utils.flop_counter)",
+        "load_average_after": _load_average(),
         "seed": settings.seed,
     }
+
+
+#: a 1-minute load average above this share of the cores means other processes compete
+BUSY_LOAD_SHARE = 0.75
+
+
+def _warnings(load_before: list[float] | None, device: torch.device) -> list[str]:
+    """What makes these figures less trustworthy than they look, in words."""
+    cores = os.cpu_count() or 1
+    out = []
+    if load_before is not None and load_before[0] > BUSY_LOAD_SHARE * cores:
+        out.append(
+            f"the machine was busy (load average {load_before[0]:.1f} on {cores} cores): times include "
+            "waiting for other processes, and with one OpenMP thread per core every parallel region can "
+            "stall on a preempted thread. Measure again when it is idle, or use --threads 1 for "
+            "repeatable ratios."
+        )
+    if device.type == "cpu" and not torch.backends.mkldnn.is_available():
+        out.append("this torch has no oneDNN (mkldnn): CPU convolutions use slow reference kernels.")
+    return out
 
 
 def _load_average() -> list[float] | None:
@@ -711,7 +795,11 @@ def targets(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def _fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None or (isinstance(value, float) and not math.isfinite(value)) else format(value, spec)
+    return (
+        "-"
+        if value is None or (isinstance(value, float) and not math.isfinite(value))
+        else format(value, spec)
+    )
 
 
 def _finite(value: Any) -> Any:
@@ -732,8 +820,11 @@ def render(result: dict[str, Any], out: Console = console) -> None:
         f"perf: {s['method']['synth']} + {s['method']['diag']} ({s['method']['coupling']}), "
         f"{'x'.join(map(str, s['size']))}, batch {s['batch']}, {s['device']} ({s['device_name']})"
     )
-    table = Table(title=title, caption="synthesiser and diagnoser: forward + backward; coupling: a full training "
-                  "step; plain: float32, contiguous, eager")
+    table = Table(
+        title=title,
+        caption="synthesiser and diagnoser: forward + backward; coupling: a full training "
+        "step; plain: float32, contiguous, eager",
+    )
     for column in ("step", "median s", "IQR s", "subjects/s", "GFLOP", "GFLOP/s", "peak MiB"):
         table.add_column(column, justify="right" if column != "step" else "left", no_wrap=column == "step")
     rows: list[tuple[str, dict | None]] = [
@@ -749,9 +840,13 @@ def render(result: dict[str, Any], out: Console = console) -> None:
         if record is None:
             continue
         table.add_row(
-            label, _fmt(record["median_s"], ".4f"), _fmt(record["iqr_s"], ".4f"),
-            _fmt(record["subjects_per_s"], ".2f"), _fmt(record["gflop"], ".2f"),
-            _fmt(record["gflop_per_s"], ".1f"), _fmt(record.get("peak_memory_mib"), ".0f"),
+            label,
+            _fmt(record["median_s"], ".4f"),
+            _fmt(record["iqr_s"], ".4f"),
+            _fmt(record["subjects_per_s"], ".2f"),
+            _fmt(record["gflop"], ".2f"),
+            _fmt(record["gflop_per_s"], ".1f"),
+            _fmt(record.get("peak_memory_mib"), ".0f"),
         )
     out.print(table)
     rates = result["reference_rates"]
@@ -763,13 +858,17 @@ def render(result: dict[str, Any], out: Console = console) -> None:
     out.print(
         f"precision: bf16 autocast {'on' if s['bf16_autocast'] else 'off'}"
         f"{' (requested, not supported here)' if s['bf16_requested'] and not s['bf16_autocast'] else ''}, "
-        f"channels_last_3d {'on' if s['channels_last_3d'] else 'off'}, compile {'on' if s['compile'] else 'off'}; "
+        f"channels_last_3d {'on' if s['channels_last_3d'] else 'off'}, "
+        f"compile {'on' if s['compile'] else 'off'}; "
         f"fp32 master weights and losses; torch {s['torch']}, {s['threads']} threads, "
-        f"load {s['load_average']}",
+        f"load {s['load_average_before']} before, {s['load_average_after']} after",
         highlight=False,
     )
     goals = result["targets"]
-    targets_table = Table(title="issue targets" + ("" if goals["applies"] else " (stated for CPU, 64^3, batch 2, bf16 + channels_last)"))
+    targets_table = Table(
+        title="issue targets"
+        + ("" if goals["applies"] else " (stated for CPU, 64^3, batch 2, bf16 + channels_last)")
+    )
     for column in ("target", "measured", "threshold", "met"):
         targets_table.add_column(column)
     labels = {
@@ -781,23 +880,37 @@ def render(result: dict[str, Any], out: Console = console) -> None:
         goal = goals[key]
         met = {True: "[green]yes[/]", False: "[red]no[/]", None: "-"}[goal["met"]]
         sign = ">=" if goal["higher_is_better"] else "<"
-        targets_table.add_row(label, _fmt(goal["value"], spec) + unit, f"{sign} {format(goal['threshold'], spec)}{unit}", met)
+        targets_table.add_row(
+            label, _fmt(goal["value"], spec) + unit, f"{sign} {format(goal['threshold'], spec)}{unit}", met
+        )
     out.print(targets_table)
+    for warning in result["warnings"]:
+        out.print(f"[yellow]warning:[/] {warning}", highlight=False)
 
 
 @click.command("perf")
 @click.option("--synth", help="Synthesiser name, or 'none' (default: the run's default).")
 @click.option("--diag", help="Diagnoser name.")
 @click.option("--coupling", help="Coupling name.")
-@click.option("--size", nargs=3, type=int, default=TARGET_SIZE, show_default=True, metavar="D H W", help="Volume size.")
+@click.option(
+    "--size", nargs=3, type=int, default=TARGET_SIZE, show_default=True, metavar="D H W", help="Volume size."
+)
 @click.option("--batch", type=int, default=TARGET_BATCH, show_default=True, help="Subjects per batch.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--repeats", type=int, default=5, show_default=True, help="Timed steps per measurement.")
 @click.option("--warmup", type=int, default=2, show_default=True, help="Untimed steps before timing.")
 @click.option("--no-bf16", "no_bf16", is_flag=True, help="Plain float32 instead of bf16 autocast.")
 @click.option("--no-channels-last", "no_channels_last", is_flag=True, help="Contiguous (NCDHW) memory.")
-@click.option("--compile", "use_compile", is_flag=True, help="Wrap modules with torch.compile (slow first steps).")
-@click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE", help="Plugin settings, e.g. synth.ism.norm=batch.")
+@click.option(
+    "--compile", "use_compile", is_flag=True, help="Wrap modules with torch.compile (slow first steps)."
+)
+@click.option(
+    "--set",
+    "assignments",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Plugin settings, e.g. synth.ism.norm=batch.",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's, one per core).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
@@ -832,14 +945,23 @@ def perf_command(
             err=True,
         )
     settings = PerfSettings(
-        synth=synth, diag=diag, coupling=coupling, size=tuple(size), batch=batch, device=device,
-        repeats=repeats, warmup=warmup, bf16=not no_bf16, channels_last=not no_channels_last,
-        compile=use_compile, seed=seed, threads=threads, assignments=assignments,
+        synth=synth,
+        diag=diag,
+        coupling=coupling,
+        size=tuple(size),
+        batch=batch,
+        device=device,
+        repeats=repeats,
+        warmup=warmup,
+        bf16=not no_bf16,
+        channels_last=not no_channels_last,
+        compile=use_compile,
+        seed=seed,
+        threads=threads,
+        assignments=assignments,
     )
     result = measure(settings)
     if as_json:
         click.echo(json.dumps(_finite(result), indent=2))
     else:
         render(result)
-
-

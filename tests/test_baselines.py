@@ -279,6 +279,21 @@ def test_decoupled_stages_and_their_settings() -> None:
     assert coupling.optimise_diagnoser.param_groups[0]["weight_decay"] == 1e-4
 
 
+def test_decoupled_discriminator_follows_the_generators_memory_format() -> None:
+    def conv_weights(module: nn.Module) -> list[torch.Tensor]:
+        return [p for p in module.parameters() if p.dim() == 5 and p.shape[1] > 1]
+
+    assert all(w.is_contiguous() for w in conv_weights(decoupled().discriminator))
+
+    def channels_last() -> nn.Module:
+        return build_synthesiser().to(memory_format=torch.channels_last_3d)
+
+    coupling = DecoupledCoupling(context(), channels_last, build_diagnoser, discriminator_widths=(4, 8))
+    weights = conv_weights(coupling.discriminator)
+    assert weights and all(w.is_contiguous(memory_format=torch.channels_last_3d) for w in weights)
+    assert not any(w.is_contiguous() for w in weights)
+
+
 def test_decoupled_synthesis_step_moves_the_gan_only() -> None:
     coupling = decoupled()
     real = batch()

@@ -39,7 +39,9 @@ def plain_run() -> dict:
 
 
 def _positive(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    return (
+        isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    )
 
 
 def test_every_timed_part_reports_positive_times(default_run: dict):
@@ -60,7 +62,9 @@ def test_flops_are_counted_for_every_training_step(default_run: dict):
         assert _positive(default_run[part]["gflop"]), part
         assert _positive(default_run[part]["gflop_per_s"]), part
     # the same network does the same arithmetic whatever its precision
-    assert default_run["synthesiser"]["gflop"] == pytest.approx(default_run["synthesiser_fp32_reference"]["gflop"])
+    assert default_run["synthesiser"]["gflop"] == pytest.approx(
+        default_run["synthesiser_fp32_reference"]["gflop"]
+    )
     # the joint step runs the synthesiser and the diagnoser, so it counts more than either
     assert default_run["coupling"]["gflop"] > default_run["synthesiser"]["gflop"]
     assert default_run["pipeline"]["gflop"] is None
@@ -99,6 +103,11 @@ def test_targets_are_reported_with_thresholds(default_run: dict):
     ):
         assert _positive(goals[key]["value"])
         assert goals[key]["met"] in (True, False)
+
+
+def test_warnings_are_a_list_of_sentences(default_run: dict):
+    assert isinstance(default_run["warnings"], list)
+    assert all(isinstance(w, str) and w for w in default_run["warnings"])
 
 
 def test_settings_record_how_it_was_measured(default_run: dict):
@@ -140,8 +149,15 @@ def test_table_output_names_every_part_and_the_targets(default_run: dict):
     out = Console(file=io.StringIO(), width=200)
     render(default_run, out)
     text = out.file.getvalue()
-    for words in ("synthesiser ism", "diagnoser mdm", "coupling joint", "pipeline batch", "ism fp32 plain",
-                  "bf16 autocast on", "issue targets"):
+    for words in (
+        "synthesiser ism",
+        "diagnoser mdm",
+        "coupling joint",
+        "pipeline batch",
+        "ism fp32 plain",
+        "bf16 autocast on",
+        "issue targets",
+    ):
         assert words in text, words
 
 
