@@ -196,6 +196,9 @@ def _execute(
     np.random.seed(seed % 2**32)
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
+        # deterministic mode also fills every new tensor with NaN (about 5% of a joint step,
+        # measured by `cdsf-bench perf`); correct kernels never read uninitialised memory
+        torch.utils.deterministic.fill_uninitialized_memory = False
 
     log(f"run folder {folder}; device {device}; seed {seed}; processes {cluster.world}")
     data_started = time.perf_counter()
@@ -250,6 +253,8 @@ def _execute(
         mixed_precision=mixed,
     )
     coupling = build_method(config, registry, context, channels_last)
+    # training batches carry (and augment) the withheld PET only for methods that train on it
+    pipeline.train_with_pet_truth = coupling.needs_pet_truth
     if main:
         write_csv(folder / "splits.csv", splits.table(cohort.participants))
         plugins = [

@@ -147,3 +147,18 @@ def test_masked_mean_is_zero_without_subjects():
 def test_unknown_head_is_refused():
     with pytest.raises(ValueError, match="mdm_head"):
         _coupling(mdm_head="nope")
+
+
+def test_synthetic_pairs_missing_uses_only_subjects_without_pet():
+    batch = _batch()
+    coupling = _coupling(synthetic_pairs="missing", w_cls_real=0.0)
+    synthetic = coupling.synthesiser(batch.mri)
+    _, terms = coupling.diagnoser_loss(batch, synthetic)
+    missing = ~batch.has_pet
+    expected = torch.nn.functional.cross_entropy(
+        coupling._diagnose(batch.mri[missing], synthetic.detach()[missing]).logits.float(),
+        batch.label[missing],
+    )
+    assert float(terms["cls_synth"]) == pytest.approx(float(expected), rel=1e-4)
+    everyone = _coupling(synthetic_pairs="all", w_cls_real=0.0)
+    assert float(everyone.diagnoser_loss(batch, synthetic)[1]["cls_synth"]) != pytest.approx(float(expected))

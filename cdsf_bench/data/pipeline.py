@@ -56,6 +56,8 @@ class DevicePipeline:
         self.device = device
         #: (rank, world): this process trains on batch[rank::world] and evaluates rows[rank::world]
         self.rank, self.world = shard
+        #: whether training batches carry pet_truth (only the oracle trains on it)
+        self.train_with_pet_truth = True
         self.seed = seed
         self.batch_size = batch_size
         self.augment = augment
@@ -122,7 +124,8 @@ class DevicePipeline:
         n_batches = max(1, len(order) // self.batch_size)
         for index, chunk in enumerate(np.array_split(order, n_batches)):
             generator = torch.Generator().manual_seed(_seed(self.seed, "augment", epoch, index))
-            batch = self._batch(chunk, generator if self.augment.get("enabled", True) else None)
+            augment = generator if self.augment.get("enabled", True) else None
+            batch = self._batch(chunk, augment, with_truth=self.train_with_pet_truth)
             # every process draws the global batch (same augmentation), then keeps its share
             yield batch if self.world == 1 else _take(batch, slice(self.rank, None, self.world))
 
@@ -135,7 +138,7 @@ class DevicePipeline:
     def n_eval_batches(self, split: str, subjects: Subjects = "all") -> int:
         return math.ceil(len(self.rows(split, subjects)[self.rank :: self.world]) / self.batch_size)
 
-    def _batch(self, rows: np.ndarray, generator: torch.Generator | None) -> Batch:
+    def _batch(self, rows: np.ndarray, generator: torch.Generator | None, with_truth: bool = True) -> Batch:
         index = torch.from_numpy(rows.astype(np.int64))
         take = index.to(self.mri.device)
 
@@ -143,7 +146,7 @@ class DevicePipeline:
             return volumes[take].to(self.device, non_blocking=True).float().unsqueeze(1)
 
         mri, pet = fetch(self.mri), fetch(self.pet)
-        pet_truth = None if self.pet_truth is None else fetch(self.pet_truth)
+        pet_truth = None if self.pet_truth is None or not with_truth else fetch(self.pet_truth)
         has_pet = self.has_pet[take].to(self.device)
         if generator is not None:
             mri, pet, pet_truth = self._augment(mri, pet, pet_truth, has_pet, generator)

@@ -8,7 +8,9 @@ real PET only. Every weight can be 0, which removes its term (that is how ablati
 Reading (a), the default (``mdm_head = "class"``):
 
     L_D = w_cls_real  * CE(D(x, y), c)                     [subjects with PET]
-        + w_cls_synth * CE(D(x, sg(y_hat)), c)             [all subjects]
+        + w_cls_synth * CE(D(x, sg(y_hat)), c)             [all subjects; with
+                                                            synthetic_pairs = "missing",
+                                                            subjects without PET only]
     L_G = w_voxel     * |y_hat - y|_1                      [subjects with PET]
         + w_feature   * ||f(x, y_hat) - sg(f(x, y))||^2    [subjects with PET]
         + w_diag      * CE(D(x, y_hat), c)                 [all subjects]
@@ -71,6 +73,7 @@ class JointCoupling(Coupling):
         w_cls_real: float = 1.0,
         w_cls_synth: float = 1.0,
         mdm_head: str = "class",
+        synthetic_pairs: str = "all",
         predict_with: str = "real",
         synthesiser_lr_factor: float = 0.2,
         weight_decay: float = 1e-4,
@@ -86,6 +89,7 @@ class JointCoupling(Coupling):
             "cls_synth": w_cls_synth,
         }
         self.head = mdm_head
+        self.synthetic_pairs = synthetic_pairs
         self.predict_with = predict_with
         self.synthesiser = build_synthesiser()
         outputs = context.num_classes * (2 if mdm_head == "class_source" else 1)
@@ -123,9 +127,10 @@ class JointCoupling(Coupling):
         if w["cls_real"] and real.any():
             out = self._diagnose(batch.mri[real], batch.pet[real])
             terms["cls_real"] = F.cross_entropy(out.logits.float(), self._target(batch.label[real], False))
-        if w["cls_synth"]:
-            out = self._diagnose(batch.mri, synthetic.detach())
-            terms["cls_synth"] = F.cross_entropy(out.logits.float(), self._target(batch.label, True))
+        synth = torch.ones_like(real) if self.synthetic_pairs == "all" else ~real
+        if w["cls_synth"] and synth.any():
+            out = self._diagnose(batch.mri[synth], synthetic.detach()[synth])
+            terms["cls_synth"] = F.cross_entropy(out.logits.float(), self._target(batch.label[synth], True))
         return w["cls_real"] * terms["cls_real"] + w["cls_synth"] * terms["cls_synth"], terms
 
     def synthesiser_loss(self, batch: Batch, synthetic: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
