@@ -650,8 +650,8 @@ def write_phantom(
 ) -> Path:
     """Write the cohort as NIfTI files, ``participants.tsv`` and ``phantom.json``.
 
-    Layout: ``sub-XXXX/sub-XXXX_T1w.nii.gz``; ``sub-XXXX/sub-XXXX_pet.nii.gz`` where the
-    PET is available, ``sub-XXXX/sub-XXXX_desc-hidden_pet.nii.gz`` (the ground truth for
+    Layout: ``sub-NNNN/sub-NNNN_T1w.nii.gz``; ``sub-NNNN/sub-NNNN_pet.nii.gz`` where the
+    PET is available, ``sub-NNNN/sub-NNNN_desc-hidden_pet.nii.gz`` (the ground truth for
     scoring synthesis) where it is withheld. The TSV doubles as a manifest: its ``mri``,
     ``pet`` and ``pet_truth`` columns are paths relative to ``out_dir``, and ``pet`` is
     empty where PET is withheld. Returns the TSV's path.
