@@ -27,7 +27,7 @@ import torch
 from cdsf_bench import distributed
 from cdsf_bench.data.pipeline import DevicePipeline
 from cdsf_bench.distributed import Cluster
-from cdsf_bench.errors import RunFailed
+from cdsf_bench.errors import InputError, RunFailed
 from cdsf_bench.interfaces import Coupling, TrainingStage
 from cdsf_bench.metrics import (
     HIGHER_IS_BETTER,
@@ -102,6 +102,12 @@ def evaluate(
     for name, module in modules.items():
         module.train(was_training[name])
     records = sorted(distributed.gather_records(records, cluster), key=lambda r: r["row"])
+    if not records:
+        raise InputError(
+            f"The {split} split has no subject that this method can use "
+            f"({'subjects with real PET' if coupling.subjects == 'with_pet' else 'any subject'}); "
+            "add subjects, change split.val / split.test, or choose another method."
+        )
     synthetic = {r["row"]: r.pop("volume") for r in records if "volume" in r}
     table = pd.DataFrame(records)
     participants = pipeline.participants

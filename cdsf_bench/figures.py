@@ -36,7 +36,12 @@ def roc_figure(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, tit
         axis.plot(fpr, tpr, label=f"{name} (AUC {roc_auc_score(labels, probability):.3f})")
     axis.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
     axis.set(xlabel="1 - specificity", ylabel="sensitivity", title=title, xlim=(0, 1), ylim=(0, 1.01))
-    axis.legend(loc="lower right", fontsize=8)
+    if axis.get_legend_handles_labels()[0]:
+        axis.legend(loc="lower right", fontsize=8)
+    else:
+        axis.text(
+            0.5, 0.5, "one class only: no ROC curve", ha="center", va="center", transform=axis.transAxes
+        )
     return save_figure(figure, path)
 
 

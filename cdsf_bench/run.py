@@ -162,7 +162,10 @@ def build_method(config: dict, registry: Registry, context: TrainingContext, cha
             )
         )
 
-    return coupling_class(context, build_synth, build_diag, **coupling_params)
+    try:
+        return coupling_class(context, build_synth, build_diag, **coupling_params)
+    except ValueError as error:  # a plugin refusing a setting's value is the user's to fix
+        raise InputError(f"Coupling '{coupling_name}' refused its settings: {error}.") from None
 
 
 def execute(config: dict, registry: Registry, out: Path | None = None, resume: bool = False) -> RunResult:

@@ -680,3 +680,57 @@ def test_plugin_allowlist_keeps_unlisted_plugins_out(tmp_path):
     refused = cdsf("run", *TINY, "--synth", "none", "--out", tmp_path / "run", env=allow)
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert "Unknown coupling 'single'" in refused.stderr and "Known couplings: joint." in refused.stderr
+
+
+def test_a_coupling_setting_with_a_bad_value_exits_2(tmp_path):
+    from click.testing import CliRunner
+
+    from cdsf_bench.cli import main
+
+    result = CliRunner().invoke(
+        main,
+        [
+            "run",
+            "--preset",
+            "tiny",
+            "--set",
+            "coupling.joint.synthetic_pairs=some",
+            "--out",
+            str(tmp_path / "r"),
+        ],
+    )
+    assert result.exit_code == 2
+    assert "synthetic_pairs" in result.output and "Traceback" not in result.output
+
+
+def test_a_split_without_usable_subjects_exits_2(tmp_path):
+    """complete-case on a tiny cohort whose validation split has no real PET."""
+    from click.testing import CliRunner
+
+    from cdsf_bench.cli import main
+
+    result = CliRunner().invoke(
+        main,
+        [
+            "run",
+            "--synth",
+            "none",
+            "--diag",
+            "mdm",
+            "--coupling",
+            "complete-case",
+            "--preset",
+            "tiny",
+            "--set",
+            "data.subjects=24",
+            "--set",
+            "data.missing_pet=0.9",
+            "--epochs",
+            "1",
+            "--out",
+            str(tmp_path / "r"),
+        ],
+    )
+    assert result.exit_code == 2, result.output
+    assert "has no subject that this method can use" in result.output
+    assert "Traceback" not in result.output

@@ -53,6 +53,7 @@ from cdsf_plugins.common import (
 from cdsf_plugins.ism import ISM
 from cdsf_plugins.mdm import MDM
 
+SYNTHETIC_PAIRS = ("all", "missing")
 MDM_HEADS = ("class", "class_source")
 
 
@@ -81,6 +82,7 @@ class JointCoupling(Coupling):
         super().__init__(context, build_synthesiser, build_diagnoser)
         check_choice("mdm_head", mdm_head, MDM_HEADS)
         check_choice("predict_with", predict_with, PREDICT_WITH)
+        check_choice("synthetic_pairs", synthetic_pairs, SYNTHETIC_PAIRS)
         self.weights = {
             "voxel": w_voxel,
             "feature": w_feature,
