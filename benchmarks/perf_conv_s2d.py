@@ -16,7 +16,9 @@ the same products: equal up to floating-point summation order, with the same par
 This script checks the equality (float64) and times the original layer, the reformulated
 layer, the ISM with its last layer swapped and, with ``--joint``, the joint training step, in
 bf16 + channels_last_3d and in plain fp32. It is the evidence behind the recommendation in
-the perf notes; ``SpaceToDepthConv3d`` is written so it can move into the plugins as is.
+the choice: the ISM and the U-Net use ``cdsf_plugins.space_to_depth.SpaceToDepthConv3d`` for
+their last layer, which reformulates on CPU in channels-last memory. Here the plain layer and
+the always-reformulated one are compared in both precisions and layouts.
 """
 
 from __future__ import annotations
@@ -28,114 +30,20 @@ import time
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-
-def _space_to_depth(x: Tensor, s: int) -> Tensor:
-    """[B, C, D, H, W] to [B, C*s^3, D/s, H/s, W/s] in channels_last_3d memory (one copy)."""
-    b, c, d, h, w = x.shape
-    blocks = x.reshape(b, c, d // s, s, h // s, s, w // s, s).permute(0, 2, 4, 6, 1, 3, 5, 7)
-    return blocks.reshape(b, d // s, h // s, w // s, c * s**3).permute(0, 4, 1, 2, 3)
+from cdsf_plugins.space_to_depth import SpaceToDepthConv3d
 
 
-def _depth_to_space(y: Tensor, s: int) -> Tensor:
-    """The inverse of ``_space_to_depth`` for the output: [B, O*s^3, D', H', W'] to [B, O, D's, H's, W's]."""
-    b, c, d, h, w = y.shape
-    o = c // s**3
-    blocks = y.permute(0, 2, 3, 4, 1).reshape(b, d, h, w, o, s, s, s).permute(0, 4, 1, 5, 2, 6, 3, 7)
-    return blocks.reshape(b, o, d * s, h * s, w * s)
-
-
-def _scatter_index(out_channels: int, in_channels: int, k: int, s: int) -> Tensor:
-    """Where each entry of the large weight comes from in the flattened original weight.
-
-    Large weight W'[(o, i), (c, j), A] = W[o, c, a] with a = s*A + j - i per axis (i the
-    output voxel within its block, j the input voxel within its block, A the block tap);
-    positions with a outside [0, k) read the appended zero at index numel(W).
-    """
-    taps = -(-(k + s - 1) // s)
-    i = torch.arange(s).view(s, 1, 1)
-    j = torch.arange(s).view(1, s, 1)
-    a_tap = torch.arange(taps).view(1, 1, taps)
-    a = s * a_tap + j - i  # [s(i), s(j), taps(A)] per axis
-    valid = (a >= 0) & (a < k)
-    a = a.clamp(0, k - 1)
-    # combine three axes: dims (i_d, i_h, i_w, j_d, j_h, j_w, A_d, A_h, A_w)
-    ad = a.view(s, 1, 1, s, 1, 1, taps, 1, 1)
-    ah = a.view(1, s, 1, 1, s, 1, 1, taps, 1)
-    aw = a.view(1, 1, s, 1, 1, s, 1, 1, taps)
-    ok = (
-        valid.view(s, 1, 1, s, 1, 1, taps, 1, 1)
-        & valid.view(1, s, 1, 1, s, 1, 1, taps, 1)
-        & valid.view(1, 1, s, 1, 1, s, 1, 1, taps)
-    )
-    spatial = (ad * k + ah) * k + aw  # offset within one [k, k, k] kernel
-    o = torch.arange(out_channels).view(-1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1)
-    c = torch.arange(in_channels).view(1, 1, 1, 1, -1, 1, 1, 1, 1, 1, 1)
-    flat = (o * in_channels + c) * k**3 + spatial.unsqueeze(0).unsqueeze(4)  # [O, i.., C, j.., A..]
-    zero = out_channels * in_channels * k**3
-    index = torch.where(ok.unsqueeze(0).unsqueeze(4), flat, torch.full_like(flat, zero))
-    return index.reshape(out_channels * s**3, in_channels * s**3, taps, taps, taps)
-
-
-class SpaceToDepthConv3d(nn.Conv3d):
-    """``nn.Conv3d`` (stride 1, cubic kernel) computed on a space-to-depth view; same parameters.
-
-    Falls back to the ordinary convolution whenever the reformulation does not apply (a
-    stride, dilation or groups other than 1, or output sides not divisible by the factor).
-    """
-
-    def __init__(self, *args, factor: int = 2, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.factor = factor
-        k = self.kernel_size[0]
-        self.applies = (
-            self.stride == (1, 1, 1)
-            and self.dilation == (1, 1, 1)
-            and self.groups == 1
-            and len(set(self.kernel_size)) == 1
+def sharing(conv: nn.Conv3d, reformulate: bool, factor: int = 2) -> nn.Conv3d:
+    """The plain ``nn.Conv3d``, or the always-reformulated one, sharing ``conv``'s very parameters."""
+    settings = dict(padding=conv.padding, bias=conv.bias is not None, padding_mode=conv.padding_mode)
+    if reformulate:
+        new = SpaceToDepthConv3d(
+            conv.in_channels, conv.out_channels, conv.kernel_size, factor=factor, always=True, **settings
         )
-        index = (
-            _scatter_index(self.out_channels, self.in_channels, k, factor) if self.applies else torch.empty(0)
-        )
-        self.register_buffer("scatter_index", index, persistent=False)
-
-    def _conv_forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        s = self.factor
-        k = self.kernel_size[0]
-        mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
-        padded = F.pad(x, self._reversed_padding_repeated_twice, mode=mode)
-        out_sides = [n - k + 1 for n in padded.shape[-3:]]
-        if not self.applies or any(n % s for n in out_sides):
-            return super()._conv_forward(x, weight, bias)
-        taps = self.scatter_index.shape[-1]
-        extra = [n + s * (taps - 1) - m for n, m in zip(out_sides, padded.shape[-3:], strict=True)]
-        padded = F.pad(padded, (0, extra[2], 0, extra[1], 0, extra[0]))
-        large = torch.cat([weight.flatten(), weight.new_zeros(1)])[self.scatter_index]
-        large = large.contiguous(memory_format=torch.channels_last_3d)
-        large_bias = None if bias is None else bias.repeat_interleave(s**3)
-        y = F.conv3d(_space_to_depth(padded, s), large, large_bias)
-        return _depth_to_space(y, s)
-
-
-def reformulated(conv: nn.Conv3d, factor: int = 2) -> SpaceToDepthConv3d:
-    """A ``SpaceToDepthConv3d`` with ``conv``'s settings that shares its very parameters.
-
-    Sharing the ``nn.Parameter`` objects keeps any optimiser built on the original working.
-    """
-    new = SpaceToDepthConv3d(
-        conv.in_channels,
-        conv.out_channels,
-        conv.kernel_size,
-        stride=conv.stride,
-        padding=conv.padding,
-        dilation=conv.dilation,
-        groups=conv.groups,
-        bias=conv.bias is not None,
-        padding_mode=conv.padding_mode,
-        factor=factor,
-    )
+    else:
+        new = nn.Conv3d(conv.in_channels, conv.out_channels, conv.kernel_size, **settings)
     new.weight = conv.weight
     new.bias = conv.bias
     return new
@@ -198,12 +106,11 @@ def _joint_steps(size: tuple[int, int, int], batch: int, mixed: bool, channels_l
     )
     drawn = _typical_batches(list(pipeline.train_batches(0)))[0]
     steps = []
-    for swap in (False, True):
+    for reformulate in (False, True):
         torch.manual_seed(0)
         coupling = build_method(config, registry, context, channels_last)
-        if swap:
-            decoder = coupling.synthesiser.decoder
-            decoder[2] = reformulated(decoder[2])
+        decoder = coupling.synthesiser.decoder
+        decoder[2] = sharing(decoder[2], reformulate)
         stage = coupling.stages()[0]
         steps.append(lambda stage=stage: stage.step(drawn))
     return steps
@@ -225,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     size = tuple(args.size)
     torch.manual_seed(0)
     conv = nn.Conv3d(8, 1, 7, padding=3, padding_mode="replicate")
-    fast = reformulated(conv, args.factor)
+    fast = sharing(conv, True, args.factor)
     x64 = torch.randn(2, 8, 12, 16, 8, dtype=torch.float64)
     exact = (conv.double()(x64) - fast.double()(x64)).abs().max().item()
     conv.float()
@@ -246,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         ]
         ism = ISM().to(memory_format=fmt)
         swapped = copy.deepcopy(ism)
-        swapped.decoder[2] = reformulated(ism.decoder[2], args.factor).to(memory_format=fmt)
+        ism.decoder[2] = sharing(ism.decoder[2], False).to(memory_format=fmt)
+        swapped.decoder[2] = sharing(swapped.decoder[2], True, args.factor).to(memory_format=fmt)
         mri = (torch.rand(args.batch, 1, *size) * 2 - 1).contiguous(memory_format=fmt)
         ism_times = [_best(_train_step(m, mri, mixed), args.repeats) for m in (ism, swapped)]
         print(

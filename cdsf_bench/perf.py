@@ -204,7 +204,10 @@ class Part:
     """One thing that is timed: its step, the subjects it handles and what preparing it found.
 
     ``flops`` is None for steps that do no counted arithmetic (the data pipeline);
-    ``modules`` are the modules ``--compile`` compiles for this part.
+    ``modules`` are the modules ``--compile`` compiles for this part. ``count_with`` is the
+    same step on the plain (float32, contiguous) form of the same networks, whose FLOPs are
+    counted instead: a layout-dependent reformulation (the plugins' space-to-depth output
+    convolution multiplies by zeros) must not count as useful work in GFLOP/s.
     """
 
     name: str
@@ -213,6 +216,7 @@ class Part:
     record: dict[str, Any] = field(default_factory=dict)
     flops: float | None = None
     count: bool = True
+    count_with: Callable[[], object] | None = None
     modules: list[nn.Module] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
 
@@ -226,7 +230,7 @@ class Part:
             for _ in range(warmup):
                 self.step()
             if self.count:
-                self.flops = count_flops(self.step)
+                self.flops = count_flops(self.count_with or self.step)
             _sync(device)
 
     def summary(self) -> dict[str, Any]:
@@ -522,6 +526,11 @@ def measure(settings: PerfSettings, registry: Registry | None = None) -> dict[st
         factory = registry.get("synthesiser", synth_name).factory
         synth_module = _place(factory(**synth_params), device, channels_last)
         layouts, output = layout_census(synth_module, mri, device, mixed)
+        reference_step = None
+        if not plain:
+            reference_module = factory(**synth_params).to(device)
+            reference_module.load_state_dict(synth_module.state_dict())
+            reference_step = _synth_step(reference_module, mri.contiguous(), pet.contiguous(), False, device)
         synth_part = Part(
             "synthesiser",
             _synth_step(synth_module, mri, pet, mixed, device),
@@ -532,18 +541,13 @@ def measure(settings: PerfSettings, registry: Registry | None = None) -> dict[st
                 "output_dtype": str(output.dtype).removeprefix("torch."),
                 "param_dtypes": _param_dtypes([synth_module]),
             },
+            count_with=reference_step,
             modules=[synth_module],
         )
         synth_part.prepare(device, warmup)
         parts.append(synth_part)
-        if not plain:
-            reference_module = factory(**synth_params).to(device)
-            reference_module.load_state_dict(synth_module.state_dict())
-            reference_part = Part(
-                "synthesiser_fp32_reference",
-                _synth_step(reference_module, mri.contiguous(), pet.contiguous(), False, device),
-                batch,
-            )
+        if reference_step is not None:
+            reference_part = Part("synthesiser_fp32_reference", reference_step, batch)
             reference_part.prepare(device, warmup)
             parts.append(reference_part)
 
@@ -584,7 +588,9 @@ def measure(settings: PerfSettings, registry: Registry | None = None) -> dict[st
         mixed_precision=mixed,
     )
     coupling = build_method(config, registry, context, channels_last)
-    stage_parts = _coupling_parts(coupling, pipeline, device, settings)
+    # FLOPs are counted on the plain form of the same method (see Part.count_with)
+    counting = build_method(config, registry, context, channels_last=False) if channels_last else None
+    stage_parts = _coupling_parts(coupling, pipeline, device, settings, counting)
     parts += stage_parts
 
     matmuls = [_matmul_part(torch.bfloat16, device), _matmul_part(torch.float32, device)]
@@ -652,19 +658,26 @@ def measure(settings: PerfSettings, registry: Registry | None = None) -> dict[st
 
 
 def _coupling_parts(
-    coupling: Coupling, pipeline: Any, device: torch.device, settings: PerfSettings
+    coupling: Coupling,
+    pipeline: Any,
+    device: torch.device,
+    settings: PerfSettings,
+    counting: Coupling | None = None,
 ) -> list[Part]:
     """One part per stage, each on a typical batch; the first stage's figures are the headline.
 
     The typical batch is the one whose share of subjects with PET is closest to half. On
     very small volumes a batch whose PET subset is a single subject can leave batch norm
     one value per channel, which training refuses (ValueError); the next closest batch is
-    then used, and ``batch_with_pet`` and ``batches_refused`` say so.
+    then used, and ``batch_with_pet`` and ``batches_refused`` say so. ``counting`` is the
+    same method built plain; its stages' steps on the same batches give the FLOP counts.
     """
     modules = [value for value in vars(coupling).values() if isinstance(value, nn.Module)]
     parts: list[Part] = []
-    for stage in coupling.stages():
-        for module in stage.modules.values():
+    stages = coupling.stages()
+    counting_stages = stages if counting is None else counting.stages()
+    for stage, counting_stage in zip(stages, counting_stages, strict=True):
+        for module in [*stage.modules.values(), *counting_stage.modules.values()]:
             module.train()
         refused: list[str] = []
         chosen: Part | None = None
@@ -678,6 +691,7 @@ def _coupling_parts(
                     "batch_subjects": len(batch),
                     "batch_with_pet": int(batch.has_pet.sum()),
                 },
+                count_with=None if counting is None else partial(counting_stage.step, batch),
                 modules=modules,
             )
             try:

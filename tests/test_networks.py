@@ -17,6 +17,7 @@ from cdsf_bench.interfaces import DiagnoserOutput
 from cdsf_plugins.ism import ISM
 from cdsf_plugins.layers import NORM_KINDS, conv_block, make_norm, up_block
 from cdsf_plugins.mdm import MDM, CeilAvgPool3d
+from cdsf_plugins.space_to_depth import SpaceToDepthConv3d, memory_format_of
 
 NORM_TYPES = (nn.BatchNorm3d, nn.InstanceNorm3d, nn.GroupNorm)
 
@@ -218,3 +219,51 @@ def test_autocast_and_channels_last(channels_last: bool, bf16: bool) -> None:
     assert out.logits.shape == (2, 2)
     assert out.features.shape == (2, mdm.classifier.in_features)
     assert out.features.dtype == torch.float32
+
+
+# --- space-to-depth output convolution -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "in_channels, out_channels, kernel, padding_mode, sides",
+    [(8, 1, 7, "replicate", (12, 16, 8)), (6, 1, 3, "replicate", (8, 8, 8)), (3, 2, 5, "zeros", (10, 6, 8))],
+)
+def test_space_to_depth_conv_equals_plain_conv_and_its_gradients(
+    in_channels: int, out_channels: int, kernel: int, padding_mode: str, sides: tuple[int, int, int]
+) -> None:
+    plain = nn.Conv3d(
+        in_channels, out_channels, kernel, padding=kernel // 2, padding_mode=padding_mode
+    ).double()
+    fast = SpaceToDepthConv3d(
+        in_channels, out_channels, kernel, padding=kernel // 2, padding_mode=padding_mode, always=True
+    ).double()
+    fast.load_state_dict(plain.state_dict())
+    x = torch.randn(2, in_channels, *sides, dtype=torch.float64)
+    grad = torch.randn(2, out_channels, *sides, dtype=torch.float64)
+    outputs = []
+    for layer in (plain, fast):
+        x_layer = x.clone().requires_grad_()
+        y = layer(x_layer)
+        (y * grad).sum().backward()
+        outputs.append((y, x_layer.grad, layer.weight.grad, layer.bias.grad))
+    for expected, got in zip(*outputs, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+
+
+def test_space_to_depth_conv_reformulates_only_in_channels_last_on_cpu() -> None:
+    layer = SpaceToDepthConv3d(8, 1, 7, padding=3)
+    x = torch.randn(1, 8, 8, 8, 8)
+    assert not layer._reformulate(x)  # contiguous weights: the plain convolution, as the reference
+    layer = layer.to(memory_format=torch.channels_last_3d)
+    assert layer._reformulate(x)
+    assert memory_format_of(layer) == torch.channels_last_3d
+    # the parameters, and so checkpoints, are those of nn.Conv3d
+    assert list(layer.state_dict()) == list(nn.Conv3d(8, 1, 7).state_dict())
+
+
+def test_space_to_depth_conv_falls_back_on_odd_sides() -> None:
+    plain = nn.Conv3d(4, 1, 3, padding=1)
+    fast = SpaceToDepthConv3d(4, 1, 3, padding=1, always=True)
+    fast.load_state_dict(plain.state_dict())
+    x = torch.randn(1, 4, 7, 6, 5)
+    torch.testing.assert_close(fast(x), plain(x))

@@ -45,7 +45,7 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from cdsf_bench import Batch, Component, Coupling, Prediction, TrainingContext, TrainingStage, hookimpl
 from cdsf_bench.errors import InputError
@@ -62,6 +62,7 @@ from cdsf_plugins.common import (
     selected_stage,
 )
 from cdsf_plugins.patchgan import PatchGAN3D
+from cdsf_plugins.space_to_depth import memory_format_of
 from cdsf_plugins.unet3d import UNet3D
 
 
@@ -168,21 +169,6 @@ class Oracle(DiagnosisCoupling):
         return PetChannel(batch.pet_truth, ["real"] * len(batch))
 
 
-def _memory_format(module: nn.Module) -> torch.memory_format:
-    """How the core stored ``module``'s conv weights: channels-last-3D, or contiguous.
-
-    The core places the modules its factories build (channels-last when the run asks
-    for it, which oneDNN and cuDNN run much faster); the discriminator is built here, so
-    it follows the generator. A weight with one input channel is both at once, so any
-    weight that is channels-last and not contiguous decides.
-    """
-    channels_last = torch.channels_last_3d
-    weights = [p for p in module.parameters() if p.dim() == 5]
-    if any(w.is_contiguous(memory_format=channels_last) and not w.is_contiguous() for w in weights):
-        return channels_last
-    return torch.contiguous_format
-
-
 def _bce(logits: Tensor, target: float) -> Tensor:
     """BCE-with-logits of a patch map against a constant label, in float32."""
     logits = logits.float()
@@ -224,7 +210,8 @@ class DecoupledCoupling(DiagnosisCoupling):
         self.synthesis_epochs = synthesis_epochs or context.epochs
         self.synthesiser = build_synthesiser()
         discriminator = PatchGAN3D(2, tuple(discriminator_widths), discriminator_norm)
-        self.discriminator = discriminator.to(context.device, memory_format=_memory_format(self.synthesiser))
+        layout = memory_format_of(self.synthesiser)  # the discriminator follows the generator
+        self.discriminator = discriminator.to(context.device, memory_format=layout)
         betas = (0.5, 0.999)
         self.optimise_synthesiser = torch.optim.Adam(
             self.synthesiser.parameters(), lr=synthesis_lr, betas=betas

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cdsf_plugins.layers import conv_block, make_norm, up_block
+from cdsf_plugins.space_to_depth import SpaceToDepthConv3d
 
 #: the two stride-2 convs mean each side must be a multiple of this to come back unchanged
 SIZE_MULTIPLE = 4
@@ -69,7 +70,7 @@ class ISM(nn.Module):
         self.decoder = nn.Sequential(
             up_block(w3, w2, norm=norm),
             up_block(w2, w1, norm=norm),
-            nn.Conv3d(w1, 1, 7, padding=3, padding_mode="replicate"),
+            SpaceToDepthConv3d(w1, 1, 7, padding=3, padding_mode="replicate"),
             nn.Tanh(),
         )
 

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cdsf_plugins.layers import conv_block, up_block
+from cdsf_plugins.space_to_depth import SpaceToDepthConv3d
 
 
 class UNet3D(nn.Module):
@@ -53,7 +54,7 @@ class UNet3D(nn.Module):
             for i in range(len(widths) - 1)
         )
         self.head = nn.Sequential(
-            nn.Conv3d(2 * widths[0], 1, 3, padding=1, padding_mode="replicate"),
+            SpaceToDepthConv3d(2 * widths[0], 1, 3, padding=1, padding_mode="replicate"),
             nn.Tanh(),
         )
 
