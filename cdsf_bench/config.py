@@ -40,7 +40,7 @@ DEFAULTS: dict[str, Any] = {
         "select_on": "auc",
     },
     "augment": {"enabled": True, "rotate_deg": 3.0, "translate_vox": 1.0, "intensity": 0.05},
-    "precision": {"mixed": True, "channels_last": True},
+    "precision": {"mixed": True, "channels_last": True, "compile": False},
     "evaluate": {"bootstrap": 1000, "save_synthetic": True},
     "synth": {},
     "diag": {},

@@ -57,7 +57,7 @@ from cdsf_bench import config as cfg
 from cdsf_bench.data.cohort import Cohort
 from cdsf_bench.data.splits import Splits
 from cdsf_bench.errors import InputError
-from cdsf_bench.interfaces import Batch, Coupling, TrainingContext
+from cdsf_bench.interfaces import Batch, Coupling
 from cdsf_bench.progress import console
 from cdsf_bench.registry import Registry, default_registry
 
@@ -467,8 +467,7 @@ def measure(settings: PerfSettings, registry: Registry | None = None) -> dict[st
     Every part is built and prepared first (warm-up, FLOP count, peak memory), then all
     parts are timed together, one step of each per round (``time_interleaved``).
     """
-    from cdsf_bench.data.pipeline import DevicePipeline
-    from cdsf_bench.run import bf16_supported, build_method, resolve_device
+    from cdsf_bench.run import assemble, bf16_supported, build_method, configure_backends, resolve_device
 
     _check(settings)
     load_before = _load_average()
@@ -481,34 +480,24 @@ def measure(settings: PerfSettings, registry: Registry | None = None) -> dict[st
     if settings.threads is not None:
         torch.set_num_threads(settings.threads)
     torch.manual_seed(seed)
-    deterministic = device.type == "cpu"
-    if deterministic:
-        # as a run does on CPU (run.execute), so the kernels timed are the kernels a run uses
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    deterministic = configure_backends(device)  # as a run does: the kernels timed are a run's
     size = tuple(int(s) for s in settings.size)
     batch = settings.batch
     warmup = settings.warmup
 
-    # the pipeline, as a run builds it, on random volumes
+    # the pipeline, context and coupling exactly as a run builds them, on random volumes
     cohort, labels, splits = synthetic_cohort(size, batch, seed)
-    pipeline = DevicePipeline(
-        cohort,
-        labels,
-        splits,
-        device=device,
-        seed=seed,
-        batch_size=batch,
-        augment=config["augment"],
-        channels_last=channels_last,
-    )
+    assembly = assemble(config, registry, cohort, labels, splits, device)
+    pipeline, coupling = assembly.pipeline, assembly.coupling
     stream = _batch_stream(pipeline)
     pipeline_part = Part(
         "pipeline",
         partial(next, stream),
         batch,
-        {"augment": bool(config["augment"].get("enabled", True)), "volumes_per_subject": 3},
+        {
+            "augment": bool(config["augment"].get("enabled", True)),
+            "volumes_per_subject": 3 if pipeline.train_with_pet_truth else 2,
+        },
         count=False,
     )
     pipeline_part.prepare(device, warmup)
@@ -573,23 +562,10 @@ def measure(settings: PerfSettings, registry: Registry | None = None) -> dict[st
     diag_part.prepare(device, warmup)
     parts.append(diag_part)
 
-    # the coupling's real steps, built exactly as a run builds it
-    context = TrainingContext(
-        device=device,
-        input_shape=size,
-        num_classes=2,
-        epochs=1,
-        batch_size=batch,
-        learning_rate=config["train"]["learning_rate"],
-        patience=None,
-        select_on=config["train"]["select_on"],
-        train_pet_mean=pipeline.train_pet_mean(),
-        has_pet_truth=True,
-        mixed_precision=mixed,
-    )
-    coupling = build_method(config, registry, context, channels_last)
-    # FLOPs are counted on the plain form of the same method (see Part.count_with)
-    counting = build_method(config, registry, context, channels_last=False) if channels_last else None
+    # the coupling's real steps; FLOPs are counted on the plain form of the method (Part.count_with)
+    counting = None
+    if channels_last:
+        counting = build_method(config, registry, assembly.context, channels_last=False)
     stage_parts = _coupling_parts(coupling, pipeline, device, settings, counting)
     parts += stage_parts
 

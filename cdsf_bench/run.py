@@ -168,6 +168,84 @@ def build_method(config: dict, registry: Registry, context: TrainingContext, cha
         raise InputError(f"Coupling '{coupling_name}' refused its settings: {error}.") from None
 
 
+def configure_backends(device: torch.device) -> bool:
+    """Choose the kernels of a run (perf calls it too); returns whether they are deterministic.
+
+    CPU: deterministic algorithms, so that a run repeats bit for bit, without deterministic
+    mode's NaN filling of every new tensor (about 5% of a joint step, measured by
+    ``cdsf-bench perf``; correct kernels never read uninitialised memory). CUDA:
+    ``cudnn.benchmark`` picks the fastest algorithm per convolution shape; GPU runs are not
+    bitwise repeatable anyway (atomic adds), and the batch shapes of a run are few.
+    """
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        return False
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = False
+    return True
+
+
+@dataclass
+class Assembly:
+    """What trains: the data pipeline, the context the plugins see and the coupling."""
+
+    pipeline: DevicePipeline
+    context: TrainingContext
+    coupling: Coupling
+    channels_last: bool
+
+
+def assemble(
+    config: dict,
+    registry: Registry,
+    cohort: Cohort,
+    labels: np.ndarray,
+    splits: Splits,
+    device: torch.device,
+    shard: tuple[int, int] = (0, 1),
+) -> Assembly:
+    """Build the pipeline, context and coupling of a run from its config.
+
+    The one place where they are put together, so that ``cdsf-bench perf`` times exactly
+    what ``cdsf-bench run`` trains (same precision, layout, augmentation, volumes drawn).
+    """
+    mixed = bool(config["precision"]["mixed"]) and bf16_supported(device)
+    channels_last = bool(config["precision"]["channels_last"])
+    train = config["train"]
+    pipeline = DevicePipeline(
+        cohort,
+        labels,
+        splits,
+        device=device,
+        seed=int(config["seed"]),
+        batch_size=train["batch_size"],
+        augment=config["augment"],
+        channels_last=channels_last,
+        shard=shard,
+    )
+    context = TrainingContext(
+        device=device,
+        input_shape=cohort.shape,
+        num_classes=2,
+        epochs=train["epochs"],
+        batch_size=train["batch_size"],
+        learning_rate=train["learning_rate"],
+        patience=train["patience"] or None,
+        select_on=train["select_on"],
+        train_pet_mean=pipeline.train_pet_mean(),
+        has_pet_truth=cohort.pet_truth is not None,
+        mixed_precision=mixed,
+    )
+    coupling = build_method(config, registry, context, channels_last)
+    # training batches carry (and augment) the withheld PET only for methods that train on it
+    pipeline.train_with_pet_truth = coupling.needs_pet_truth
+    if config["precision"]["compile"]:
+        # in place, so optimisers, checkpoints and state_dict keys stay those of the module
+        for module in {id(m): m for stage in coupling.stages() for m in stage.modules.values()}.values():
+            module.compile()
+    return Assembly(pipeline, context, coupling, channels_last)
+
+
 def execute(config: dict, registry: Registry, out: Path | None = None, resume: bool = False) -> RunResult:
     """Run one configuration end to end and write its run folder.
 
@@ -197,11 +275,7 @@ def _execute(
     seed = int(config["seed"])
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
-    if device.type == "cpu":
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        # deterministic mode also fills every new tensor with NaN (about 5% of a joint step,
-        # measured by `cdsf-bench perf`); correct kernels never read uninitialised memory
-        torch.utils.deterministic.fill_uninitialized_memory = False
+    configure_backends(device)
 
     log(f"run folder {folder}; device {device}; seed {seed}; processes {cluster.world}")
     data_started = time.perf_counter()
@@ -228,36 +302,9 @@ def _execute(
     )
     leak = check_no_leak(cohort.participants, splits)
 
-    mixed = bool(config["precision"]["mixed"]) and bf16_supported(device)
-    channels_last = bool(config["precision"]["channels_last"])
-    train = config["train"]
-    pipeline = DevicePipeline(
-        cohort,
-        labels,
-        splits,
-        device=device,
-        seed=seed,
-        batch_size=train["batch_size"],
-        augment=config["augment"],
-        channels_last=channels_last,
-        shard=(cluster.rank, cluster.world),
-    )
-    context = TrainingContext(
-        device=device,
-        input_shape=cohort.shape,
-        num_classes=2,
-        epochs=train["epochs"],
-        batch_size=train["batch_size"],
-        learning_rate=train["learning_rate"],
-        patience=train["patience"] or None,
-        select_on=train["select_on"],
-        train_pet_mean=pipeline.train_pet_mean(),
-        has_pet_truth=cohort.pet_truth is not None,
-        mixed_precision=mixed,
-    )
-    coupling = build_method(config, registry, context, channels_last)
-    # training batches carry (and augment) the withheld PET only for methods that train on it
-    pipeline.train_with_pet_truth = coupling.needs_pet_truth
+    assembly = assemble(config, registry, cohort, labels, splits, device, (cluster.rank, cluster.world))
+    pipeline, coupling = assembly.pipeline, assembly.coupling
+    mixed, channels_last = assembly.context.mixed_precision, assembly.channels_last
     if main:
         write_csv(folder / "splits.csv", splits.table(cohort.participants))
         plugins = [

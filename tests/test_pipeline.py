@@ -104,3 +104,15 @@ def test_train_pet_mean_uses_training_subjects_with_pet_only():
     rows = pipe.rows("train", "with_pet")
     expected = pipe.pet[torch.from_numpy(rows)].float().mean(0)
     assert torch.allclose(pipe.train_pet_mean()[0, 0], expected, atol=1e-3)
+
+
+def test_separable_affine_grid_equals_torch_affine_grid():
+    from cdsf_bench.data.pipeline import _affine_grid, _rigid_theta
+
+    generator = torch.Generator().manual_seed(0)
+    angles = (torch.rand(3, 3, generator=generator) * 2 - 1) * 0.2
+    shifts = (torch.rand(3, 3, generator=generator) * 2 - 1) * 2
+    shape = torch.Size((7, 10, 6))
+    theta = _rigid_theta(angles, shifts, shape)
+    expected = torch.nn.functional.affine_grid(theta, [3, 2, *shape], align_corners=False)
+    torch.testing.assert_close(_affine_grid(theta, shape), expected, rtol=0, atol=1e-6)

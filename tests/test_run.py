@@ -11,6 +11,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from click.testing import CliRunner
 
 from cdsf_bench.cli import main
@@ -169,3 +170,24 @@ def test_two_gloo_processes_match_one_process(tmp_path: Path):
     p2 = pd.read_csv(two / "predictions.csv")
     assert list(p1["participant_id"]) == list(p2["participant_id"])  # every subject once, none twice
     assert np.allclose(p1["probability"], p2["probability"], atol=1e-3)
+
+
+@pytest.mark.parametrize("coupling, synth", [("joint", "ism"), ("oracle", "none")])
+@pytest.mark.parametrize("compile_modules", [False, True])
+def test_assemble_builds_what_a_run_trains(coupling: str, synth: str, compile_modules: bool):
+    from cdsf_bench import config as cfg
+    from cdsf_bench.perf import synthetic_cohort
+    from cdsf_bench.registry import default_registry
+    from cdsf_bench.run import assemble
+
+    registry = default_registry()
+    flags = {"method.synth": synth, "method.coupling": coupling, "precision.compile": compile_modules}
+    config = cfg.resolve(registry, None, [], flags)
+    cohort, labels, splits = synthetic_cohort((8, 8, 8), 2, 0)
+    assembly = assemble(config, registry, cohort, labels, splits, torch.device("cpu"))
+    # only a method that trains on the withheld PET gets it (and pays for augmenting it)
+    assert assembly.pipeline.train_with_pet_truth is (coupling == "oracle")
+    modules = [m for stage in assembly.coupling.stages() for m in stage.modules.values()]
+    assert modules
+    # compiled in place (compilation itself happens at the first call, not tested here)
+    assert all((m._compiled_call_impl is not None) is compile_modules for m in modules)

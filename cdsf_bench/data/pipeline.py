@@ -184,7 +184,7 @@ class DevicePipeline:
         theta = _rigid_theta(angles, shift_vox, shape).to(mri.device)
         volumes = [mri, pet] + ([pet_truth] if pet_truth is not None else [])
         stacked = torch.cat(volumes, dim=1)
-        grid = F.affine_grid(theta, list(stacked.shape), align_corners=False)
+        grid = _affine_grid(theta, shape)
         # -1 is the background of every modality, so pad with it rather than zero
         moved = (
             F.grid_sample(stacked + 1, grid, mode="bilinear", padding_mode="zeros", align_corners=False) - 1
@@ -231,3 +231,23 @@ def _rigid_theta(angles: torch.Tensor, shift_vox: torch.Tensor, shape: torch.Siz
     sizes = torch.tensor([shape[2], shape[1], shape[0]], dtype=torch.float32)
     translation = shift_vox * 2 / sizes
     return torch.cat([rotation, translation.unsqueeze(2)], dim=2)
+
+
+def _affine_grid(theta: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """``F.affine_grid(theta, [B, C, *shape], align_corners=False)``, about 4x faster on CPU.
+
+    The base grid is separable (x depends on W alone, y on H, z on D), so the sampling
+    grid is a sum of three small per-axis tables broadcast over the volume: one pass over
+    the output instead of a [D*H*W, 4] x [4, 3] matrix product per subject. Equal to
+    ``affine_grid`` up to float32 rounding (tested).
+    """
+    d, h, w = shape
+
+    def centres(n: int) -> torch.Tensor:
+        """Voxel centres in normalised coordinates, as align_corners=False places them."""
+        return (torch.arange(n, dtype=theta.dtype, device=theta.device) * 2 + 1) / n - 1
+
+    along_w = theta[:, None, :, 0] * centres(w)[None, :, None]  # [B, W, 3]
+    along_h = theta[:, None, :, 1] * centres(h)[None, :, None]  # [B, H, 3]
+    along_d = theta[:, None, :, 2] * centres(d)[None, :, None] + theta[:, None, :, 3]  # [B, D, 3]
+    return (along_d[:, :, None, None] + along_h[:, None, :, None]) + along_w[:, None, None, :]
