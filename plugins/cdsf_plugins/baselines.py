@@ -264,13 +264,23 @@ class DecoupledCoupling(DiagnosisCoupling):
         return as_floats({"D": loss_p, "G": loss_g, "adv": adversarial, "l1": l1})
 
     def pet_channel(self, batch: Batch, training: bool) -> PetChannel:
-        if training:
-            self.synthesiser.eval()  # frozen in the diagnosis stage: its norms behave as at inference
-        with torch.no_grad(), self.context.autocast():
-            synthetic = self.synthesiser(batch.mri).float()
-        use_real = batch.has_pet if training else real_where(batch, self.predict_with)
-        pet, sources = fill_pet(batch, use_real, synthetic, "synthetic")
-        return PetChannel(pet, sources, synthetic)
+        """Real PET where training has it, else G's; a prediction also returns G's for all.
+
+        While training, G (frozen, in eval mode, so each subject's output is its own) runs
+        only on the subjects without PET: the others' synthetic PET would be thrown away.
+        """
+        if not training:
+            with torch.no_grad(), self.context.autocast():
+                synthetic = self.synthesiser(batch.mri).float()
+            pet, sources = fill_pet(batch, real_where(batch, self.predict_with), synthetic, "synthetic")
+            return PetChannel(pet, sources, synthetic)
+        self.synthesiser.eval()  # frozen in the diagnosis stage: its norms behave as at inference
+        missing = ~batch.has_pet
+        pet = batch.pet.clone()
+        if bool(missing.any()):
+            with torch.no_grad(), self.context.autocast():
+                pet[missing] = self.synthesiser(batch.mri[missing]).to(pet.dtype)
+        return PetChannel(pet, ["real" if bool(r) else "synthetic" for r in batch.has_pet.tolist()])
 
 
 @hookimpl
