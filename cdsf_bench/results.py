@@ -54,6 +54,19 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> Path:
     return path
 
 
+def remove_leftover_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporary files that writers killed mid-write left under ``folder``.
+
+    ``atomic_write`` renames its temporary over the target only once it is complete, so a
+    leftover is never a result: the target holds the previous complete version. Call it
+    only while no other process writes into ``folder`` (a resumed run owns its folder).
+    """
+    leftovers = [p for p in Path(folder).rglob(".*.tmp") if p.is_file()]
+    for path in leftovers:
+        path.unlink(missing_ok=True)
+    return leftovers
+
+
 def write_text(path: Path, text: str) -> Path:
     return atomic_write(path, lambda h: h.write(text.encode()))
 

@@ -30,7 +30,14 @@ from cdsf_bench.interfaces import Coupling, DataSource, TrainingContext
 from cdsf_bench.metrics import youden_threshold
 from cdsf_bench.progress import console
 from cdsf_bench.registry import Registry
-from cdsf_bench.results import environment, utc_stamp, write_csv, write_json, write_text
+from cdsf_bench.results import (
+    environment,
+    remove_leftover_temporaries,
+    utc_stamp,
+    write_csv,
+    write_json,
+    write_text,
+)
 
 #: subjects shown in the slice montage
 MONTAGE_SUBJECTS = 4
@@ -113,6 +120,8 @@ def prepare_folder(config: dict, out: Path | None, resume: bool) -> Path:
                 f"this config; {'choose another --out' if done else f'continue it with --resume {folder}'}."
             )
     folder.mkdir(parents=True, exist_ok=True)
+    if resume:
+        remove_leftover_temporaries(folder)  # of writes the killed run did not finish
     write_text(existing, text)
     return folder
 

@@ -31,7 +31,7 @@ from cdsf_bench.data.pipeline import DevicePipeline
 from cdsf_bench.errors import InputError
 from cdsf_bench.progress import console
 from cdsf_bench.registry import default_registry
-from cdsf_bench.results import load_torch, save_torch, write_json
+from cdsf_bench.results import load_torch, remove_leftover_temporaries, save_torch, write_json
 
 TINY = ["--preset", "tiny", "--set", "data.subjects=24", "--set", "evaluate.bootstrap=10"]
 VOXEL_MM = 8.0
@@ -498,8 +498,11 @@ def test_run_killed_mid_epoch_resumes_to_the_same_metrics(tmp_path):
             json.loads((killed / name).read_text())
         assert not (killed / "metrics.json").exists()
 
+        stale = killed / "checkpoints" / ".last.pt.killed.tmp"  # as a write cut short leaves it
+        stale.write_bytes(b"half a checkpoint")
         resumed = cdsf("run", "--resume", killed, timeout=500)
         assert resumed.returncode == 0, resumed.stderr[-3000:]
+        assert not list(killed.rglob(".*.tmp"))
         assert run_b.wait(500) == 0, (tmp_path / "B.log").read_text()[-3000:]
 
     metrics = json.loads((killed / "metrics.json").read_text())
@@ -546,12 +549,15 @@ def test_writer_killed_mid_write_leaves_the_previous_file(tmp_path):
     assert process.returncode == -signal.SIGKILL
     assert target.read_bytes() == before and json.loads(before) == {"auc": 0.75}
     leftovers = [p for p in tmp_path.iterdir() if p != target]
-    assert leftovers, "the killed writer's temporary file should be there (nothing removes it)"
+    assert leftovers, "the killed writer's temporary file should be there"
     for path in leftovers:  # a hidden temporary beside the target, never the target's own name
         assert path.name.startswith(".metrics.json.") and path.name.endswith(".tmp")
         assert path.stat().st_size >= 100000
     write_json(target, {"auc": 0.8})  # the next write still succeeds over it
     assert json.loads(target.read_text()) == {"auc": 0.8}
+    # what a resumed run does first: the leftovers go, the results stay
+    assert sorted(remove_leftover_temporaries(tmp_path)) == sorted(leftovers)
+    assert list(tmp_path.iterdir()) == [target]
 
 
 # -- numerical guard ------------------------------------------------------------------------
