@@ -18,8 +18,8 @@ from types import ModuleType
 import numpy as np
 import pandas as pd
 
+from cdsf_bench.data import check, nifti
 from cdsf_bench.data import cohort as cohort_module
-from cdsf_bench.data import nifti
 from cdsf_bench.data.cache import cohort_key, file_fingerprint, load_or_build, settings_fingerprint
 from cdsf_bench.data.check import (
     ROLES,
@@ -124,7 +124,7 @@ def _load_table(
     """Check a table cheaply, then return its cohort from the cache or by preprocessing it.
 
     The cache key covers the table itself, each file's size and modification time, the
-    settings and the preprocessing code, so editing a scan or a label rebuilds the cohort.
+    settings and the preprocessing and checking code, so editing a scan or a label rebuilds the cohort.
     """
     problems = list(problems) + table_problems(table)
     if not table.empty:
@@ -139,7 +139,8 @@ def _load_table(
             "table": table.to_dict("split"),
             "files": [file_fingerprint(path) for path in files],
             "settings": settings_fingerprint(settings),
-            "code": _code_fingerprint(nifti, cohort_module, templates),
+            # check: a cohort built under older rules must meet the current ones (build checks)
+            "code": _code_fingerprint(nifti, cohort_module, templates, check),
         }
     )
 
