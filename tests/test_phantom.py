@@ -25,6 +25,7 @@ from cdsf_bench.data.phantom import (
     PhantomSettings,
     generate_phantom,
     missing_probabilities,
+    plan_phantom,
     write_phantom,
 )
 from cdsf_bench.data.templates import grid_mni_coordinates, load_templates, mni_to_voxel
@@ -252,3 +253,17 @@ def test_bad_settings_refused(change: dict) -> None:
     settings = PhantomSettings(**{"subjects": 2, "resolution_mm": RESOLUTION, **change})
     with pytest.raises(ConfigError):
         generate_phantom(settings)
+
+
+def test_subjects_one_at_a_time_equal_the_generated_cohort(cohort: PhantomCohort):
+    """The phantom source streams subjects into float16 storage; they must be generate_phantom's."""
+    plan = plan_phantom(SMALL)
+    assert len(plan) == len(cohort) and plan.shape == cohort.mri.shape[1:]
+    rows = []
+    for i, subject in enumerate(plan.subjects()):
+        np.testing.assert_array_equal(subject.mri, cohort.mri[i])
+        np.testing.assert_array_equal(subject.pet, cohort.pet[i])
+        rows.append(subject.row)
+    pd.testing.assert_frame_equal(plan.participants(rows), cohort.participants)
+    np.testing.assert_array_equal(plan.has_pet, cohort.has_pet)
+    np.testing.assert_array_equal(plan.affine, cohort.affine)

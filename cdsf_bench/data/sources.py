@@ -177,35 +177,37 @@ class PhantomSource(DataSource):
     @staticmethod
     def _build(settings: DataSettings) -> Cohort:
         """Generate, then normalise as real data are: MRI by its own percentiles, PET by the SUVR map."""
-        from cdsf_bench.data.phantom import PhantomSettings, generate_phantom
+        from cdsf_bench.data.phantom import PhantomSettings, plan_phantom
 
-        generated = generate_phantom(
+        plan = plan_phantom(
             PhantomSettings(
                 subjects=settings.subjects,
                 resolution_mm=settings.resolution_mm,
                 missing_pet=settings.missing_pet,
                 missing_mechanism=settings.missing_mechanism,
                 seed=settings.phantom_seed,
-            ),
-            progress=track,
+            )
         )
-        mask = np.asarray(generated.brain_mask, dtype=bool)
-        has_pet = np.asarray(generated.has_pet, dtype=bool)
-        n = len(has_pet)
-        mri = np.empty(generated.mri.shape, dtype=np.float16)
-        truth = np.empty(generated.pet.shape, dtype=np.float16)
-        for i in range(n):
-            mri[i] = normalise_mri(generated.mri[i], mask)
-            truth[i] = normalise_pet(generated.pet[i], settings.pet_suvr_max)
-        pet = np.where(has_pet[:, None, None, None], truth, np.float16(0)).astype(np.float16)
-        participants = generated.participants.reset_index(drop=True).copy()
-        participants["has_pet"] = has_pet
+        mask = plan.brain_mask
+        has_pet = np.asarray(plan.has_pet, dtype=bool)
+        n = len(plan)
+        # each subject goes straight to float16: the float32 cohort is never held (memory)
+        mri = np.empty((n, *plan.shape), dtype=np.float16)
+        truth = np.empty_like(mri)
+        pet = np.zeros_like(mri)
+        rows = []
+        for i, subject in enumerate(plan.subjects(progress=track)):
+            mri[i] = normalise_mri(subject.mri, mask)
+            truth[i] = normalise_pet(subject.pet, settings.pet_suvr_max)
+            if has_pet[i]:
+                pet[i] = truth[i]
+            rows.append(subject.row)
         return Cohort(
-            participants=participants,
+            participants=plan.participants(rows),
             mri=mri,
             pet=pet,
             has_pet=has_pet,
-            affine=np.asarray(generated.affine, dtype=np.float64),
+            affine=np.asarray(plan.affine, dtype=np.float64),
             brain_mask=mask,
             pet_truth=truth,
             source=f"phantom ({n} subjects, seed {settings.phantom_seed})",
