@@ -168,6 +168,21 @@ def _environment(folder: Path, done: pd.DataFrame) -> dict:
     return {}
 
 
+def _commit_line(folder: Path, done: pd.DataFrame) -> str:
+    """The source commit of the runs; several are listed with their run counts (a merged suite)."""
+    counts: dict[str, int] = {}
+    for run_folder in done["run_folder"]:
+        path = folder / run_folder / "environment.json"
+        env = json.loads(path.read_text()) if path.exists() else {}
+        commit = env.get("git_commit") or "not recorded (not a git checkout)"
+        if env.get("git_uncommitted_changes"):
+            commit += " with uncommitted changes"
+        counts[commit] = counts.get(commit, 0) + 1
+    if len(counts) <= 1:
+        return f"Commit: {next(iter(counts), 'not recorded')}"
+    return "Commits: " + "; ".join(f"{c} ({n} run{'s' * (n != 1)})" for c, n in counts.items())
+
+
 def _header(folder: Path, results: pd.DataFrame, done: pd.DataFrame, reference: str) -> list[Block]:
     env = _environment(folder, done)
     suite_file = folder / SUITE_FILE
@@ -202,7 +217,7 @@ def _header(folder: Path, results: pd.DataFrame, done: pd.DataFrame, reference: 
             (
                 f"Date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
                 f"Hardware: {hardware or 'not recorded'}",
-                f"Commit: {env.get('git_commit') or 'not recorded (not a git checkout)'}",
+                _commit_line(folder, done),
                 f"Suite: {name} (hash {str(recorded.get('hash', 'not recorded'))[:12]}); "
                 f"data {suite.get('data', '?')}; preset {suite.get('preset', '?')}; "
                 f"settings: {settings}",

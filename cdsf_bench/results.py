@@ -120,15 +120,20 @@ def utc_stamp() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
 
 
-def _git_commit() -> str | None:
+def _git(*args: str) -> str | None:
     try:
         here = Path(__file__).resolve().parent
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
-        )
-        return out.stdout.strip() or None if out.returncode == 0 else None
+        out = subprocess.run(["git", *args], cwd=here, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+#: The commit of the source this process imported, and whether tracked files differed from
+#: it, read once at import: a suite runs for an hour in one process, and HEAD may move
+#: meanwhile, but the code that runs is still what was imported at the start.
+_SOURCE_COMMIT = _git("rev-parse", "HEAD") or None
+_SOURCE_DIRTY = bool(_git("status", "--porcelain", "--untracked-files=no")) if _SOURCE_COMMIT else None
 
 
 def environment(device: torch.device, plugins: list[dict[str, str]]) -> dict[str, Any]:
@@ -152,7 +157,8 @@ def environment(device: torch.device, plugins: list[dict[str, str]]) -> dict[str
             for name in ("cdsf-bench", "torch", "numpy", "nibabel", "nilearn", "scikit-learn", "pluggy")
         },
         "device": str(device),
-        "git_commit": _git_commit(),
+        "git_commit": _SOURCE_COMMIT,
+        "git_uncommitted_changes": _SOURCE_DIRTY,
         "plugins": plugins,
     }
     if device.type == "cuda":

@@ -397,3 +397,22 @@ def test_regress_on_a_run_folder_and_a_suite(suite_run, tmp_path):
     suite_baseline = _baseline(tmp_path, f'[methods."{run["method"]}".bacc]\nabs_tol = 0.0\n')
     assert invoke("regress", suite_run, "--baseline", suite_baseline, "--update").exit_code == 0
     assert invoke("regress", suite_run, "--baseline", suite_baseline).exit_code == 0
+
+
+def test_report_header_names_every_source_commit_of_the_runs(tmp_path):
+    import pandas as pd
+
+    from cdsf_bench.report import _commit_line
+
+    envs = {
+        "a": {"git_commit": "c1"},
+        "b": {"git_commit": "c1"},
+        "c": {"git_commit": "c2", "git_uncommitted_changes": True},
+    }
+    for name, env in envs.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "environment.json").write_text(json.dumps(env))
+    done = pd.DataFrame({"run_folder": ["a", "b"]})
+    assert _commit_line(tmp_path, done) == "Commit: c1"
+    done = pd.DataFrame({"run_folder": ["a", "b", "c"]})
+    assert _commit_line(tmp_path, done) == "Commits: c1 (2 runs); c2 with uncommitted changes (1 run)"
