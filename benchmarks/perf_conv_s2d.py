@@ -71,48 +71,25 @@ def _train_step(module: nn.Module, x: Tensor, mixed: bool) -> Callable[[], None]
 
 def _joint_steps(size: tuple[int, int, int], batch: int, mixed: bool, channels_last: bool) -> tuple:
     """Two identical joint couplings on one batch, the second with its ISM's last layer swapped."""
-    from cdsf_bench.data.pipeline import DevicePipeline
-    from cdsf_bench.interfaces import TrainingContext
     from cdsf_bench.perf import PerfSettings, _resolve, _typical_batches, synthetic_cohort
     from cdsf_bench.registry import default_registry
-    from cdsf_bench.run import build_method
+    from cdsf_bench.run import assemble, configure_backends
 
     registry = default_registry()
     config = _resolve(PerfSettings(size=size, batch=batch, bf16=mixed, channels_last=channels_last), registry)
     device = torch.device("cpu")
+    configure_backends(device)  # the kernels a run uses
     cohort, labels, splits = synthetic_cohort(size, batch, 0)
-    pipeline = DevicePipeline(
-        cohort,
-        labels,
-        splits,
-        device=device,
-        seed=0,
-        batch_size=batch,
-        augment=config["augment"],
-        channels_last=channels_last,
-    )
-    context = TrainingContext(
-        device=device,
-        input_shape=size,
-        num_classes=2,
-        epochs=1,
-        batch_size=batch,
-        learning_rate=1e-3,
-        patience=None,
-        select_on="auc",
-        train_pet_mean=pipeline.train_pet_mean(),
-        has_pet_truth=True,
-        mixed_precision=mixed,
-    )
-    drawn = _typical_batches(list(pipeline.train_batches(0)))[0]
     steps = []
     for reformulate in (False, True):
         torch.manual_seed(0)
-        coupling = build_method(config, registry, context, channels_last)
-        decoder = coupling.synthesiser.decoder
+        # built as a run builds it; the two couplings differ only in the last layer's form
+        assembly = assemble(config, registry, cohort, labels, splits, device)
+        decoder = assembly.coupling.synthesiser.decoder
         decoder[2] = sharing(decoder[2], reformulate)
-        stage = coupling.stages()[0]
-        steps.append(lambda stage=stage: stage.step(drawn))
+        drawn = _typical_batches(list(assembly.pipeline.train_batches(0)))[0]
+        stage = assembly.coupling.stages()[0]
+        steps.append(lambda stage=stage, drawn=drawn: stage.step(drawn))
     return steps
 
 
