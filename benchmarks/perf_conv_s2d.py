@@ -71,9 +71,9 @@ def _train_step(module: nn.Module, x: Tensor, mixed: bool) -> Callable[[], None]
 
 def _joint_steps(size: tuple[int, int, int], batch: int, mixed: bool, channels_last: bool) -> tuple:
     """Two identical joint couplings on one batch, the second with its ISM's last layer swapped."""
+    from cdsf_bench.assemble import assemble, configure_backends
     from cdsf_bench.perf import PerfSettings, _resolve, _typical_batches, synthetic_cohort
     from cdsf_bench.registry import default_registry
-    from cdsf_bench.run import assemble, configure_backends
 
     registry = default_registry()
     config = _resolve(PerfSettings(size=size, batch=batch, bf16=mixed, channels_last=channels_last), registry)

@@ -3,6 +3,7 @@
 from cdsf_bench.hookspecs import hookimpl
 from cdsf_bench.interfaces import (
     Batch,
+    Component,
     Coupling,
     DataSource,
     DiagnoserOutput,
@@ -10,7 +11,6 @@ from cdsf_bench.interfaces import (
     TrainingContext,
     TrainingStage,
 )
-from cdsf_bench.registry import Component
 
 __all__ = [
     "Batch",

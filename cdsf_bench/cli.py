@@ -183,8 +183,6 @@ def run(
         "seed": seed,
         "device": device,
     }
-    if synth == "none" and not (coupling or coupling_flag):
-        flags["method.coupling"] = "single"
     if resume_dir is not None and (assignments or any(v is not None for v in flags.values())):
         raise click.UsageError("--resume continues a run with its own config; give no other settings.")
     config = cfg.resolve(registry, config_file, assignments, flags)
@@ -281,8 +279,8 @@ def data_phantom(out: Path, subjects: int, resolution: float, missing_pet: float
 )
 def data_check(spec: str, task: str | None, assignments: tuple[str, ...]) -> None:
     """Validate a dataset and list every problem at once (exit 2 if any)."""
+    from cdsf_bench.assemble import data_source
     from cdsf_bench.data.check import check_table
-    from cdsf_bench.run import data_source
 
     registry = default_registry()
     settings = cfg.data_settings(cfg.resolve(registry, None, assignments, {"data.spec": spec}))

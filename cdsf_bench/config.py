@@ -17,8 +17,9 @@ from typing import Any
 
 import tomli_w
 
-from cdsf_bench.data.cohort import TASKS, DataSettings
+from cdsf_bench.data.conventions import TASKS
 from cdsf_bench.errors import ConfigError
+from cdsf_bench.interfaces import DataSettings
 from cdsf_bench.registry import Registry
 
 PRESETS = ("quick", "paper", "tiny")
@@ -29,7 +30,8 @@ DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "task": "ad_cn",
     "device": "auto",
-    "method": {"synth": "ism", "diag": "mdm", "coupling": "joint"},
+    # filled from the plugins' cdsf_bench_defaults (registry.method_defaults) when resolving
+    "method": {"synth": "", "diag": "", "coupling": ""},
     "data": {"spec": "phantom", **{f.name: f.default for f in fields(DataSettings)}},
     "split": {"val": 0.2, "test": 0.2, "folds": 0, "fold": 0},
     "train": {
@@ -170,9 +172,13 @@ def resolve(
     chosen_preset = DEFAULTS["preset"]
     for layer in layers:
         chosen_preset = layer.get("preset", chosen_preset)
-    merged = _merge(DEFAULTS, preset(str(chosen_preset)))
+    merged = _merge(default_config(registry), preset(str(chosen_preset)))
     for layer in layers:
         merged = _merge(merged, layer)
+    method = merged.get("method")
+    coupling_given = any("coupling" in layer.get("method", {}) for layer in layers)
+    if isinstance(method, dict) and method.get("synth") == "none" and not coupling_given:
+        method["coupling"] = registry.method_defaults().mri_only_coupling
 
     resolved: dict[str, Any] = {}
     for key, default in DEFAULTS.items():
@@ -209,6 +215,14 @@ def resolve(
             raise ConfigError(f"[{section}.{name}] must be a table of settings.")
         resolved[section] = {name: _check_against(component.parameters(), own, f"{section}.{name}")}
     return resolved
+
+
+def default_config(registry: Registry) -> dict[str, Any]:
+    """The defaults, with the method the plugins propose."""
+    method = registry.method_defaults().method
+    return _merge(
+        DEFAULTS, {"method": {"synth": method.synth, "diag": method.diag, "coupling": method.coupling}}
+    )
 
 
 def _validate_values(config: dict) -> None:

@@ -74,7 +74,7 @@ def evaluate(
     """
     records: list[dict] = []
     mask = pipeline.brain_mask.cpu().numpy()
-    modules = _modules_of(coupling)
+    modules = coupling.modules()
     was_training = {name: m.training for name, m in modules.items()}
     for module in modules.values():
         module.eval()
@@ -123,10 +123,6 @@ def evaluate(
     )
     scored = [{key: r[f"synth_{key}"] for key in SYNTHESIS_KEYS} for r in records if "synth_mae" in r]
     return Evaluation(table, diagnosis, mean_synthesis(scored), synthetic)
-
-
-def _modules_of(coupling: Coupling) -> dict[str, torch.nn.Module]:
-    return {name: value for name, value in vars(coupling).items() if isinstance(value, torch.nn.Module)}
 
 
 class Trainer:

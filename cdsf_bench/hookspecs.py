@@ -1,19 +1,16 @@
 """The hook specifications: the one place that says what a plugin can contribute.
 
-Every hook returns a list of :class:`~cdsf_bench.registry.Component`, each a name (the user
-interface: ``--synth NAME``), a factory and a one-line description. Built-in plugins
+Every component hook returns a list of :class:`~cdsf_bench.interfaces.Component`, each a name
+(the user interface: ``--synth NAME``), a factory and a one-line description. Built-in plugins
 implement these hooks exactly as third-party plugins do, and are found through the same
 ``cdsf_bench`` entry-point group. See docs/plugins.md for a complete external plugin.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import pluggy
 
-if TYPE_CHECKING:
-    from cdsf_bench.registry import Component
+from cdsf_bench.interfaces import Component, MethodDefaults
 
 PROJECT = "cdsf_bench"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -52,4 +49,13 @@ def cdsf_bench_data_sources() -> list[Component]:
     """Data sources: subclasses of :class:`~cdsf_bench.interfaces.DataSource`.
 
     ``--data SPEC`` is given to the first source whose ``detect(SPEC)`` is true.
+    """
+
+
+@hookspec(firstresult=True)
+def cdsf_bench_defaults() -> MethodDefaults | None:
+    """The method run when the user names none, which is also the reference of reports.
+
+    The first plugin that answers wins (the built-in CDSF plugin proposes ISM + MDM, joint);
+    a plugin that has no opinion does not implement this hook.
     """

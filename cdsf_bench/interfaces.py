@@ -1,25 +1,140 @@
-"""The contracts between the core and the method plugins.
+"""The whole plugin contract: every type a plugin receives, returns or subclasses.
 
 The core knows no model. It hands plugins tensors in the shapes described here and
 asks them for modules, training stages and predictions; everything a method does lives
-behind these types. Tensor shapes use B for the batch and (D, H, W) for the volume.
+behind these types. A plugin author reads this module (and ``hookspecs``) and nothing else
+of the core. Tensor shapes use B for the batch and (D, H, W) for the volume.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
+import numpy as np
+import pandas as pd
 import torch
 from torch import Tensor, nn
 
-if TYPE_CHECKING:
-    import pandas as pd
+#: constructor arguments the core supplies itself; they are not user settings
+CORE_ARGUMENTS = frozenset(
+    {"self", "in_channels", "input_shape", "num_classes", "context", "build_synthesiser", "build_diagnoser"}
+)
 
-    from cdsf_bench.data.cohort import Cohort, DataSettings
+
+@dataclass(frozen=True)
+class Component:
+    """A named thing a plugin provides: a factory (a function or class) and a description.
+
+    Every hook returns a list of these. The registry adds where each came from (``plugin``,
+    ``distribution``, ``version``) when it collects them; plugins leave those empty.
+    """
+
+    name: str
+    factory: Callable[..., Any]
+    description: str
+    plugin: str = ""
+    distribution: str = ""
+    version: str = ""
+
+    def parameters(self) -> dict[str, Any]:
+        """The factory's settings: its parameters with defaults, less those the core supplies."""
+        target = self.factory.__init__ if inspect.isclass(self.factory) else self.factory
+        return {
+            p.name: p.default
+            for p in inspect.signature(target).parameters.values()
+            if p.name not in CORE_ARGUMENTS
+            and p.default is not inspect.Parameter.empty
+            and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        }
+
+
+@dataclass(frozen=True)
+class Method:
+    """A method as the user names it: ``--synth SYNTH --diag DIAG --coupling COUPLING``."""
+
+    synth: str
+    diag: str
+    coupling: str
+
+
+@dataclass(frozen=True)
+class MethodDefaults:
+    """What a plugin proposes where the user names no method (the ``cdsf_bench_defaults`` hook).
+
+    ``method`` is what ``cdsf-bench run`` trains without flags and the method a report compares
+    the others with; ``mri_only_coupling`` is the coupling used for ``--synth none`` when no
+    coupling is named. The core names no method itself: these come from the plugins.
+    """
+
+    method: Method
+    mri_only_coupling: str
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    """How a source reads and preprocesses a cohort (the ``[data]`` config section).
+
+    Everything here is part of the cache key: change any of it and the cache is rebuilt.
+    """
+
+    resolution_mm: float = 4.0
+    subjects: int = 200  # phantom only
+    missing_pet: float = 0.5  # phantom only
+    missing_mechanism: str = "mcar"  # phantom only: "mcar" or "class"
+    phantom_seed: int = 0  # phantom only: the cohort's seed, independent of the run's seed
+    session: str = ""  # CAPS: the session to read (empty: each participant's first)
+    tracer: str = "18FFDG"  # CAPS: the PET tracer entity
+    suvr_reference: str = ""  # CAPS: the SUVR reference region entity (empty: any)
+    pet_suvr_max: float = 2.5  # PET SUVR mapped to +1 (0 SUVR to -1)
+    cache_dir: str = ""  # empty: $CDSF_BENCH_CACHE or ~/.cache/cdsf-bench
+
+
+@dataclass
+class Cohort:
+    """A preprocessed cohort on one grid, intensities in [-1, 1] (docs/data.md).
+
+    ``participants`` has one row per subject, in the order of the arrays, with at least
+    ``participant_id``, ``diagnosis`` and ``has_pet``; an optional ``split`` column
+    (train / val / test) is honoured by the splitter. ``pet`` is zero where ``has_pet`` is
+    False. ``pet_truth`` holds the real PET of every subject when the source knows it.
+    """
+
+    participants: pd.DataFrame
+    mri: np.ndarray  # [N, D, H, W] float16
+    pet: np.ndarray  # [N, D, H, W] float16
+    has_pet: np.ndarray  # [N] bool
+    affine: np.ndarray  # [4, 4] voxel to MNI mm
+    brain_mask: np.ndarray  # [D, H, W] bool
+    pet_truth: np.ndarray | None = None  # [N, D, H, W] float16
+    source: str = ""  # what was read, for logs and environment.json
+    extra: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.participants)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.mri.shape[1:])  # type: ignore[return-value]
+
+    def subset(self, rows: np.ndarray) -> Cohort:
+        """The cohort restricted to ``rows`` (for a task's classes), arrays shared where possible."""
+        return Cohort(
+            participants=self.participants.iloc[rows].reset_index(drop=True),
+            mri=self.mri[rows],
+            pet=self.pet[rows],
+            has_pet=self.has_pet[rows],
+            affine=self.affine,
+            brain_mask=self.brain_mask,
+            pet_truth=None if self.pet_truth is None else self.pet_truth[rows],
+            source=self.source,
+            extra=self.extra,
+        )
+
 
 #: Where the PET that a prediction used came from, per subject (written to predictions.csv).
 PetSource = Literal["real", "synthetic", "mean", "none"]
@@ -104,9 +219,14 @@ class TrainingContext:
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """Autocast for forward passes: bf16 when mixed precision is on, a no-op otherwise."""
-        if not self.mixed_precision:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return bf16_autocast(self.device, self.mixed_precision)
+
+
+def bf16_autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast on ``device`` when ``enabled``, else a no-op: every forward pass's precision."""
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 SynthesiserFactory = Callable[[], nn.Module]
@@ -142,6 +262,14 @@ class Coupling(ABC):
         self.build_diagnoser = build_diagnoser
 
     @abstractmethod
+    def modules(self) -> dict[str, nn.Module]:
+        """Every network the coupling trains or predicts with, by a stable name.
+
+        The engine switches these between training and evaluation mode around predictions,
+        and ``precision.compile`` compiles them; stages name the subsets each stage trains.
+        """
+
+    @abstractmethod
     def stages(self) -> list[TrainingStage]:
         """The training stages, in order (one for joint training, two for two-stage)."""
 
@@ -151,7 +279,7 @@ class Coupling(ABC):
 
 
 class DataSource(ABC):
-    """Turns a ``--data`` spec into a cohort (see ``cdsf_bench.data.cohort.Cohort``)."""
+    """Turns a ``--data`` spec into a :class:`Cohort`."""
 
     name: str = ""
     description: str = ""

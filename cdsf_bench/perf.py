@@ -2,7 +2,7 @@
 
 A benchmark suite multiplies every second of a training step by methods x seeds x epochs x
 batches, so the step is worth measuring on its own, away from data loading and evaluation.
-This module builds the same pieces a run builds (the method through ``run.build_method``,
+This module builds the same pieces a run builds (the method through ``assemble.build_method``,
 the core's device pipeline, the run's precision settings) on a synthetic in-memory cohort
 of random volumes, and times, after warm-up:
 
@@ -54,10 +54,9 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from cdsf_bench import config as cfg
-from cdsf_bench.data.cohort import Cohort
 from cdsf_bench.data.splits import Splits
 from cdsf_bench.errors import InputError
-from cdsf_bench.interfaces import Batch, Coupling
+from cdsf_bench.interfaces import Batch, Cohort, Coupling
 from cdsf_bench.progress import console
 from cdsf_bench.registry import Registry, default_registry
 
@@ -467,7 +466,8 @@ def measure(settings: PerfSettings, registry: Registry | None = None) -> dict[st
     Every part is built and prepared first (warm-up, FLOP count, peak memory), then all
     parts are timed together, one step of each per round (``time_interleaved``).
     """
-    from cdsf_bench.run import assemble, bf16_supported, build_method, configure_backends, resolve_device
+    from cdsf_bench.assemble import assemble, build_method, configure_backends, resolve_device
+    from cdsf_bench.host import bf16_supported
 
     _check(settings)
     load_before = _load_average()

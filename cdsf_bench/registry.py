@@ -8,20 +8,20 @@ restricts which plugins load; unset, every installed plugin loads.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib.metadata
-import inspect
 import os
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Literal
+from typing import Literal
 
 import pluggy
 
 from cdsf_bench import hookspecs
 from cdsf_bench.errors import InputError
+from cdsf_bench.interfaces import Component, MethodDefaults
 
 Kind = Literal["synthesiser", "diagnoser", "coupling", "data_source"]
 KINDS: dict[Kind, str] = {
@@ -31,34 +31,6 @@ KINDS: dict[Kind, str] = {
     "data_source": "cdsf_bench_data_sources",
 }
 ALLOWLIST_ENV = "CDSF_BENCH_PLUGINS"
-#: constructor arguments the core supplies itself; they are not user settings
-CORE_ARGUMENTS = frozenset(
-    {"self", "in_channels", "input_shape", "num_classes", "context", "build_synthesiser", "build_diagnoser"}
-)
-
-
-@dataclass(frozen=True)
-class Component:
-    """A named thing a plugin provides: a factory (a function or class) and a description."""
-
-    name: str
-    factory: Callable[..., Any]
-    description: str
-    #: filled in by the registry: which entry point and distribution provided it
-    plugin: str = ""
-    distribution: str = ""
-    version: str = ""
-
-    def parameters(self) -> dict[str, Any]:
-        """The factory's settings: its parameters with defaults, less those the core supplies."""
-        target = self.factory.__init__ if inspect.isclass(self.factory) else self.factory
-        return {
-            p.name: p.default
-            for p in inspect.signature(target).parameters.values()
-            if p.name not in CORE_ARGUMENTS
-            and p.default is not inspect.Parameter.empty
-            and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
-        }
 
 
 @dataclass
@@ -67,6 +39,8 @@ class Registry:
 
     components: dict[Kind, dict[str, Component]] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)  # plugin name -> error
+    #: the plugins' answer to ``cdsf_bench_defaults``; None where no plugin gives one
+    defaults: MethodDefaults | None = None
 
     def get(self, kind: Kind, name: str) -> Component:
         known = self.components.get(kind, {})
@@ -79,6 +53,15 @@ class Registry:
             f"Unknown {label} '{name}'.{hint} Known {label}s: {', '.join(sorted(known)) or 'none'}. "
             "Run 'cdsf-bench plugins' to see every installed plugin."
         )
+
+    def method_defaults(self) -> MethodDefaults:
+        """The plugins' default method; without one the user must name every part of a method."""
+        if self.defaults is None:
+            raise InputError(
+                "No installed plugin proposes a default method; name one with --synth, --diag and "
+                "--coupling (see 'cdsf-bench plugins')."
+            )
+        return self.defaults
 
     def names(self, kind: Kind) -> list[str]:
         return sorted(self.components.get(kind, {}))
@@ -137,9 +120,10 @@ def build_registry(extra_plugins: list[object] | None = None) -> Registry:
                         stacklevel=2,
                     )
                     continue
-                registry.components[kind][comp.name] = Component(
-                    comp.name, comp.factory, comp.description, plugin_name, dist, version
+                registry.components[kind][comp.name] = dataclasses.replace(
+                    comp, plugin=plugin_name, distribution=dist, version=version
                 )
+    registry.defaults = manager.hook.cdsf_bench_defaults()
     return registry
 
 

@@ -19,14 +19,14 @@ import torch
 
 from cdsf_bench import config as cfg
 from cdsf_bench import distributed
-from cdsf_bench.data.cohort import TASKS, Cohort
+from cdsf_bench.assemble import assemble, configure_backends, load_cohort, resolve_device, task_subset
+from cdsf_bench.data.conventions import TASKS
 from cdsf_bench.data.pipeline import DevicePipeline
-from cdsf_bench.data.sources import detect_source
 from cdsf_bench.data.splits import Splits, check_no_leak, make_splits
 from cdsf_bench.engine import Evaluation, Trainer, evaluate
 from cdsf_bench.errors import InputError
 from cdsf_bench.figures import learning_curves, roc_figure, slice_montage
-from cdsf_bench.interfaces import Coupling, DataSource, TrainingContext
+from cdsf_bench.interfaces import Cohort, Coupling
 from cdsf_bench.metrics import youden_threshold
 from cdsf_bench.progress import console
 from cdsf_bench.registry import Registry
@@ -47,52 +47,6 @@ MONTAGE_SUBJECTS = 4
 class RunResult:
     folder: Path
     metrics: dict
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(
-            "--device cuda was asked for, but torch sees no CUDA device; use --device cpu or auto."
-        )
-    return device
-
-
-def bf16_supported(device: torch.device) -> bool:
-    """Whether bf16 autocast is fast here: CUDA with bf16, or a CPU with AVX-512 BF16 or AMX."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def data_source(spec: str, registry: Registry) -> DataSource:
-    """The first installed data source that recognises ``spec``."""
-    sources = [c.factory() for c in registry.components.get("data_source", {}).values()]
-    return detect_source(spec, sources)
-
-
-def load_cohort(config: dict, registry: Registry) -> tuple[Cohort, str]:
-    """Read the cohort named by ``data.spec`` (the ``--data`` option)."""
-    spec = str(config["data"]["spec"])
-    source = data_source(spec, registry)
-    return source.load(spec, cfg.data_settings(config)), source.name
-
-
-def task_subset(cohort: Cohort, task: str) -> tuple[Cohort, np.ndarray]:
-    """The subjects of the task's two classes and their binary labels (1 = positive class)."""
-    negative, positive = TASKS[task]
-    diagnosis = cohort.participants["diagnosis"].astype(str).to_numpy()
-    rows = np.flatnonzero(np.isin(diagnosis, [negative, positive]))
-    if len(rows) == 0:
-        raise InputError(f"The cohort has no {negative} or {positive} subjects for task {task}.")
-    subset = cohort.subset(rows)
-    return subset, (diagnosis[rows] == positive).astype(np.int64)
 
 
 def prepare_folder(config: dict, out: Path | None, resume: bool) -> Path:
@@ -124,135 +78,6 @@ def prepare_folder(config: dict, out: Path | None, resume: bool) -> Path:
         remove_leftover_temporaries(folder)  # of writes the killed run did not finish
     write_text(existing, text)
     return folder
-
-
-def build_method(config: dict, registry: Registry, context: TrainingContext, channels_last: bool) -> Coupling:
-    """Instantiate the coupling with factories for the chosen synthesiser and diagnoser."""
-    device = context.device
-    synth_name, synth_params = cfg.plugin_settings(config, "synth")
-    diag_name, diag_params = cfg.plugin_settings(config, "diag")
-    coupling_name, coupling_params = cfg.plugin_settings(config, "coupling")
-    coupling_component = registry.get("coupling", coupling_name)
-    coupling_class = coupling_component.factory
-    needs = coupling_class.needs_synthesiser
-    if synth_name == "none" and needs is True:
-        raise InputError(
-            f"Coupling '{coupling_name}' trains a synthesiser; --synth none is single-modality. "
-            "Choose a synthesiser (--synth ism) or the coupling 'single'."
-        )
-    if synth_name != "none" and needs is False:
-        raise InputError(f"Coupling '{coupling_name}' uses no synthesiser; pass --synth none.")
-    if coupling_class.needs_pet_truth and not context.has_pet_truth:
-        raise InputError(
-            f"Coupling '{coupling_name}' needs every subject's real PET, which this data does not have "
-            "(only the phantom keeps the PET it withholds)."
-        )
-
-    def place(module: torch.nn.Module) -> torch.nn.Module:
-        module = module.to(device)
-        return module.to(memory_format=torch.channels_last_3d) if channels_last else module
-
-    build_synth = None
-    if synth_name != "none":
-        synth_component = registry.get("synthesiser", synth_name)
-
-        def build_synth() -> torch.nn.Module:
-            return place(synth_component.factory(**synth_params))
-
-    diag_component = registry.get("diagnoser", diag_name)
-
-    def build_diag(in_channels: int, num_classes: int | None = None) -> torch.nn.Module:
-        return place(
-            diag_component.factory(
-                in_channels=in_channels,
-                input_shape=context.input_shape,
-                num_classes=num_classes or context.num_classes,
-                **diag_params,
-            )
-        )
-
-    try:
-        return coupling_class(context, build_synth, build_diag, **coupling_params)
-    except ValueError as error:  # a plugin refusing a setting's value is the user's to fix
-        raise InputError(f"Coupling '{coupling_name}' refused its settings: {error}.") from None
-
-
-def configure_backends(device: torch.device) -> bool:
-    """Choose the kernels of a run (perf calls it too); returns whether they are deterministic.
-
-    CPU: deterministic algorithms, so that a run repeats bit for bit, without deterministic
-    mode's NaN filling of every new tensor (about 5% of a joint step, measured by
-    ``cdsf-bench perf``; correct kernels never read uninitialised memory). CUDA:
-    ``cudnn.benchmark`` picks the fastest algorithm per convolution shape; GPU runs are not
-    bitwise repeatable anyway (atomic adds), and the batch shapes of a run are few.
-    """
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        return False
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.utils.deterministic.fill_uninitialized_memory = False
-    return True
-
-
-@dataclass
-class Assembly:
-    """What trains: the data pipeline, the context the plugins see and the coupling."""
-
-    pipeline: DevicePipeline
-    context: TrainingContext
-    coupling: Coupling
-    channels_last: bool
-
-
-def assemble(
-    config: dict,
-    registry: Registry,
-    cohort: Cohort,
-    labels: np.ndarray,
-    splits: Splits,
-    device: torch.device,
-    shard: tuple[int, int] = (0, 1),
-) -> Assembly:
-    """Build the pipeline, context and coupling of a run from its config.
-
-    The one place where they are put together, so that ``cdsf-bench perf`` times exactly
-    what ``cdsf-bench run`` trains (same precision, layout, augmentation, volumes drawn).
-    """
-    mixed = bool(config["precision"]["mixed"]) and bf16_supported(device)
-    channels_last = bool(config["precision"]["channels_last"])
-    train = config["train"]
-    pipeline = DevicePipeline(
-        cohort,
-        labels,
-        splits,
-        device=device,
-        seed=int(config["seed"]),
-        batch_size=train["batch_size"],
-        augment=config["augment"],
-        channels_last=channels_last,
-        shard=shard,
-    )
-    context = TrainingContext(
-        device=device,
-        input_shape=cohort.shape,
-        num_classes=2,
-        epochs=train["epochs"],
-        batch_size=train["batch_size"],
-        learning_rate=train["learning_rate"],
-        patience=train["patience"] or None,
-        select_on=train["select_on"],
-        train_pet_mean=pipeline.train_pet_mean(),
-        has_pet_truth=cohort.pet_truth is not None,
-        mixed_precision=mixed,
-    )
-    coupling = build_method(config, registry, context, channels_last)
-    # training batches carry (and augment) the withheld PET only for methods that train on it
-    pipeline.train_with_pet_truth = coupling.needs_pet_truth
-    if config["precision"]["compile"]:
-        # in place, so optimisers, checkpoints and state_dict keys stay those of the module
-        for module in {id(m): m for stage in coupling.stages() for m in stage.modules.values()}.values():
-            module.compile()
-    return Assembly(pipeline, context, coupling, channels_last)
 
 
 def execute(config: dict, registry: Registry, out: Path | None = None, resume: bool = False) -> RunResult:

@@ -22,7 +22,7 @@ from typing import Any
 import tomli_w
 
 from cdsf_bench import config as cfg
-from cdsf_bench.data.cohort import TASKS
+from cdsf_bench.data.conventions import TASKS
 from cdsf_bench.errors import ConfigError, InputError
 from cdsf_bench.registry import Registry
 
@@ -299,15 +299,14 @@ def _methods(given: Any, fail) -> tuple[MethodSpec, ...]:
             raise fail(
                 f"{label} has unknown field(s) {', '.join(unknown)}; a method has {', '.join(METHOD_FIELDS)}."
             )
-        for key in ("name", "synth", "coupling"):
+        for key in ("name", "synth", "diag", "coupling"):
             if not isinstance(entry.get(key), str) or not entry[key].strip():
                 raise fail(f"{label} needs field '{key}' (a non-empty string).")
-        diag = entry.get("diag", cfg.DEFAULTS["method"]["diag"])
-        if not isinstance(diag, str) or not diag:
-            raise fail(f"{label}: field 'diag' must be a diagnoser name.")
         name = entry["name"].strip()
         settings = _settings(entry.get("settings", {}), f"methods '{name}' settings", fail)
-        method = MethodSpec(name, entry["synth"].strip(), diag, entry["coupling"].strip(), settings)
+        method = MethodSpec(
+            name, entry["synth"].strip(), entry["diag"].strip(), entry["coupling"].strip(), settings
+        )
         if not method.slug:
             raise fail(f"{label}: name {name!r} needs at least one letter or digit.")
         methods.append(method)

@@ -35,10 +35,9 @@ from cdsf_bench.suite import load_suite, parse_shard, shard_runs
 def _second_method() -> str:
     """MRI alone when the 'single' coupling is installed, else CDSF without the feature term."""
     if "single" in default_registry().names("coupling"):
-        return 'name = "MRI only"\nsynth = "none"\ncoupling = "single"'
-    return (
-        'name = "CDSF no feature"\nsynth = "ism"\ncoupling = "joint"\nsettings.coupling.joint.w_feature = 0'
-    )
+        return 'name = "MRI only"\nsynth = "none"\ndiag = "mdm"\ncoupling = "single"'
+    method = 'name = "CDSF no feature"\nsynth = "ism"\ndiag = "mdm"\ncoupling = "joint"\n'
+    return method + "settings.coupling.joint.w_feature = 0"
 
 
 TINY_SUITE = """
@@ -55,6 +54,7 @@ seeds = [0, 1]
 [[methods]]
 name = "CDSF"
 synth = "ism"
+diag = "mdm"
 coupling = "joint"
 
 [[methods]]
@@ -100,7 +100,8 @@ def test_suite_runs_in_stable_order_with_paired_assignments(suite_file):
 def test_folds_set_split_and_keep_the_seed(tmp_path):
     path = tmp_path / "folds.toml"
     path.write_text(
-        'name = "k"\nfolds = 3\nseed = 7\n[[methods]]\nname = "A"\nsynth = "ism"\ncoupling = "joint"\n'
+        'name = "k"\nfolds = 3\nseed = 7\n[[methods]]\nname = "A"\nsynth = "ism"\n'
+        'diag = "mdm"\ncoupling = "joint"\n'
     )
     runs = load_suite(path).runs()
     assert [r.folder.as_posix() for r in runs] == [f"ad_cn/fold-{f}/a" for f in range(3)]

@@ -19,7 +19,6 @@ import pytest
 from cdsf_bench.data import sources
 from cdsf_bench.data.cache import cohort_key, load_or_build
 from cdsf_bench.data.check import check_table
-from cdsf_bench.data.cohort import DataSettings
 from cdsf_bench.data.grid import reference_grid
 from cdsf_bench.data.nifti import read_volume
 from cdsf_bench.data.sources import (
@@ -31,6 +30,7 @@ from cdsf_bench.data.sources import (
 )
 from cdsf_bench.data.tables import read_caps, read_manifest, scan_caps
 from cdsf_bench.errors import InputError
+from cdsf_bench.interfaces import DataSettings
 
 RESOLUTION = 8.0
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import inspect
 from pathlib import Path
 
+import pytest
 import torch
 
-from cdsf_bench import hookspecs
+from cdsf_bench import config, hookspecs
+from cdsf_bench.errors import InputError
 from cdsf_bench.interfaces import Coupling, DataSource, DiagnoserOutput
-from cdsf_bench.registry import KINDS, default_registry
+from cdsf_bench.registry import KINDS, build_registry, default_registry
 
 SHAPE = (16, 20, 16)
 
@@ -27,7 +29,7 @@ def test_every_hook_specification_has_its_own_test():
     source = "\n".join(p.read_text() for p in Path(__file__).parent.glob("test_*.py"))
     missing = [name for name in _hook_names() if f"def test_hook_{name}(" not in source]
     assert not missing, f"hook specifications without a test: {missing}"
-    assert set(_hook_names()) == set(KINDS.values())
+    assert set(_hook_names()) == {*KINDS.values(), "cdsf_bench_defaults"}
 
 
 def test_hook_cdsf_bench_synthesisers():
@@ -67,3 +69,25 @@ def test_hook_cdsf_bench_data_sources():
         source = component.factory()
         assert isinstance(source, DataSource)
         assert source.detect("phantom") == (component.name == "phantom")
+
+
+def test_hook_cdsf_bench_defaults():
+    """The proposed default method names installed components, and the config resolves to it."""
+    registry = default_registry()
+    defaults = registry.method_defaults()
+    method = defaults.method
+    assert method.synth in registry.components["synthesiser"]
+    assert method.diag in registry.components["diagnoser"]
+    assert method.coupling in registry.components["coupling"]
+    assert registry.components["coupling"][defaults.mri_only_coupling].factory.needs_synthesiser is not True
+    resolved = config.resolve(registry)
+    assert resolved["method"] == {"synth": method.synth, "diag": method.diag, "coupling": method.coupling}
+    mri_only = config.resolve(registry, flags={"method.synth": "none"})
+    assert mri_only["method"]["coupling"] == defaults.mri_only_coupling
+
+
+def test_without_a_default_method_the_user_is_told_to_name_one():
+    registry = build_registry()
+    registry.defaults = None
+    with pytest.raises(InputError, match="--synth, --diag and --coupling"):
+        config.resolve(registry)

@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cdsf_bench.data.cohort import Cohort
 from cdsf_bench.data.pipeline import DevicePipeline
 from cdsf_bench.data.splits import make_splits
+from cdsf_bench.interfaces import Cohort
 
 AUGMENT = {"enabled": True, "rotate_deg": 5.0, "translate_vox": 1.0, "intensity": 0.05}
 

@@ -176,9 +176,9 @@ def test_two_gloo_processes_match_one_process(tmp_path: Path):
 @pytest.mark.parametrize("compile_modules", [False, True])
 def test_assemble_builds_what_a_run_trains(coupling: str, synth: str, compile_modules: bool):
     from cdsf_bench import config as cfg
+    from cdsf_bench.assemble import assemble
     from cdsf_bench.perf import synthetic_cohort
     from cdsf_bench.registry import default_registry
-    from cdsf_bench.run import assemble
 
     registry = default_registry()
     flags = {"method.synth": synth, "method.coupling": coupling, "precision.compile": compile_modules}

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cdsf_bench.data.cohort import Cohort, DataSettings
+from cdsf_bench.interfaces import Cohort, DataSettings
 
 #: Bump when the layout of an entry or the preprocessing changes, to invalidate old entries.
 CACHE_VERSION = 1

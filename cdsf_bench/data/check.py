@@ -16,10 +16,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from cdsf_bench.data.cohort import DIAGNOSES, TASKS, DataSettings
+from cdsf_bench.data.conventions import DIAGNOSES, TASKS
 from cdsf_bench.data.nifti import HeaderInfo, inspect_header, read_volume
 from cdsf_bench.data.splits import MIN_PER_CLASS, SPLITS
 from cdsf_bench.errors import InputError
+from cdsf_bench.interfaces import DataSettings
 from cdsf_bench.progress import track
 
 #: MRI and PET of a subject share a grid when, both reoriented to RAS as ``to_grid`` does,

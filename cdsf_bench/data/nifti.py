@@ -24,7 +24,7 @@ import numpy as np
 from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 
-from cdsf_bench.data.cohort import normalise_mri, normalise_pet
+from cdsf_bench.data.conventions import normalise_mri, normalise_pet
 from cdsf_bench.data.grid import Grid
 from cdsf_bench.errors import InputError
 

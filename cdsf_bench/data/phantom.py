@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from cdsf_bench.data.cohort import DIAGNOSES
+from cdsf_bench.data.conventions import DIAGNOSES
 from cdsf_bench.data.grid import BRAIN_BOX_MM, Grid, reference_grid
 from cdsf_bench.data.templates import Templates, grid_mni_coordinates, load_templates, mni_to_voxel
 from cdsf_bench.errors import ConfigError

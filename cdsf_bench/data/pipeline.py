@@ -21,9 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cdsf_bench.data.cohort import Cohort
 from cdsf_bench.data.splits import SPLITS, Splits
-from cdsf_bench.interfaces import Batch
+from cdsf_bench.interfaces import Batch, Cohort
 
 Subjects = Literal["all", "with_pet"]
 #: epochs covered by the batch-order fingerprint (independent of how long a method trains)
@@ -52,12 +51,13 @@ class DevicePipeline:
         augment: dict,
         channels_last: bool = False,
         shard: tuple[int, int] = (0, 1),
+        train_with_pet_truth: bool = True,
     ) -> None:
         self.device = device
         #: (rank, world): this process trains on batch[rank::world] and evaluates rows[rank::world]
         self.rank, self.world = shard
         #: whether training batches carry pet_truth (only the oracle trains on it)
-        self.train_with_pet_truth = True
+        self.train_with_pet_truth = train_with_pet_truth
         self.seed = seed
         self.batch_size = batch_size
         self.augment = augment

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from cdsf_bench.hookspecs import hookimpl
-from cdsf_bench.registry import Component
+from cdsf_bench.interfaces import Component
 
 
 @hookimpl

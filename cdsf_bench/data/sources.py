@@ -18,8 +18,7 @@ from types import ModuleType
 import numpy as np
 import pandas as pd
 
-from cdsf_bench.data import check, nifti
-from cdsf_bench.data import cohort as cohort_module
+from cdsf_bench.data import check, conventions, nifti
 from cdsf_bench.data.cache import cohort_key, file_fingerprint, load_or_build, settings_fingerprint
 from cdsf_bench.data.check import (
     ROLES,
@@ -29,12 +28,12 @@ from cdsf_bench.data.check import (
     missing_file_problems,
     table_problems,
 )
-from cdsf_bench.data.cohort import Cohort, DataSettings, normalise_mri, normalise_pet
+from cdsf_bench.data.conventions import normalise_mri, normalise_pet
 from cdsf_bench.data.grid import reference_grid
 from cdsf_bench.data.nifti import read_volume, to_grid
 from cdsf_bench.data.tables import read_manifest, scan_caps
 from cdsf_bench.errors import InputError
-from cdsf_bench.interfaces import DataSource
+from cdsf_bench.interfaces import Cohort, DataSettings, DataSource
 from cdsf_bench.progress import track
 
 MANIFEST_SUFFIXES = (".csv", ".tsv", ".txt")
@@ -140,7 +139,7 @@ def _load_table(
             "files": [file_fingerprint(path) for path in files],
             "settings": settings_fingerprint(settings),
             # check: a cohort built under older rules must meet the current ones (build checks)
-            "code": _code_fingerprint(nifti, cohort_module, templates, check),
+            "code": _code_fingerprint(nifti, conventions, templates, check),
         }
     )
 
@@ -169,7 +168,7 @@ class PhantomSource(DataSource):
             {
                 "kind": "phantom",
                 "settings": settings_fingerprint(settings),
-                "code": _code_fingerprint(phantom, templates, cohort_module),
+                "code": _code_fingerprint(phantom, templates, conventions),
             }
         )
         return load_or_build(key, lambda: self._build(settings), settings)[0]

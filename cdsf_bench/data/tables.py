@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from cdsf_bench.data.check import Problem, format_problems, table_problems
-from cdsf_bench.data.cohort import DIAGNOSES
+from cdsf_bench.data.conventions import DIAGNOSES
 from cdsf_bench.errors import InputError
 
 REQUIRED = ("participant_id", "diagnosis", "mri")

@@ -101,6 +101,9 @@ class DiagnosisCoupling(Coupling):
     def pet_channel(self, batch: Batch, training: bool) -> PetChannel:
         """The PET channel for ``batch``; ``training`` tells a training step from a prediction."""
 
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"diagnoser": self.diagnoser}
+
     def stages(self) -> list[TrainingStage]:
         return [
             selected_stage(
@@ -219,6 +222,9 @@ class DecoupledCoupling(DiagnosisCoupling):
         self.optimise_discriminator = torch.optim.Adam(
             self.discriminator.parameters(), lr=synthesis_lr, betas=betas
         )
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {**super().modules(), "synthesiser": self.synthesiser, "discriminator": self.discriminator}
 
     def stages(self) -> list[TrainingStage]:
         synthesis = TrainingStage(

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cdsf_bench import Batch, Component, Coupling, Prediction, TrainingContext, TrainingStage, hookimpl
-from cdsf_bench.interfaces import DiagnoserOutput
+from cdsf_bench.interfaces import DiagnoserOutput, Method, MethodDefaults
 from cdsf_plugins.common import (
     PREDICT_WITH,
     as_floats,
@@ -101,6 +101,9 @@ class JointCoupling(Coupling):
             self.synthesiser.parameters(), lr=lr * synthesiser_lr_factor, betas=(0.5, 0.999)
         )
         self.optimise_diagnoser = diagnoser_optimiser(self.diagnoser, context, weight_decay)
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"synthesiser": self.synthesiser, "diagnoser": self.diagnoser}
 
     def stages(self) -> list[TrainingStage]:
         return [
@@ -200,3 +203,11 @@ def cdsf_bench_diagnosers() -> list[Component]:
 @hookimpl
 def cdsf_bench_couplings() -> list[Component]:
     return [Component("joint", JointCoupling, "CDSF collaborative training of synthesiser and diagnoser")]
+
+
+@hookimpl
+def cdsf_bench_defaults() -> MethodDefaults:
+    """CDSF is what the benchmark is about: the default run and every report's reference."""
+    return MethodDefaults(
+        method=Method(synth="ism", diag="mdm", coupling="joint"), mri_only_coupling="single"
+    )
