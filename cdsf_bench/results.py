@@ -71,19 +71,19 @@ def write_text(path: Path, text: str) -> Path:
     return atomic_write(path, lambda h: h.write(text.encode()))
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """NaN and infinity are not JSON; write them as null so any reader can parse the file."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
 def write_json(path: Path, data: Any) -> Path:
-    return write_text(path, json.dumps(_json_safe(data), indent=2, sort_keys=False) + "\n")
+    return write_text(path, json.dumps(json_safe(data), indent=2, sort_keys=False) + "\n")
 
 
 def write_csv(path: Path, frame: pd.DataFrame) -> Path:
