@@ -176,7 +176,6 @@ def assemble(
         input_shape=cohort.shape,
         num_classes=2,
         epochs=train["epochs"],
-        batch_size=train["batch_size"],
         learning_rate=train["learning_rate"],
         patience=train["patience"] or None,
         select_on=train["select_on"],

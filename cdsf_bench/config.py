@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import tomllib
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ import tomli_w
 
 from cdsf_bench.data.conventions import TASKS
 from cdsf_bench.errors import ConfigError
-from cdsf_bench.interfaces import DataSettings
+from cdsf_bench.interfaces import DataSettings, Method, SelectionMetric
 from cdsf_bench.registry import Registry
 
 PRESETS = ("quick", "paper", "tiny")
@@ -274,3 +274,97 @@ def to_toml(config: dict) -> str:
         return value
 
     return tomli_w.dumps(plain(config))
+
+
+# -- typed access ----------------------------------------------------------------------------
+# A resolved configuration stays plain data (it is what config.toml holds); code reads it
+# through these views, so a misspelt key or a wrong type is a type checker's error, not a
+# KeyError in the middle of a run.
+
+
+@dataclass(frozen=True)
+class SplitSettings:
+    val: float
+    test: float
+    folds: int
+    fold: int
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    patience: int  # 0: no early stopping
+    select_on: SelectionMetric
+
+
+@dataclass(frozen=True)
+class PrecisionSettings:
+    mixed: bool
+    channels_last: bool
+    compile: bool
+
+
+@dataclass(frozen=True)
+class EvaluateSettings:
+    bootstrap: int
+    save_synthetic: bool
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Typed read access to a resolved configuration (``raw`` is what ``resolve`` returned)."""
+
+    raw: dict[str, Any]
+
+    @property
+    def seed(self) -> int:
+        return int(self.raw["seed"])
+
+    @property
+    def task(self) -> str:
+        return str(self.raw["task"])
+
+    @property
+    def device(self) -> str:
+        return str(self.raw["device"])
+
+    @property
+    def method(self) -> Method:
+        return Method(**self.raw["method"])
+
+    @property
+    def data_spec(self) -> str:
+        return str(self.raw["data"]["spec"])
+
+    @property
+    def data(self) -> DataSettings:
+        return data_settings(self.raw)
+
+    @property
+    def split(self) -> SplitSettings:
+        return SplitSettings(**self.raw["split"])
+
+    @property
+    def train(self) -> TrainSettings:
+        return TrainSettings(**self.raw["train"])
+
+    @property
+    def augment(self) -> dict[str, Any]:
+        return dict(self.raw["augment"])
+
+    @property
+    def precision(self) -> PrecisionSettings:
+        return PrecisionSettings(**self.raw["precision"])
+
+    @property
+    def evaluate(self) -> EvaluateSettings:
+        return EvaluateSettings(**self.raw["evaluate"])
+
+    def plugin(self, section: str) -> tuple[str, dict[str, Any]]:
+        """The chosen component's name and settings for ``synth``, ``diag`` or ``coupling``."""
+        return plugin_settings(self.raw, section)
+
+    def toml(self) -> str:
+        return to_toml(self.raw)

@@ -5,8 +5,8 @@ step, evaluates the coupling's predictions on the validation split after every e
 keeps the best modules by the stage's selection metric, stops early, and restores the best
 state at the end of the stage. The test split is never touched here.
 
-A checkpoint (``checkpoints/last.pt``) is written atomically after every epoch with every
-module, optimiser and scheduler, the best state so far, the history and the RNG state;
+A checkpoint (the run folder's ``checkpoint_path``) is written atomically after every epoch
+with every module, optimiser and scheduler, the best state so far, the history and the RNG state;
 batch order and augmentation depend only on (seed, epoch), so a resumed run continues
 exactly where the killed one would have gone.
 """
@@ -16,9 +16,9 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -28,7 +28,7 @@ from cdsf_bench import distributed
 from cdsf_bench.data.pipeline import DevicePipeline
 from cdsf_bench.distributed import Cluster
 from cdsf_bench.errors import InputError, RunFailed
-from cdsf_bench.interfaces import Coupling, TrainingStage
+from cdsf_bench.interfaces import Batch, Coupling, Prediction, TrainingStage
 from cdsf_bench.metrics import (
     HIGHER_IS_BETTER,
     SYNTHESIS_KEYS,
@@ -37,9 +37,9 @@ from cdsf_bench.metrics import (
     synthesis_metrics,
 )
 from cdsf_bench.progress import make_progress
-from cdsf_bench.results import load_torch, save_torch, write_json
+from cdsf_bench.results import load_torch, save_torch
+from cdsf_bench.run_folder import RunFolder
 
-CHECKPOINT = "last.pt"
 SINGLE_PROCESS = Cluster()
 SYNTHESIS_SELECTION = ("ssim", "psnr", "mae")
 
@@ -80,25 +80,7 @@ def evaluate(
         module.eval()
     with torch.no_grad():
         for batch in pipeline.eval_batches(split, coupling.subjects):
-            prediction = coupling.predict(batch)
-            probability = prediction.probability.float().cpu().numpy()
-            for i, row in enumerate(batch.index.tolist()):
-                record = {
-                    "row": row,
-                    "label": int(batch.label[i]),
-                    "probability": float(probability[i]),
-                    "pet_source": prediction.pet_source[i],
-                }
-                if prediction.synthetic is not None:
-                    truth = batch.pet_truth if batch.pet_truth is not None else batch.pet
-                    known = batch.pet_truth is not None or bool(batch.has_pet[i])
-                    volume = prediction.synthetic[i, 0].float().cpu().numpy()
-                    if known:
-                        scores = synthesis_metrics(truth[i, 0].cpu().numpy(), volume, mask, ssim=with_ssim)
-                        record.update({f"synth_{k}": v for k, v in scores.items()})
-                    if keep_synthetic:
-                        record["volume"] = volume
-                records.append(record)
+            records.extend(_batch_records(coupling.predict(batch), batch, mask, with_ssim, keep_synthetic))
     for name, module in modules.items():
         module.train(was_training[name])
     records = sorted(distributed.gather_records(records, cluster), key=lambda r: r["row"])
@@ -125,6 +107,37 @@ def evaluate(
     return Evaluation(table, diagnosis, mean_synthesis(scored), synthetic)
 
 
+def _batch_records(
+    prediction: Prediction, batch: Batch, mask: np.ndarray, with_ssim: bool, keep_synthetic: bool
+) -> list[dict[str, Any]]:
+    """One record per subject of a predicted batch; each tensor crosses to the host once."""
+    rows = batch.index.tolist()
+    labels = batch.label.tolist()
+    has_pet = batch.has_pet.tolist()
+    probability = prediction.probability.float().cpu().numpy()
+    synthetic = truth = None
+    if prediction.synthetic is not None:
+        synthetic = prediction.synthetic[:, 0].float().cpu().numpy()
+        known_truth = batch.pet_truth if batch.pet_truth is not None else batch.pet
+        truth = known_truth[:, 0].cpu().numpy()
+    records = []
+    for i, row in enumerate(rows):
+        record: dict[str, Any] = {
+            "row": row,
+            "label": int(labels[i]),
+            "probability": float(probability[i]),
+            "pet_source": prediction.pet_source[i],
+        }
+        if synthetic is not None and truth is not None:
+            if batch.pet_truth is not None or has_pet[i]:
+                scores = synthesis_metrics(truth[i], synthetic[i], mask, ssim=with_ssim)
+                record.update({f"synth_{k}": v for k, v in scores.items()})
+            if keep_synthetic:
+                record["volume"] = synthetic[i]
+        records.append(record)
+    return records
+
+
 class Trainer:
     """Runs the stages of one coupling on one pipeline; writes checkpoints and history."""
 
@@ -132,17 +145,13 @@ class Trainer:
         self,
         coupling: Coupling,
         pipeline: DevicePipeline,
-        checkpoint_dir: Path,
+        folder: RunFolder,
         *,
-        seed: int,
-        on_epoch: Callable[[list[dict]], None] | None = None,
         cluster: Cluster = SINGLE_PROCESS,
     ) -> None:
         self.coupling = coupling
         self.pipeline = pipeline
-        self.checkpoint_dir = Path(checkpoint_dir)
-        self.seed = seed
-        self.on_epoch = on_epoch
+        self.folder = folder
         self.cluster = cluster
         self.stages = coupling.stages()
         for stage in self.stages:
@@ -186,18 +195,15 @@ class Trainer:
     def _save(self, state: dict) -> None:
         """Write the checkpoint (rank 0 only: every process holds the same weights)."""
         if self.cluster.is_main:
-            save_torch(self.checkpoint_path(), state)
-
-    def checkpoint_path(self) -> Path:
-        return self.checkpoint_dir / CHECKPOINT
+            save_torch(self.folder.checkpoint_path, state)
 
     # -- training ------------------------------------------------------------------------
 
     def fit(self, resume: bool = False) -> list[dict]:
         """Train every stage; with ``resume``, continue from the last checkpoint."""
         start_stage, start_epoch, best = 0, 0, _fresh_best()
-        if resume and self.checkpoint_path().exists():
-            state = load_torch(self.checkpoint_path())
+        if resume and self.folder.checkpoint_path.exists():
+            state = load_torch(self.folder.checkpoint_path)
             self._restore(state)
             start_stage, start_epoch, best = state["stage_index"], state["next_epoch"], state["best"]
         with make_progress(enabled=self.cluster.is_main) as progress:
@@ -228,9 +234,8 @@ class Trainer:
             sums: dict[str, float] = {}
             progress.reset(batch_task, total=n_batches)
             for step, batch in enumerate(self.pipeline.train_batches(epoch, stage.subjects)):
-                losses = stage.step(batch)
+                losses = _to_floats(stage.step(batch))
                 for key, value in losses.items():
-                    value = float(value)
                     if not math.isfinite(value):
                         self._fail(stage, epoch, step, key, value)
                     sums[key] = sums.get(key, 0.0) + value
@@ -263,8 +268,7 @@ class Trainer:
             }
             self.history.append(row)
             self._save(self._state(index, epoch + 1, best))
-            if self.on_epoch is not None and self.cluster.is_main:
-                self.on_epoch(self.history)
+            self.folder.write_history(self.history)
             best_value = best["value"] if best["value"] is not None else float("nan")
             status = f"val {stage.select_on} {value:.3f} (best {best_value:.3f} @ {best['epoch']})"
             progress.update(epochs_task, advance=1, status=status)
@@ -299,7 +303,7 @@ class Trainer:
 
     def _fail(self, stage: TrainingStage, epoch: int, step: int, key: str, value: float) -> None:
         # a checkpoint exists only once an epoch has finished; never claim one that is not there
-        kept = self.checkpoint_path() if self.checkpoint_path().exists() else None
+        kept = self.folder.checkpoint_path if self.folder.checkpoint_path.exists() else None
         record = {
             "stage": stage.name,
             "epoch": epoch,
@@ -308,8 +312,7 @@ class Trainer:
             "value": str(value),
             "checkpoint": None if kept is None else str(kept),
         }
-        if self.cluster.is_main:
-            write_json(self.checkpoint_dir.parent / "failure.json", record)
+        self.folder.write_failure(record)
         saved = (
             f"The checkpoint of the last good epoch is kept at {kept}"
             if kept is not None
@@ -317,7 +320,7 @@ class Trainer:
         )
         raise RunFailed(
             f"Loss '{key}' became {value} in stage '{stage.name}', epoch {epoch}, step {step}. "
-            f"{saved}; the failure is recorded in {self.checkpoint_dir.parent / 'failure.json'}. "
+            f"{saved}; the failure is recorded in {self.folder.failure_path}. "
             "Lower the learning rate (--set train.learning_rate=...) or check the data, then rerun."
         )
 
@@ -326,5 +329,13 @@ def _fresh_best() -> dict:
     return {"value": None, "epoch": None, "stale": None, "modules": None}
 
 
-def _fmt(losses: dict) -> str:
-    return " ".join(f"{k} {float(v):.3f}" for k, v in list(losses.items())[:4])
+def _to_floats(losses: Mapping[str, torch.Tensor]) -> dict[str, float]:
+    """A step's loss tensors as Python floats, with one device synchronisation for them all."""
+    if not losses:
+        return {}
+    values = torch.stack([value.detach().float().reshape(()) for value in losses.values()]).tolist()
+    return dict(zip(losses, values, strict=True))
+
+
+def _fmt(losses: dict[str, float]) -> str:
+    return " ".join(f"{k} {v:.3f}" for k, v in list(losses.items())[:4])

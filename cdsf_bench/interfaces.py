@@ -193,7 +193,8 @@ class TrainingStage:
     name: str
     modules: dict[str, nn.Module]
     optimisers: dict[str, torch.optim.Optimizer]
-    step: Callable[[Batch], Mapping[str, float]]
+    #: one update on a batch; returns the loss terms as 0-d tensors (the engine syncs them once)
+    step: Callable[[Batch], Mapping[str, Tensor]]
     epochs: int
     select_on: SelectionMetric = "auc"
     subjects: Literal["all", "with_pet"] = "all"
@@ -209,7 +210,6 @@ class TrainingContext:
     input_shape: tuple[int, int, int]
     num_classes: int
     epochs: int
-    batch_size: int
     learning_rate: float
     patience: int | None
     select_on: SelectionMetric
@@ -237,9 +237,10 @@ DiagnoserFactory = Callable[..., nn.Module]
 class Coupling(ABC):
     """How a synthesiser and a diagnoser are trained together and how they predict.
 
-    A coupling receives factories rather than modules, because it alone knows how many
-    diagnosers it needs and with how many input channels (MRI only, or MRI and PET).
-    The core builds each module on the run's device and memory format.
+    The core constructs a coupling as ``Coupling(context, build_synthesiser, build_diagnoser,
+    **settings)``: it receives factories rather than modules, because it alone knows how
+    many diagnosers it needs and with how many input channels (MRI only, or MRI and PET);
+    each factory builds its module on the run's device and memory format.
     Subclasses take their own settings as keyword-only arguments with defaults; those
     are the keys a user sets with ``--set coupling.NAME=VALUE``.
     """
@@ -251,15 +252,8 @@ class Coupling(ABC):
     #: whether the method needs every subject's real PET (the oracle reference)
     needs_pet_truth: bool = False
 
-    def __init__(
-        self,
-        context: TrainingContext,
-        build_synthesiser: SynthesiserFactory | None,
-        build_diagnoser: DiagnoserFactory,
-    ) -> None:
+    def __init__(self, context: TrainingContext) -> None:
         self.context = context
-        self.build_synthesiser = build_synthesiser
-        self.build_diagnoser = build_diagnoser
 
     @abstractmethod
     def modules(self) -> dict[str, nn.Module]:

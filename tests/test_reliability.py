@@ -588,7 +588,7 @@ def test_nan_loss_later_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     def poisoned_step(self, batch):
         losses = dict(step(self, batch))
         if epoch_now["epoch"] == 1:
-            losses["voxel"] = float("inf")
+            losses["voxel"] = torch.tensor(float("inf"))
         return losses
 
     monkeypatch.setattr(DevicePipeline, "train_batches", train_batches)

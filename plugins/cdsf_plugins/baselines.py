@@ -52,7 +52,6 @@ from cdsf_bench.errors import InputError
 from cdsf_bench.interfaces import DiagnoserFactory, PetSource, SynthesiserFactory
 from cdsf_plugins.common import (
     PREDICT_WITH,
-    as_floats,
     check_choice,
     diagnose,
     diagnoser_optimiser,
@@ -93,7 +92,7 @@ class DiagnosisCoupling(Coupling):
         *,
         weight_decay: float = 1e-4,
     ) -> None:
-        super().__init__(context, build_synthesiser, build_diagnoser)
+        super().__init__(context)
         self.diagnoser = build_diagnoser(self.in_channels)
         self.optimise_diagnoser = diagnoser_optimiser(self.diagnoser, context, weight_decay)
 
@@ -116,7 +115,7 @@ class DiagnosisCoupling(Coupling):
             )
         ]
 
-    def step(self, batch: Batch) -> Mapping[str, float]:
+    def step(self, batch: Batch) -> Mapping[str, Tensor]:
         """One update of D on L_D = CE(D(x, p), c)."""
         channel = self.pet_channel(batch, training=True)
         logits = diagnose(self.diagnoser, self.context, batch.mri, channel.pet).logits
@@ -124,7 +123,7 @@ class DiagnosisCoupling(Coupling):
         self.optimise_diagnoser.zero_grad(set_to_none=True)
         loss.backward()
         self.optimise_diagnoser.step()
-        return as_floats({"cls": loss})
+        return {"cls": loss}
 
     def predict(self, batch: Batch) -> Prediction:
         channel = self.pet_channel(batch, training=False)
@@ -247,7 +246,7 @@ class DecoupledCoupling(DiagnosisCoupling):
         with self.context.autocast():
             return self.discriminator(torch.cat([mri, pet], dim=1))
 
-    def synthesis_step(self, batch: Batch) -> Mapping[str, float]:
+    def synthesis_step(self, batch: Batch) -> Mapping[str, Tensor]:
         """One pix2pix update: P on L_P, then G on L_G (every subject here has real PET)."""
         mri, real = batch.mri, batch.pet
         with self.context.autocast():
@@ -267,7 +266,7 @@ class DecoupledCoupling(DiagnosisCoupling):
             self.optimise_synthesiser.step()
         finally:
             self.discriminator.requires_grad_(True)
-        return as_floats({"D": loss_p, "G": loss_g, "adv": adversarial, "l1": l1})
+        return {"D": loss_p, "G": loss_g, "adv": adversarial, "l1": l1}
 
     def pet_channel(self, batch: Batch, training: bool) -> PetChannel:
         """Real PET where training has it, else G's; a prediction also returns G's for all.

@@ -40,7 +40,6 @@ from cdsf_bench import Batch, Component, Coupling, Prediction, TrainingContext, 
 from cdsf_bench.interfaces import DiagnoserOutput, Method, MethodDefaults
 from cdsf_plugins.common import (
     PREDICT_WITH,
-    as_floats,
     check_choice,
     diagnose,
     diagnoser_optimiser,
@@ -79,7 +78,7 @@ class JointCoupling(Coupling):
         synthesiser_lr_factor: float = 0.2,
         weight_decay: float = 1e-4,
     ) -> None:
-        super().__init__(context, build_synthesiser, build_diagnoser)
+        super().__init__(context)
         check_choice("mdm_head", mdm_head, MDM_HEADS)
         check_choice("predict_with", predict_with, PREDICT_WITH)
         check_choice("synthetic_pairs", synthetic_pairs, SYNTHETIC_PAIRS)
@@ -157,7 +156,7 @@ class JointCoupling(Coupling):
         total = w["voxel"] * terms["voxel"] + w["feature"] * terms["feature"] + w["diag"] * terms["diag"]
         return total, terms
 
-    def step(self, batch: Batch) -> Mapping[str, float]:
+    def step(self, batch: Batch) -> Mapping[str, Tensor]:
         """One collaborative update: D on real and synthetic pairs, then G under D's supervision."""
         with self.context.autocast():
             synthetic = self.synthesiser(batch.mri)
@@ -178,7 +177,7 @@ class JointCoupling(Coupling):
             self.optimise_synthesiser.step()
         finally:
             self.diagnoser.requires_grad_(True)
-        return as_floats({"D": loss_d, "G": loss_g, **terms_d, **terms_g})
+        return {"D": loss_d, "G": loss_g, **terms_d, **terms_g}
 
     def predict(self, batch: Batch) -> Prediction:
         with self.context.autocast():

@@ -92,7 +92,7 @@ def selected_stage(
     name: str,
     modules: dict[str, nn.Module],
     optimisers: dict[str, torch.optim.Optimizer],
-    step: Callable[[Batch], Mapping[str, float]],
+    step: Callable[[Batch], Mapping[str, Tensor]],
     subjects: Literal["all", "with_pet"] = "all",
 ) -> TrainingStage:
     """A stage that trains for the run's epochs and selects on the run's metric and patience.
@@ -109,8 +109,3 @@ def selected_stage(
         subjects=subjects,
         patience=context.patience,
     )
-
-
-def as_floats(losses: Mapping[str, Tensor]) -> dict[str, float]:
-    """Detached Python floats of loss tensors, as a stage's step returns them."""
-    return {key: float(value.detach()) for key, value in losses.items()}

@@ -1,0 +1,162 @@
+"""The run folder: the one place that knows its layout and writes its files.
+
+Everything a run leaves behind is written through :class:`RunFolder`, atomically (see
+``results.atomic_write``), so a reader (``report``, ``regress``, a person) finds either the
+previous complete file or the new one. The layout::
+
+    config.toml        the resolved configuration (``run --config`` repeats the run)
+    log.txt            timestamped log lines
+    splits.csv         every subject's split
+    environment.json   versions, device, commit, precision
+    data.json          what was read, split sizes, leak check, cache
+    history.csv        one row per epoch and stage
+    checkpoints/       last.pt, written after every epoch (``run --resume``)
+    failure.json       where a non-finite loss stopped the run, if one did
+    metrics.json       the test metrics (written last: a run is finished when it exists)
+    predictions.csv    one row per test subject
+    timing.json        wall and data seconds
+    figures/           roc.png, learning_curves.png, montage.png
+    synth/             synthetic PET of the test subjects as NIfTI (SUVR units)
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+from cdsf_bench.errors import InputError
+from cdsf_bench.progress import console
+from cdsf_bench.results import remove_leftover_temporaries, utc_stamp, write_csv, write_json, write_text
+
+CONFIG = "config.toml"
+METRICS = "metrics.json"
+CHECKPOINT = "last.pt"
+
+
+class RunFolder:
+    """The paths and writers of one run's folder; only the main process writes."""
+
+    def __init__(self, path: Path, *, writes: bool = True) -> None:
+        self.path = Path(path)
+        self.writes = writes
+
+    # -- creation ------------------------------------------------------------------------
+
+    @classmethod
+    def prepare(cls, config_text: str, out: Path | None, name: str, resume: bool) -> RunFolder:
+        """Create the folder (default ``runs/<UTC>-<name>``), or check an existing one is this config's.
+
+        A folder is reused only to resume the same configuration; anything else there is refused
+        before a file is written, so no earlier run is ever overwritten.
+        """
+        path = out or Path("runs") / f"{utc_stamp()}-{name}"
+        folder = cls(path)
+        existing = folder.config_path
+        if path.exists() and not path.is_dir():
+            raise InputError(f"Output folder {path} is a file, not a folder; choose another --out.")
+        if path.exists() and any(path.iterdir()):
+            if not existing.exists():
+                raise InputError(
+                    f"Output folder {path} exists and is not a cdsf-bench run; choose another --out."
+                )
+            if existing.read_text() != config_text:
+                raise InputError(
+                    f"Output folder {path} holds a run of a different config; choose another --out, "
+                    f"or repeat that run with --config {existing}."
+                )
+            if not resume:
+                done = folder.finished
+                raise InputError(
+                    f"Output folder {path} already holds {'a finished' if done else 'an unfinished'} run of "
+                    f"this config; {'choose another --out' if done else f'continue it with --resume {path}'}."
+                )
+        path.mkdir(parents=True, exist_ok=True)
+        if resume:
+            remove_leftover_temporaries(path)  # of writes the killed run did not finish
+        write_text(existing, config_text)
+        return folder
+
+    # -- paths ---------------------------------------------------------------------------
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / CONFIG
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.path / "checkpoints" / CHECKPOINT
+
+    @property
+    def failure_path(self) -> Path:
+        return self.path / "failure.json"
+
+    @property
+    def finished(self) -> bool:
+        return (self.path / METRICS).exists()
+
+    def figure(self, name: str) -> Path:
+        return self.path / "figures" / f"{name}.png"
+
+    def synthetic_pet_path(self, participant: str) -> Path:
+        return self.path / "synth" / f"{participant}_desc-synthetic_pet.nii.gz"
+
+    # -- writers -------------------------------------------------------------------------
+
+    def log(self, message: str, *, echo: bool = True) -> None:
+        """Append a timestamped line to log.txt and, with ``echo``, show it on the console."""
+        if not self.writes:
+            return
+        with open(self.path / "log.txt", "a") as handle:
+            handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
+        if echo:
+            console.log(message, highlight=False)
+
+    def _json(self, name: str, data: Any) -> None:
+        if self.writes:
+            write_json(self.path / name, data)
+
+    def _csv(self, name: str, frame: pd.DataFrame) -> None:
+        if self.writes:
+            write_csv(self.path / name, frame)
+
+    def write_splits(self, table: pd.DataFrame) -> None:
+        self._csv("splits.csv", table)
+
+    def write_environment(self, record: dict[str, Any]) -> None:
+        self._json("environment.json", record)
+
+    def write_data(self, record: dict[str, Any]) -> None:
+        self._json("data.json", record)
+
+    def write_history(self, rows: list[dict[str, Any]]) -> None:
+        self._csv("history.csv", pd.DataFrame(rows))
+
+    def write_failure(self, record: dict[str, Any]) -> None:
+        self._json(self.failure_path.name, record)
+
+    def write_predictions(self, table: pd.DataFrame) -> None:
+        self._csv("predictions.csv", table)
+
+    def write_metrics(self, metrics: dict[str, Any]) -> None:
+        self._json(METRICS, metrics)
+
+    def write_timing(self, wall_seconds: float, data_seconds: float) -> None:
+        self._json("timing.json", {"wall_seconds": wall_seconds, "data_seconds": data_seconds})
+
+    def write_synthetic_pet(self, participant: str, suvr: np.ndarray, affine: np.ndarray) -> None:
+        """One synthetic PET in SUVR units on the cohort's grid."""
+        if not self.writes:
+            return
+        image = nib.Nifti1Image(suvr.astype(np.float32), np.asarray(affine))
+        image.header.set_xyzt_units("mm")
+        path = self.synthetic_pet_path(participant)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp.nii.gz")
+        nib.save(image, tmp)
+        os.replace(tmp, path)
