@@ -18,8 +18,10 @@ import pytest
 
 from cdsf_bench.data import sources
 from cdsf_bench.data.cache import cohort_key, load_or_build
+from cdsf_bench.data.caps import scan_caps
 from cdsf_bench.data.check import check_table
 from cdsf_bench.data.grid import reference_grid
+from cdsf_bench.data.manifest import read_manifest
 from cdsf_bench.data.nifti import read_volume
 from cdsf_bench.data.sources import (
     CapsSource,
@@ -28,7 +30,6 @@ from cdsf_bench.data.sources import (
     PhantomSource,
     detect_source,
 )
-from cdsf_bench.data.tables import read_caps, read_manifest, scan_caps
 from cdsf_bench.errors import InputError
 from cdsf_bench.interfaces import DataSettings
 
@@ -268,7 +269,7 @@ def test_caps_picks_files_and_sessions(tmp_path):
     assert by_id.loc["sub-03", "pet"] == ""
     assert [p.subject for p in problems] == ["sub-04"] and "no t1-linear T1" in problems[0].message
     with pytest.raises(InputError, match="sub-04"):
-        read_caps(caps, labels)
+        CapsSource().load(f"{caps}::{labels}", DataSettings(resolution_mm=RESOLUTION))
     # the tracer picks the AV45 scan; a suvr reference that nobody has leaves no PET
     assert (
         "trc-18FAV45"

@@ -20,6 +20,7 @@ import pandas as pd
 
 from cdsf_bench.data import check, conventions, nifti
 from cdsf_bench.data.cache import cohort_key, file_fingerprint, load_or_build, settings_fingerprint
+from cdsf_bench.data.caps import scan_caps
 from cdsf_bench.data.check import (
     ROLES,
     Problem,
@@ -30,8 +31,8 @@ from cdsf_bench.data.check import (
 )
 from cdsf_bench.data.conventions import normalise_mri, normalise_pet
 from cdsf_bench.data.grid import reference_grid
+from cdsf_bench.data.manifest import read_manifest
 from cdsf_bench.data.nifti import read_volume, to_grid
-from cdsf_bench.data.tables import read_manifest, scan_caps
 from cdsf_bench.errors import InputError
 from cdsf_bench.interfaces import Cohort, DataSettings, DataSource
 from cdsf_bench.progress import track
