@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from cdsf_bench.data import sources
-from cdsf_bench.data.cache import cohort_key, load_or_build
+from cdsf_bench.data.cache import DATA_PACKAGE, code_fingerprint, cohort_key, load_or_build
 from cdsf_bench.data.caps import scan_caps
 from cdsf_bench.data.check import check_table
 from cdsf_bench.data.grid import reference_grid
@@ -427,6 +427,28 @@ def test_cache_hits_and_rebuilds_on_change(tmp_path, settings, monkeypatch):
         (entry / "mri.npy").unlink()
     ManifestSource().load(spec, settings)  # damaged entry: rebuilt, not fatal
     assert len(builds) == 3
+
+
+def test_code_fingerprint_covers_every_data_module(tmp_path, monkeypatch):
+    modules = sorted(p.name for p in DATA_PACKAGE.glob("*.py"))
+    assert {"grid.py", "nifti.py", "manifest.py", "caps.py", "phantom.py"} <= set(modules)
+    original = tmp_path / "original"
+    original.mkdir()
+    for name in modules:
+        (original / name).write_bytes((DATA_PACKAGE / name).read_bytes())
+    assert code_fingerprint(original) == code_fingerprint(DATA_PACKAGE)
+    for name in modules:
+        changed = tmp_path / f"changed-{name}"
+        changed.mkdir()
+        for other in modules:
+            (changed / other).write_bytes((original / other).read_bytes())
+        with (changed / name).open("a") as handle:
+            handle.write("# edited\n")
+        assert code_fingerprint(changed) != code_fingerprint(original), name
+    # and the cohort key follows the package's fingerprint
+    key = cohort_key({"a": 1})
+    monkeypatch.setattr("cdsf_bench.data.cache.code_fingerprint", lambda: "another package")
+    assert cohort_key({"a": 1}) != key
 
 
 def test_load_or_build_reports_hits_and_keys_are_canonical(settings):
