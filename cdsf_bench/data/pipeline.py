@@ -69,7 +69,10 @@ class DevicePipeline:
         storage = device if self.on_device else torch.device("cpu")
 
         def hold(array: np.ndarray) -> torch.Tensor:
-            tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float16))
+            host = np.ascontiguousarray(array, dtype=np.float16)
+            if not host.flags.writeable:  # a read-only memory map (a cached cohort): torch needs its own copy
+                host = host.copy()
+            tensor = torch.from_numpy(host)
             if storage.type == "cpu" and device.type != "cpu":
                 tensor = tensor.pin_memory()
             return tensor.to(storage)
