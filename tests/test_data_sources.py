@@ -22,7 +22,7 @@ from cdsf_bench.data.caps import scan_caps
 from cdsf_bench.data.check import check_table
 from cdsf_bench.data.grid import reference_grid
 from cdsf_bench.data.manifest import read_manifest
-from cdsf_bench.data.nifti import read_volume
+from cdsf_bench.data.nifti import read_volume, save_nifti
 from cdsf_bench.data.sources import (
     CapsSource,
     ManifestSource,
@@ -462,3 +462,24 @@ def test_load_or_build_reports_hits_and_keys_are_canonical(settings):
     assert hit and np.array_equal(np.asarray(again.pet_truth), np.asarray(cohort.pet_truth))
     assert again.participants["has_pet"].dtype == bool
     assert np.all(np.asarray(again.pet)[~again.has_pet] == 0)
+
+
+def test_save_nifti_replaces_atomically(tmp_path, monkeypatch):
+    image = nib.Nifti1Image(np.arange(24, dtype=np.float32).reshape(2, 3, 4), _mni_affine(8.0))
+    target = tmp_path / "sub" / "out.nii.gz"
+    save_nifti(image, target)
+    nib.save(image, tmp_path / "direct.nii.gz")
+    assert target.read_bytes() == (tmp_path / "direct.nii.gz").read_bytes()  # gzip, as nibabel writes it
+    assert sorted(p.name for p in target.parent.iterdir()) == ["out.nii.gz"]
+    save_nifti(nib.Nifti1Image(np.ones((2, 3, 4), np.float32), image.affine), tmp_path / "plain.nii")
+    assert nib.load(tmp_path / "plain.nii").get_fdata().sum() == 24
+    before = target.read_bytes()
+
+    def fail(img, filename):
+        Path(filename).write_bytes(b"half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(nib, "save", fail)
+    with pytest.raises(OSError, match="disk full"):
+        save_nifti(image, target)
+    assert target.read_bytes() == before and sorted(p.name for p in target.parent.iterdir()) == ["out.nii.gz"]

@@ -13,7 +13,9 @@ reorients and resamples onto the grid, it does not register.
 from __future__ import annotations
 
 import gzip
+import os
 import struct
+import uuid
 import warnings
 import zlib
 from dataclasses import dataclass
@@ -165,6 +167,24 @@ def read_volume(path: Path, role: str) -> nibabel.Nifti1Image:
     header = image.header.copy()
     header.set_data_dtype(np.float32)
     return nibabel.Nifti1Image(data, info.affine, header)
+
+
+def save_nifti(image: nibabel.Nifti1Image, path: Path) -> None:
+    """Write ``image`` to ``path`` atomically: into a temporary file in the same folder, then
+    renamed over ``path``, so a reader never sees half a file. The folder is created if needed.
+
+    The temporary name keeps the extension (nibabel compresses by it) and is unique per call,
+    so concurrent writers of one path cannot mix their bytes; the last rename wins.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    extension = ".nii.gz" if path.name.endswith(".gz") else ".nii"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp{extension}")
+    try:
+        nibabel.save(image, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def smooth_and_resample(image: nibabel.Nifti1Image, grid: Grid) -> np.ndarray:

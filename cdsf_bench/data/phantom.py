@@ -38,6 +38,7 @@ from scipy import ndimage
 
 from cdsf_bench.data.conventions import DIAGNOSES
 from cdsf_bench.data.grid import BRAIN_BOX_MM, Grid, reference_grid
+from cdsf_bench.data.nifti import save_nifti
 from cdsf_bench.data.templates import Templates, grid_mni_coordinates, load_templates, mni_to_voxel
 from cdsf_bench.errors import ConfigError
 
@@ -680,13 +681,13 @@ def generate_phantom(settings: PhantomSettings, progress: Progress | None = None
     )
 
 
-def _save_nifti(volume: np.ndarray, affine: np.ndarray, path: Path) -> None:
-    """Write float32 NIfTI with qform and sform both set to the grid affine, code MNI."""
+def _mni_image(volume: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
+    """A float32 NIfTI with qform and sform both set to the grid affine, code MNI."""
     image = nib.Nifti1Image(np.asarray(volume, dtype=np.float32), affine)
     image.set_qform(affine, code=4)
     image.set_sform(affine, code=4)
     image.header.set_xyzt_units("mm")
-    nib.save(image, str(path))
+    return image
 
 
 def write_phantom(
@@ -713,14 +714,14 @@ def write_phantom(
         folder = out_dir / pid
         folder.mkdir(exist_ok=True)
         mri_rel = f"{pid}/{pid}_T1w.nii.gz"
-        _save_nifti(cohort.mri[i], cohort.affine, out_dir / mri_rel)
+        save_nifti(_mni_image(cohort.mri[i], cohort.affine), out_dir / mri_rel)
         if cohort.has_pet[i]:
             pet_rel = f"{pid}/{pid}_pet.nii.gz"
             truth_rel = pet_rel
         else:
             pet_rel = ""
             truth_rel = f"{pid}/{pid}_desc-hidden_pet.nii.gz"
-        _save_nifti(cohort.pet[i], cohort.affine, out_dir / truth_rel)
+        save_nifti(_mni_image(cohort.pet[i], cohort.affine), out_dir / truth_rel)
         mri_paths.append(mri_rel)
         pet_paths.append(pet_rel)
         truth_paths.append(truth_rel)
