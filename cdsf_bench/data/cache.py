@@ -109,7 +109,7 @@ def _read_participants(path: Path, dtypes: dict[str, str]) -> pd.DataFrame:
         if dtype == "bool":
             table[column] = table[column].map(_BOOL_TEXT).astype(bool)
         elif dtype.startswith(("int", "float", "uint")):
-            table[column] = pd.to_numeric(table[column].replace("", np.nan)).astype(dtype)
+            table[column] = pd.to_numeric(table[column].replace("", np.nan)).astype(np.dtype(dtype))
     return table
 
 

@@ -133,12 +133,12 @@ def _open_checked(path: Path, role: str) -> tuple[nibabel.Nifti1Image, HeaderInf
     return image, HeaderInfo(shape=shape, affine=affine)
 
 
-def inspect_header(path: Path, role: str) -> HeaderInfo:
+def inspect_header(path: str | Path, role: str) -> HeaderInfo:
     """Check a file's header (existence, format, dimensions, affine) without reading voxels."""
     return _open_checked(Path(path), role)[1]
 
 
-def read_volume(path: Path, role: str) -> nibabel.Nifti1Image:
+def read_volume(path: str | Path, role: str) -> nibabel.Nifti1Image:
     """Read a 3D volume and refuse anything that would poison training.
 
     Returns an in-memory float32 image (the file is not kept open). ``role`` ("MRI" or

@@ -30,6 +30,7 @@ import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -263,7 +264,7 @@ class PhantomSettings:
         if unknown:
             raise ConfigError(f"unknown phantom settings {unknown}; known: {sorted(names)}")
 
-        def as_tuple(value: object) -> object:
+        def as_tuple(value: Any) -> Any:  # JSON values: lists become tuples, all else is kept
             return tuple(as_tuple(v) for v in value) if isinstance(value, list) else value
 
         return cls(**{key: as_tuple(value) for key, value in values.items()})
@@ -313,7 +314,9 @@ def _anatomy(resolution_mm: float) -> _Anatomy:
     spheres = {}
     low_uptake = {}
     for name, region in REGIONS.items():
-        distance2 = np.stack([((mni - np.float32(c)) ** 2).sum(-1) for c in region.centres_mm])
+        distance2 = np.stack(
+            [((mni - np.asarray(c, dtype=np.float32)) ** 2).sum(-1) for c in region.centres_mm]
+        )
         weights[name] = np.exp(-distance2 / np.float32(2.0 * region.sigma_mm**2)).astype(np.float32)
         spheres[name] = (distance2 <= region.sigma_mm**2).any(0) & templates.brain_mask
         if name in ("pons", "cerebellum"):
@@ -558,7 +561,7 @@ def _simulate_subject(
     stretch = s.ventricle_expansion * severity_structural + s.age_ventricle_expansion * years
     stretch = float(np.clip(stretch, -0.3, 0.6))
     for k, centre in enumerate(REGIONS["ventricles"].centres_mm):
-        offset = mni - np.float32(centre)
+        offset = mni - np.asarray(centre, dtype=np.float32)
         position -= np.float32(stretch) * offset * w["ventricles"][k][..., None]
     displacement = _smooth_fields(rng, 3, s.deformation_smoothness_mm, resolution)
     position += np.float32(s.deformation_mm) * np.moveaxis(displacement, 0, -1)

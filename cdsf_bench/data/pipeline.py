@@ -31,7 +31,7 @@ FINGERPRINT_EPOCHS = 10
 DEVICE_MEMORY_SHARE = 0.5
 
 
-def _seed(*parts: int) -> int:
+def _seed(*parts: int | str) -> int:
     digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
@@ -137,9 +137,6 @@ class DevicePipeline:
         rows = self.rows(split, subjects)[self.rank :: self.world]
         for start in range(0, len(rows), self.batch_size):
             yield self._batch(rows[start : start + self.batch_size], None)
-
-    def n_eval_batches(self, split: str, subjects: Subjects = "all") -> int:
-        return math.ceil(len(self.rows(split, subjects)[self.rank :: self.world]) / self.batch_size)
 
     def _batch(self, rows: np.ndarray, generator: torch.Generator | None, with_truth: bool = True) -> Batch:
         index = torch.from_numpy(rows.astype(np.int64))

@@ -11,6 +11,7 @@ files first, then headers, and only then are volumes resampled.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -67,10 +68,10 @@ def cohort_from_table(table: pd.DataFrame, settings: DataSettings, source_desc: 
     pet_truth = np.zeros((n, *grid.shape), dtype=np.float16) if keep_truth else None
     problems: list[Problem] = []
 
-    def volume(participant: str, path: str, kind: str) -> np.ndarray | None:
+    def volume(participant: str, path: str, kind: Literal["mri", "pet"]) -> np.ndarray | None:
         try:
             image = read_volume(Path(path), "MRI" if kind == "mri" else "PET")
-            return to_grid(image, grid, kind, brain_mask=mask, pet_suvr_max=settings.pet_suvr_max)  # type: ignore[arg-type]
+            return to_grid(image, grid, kind, brain_mask=mask, pet_suvr_max=settings.pet_suvr_max)
         except InputError as error:
             problems.append(Problem(participant, path, str(error)))
             return None
