@@ -122,15 +122,21 @@ class Cohort:
         return tuple(int(s) for s in self.mri.shape[1:])  # type: ignore[return-value]
 
     def subset(self, rows: np.ndarray) -> Cohort:
-        """The cohort restricted to ``rows`` (for a task's classes), arrays shared where possible."""
+        """The cohort restricted to ``rows`` (for a task's classes), arrays shared where possible.
+
+        Memory-mapped volumes (a cached cohort) stay on disk: a slice or a lazy row view
+        (``cdsf_bench.data.rows.take_rows``), read when the pipeline converts them.
+        """
+        from cdsf_bench.data.rows import take_rows
+
         return Cohort(
             participants=self.participants.iloc[rows].reset_index(drop=True),
-            mri=self.mri[rows],
-            pet=self.pet[rows],
+            mri=take_rows(self.mri, rows),
+            pet=take_rows(self.pet, rows),
             has_pet=self.has_pet[rows],
             affine=self.affine,
             brain_mask=self.brain_mask,
-            pet_truth=None if self.pet_truth is None else self.pet_truth[rows],
+            pet_truth=None if self.pet_truth is None else take_rows(self.pet_truth, rows),
             source=self.source,
             extra=self.extra,
         )

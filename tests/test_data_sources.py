@@ -17,10 +17,12 @@ import pandas as pd
 import pytest
 
 from cdsf_bench.data import sources
-from cdsf_bench.data.cache import cohort_key, load_or_build
+from cdsf_bench.data.cache import DATA_PACKAGE, code_fingerprint, cohort_key, load_or_build
+from cdsf_bench.data.caps import scan_caps
 from cdsf_bench.data.check import check_table
 from cdsf_bench.data.grid import reference_grid
-from cdsf_bench.data.nifti import read_volume
+from cdsf_bench.data.manifest import read_manifest
+from cdsf_bench.data.nifti import read_volume, save_nifti
 from cdsf_bench.data.sources import (
     CapsSource,
     ManifestSource,
@@ -28,7 +30,6 @@ from cdsf_bench.data.sources import (
     PhantomSource,
     detect_source,
 )
-from cdsf_bench.data.tables import read_caps, read_manifest, scan_caps
 from cdsf_bench.errors import InputError
 from cdsf_bench.interfaces import DataSettings
 
@@ -268,7 +269,7 @@ def test_caps_picks_files_and_sessions(tmp_path):
     assert by_id.loc["sub-03", "pet"] == ""
     assert [p.subject for p in problems] == ["sub-04"] and "no t1-linear T1" in problems[0].message
     with pytest.raises(InputError, match="sub-04"):
-        read_caps(caps, labels)
+        CapsSource().load(f"{caps}::{labels}", DataSettings(resolution_mm=RESOLUTION))
     # the tracer picks the AV45 scan; a suvr reference that nobody has leaves no PET
     assert (
         "trc-18FAV45"
@@ -428,6 +429,28 @@ def test_cache_hits_and_rebuilds_on_change(tmp_path, settings, monkeypatch):
     assert len(builds) == 3
 
 
+def test_code_fingerprint_covers_every_data_module(tmp_path, monkeypatch):
+    modules = sorted(p.name for p in DATA_PACKAGE.glob("*.py"))
+    assert {"grid.py", "nifti.py", "manifest.py", "caps.py", "phantom.py"} <= set(modules)
+    original = tmp_path / "original"
+    original.mkdir()
+    for name in modules:
+        (original / name).write_bytes((DATA_PACKAGE / name).read_bytes())
+    assert code_fingerprint(original) == code_fingerprint(DATA_PACKAGE)
+    for name in modules:
+        changed = tmp_path / f"changed-{name}"
+        changed.mkdir()
+        for other in modules:
+            (changed / other).write_bytes((original / other).read_bytes())
+        with (changed / name).open("a") as handle:
+            handle.write("# edited\n")
+        assert code_fingerprint(changed) != code_fingerprint(original), name
+    # and the cohort key follows the package's fingerprint
+    key = cohort_key({"a": 1})
+    monkeypatch.setattr("cdsf_bench.data.cache.code_fingerprint", lambda: "another package")
+    assert cohort_key({"a": 1}) != key
+
+
 def test_load_or_build_reports_hits_and_keys_are_canonical(settings):
     assert cohort_key({"a": 1, "b": [1, 2]}) == cohort_key({"b": [1, 2], "a": 1})
     assert cohort_key({"a": 1}) != cohort_key({"a": 2})
@@ -439,3 +462,24 @@ def test_load_or_build_reports_hits_and_keys_are_canonical(settings):
     assert hit and np.array_equal(np.asarray(again.pet_truth), np.asarray(cohort.pet_truth))
     assert again.participants["has_pet"].dtype == bool
     assert np.all(np.asarray(again.pet)[~again.has_pet] == 0)
+
+
+def test_save_nifti_replaces_atomically(tmp_path, monkeypatch):
+    image = nib.Nifti1Image(np.arange(24, dtype=np.float32).reshape(2, 3, 4), _mni_affine(8.0))
+    target = tmp_path / "sub" / "out.nii.gz"
+    save_nifti(image, target)
+    nib.save(image, tmp_path / "direct.nii.gz")
+    assert target.read_bytes() == (tmp_path / "direct.nii.gz").read_bytes()  # gzip, as nibabel writes it
+    assert sorted(p.name for p in target.parent.iterdir()) == ["out.nii.gz"]
+    save_nifti(nib.Nifti1Image(np.ones((2, 3, 4), np.float32), image.affine), tmp_path / "plain.nii")
+    assert nib.load(tmp_path / "plain.nii").get_fdata().sum() == 24
+    before = target.read_bytes()
+
+    def fail(img, filename):
+        Path(filename).write_bytes(b"half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(nib, "save", fail)
+    with pytest.raises(OSError, match="disk full"):
+        save_nifti(image, target)
+    assert target.read_bytes() == before and sorted(p.name for p in target.parent.iterdir()) == ["out.nii.gz"]

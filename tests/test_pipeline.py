@@ -7,6 +7,7 @@ import pandas as pd
 import torch
 
 from cdsf_bench.data.pipeline import DevicePipeline
+from cdsf_bench.data.rows import RowView
 from cdsf_bench.data.splits import make_splits
 from cdsf_bench.interfaces import Cohort
 
@@ -25,6 +26,65 @@ def _cohort(n: int = 30, shape=(12, 12, 12)) -> tuple[Cohort, np.ndarray]:
     )
     cohort = Cohort(table, mri, pet, has_pet, np.eye(4), np.ones(shape, bool), pet_truth=truth)
     return cohort, labels
+
+
+def _memmapped(cohort: Cohort, folder) -> Cohort:
+    """The cohort with its volumes memory-mapped read-only, as the cache loads them."""
+    volumes = {}
+    for name in ("mri", "pet", "pet_truth"):
+        np.save(folder / f"{name}.npy", getattr(cohort, name))
+        volumes[name] = np.load(folder / f"{name}.npy", mmap_mode="r")
+    return Cohort(
+        cohort.participants,
+        **volumes,
+        has_pet=cohort.has_pet,
+        affine=cohort.affine,
+        brain_mask=cohort.brain_mask,
+    )
+
+
+def test_subset_of_a_memory_mapped_cohort_stays_on_disk_with_the_same_values(tmp_path):
+    cohort, labels = _cohort()
+    mapped = _memmapped(cohort, tmp_path)
+    scattered = np.flatnonzero(np.arange(len(cohort)) % 3 != 1)  # like a task's classes
+    contiguous = np.arange(4, 17)
+    for rows in (scattered, contiguous):
+        subset, expected = mapped.subset(rows), cohort.subset(rows)
+        for name in ("mri", "pet", "pet_truth"):
+            lazy, eager = getattr(subset, name), getattr(expected, name)
+            assert isinstance(lazy, np.memmap if rows is contiguous else RowView), name
+            assert lazy.shape == eager.shape and lazy.dtype == eager.dtype and lazy.size == eager.size
+            assert len(lazy) == len(eager)
+            assert np.array_equal(np.asarray(lazy), eager)
+            assert np.array_equal(np.asarray(lazy[3], dtype=np.float32), eager[3].astype(np.float32))
+            assert isinstance(lazy[3], np.memmap)  # one row is read from the file, not the subset
+            assert np.array_equal(lazy[2:5, 1], eager[2:5, 1])
+        assert np.array_equal(subset.has_pet, expected.has_pet)
+        assert subset.participants.equals(expected.participants)
+    # a subset of a subset composes the rows
+    twice = mapped.subset(scattered).subset(np.array([0, 2, 5]))
+    assert np.array_equal(np.asarray(twice.mri), cohort.mri[scattered[[0, 2, 5]]])
+    # the device pipeline holds the same tensors and draws the same batches
+    sub_labels = labels[scattered]
+    splits = make_splits(cohort.subset(scattered).participants, sub_labels, val=0.2, test=0.2, seed=0)
+    pipes = [
+        DevicePipeline(
+            c.subset(scattered),
+            sub_labels,
+            splits,
+            device=torch.device("cpu"),
+            seed=0,
+            batch_size=4,
+            augment={**AUGMENT, "enabled": True},
+        )
+        for c in (mapped, cohort)
+    ]
+    for name in ("mri", "pet", "pet_truth"):
+        assert torch.equal(getattr(pipes[0], name), getattr(pipes[1], name))
+    for x, y in zip(pipes[0].train_batches(1), pipes[1].train_batches(1), strict=True):
+        assert (
+            torch.equal(x.mri, y.mri) and torch.equal(x.pet, y.pet) and torch.equal(x.pet_truth, y.pet_truth)
+        )
 
 
 def _pipeline(seed: int = 0, augment=None, batch_size: int = 4) -> DevicePipeline:

@@ -1,7 +1,8 @@
 """The on-disk cache of preprocessed cohorts, so resampling hundreds of scans happens once.
 
 An entry is a directory named by a hash of everything the cohort depends on (each input
-file's size and modification time, every data setting, the cache format's version); it
+file's size and modification time, every data setting, the cache format's version and the
+source of every module of the data package, so a code change rebuilds the cohort); it
 holds the arrays as ``.npy`` (volumes in float16, memory-mapped on load), the subject
 table and a ``meta.json``. Entries are written into a temporary sibling and renamed into
 place, so a reader never sees half an entry and two concurrent builders cannot mix their
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -29,6 +31,8 @@ from cdsf_bench.interfaces import Cohort, DataSettings
 CACHE_VERSION = 1
 _VOLUMES = ("mri", "pet", "pet_truth")
 _BOOL_TEXT = {"True": True, "False": False, "true": True, "false": False}
+#: The data package, whose code shapes every cohort (reading, grid, preprocessing, checks, phantom).
+DATA_PACKAGE = Path(__file__).resolve().parent
 
 
 def cache_root(settings: DataSettings) -> Path:
@@ -53,10 +57,25 @@ def settings_fingerprint(settings: DataSettings) -> dict:
     return fields
 
 
+@functools.cache
+def code_fingerprint(package: Path = DATA_PACKAGE) -> str:
+    """SHA-256 of the name and source of every ``.py`` file of ``package``, in name order.
+
+    Read once per process: the code does not change under a running benchmark.
+    """
+    digest = hashlib.sha256()
+    for path in sorted(package.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
 def cohort_key(parts: dict) -> str:
-    """SHA-256 of the canonical JSON of ``parts`` and the cache version."""
+    """SHA-256 of the canonical JSON of ``parts``, the cache version and the data package's code."""
     canonical = json.dumps(
-        {"cache_version": CACHE_VERSION, **parts}, sort_keys=True, separators=(",", ":"), default=str
+        {"cache_version": CACHE_VERSION, "code": code_fingerprint(), **parts},
+        sort_keys=True,
+        separators=(",", ":"),
+        default=str,
     )
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -90,7 +109,7 @@ def _read_participants(path: Path, dtypes: dict[str, str]) -> pd.DataFrame:
         if dtype == "bool":
             table[column] = table[column].map(_BOOL_TEXT).astype(bool)
         elif dtype.startswith(("int", "float", "uint")):
-            table[column] = pd.to_numeric(table[column].replace("", np.nan)).astype(dtype)
+            table[column] = pd.to_numeric(table[column].replace("", np.nan)).astype(np.dtype(dtype))
     return table
 
 

@@ -65,10 +65,8 @@ def table_problems(table: pd.DataFrame) -> list[Problem]:
         if not participant.strip():
             problems.append(Problem(f"row {row}", "", "has no participant_id; fill it in or delete the row."))
     counts = ids[ids.str.strip() != ""].value_counts()
-    for participant, count in counts[counts > 1].items():
-        problems.append(
-            Problem(str(participant), "", f"appears {count} times; keep one row per participant.")
-        )
+    for repeated, count in counts[counts > 1].items():
+        problems.append(Problem(str(repeated), "", f"appears {count} times; keep one row per participant."))
     for participant, label in zip(ids, table["diagnosis"].astype(str), strict=True):
         if label not in DIAGNOSES:
             hint = (

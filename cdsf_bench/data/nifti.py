@@ -13,7 +13,10 @@ reorients and resamples onto the grid, it does not register.
 from __future__ import annotations
 
 import gzip
+import os
 import struct
+import uuid
+import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,12 +133,12 @@ def _open_checked(path: Path, role: str) -> tuple[nibabel.Nifti1Image, HeaderInf
     return image, HeaderInfo(shape=shape, affine=affine)
 
 
-def inspect_header(path: Path, role: str) -> HeaderInfo:
+def inspect_header(path: str | Path, role: str) -> HeaderInfo:
     """Check a file's header (existence, format, dimensions, affine) without reading voxels."""
     return _open_checked(Path(path), role)[1]
 
 
-def read_volume(path: Path, role: str) -> nibabel.Nifti1Image:
+def read_volume(path: str | Path, role: str) -> nibabel.Nifti1Image:
     """Read a 3D volume and refuse anything that would poison training.
 
     Returns an in-memory float32 image (the file is not kept open). ``role`` ("MRI" or
@@ -166,19 +169,54 @@ def read_volume(path: Path, role: str) -> nibabel.Nifti1Image:
     return nibabel.Nifti1Image(data, info.affine, header)
 
 
-def _antialias(image: nibabel.Nifti1Image, resolution_mm: float) -> nibabel.Nifti1Image:
-    """Smooth before downsampling so that sampling a 1 mm scan at 4 mm does not alias noise.
+def save_nifti(image: nibabel.Nifti1Image, path: Path) -> None:
+    """Write ``image`` to ``path`` atomically: into a temporary file in the same folder, then
+    renamed over ``path``, so a reader never sees half a file. The folder is created if needed.
 
-    The Gaussian's FWHM per axis is sqrt(target^2 - source^2): it brings the effective
-    resolution to the target's, and does nothing when the source is already that coarse.
+    The temporary name keeps the extension (nibabel compresses by it) and is unique per call,
+    so concurrent writers of one path cannot mix their bytes; the last rename wins.
     """
-    from nilearn.image import smooth_img
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    extension = ".nii.gz" if path.name.endswith(".gz") else ".nii"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp{extension}")
+    try:
+        nibabel.save(image, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
-    zooms = np.asarray(image.header.get_zooms()[:3], dtype=np.float64)
-    fwhm = np.sqrt(np.clip(resolution_mm**2 - zooms**2, 0.0, None))
-    if not np.any(fwhm > 0.5 * zooms):
-        return image
-    return smooth_img(image, fwhm=fwhm)
+
+def smooth_and_resample(image: nibabel.Nifti1Image, grid: Grid) -> np.ndarray:
+    """A volume in MNI space on ``grid`` (float32): reoriented, anti-aliased, resampled.
+
+    The image is reoriented to RAS (``as_closest_canonical``), then smoothed before
+    downsampling so that sampling a 1 mm scan at 4 mm does not alias noise (or the thin
+    cortical ribbon of a template into speckle): the Gaussian's FWHM per axis is
+    sqrt(target^2 - source^2), which brings the effective resolution to the grid's (each
+    voxel then holds its partial volume, as a scanner measures) and does nothing when the
+    source is already that coarse. nilearn then resamples with spline interpolation;
+    voxels outside the image's field of view become 0. Serves real scans and templates alike.
+    """
+    from nilearn.image import resample_img, smooth_img
+
+    canonical = nibabel.as_closest_canonical(image)
+    zooms = np.asarray(canonical.header.get_zooms()[:3], dtype=np.float64)
+    fwhm = np.sqrt(np.clip(grid.resolution_mm**2 - zooms**2, 0.0, None))
+    if np.any(fwhm > 0.5 * zooms):
+        canonical = smooth_img(canonical, fwhm=fwhm)
+    with warnings.catch_warnings():
+        # nilearn warns about resampling choices already made explicit here
+        warnings.simplefilter("ignore")
+        resampled = resample_img(
+            canonical,
+            target_affine=grid.affine,
+            target_shape=grid.shape,
+            interpolation="continuous",
+            force_resample=True,
+            copy_header=True,
+        )
+    return np.asarray(resampled.get_fdata(dtype=np.float32), dtype=np.float32)
 
 
 def to_grid(
@@ -190,26 +228,14 @@ def to_grid(
 ) -> np.ndarray:
     """Resample a volume already in MNI space onto ``grid`` and map it to [-1, 1].
 
-    The image is reoriented to RAS (``as_closest_canonical``), smoothed where the grid is
-    coarser than the scan, and resampled by nilearn with spline interpolation; voxels
-    outside the scan's field of view become 0. MRI is scaled by its own brain-masked
-    percentiles (``brain_mask`` is required), PET by the fixed SUVR map (``pet_suvr_max``
-    to +1). No registration happens here: a scan that is not in MNI space lands wrong.
+    ``smooth_and_resample`` brings it onto the grid. MRI is then scaled by its own
+    brain-masked percentiles (``brain_mask`` is required), PET by the fixed SUVR map
+    (``pet_suvr_max`` to +1). No registration happens here: a scan that is not in MNI
+    space lands wrong.
     """
-    from nilearn.image import resample_img
-
     if kind not in ("mri", "pet"):
         raise ValueError(f"kind must be 'mri' or 'pet', got {kind!r}")
-    canonical = _antialias(nibabel.as_closest_canonical(image), grid.resolution_mm)
-    resampled = resample_img(
-        canonical,
-        target_affine=grid.affine,
-        target_shape=grid.shape,
-        interpolation="continuous",
-        force_resample=True,
-        copy_header=True,
-    )
-    volume = np.asarray(resampled.get_fdata(dtype=np.float32), dtype=np.float32)
+    volume = smooth_and_resample(image, grid)
     if kind == "mri":
         if brain_mask is None:
             raise ValueError("an MRI needs the brain mask for its percentile normalisation")

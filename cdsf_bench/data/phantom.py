@@ -30,6 +30,7 @@ import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -38,6 +39,7 @@ from scipy import ndimage
 
 from cdsf_bench.data.conventions import DIAGNOSES
 from cdsf_bench.data.grid import BRAIN_BOX_MM, Grid, reference_grid
+from cdsf_bench.data.nifti import save_nifti
 from cdsf_bench.data.templates import Templates, grid_mni_coordinates, load_templates, mni_to_voxel
 from cdsf_bench.errors import ConfigError
 
@@ -262,7 +264,7 @@ class PhantomSettings:
         if unknown:
             raise ConfigError(f"unknown phantom settings {unknown}; known: {sorted(names)}")
 
-        def as_tuple(value: object) -> object:
+        def as_tuple(value: Any) -> Any:  # JSON values: lists become tuples, all else is kept
             return tuple(as_tuple(v) for v in value) if isinstance(value, list) else value
 
         return cls(**{key: as_tuple(value) for key, value in values.items()})
@@ -312,7 +314,9 @@ def _anatomy(resolution_mm: float) -> _Anatomy:
     spheres = {}
     low_uptake = {}
     for name, region in REGIONS.items():
-        distance2 = np.stack([((mni - np.float32(c)) ** 2).sum(-1) for c in region.centres_mm])
+        distance2 = np.stack(
+            [((mni - np.asarray(c, dtype=np.float32)) ** 2).sum(-1) for c in region.centres_mm]
+        )
         weights[name] = np.exp(-distance2 / np.float32(2.0 * region.sigma_mm**2)).astype(np.float32)
         spheres[name] = (distance2 <= region.sigma_mm**2).any(0) & templates.brain_mask
         if name in ("pons", "cerebellum"):
@@ -557,7 +561,7 @@ def _simulate_subject(
     stretch = s.ventricle_expansion * severity_structural + s.age_ventricle_expansion * years
     stretch = float(np.clip(stretch, -0.3, 0.6))
     for k, centre in enumerate(REGIONS["ventricles"].centres_mm):
-        offset = mni - np.float32(centre)
+        offset = mni - np.asarray(centre, dtype=np.float32)
         position -= np.float32(stretch) * offset * w["ventricles"][k][..., None]
     displacement = _smooth_fields(rng, 3, s.deformation_smoothness_mm, resolution)
     position += np.float32(s.deformation_mm) * np.moveaxis(displacement, 0, -1)
@@ -680,13 +684,13 @@ def generate_phantom(settings: PhantomSettings, progress: Progress | None = None
     )
 
 
-def _save_nifti(volume: np.ndarray, affine: np.ndarray, path: Path) -> None:
-    """Write float32 NIfTI with qform and sform both set to the grid affine, code MNI."""
+def _mni_image(volume: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
+    """A float32 NIfTI with qform and sform both set to the grid affine, code MNI."""
     image = nib.Nifti1Image(np.asarray(volume, dtype=np.float32), affine)
     image.set_qform(affine, code=4)
     image.set_sform(affine, code=4)
     image.header.set_xyzt_units("mm")
-    nib.save(image, str(path))
+    return image
 
 
 def write_phantom(
@@ -713,14 +717,14 @@ def write_phantom(
         folder = out_dir / pid
         folder.mkdir(exist_ok=True)
         mri_rel = f"{pid}/{pid}_T1w.nii.gz"
-        _save_nifti(cohort.mri[i], cohort.affine, out_dir / mri_rel)
+        save_nifti(_mni_image(cohort.mri[i], cohort.affine), out_dir / mri_rel)
         if cohort.has_pet[i]:
             pet_rel = f"{pid}/{pid}_pet.nii.gz"
             truth_rel = pet_rel
         else:
             pet_rel = ""
             truth_rel = f"{pid}/{pid}_desc-hidden_pet.nii.gz"
-        _save_nifti(cohort.pet[i], cohort.affine, out_dir / truth_rel)
+        save_nifti(_mni_image(cohort.pet[i], cohort.affine), out_dir / truth_rel)
         mri_paths.append(mri_rel)
         pet_paths.append(pet_rel)
         truth_paths.append(truth_rel)

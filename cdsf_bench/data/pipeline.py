@@ -31,7 +31,7 @@ FINGERPRINT_EPOCHS = 10
 DEVICE_MEMORY_SHARE = 0.5
 
 
-def _seed(*parts: int) -> int:
+def _seed(*parts: int | str) -> int:
     digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
@@ -69,7 +69,10 @@ class DevicePipeline:
         storage = device if self.on_device else torch.device("cpu")
 
         def hold(array: np.ndarray) -> torch.Tensor:
-            tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float16))
+            host = np.ascontiguousarray(array, dtype=np.float16)
+            if not host.flags.writeable:  # a read-only memory map (a cached cohort): torch needs its own copy
+                host = host.copy()
+            tensor = torch.from_numpy(host)
             if storage.type == "cpu" and device.type != "cpu":
                 tensor = tensor.pin_memory()
             return tensor.to(storage)
@@ -134,9 +137,6 @@ class DevicePipeline:
         rows = self.rows(split, subjects)[self.rank :: self.world]
         for start in range(0, len(rows), self.batch_size):
             yield self._batch(rows[start : start + self.batch_size], None)
-
-    def n_eval_batches(self, split: str, subjects: Subjects = "all") -> int:
-        return math.ceil(len(self.rows(split, subjects)[self.rank :: self.world]) / self.batch_size)
 
     def _batch(self, rows: np.ndarray, generator: torch.Generator | None, with_truth: bool = True) -> Batch:
         index = torch.from_numpy(rows.astype(np.int64))

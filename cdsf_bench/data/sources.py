@@ -10,16 +10,14 @@ files first, then headers, and only then are volumes resampled.
 
 from __future__ import annotations
 
-import hashlib
-import inspect
 from pathlib import Path
-from types import ModuleType
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 
-from cdsf_bench.data import check, conventions, nifti
 from cdsf_bench.data.cache import cohort_key, file_fingerprint, load_or_build, settings_fingerprint
+from cdsf_bench.data.caps import scan_caps
 from cdsf_bench.data.check import (
     ROLES,
     Problem,
@@ -30,8 +28,8 @@ from cdsf_bench.data.check import (
 )
 from cdsf_bench.data.conventions import normalise_mri, normalise_pet
 from cdsf_bench.data.grid import reference_grid
+from cdsf_bench.data.manifest import read_manifest
 from cdsf_bench.data.nifti import read_volume, to_grid
-from cdsf_bench.data.tables import read_manifest, scan_caps
 from cdsf_bench.errors import InputError
 from cdsf_bench.interfaces import Cohort, DataSettings, DataSource
 from cdsf_bench.progress import track
@@ -39,14 +37,6 @@ from cdsf_bench.progress import track
 MANIFEST_SUFFIXES = (".csv", ".tsv", ".txt")
 #: Separates a CAPS directory from its diagnosis TSV in ``--data CAPS::LABELS.tsv``.
 CAPS_TSV_SEPARATOR = "::"
-
-
-def _code_fingerprint(*modules: ModuleType) -> str:
-    """A hash of the source of the modules that shape a cohort, so code changes invalidate the cache."""
-    digest = hashlib.sha256()
-    for module in modules:
-        digest.update(Path(inspect.getfile(module)).read_bytes())
-    return digest.hexdigest()
 
 
 def _raise_problems(problems: list[Problem], where: str) -> None:
@@ -78,10 +68,10 @@ def cohort_from_table(table: pd.DataFrame, settings: DataSettings, source_desc: 
     pet_truth = np.zeros((n, *grid.shape), dtype=np.float16) if keep_truth else None
     problems: list[Problem] = []
 
-    def volume(participant: str, path: str, kind: str) -> np.ndarray | None:
+    def volume(participant: str, path: str, kind: Literal["mri", "pet"]) -> np.ndarray | None:
         try:
             image = read_volume(Path(path), "MRI" if kind == "mri" else "PET")
-            return to_grid(image, grid, kind, brain_mask=mask, pet_suvr_max=settings.pet_suvr_max)  # type: ignore[arg-type]
+            return to_grid(image, grid, kind, brain_mask=mask, pet_suvr_max=settings.pet_suvr_max)
         except InputError as error:
             problems.append(Problem(participant, path, str(error)))
             return None
@@ -123,23 +113,19 @@ def _load_table(
     """Check a table cheaply, then return its cohort from the cache or by preprocessing it.
 
     The cache key covers the table itself, each file's size and modification time, the
-    settings and the preprocessing and checking code, so editing a scan or a label rebuilds the cohort.
+    settings and the data package's code (``cohort_key``), so editing a scan or a label rebuilds the cohort.
     """
     problems = list(problems) + table_problems(table)
     if not table.empty:
         problems += missing_file_problems(table)
     _raise_problems(problems, source_desc)
     files = sorted({str(row.get(c)) for row in table.to_dict("records") for c in ROLES if row.get(c)})
-    from cdsf_bench.data import templates
-
     key = cohort_key(
         {
             "kind": "table",
             "table": table.to_dict("split"),
             "files": [file_fingerprint(path) for path in files],
             "settings": settings_fingerprint(settings),
-            # check: a cohort built under older rules must meet the current ones (build checks)
-            "code": _code_fingerprint(nifti, conventions, templates, check),
         }
     )
 
@@ -162,15 +148,7 @@ class PhantomSource(DataSource):
         return spec.strip().lower() == "phantom"
 
     def load(self, spec: str, settings: DataSettings) -> Cohort:
-        from cdsf_bench.data import phantom, templates
-
-        key = cohort_key(
-            {
-                "kind": "phantom",
-                "settings": settings_fingerprint(settings),
-                "code": _code_fingerprint(phantom, templates, conventions),
-            }
-        )
+        key = cohort_key({"kind": "phantom", "settings": settings_fingerprint(settings)})
         return load_or_build(key, lambda: self._build(settings), settings)[0]
 
     @staticmethod

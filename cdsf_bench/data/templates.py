@@ -10,17 +10,13 @@ once per resolution onto :func:`cdsf_bench.data.grid.reference_grid` and cached.
 from __future__ import annotations
 
 import functools
-import math
-import warnings
 from dataclasses import dataclass
 
-import nibabel as nib
 import numpy as np
 
 from cdsf_bench.data.grid import Grid, reference_grid
+from cdsf_bench.data.nifti import smooth_and_resample
 
-#: Resolution (mm) of the maps nilearn ships; anything coarser is anti-aliased first.
-SOURCE_RESOLUTION_MM = 1.0
 #: A resampled brain-mask fraction at or above this is inside the brain.
 MASK_THRESHOLD = 0.5
 
@@ -74,36 +70,12 @@ def grid_mni_coordinates(grid: Grid) -> np.ndarray:
     return voxel_to_mni(grid, ijk)
 
 
-def _resample(image: nib.Nifti1Image, grid: Grid, smooth: bool) -> np.ndarray:
-    """One template map on ``grid``, continuous interpolation, optionally anti-aliased.
-
-    Picking 1 mm values at 4 mm spacing would alias the thin cortical ribbon into speckle;
-    a Gaussian of FWHM sqrt(r^2 - 1) first turns each map into the tissue fraction a
-    voxel of side r would hold (its partial volume), which is what a scanner measures.
-    """
-    from nilearn.image import resample_img, smooth_img
-
-    fwhm = math.sqrt(max(grid.resolution_mm**2 - SOURCE_RESOLUTION_MM**2, 0.0))
-    if smooth and fwhm > 0.5:
-        image = smooth_img(image, fwhm)
-    with warnings.catch_warnings():
-        # nilearn warns about resampling choices already made explicit here.
-        warnings.simplefilter("ignore")
-        resampled = resample_img(
-            image,
-            target_affine=grid.affine,
-            target_shape=grid.shape,
-            interpolation="continuous",
-            force_resample=True,
-            copy_header=True,
-        )
-    return np.asarray(resampled.get_fdata(dtype=np.float32), dtype=np.float32)
-
-
 @functools.lru_cache(maxsize=4)
 def load_templates(resolution_mm: float) -> Templates:
     """The ICBM152 2009a T1, GM, WM, CSF maps and brain mask on the reference grid.
 
+    Each 1 mm map is anti-aliased and resampled as a scan is (``smooth_and_resample``), so
+    a voxel of side r holds the tissue fraction it would in a scanner (its partial volume).
     Cached per resolution because the resampling takes seconds and every phantom subject
     starts from the same maps. CSF is the part of the brain mask that is neither grey nor
     white matter (nilearn ships no CSF map), which holds the ventricles and sulci.
@@ -111,10 +83,10 @@ def load_templates(resolution_mm: float) -> Templates:
     from nilearn import datasets
 
     grid = reference_grid(float(resolution_mm))
-    t1 = _resample(datasets.load_mni152_template(resolution=1), grid, smooth=True)
-    gm = _resample(datasets.load_mni152_gm_template(resolution=1), grid, smooth=True)
-    wm = _resample(datasets.load_mni152_wm_template(resolution=1), grid, smooth=True)
-    mask_fraction = _resample(datasets.load_mni152_brain_mask(resolution=1), grid, smooth=True)
+    t1 = smooth_and_resample(datasets.load_mni152_template(resolution=1), grid)
+    gm = smooth_and_resample(datasets.load_mni152_gm_template(resolution=1), grid)
+    wm = smooth_and_resample(datasets.load_mni152_wm_template(resolution=1), grid)
+    mask_fraction = smooth_and_resample(datasets.load_mni152_brain_mask(resolution=1), grid)
     gm = np.clip(gm, 0.0, 1.0)
     wm = np.clip(wm, 0.0, 1.0)
     mask_fraction = np.clip(mask_fraction, 0.0, 1.0)
