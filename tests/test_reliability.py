@@ -23,6 +23,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from click.testing import CliRunner, Result
 
 from cdsf_bench import config as cfg
