@@ -305,8 +305,8 @@ def data_check(spec: str, task: str | None, assignments: tuple[str, ...]) -> Non
     sys.exit(2)
 
 
-# suite commands (cdsf_bench/bench_cli.py): bench, merge, report, regress
-from cdsf_bench.bench_cli import bench, merge, regress, report  # noqa: E402
+# suite commands (cdsf_bench/bench/commands.py): bench, merge, report, regress
+from cdsf_bench.bench.commands import bench, merge, regress, report  # noqa: E402
 
 for _command in (bench, merge, report, regress):
     main.add_command(_command)

@@ -23,13 +23,13 @@ from click.testing import CliRunner
 from scipy.stats import mannwhitneyu
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
-from cdsf_bench.bench import COLUMNS, results_frame, run_suite
+from cdsf_bench.bench.runner import COLUMNS, results_frame, run_suite
+from cdsf_bench.bench.stats import delong_test, paired_bootstrap_bacc, t_interval
+from cdsf_bench.bench.suite import load_suite, parse_shard, shard_runs
 from cdsf_bench.cli import main
 from cdsf_bench.errors import InputError, RunFailed
 from cdsf_bench.metrics import DIAGNOSIS_KEYS
 from cdsf_bench.registry import default_registry
-from cdsf_bench.stats import delong_test, paired_bootstrap_bacc, t_interval
-from cdsf_bench.suite import load_suite, parse_shard, shard_runs
 
 
 def _second_method() -> str:
@@ -403,7 +403,7 @@ def test_regress_on_a_run_folder_and_a_suite(suite_run, tmp_path):
 def test_report_header_names_every_source_commit_of_the_runs(tmp_path):
     import pandas as pd
 
-    from cdsf_bench.report import _commit_line
+    from cdsf_bench.bench.report import _commit_line
 
     envs = {
         "a": {"git_commit": "c1"},

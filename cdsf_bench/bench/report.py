@@ -22,14 +22,14 @@ import numpy as np
 import pandas as pd
 from rich.table import Table as RichTable
 
-from cdsf_bench.bench import RESULTS_FILE, SUITE_FILE
+from cdsf_bench.bench.figures import pooled_roc, strip_plot, synthesis_bars
+from cdsf_bench.bench.render import Block, Bullets, Figure, Heading, Paragraph, Table, to_html, to_markdown
+from cdsf_bench.bench.runner import RESULTS_FILE, SUITE_FILE
+from cdsf_bench.bench.stats import delong_test, paired_bootstrap_bacc, t_interval
 from cdsf_bench.errors import InputError
 from cdsf_bench.metrics import SYNTHESIS_KEYS
 from cdsf_bench.progress import console
-from cdsf_bench.report_figures import pooled_roc, strip_plot, synthesis_bars
-from cdsf_bench.report_render import Block, Bullets, Figure, Heading, Paragraph, Table, to_html, to_markdown
 from cdsf_bench.results import write_csv, write_text
-from cdsf_bench.stats import delong_test, paired_bootstrap_bacc, t_interval
 
 #: diagnosis metrics summarised per method (per-run AUC intervals stay in results.csv)
 SUMMARY_METRICS = ("auc", "bacc", "acc", "sen", "spe", "f1", "mcc")

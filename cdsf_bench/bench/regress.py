@@ -25,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 import tomli_w
 
-from cdsf_bench.bench import RESULTS_FILE
+from cdsf_bench.bench.runner import RESULTS_FILE
 from cdsf_bench.config import read_toml
 from cdsf_bench.errors import InputError
 from cdsf_bench.metrics import DIAGNOSIS_KEYS, HIGHER_IS_BETTER, SYNTHESIS_KEYS
