@@ -23,11 +23,13 @@ from click.testing import CliRunner
 from scipy.stats import mannwhitneyu
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
+from cdsf_bench.bench.report import choose_reference
 from cdsf_bench.bench.runner import COLUMNS, results_frame, run_suite
 from cdsf_bench.bench.stats import delong_test, paired_bootstrap_bacc, t_interval
 from cdsf_bench.bench.suite import load_suite, parse_shard, shard_runs
 from cdsf_bench.cli import main
 from cdsf_bench.errors import InputError, RunFailed
+from cdsf_bench.interfaces import Method
 from cdsf_bench.metrics import DIAGNOSIS_KEYS
 from cdsf_bench.registry import default_registry
 
@@ -304,6 +306,23 @@ def test_report_command_and_reference(suite_run):
     assert set(pairs["reference"]) == {methods[1]} and len(pairs) == 2
     assert invoke("report", suite_run, "--reference", "nobody").exit_code == 2
     invoke("report", suite_run)  # leave the default report for the other tests
+
+
+def test_default_reference_comes_from_the_plugins():
+    rows = [
+        {"method": "MRI only", "synth": "none", "coupling": "single"},
+        {"method": "CDSF", "synth": "ism", "coupling": "joint"},
+        {"method": "decoupled", "synth": "ism", "coupling": "decoupled"},
+    ]
+    results = pd.DataFrame(rows)
+    plugins = default_registry().method_defaults().method
+    assert choose_reference(results, None, plugins) == "CDSF"
+    other = Method(synth="ism", diag="mdm", coupling="decoupled")
+    assert choose_reference(results, None, other) == "decoupled"
+    # no plugin default, or none of its kind among the results: the first method
+    assert choose_reference(results, None, None) == "MRI only"
+    assert choose_reference(results, None, Method(synth="x", diag="mdm", coupling="joint")) == "MRI only"
+    assert choose_reference(results, "decoupled", plugins) == "decoupled"
 
 
 # -- regression -----------------------------------------------------------------------------

@@ -13,7 +13,10 @@ from pathlib import Path
 import click
 from rich.table import Table
 
+from cdsf_bench.errors import InputError
+from cdsf_bench.interfaces import Method
 from cdsf_bench.progress import console
+from cdsf_bench.registry import Registry
 
 FORMAT_CHOICES = {"md": ("md",), "html": ("html",), "both": ("md", "html")}
 
@@ -46,7 +49,7 @@ def bench(suite_file: Path, out: Path | None, resume: bool, shard: str | None) -
             "cdsf-bench merge SHARD_FOLDERS... --out MERGED"
         )
         return
-    written = write_report(out)
+    written = write_report(out, default=default_method(registry))
     print_summary(results)
     console.print("wrote " + ", ".join(str(p) for p in written))
 
@@ -67,10 +70,11 @@ def merge(shards: tuple[Path, ...], out: Path, no_report: bool) -> None:
     """
     from cdsf_bench.bench.report import print_summary, write_report
     from cdsf_bench.bench.runner import merge_shards
+    from cdsf_bench.registry import default_registry
 
     results = merge_shards(out, list(shards))
     if not no_report:
-        for path in write_report(out):
+        for path in write_report(out, default=default_method(default_registry())):
             console.print(f"wrote {path}")
     print_summary(results)
 
@@ -78,12 +82,17 @@ def merge(shards: tuple[Path, ...], out: Path, no_report: bool) -> None:
 @click.command()
 @click.argument("folder", type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.option("--format", "fmt", type=click.Choice(list(FORMAT_CHOICES)), default="both", show_default=True)
-@click.option("--reference", help="Method the others are compared with (default: joint ISM, else the first).")
+@click.option(
+    "--reference",
+    help="Method the others are compared with (default: the plugins' default method, else the first).",
+)
 def report(folder: Path, fmt: str, reference: str | None) -> None:
     """Write report.md / report.html for a suite folder: summaries, paired tests and figures."""
     from cdsf_bench.bench.report import load_results, print_summary, write_report
+    from cdsf_bench.registry import default_registry
 
-    for path in write_report(folder, FORMAT_CHOICES[fmt], reference):
+    default = None if reference is not None else default_method(default_registry())
+    for path in write_report(folder, FORMAT_CHOICES[fmt], reference, default):
         console.print(f"wrote {path}")
     print_summary(load_results(folder))
 
@@ -117,6 +126,14 @@ def regress(results: Path, baseline: Path, update: bool, as_json_flag: bool) -> 
             console.print(f"[green]updated[/] {baseline} from {current.source}")
     if not update and not rg.passed(checks):
         sys.exit(1)
+
+
+def default_method(registry: Registry) -> Method | None:
+    """The plugins' default method, which a report compares the others with; None without one."""
+    try:
+        return registry.method_defaults().method
+    except InputError:
+        return None
 
 
 VERDICT_STYLE = {
