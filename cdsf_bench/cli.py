@@ -17,6 +17,7 @@ from rich.table import Table
 
 from cdsf_bench import config as cfg
 from cdsf_bench.errors import CdsfBenchError
+from cdsf_bench.options import set_option
 from cdsf_bench.progress import console
 from cdsf_bench.registry import KINDS, default_registry
 
@@ -116,13 +117,7 @@ def plugins(as_json: bool) -> None:
     type=click.Path(path_type=Path),
     help="A TOML config (a run's config.toml repeats it).",
 )
-@click.option(
-    "--set",
-    "assignments",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="Override a setting, e.g. train.epochs=10.",
-)
+@set_option(help="Override a setting, e.g. train.epochs=10.")
 @click.option("--epochs", type=int, help="Training epochs (per stage).")
 @click.option(
     "--out",
@@ -270,13 +265,7 @@ def data_phantom(out: Path, subjects: int, resolution: float, missing_pet: float
 @click.option(
     "--task", type=click.Choice(list(cfg.TASKS)), default=None, help="Also check the task's class sizes."
 )
-@click.option(
-    "--set",
-    "assignments",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="Data settings, e.g. data.session=ses-M00.",
-)
+@set_option(help="Data settings, e.g. data.session=ses-M00.")
 def data_check(spec: str, task: str | None, assignments: tuple[str, ...]) -> None:
     """Validate a dataset and list every problem at once (exit 2 if any)."""
     from cdsf_bench.assemble import data_source
@@ -305,8 +294,8 @@ def data_check(spec: str, task: str | None, assignments: tuple[str, ...]) -> Non
     sys.exit(2)
 
 
-# suite commands (cdsf_bench/bench_cli.py): bench, merge, report, regress
-from cdsf_bench.bench_cli import bench, merge, regress, report  # noqa: E402
+# suite commands (cdsf_bench/bench/commands.py): bench, merge, report, regress
+from cdsf_bench.bench.commands import bench, merge, regress, report  # noqa: E402
 
 for _command in (bench, merge, report, regress):
     main.add_command(_command)

@@ -23,13 +23,15 @@ from click.testing import CliRunner
 from scipy.stats import mannwhitneyu
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
-from cdsf_bench.bench import COLUMNS, results_frame, run_suite
+from cdsf_bench.bench.report import choose_reference
+from cdsf_bench.bench.runner import COLUMNS, results_frame, run_suite
+from cdsf_bench.bench.stats import delong_test, paired_bootstrap_bacc, t_interval
+from cdsf_bench.bench.suite import load_suite, parse_shard, shard_runs
 from cdsf_bench.cli import main
 from cdsf_bench.errors import InputError, RunFailed
+from cdsf_bench.interfaces import Method
 from cdsf_bench.metrics import DIAGNOSIS_KEYS
 from cdsf_bench.registry import default_registry
-from cdsf_bench.stats import delong_test, paired_bootstrap_bacc, t_interval
-from cdsf_bench.suite import load_suite, parse_shard, shard_runs
 
 
 def _second_method() -> str:
@@ -306,6 +308,23 @@ def test_report_command_and_reference(suite_run):
     invoke("report", suite_run)  # leave the default report for the other tests
 
 
+def test_default_reference_comes_from_the_plugins():
+    rows = [
+        {"method": "MRI only", "synth": "none", "coupling": "single"},
+        {"method": "CDSF", "synth": "ism", "coupling": "joint"},
+        {"method": "decoupled", "synth": "ism", "coupling": "decoupled"},
+    ]
+    results = pd.DataFrame(rows)
+    plugins = default_registry().method_defaults().method
+    assert choose_reference(results, None, plugins) == "CDSF"
+    other = Method(synth="ism", diag="mdm", coupling="decoupled")
+    assert choose_reference(results, None, other) == "decoupled"
+    # no plugin default, or none of its kind among the results: the first method
+    assert choose_reference(results, None, None) == "MRI only"
+    assert choose_reference(results, None, Method(synth="x", diag="mdm", coupling="joint")) == "MRI only"
+    assert choose_reference(results, "decoupled", plugins) == "decoupled"
+
+
 # -- regression -----------------------------------------------------------------------------
 
 
@@ -403,7 +422,7 @@ def test_regress_on_a_run_folder_and_a_suite(suite_run, tmp_path):
 def test_report_header_names_every_source_commit_of_the_runs(tmp_path):
     import pandas as pd
 
-    from cdsf_bench.report import _commit_line
+    from cdsf_bench.bench.report import _commit_line
 
     envs = {
         "a": {"git_commit": "c1"},

@@ -21,11 +21,12 @@ import math
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import cast
 
 import pandas as pd
 import tomli_w
 
-from cdsf_bench.bench import RESULTS_FILE
+from cdsf_bench.bench.runner import RESULTS_FILE
 from cdsf_bench.config import read_toml
 from cdsf_bench.errors import InputError
 from cdsf_bench.metrics import DIAGNOSIS_KEYS, HIGHER_IS_BETTER, SYNTHESIS_KEYS
@@ -73,9 +74,10 @@ def read_current(path: Path) -> Current:
     if path.is_dir() and (path / "metrics.json").exists():
         metrics = json.loads((path / "metrics.json").read_text())
         method = metrics["method"]
-        key = f"{method['synth']}+{method['diag']}+{method['coupling']}"
-        values = {**metrics.get("diagnosis", {}), **(metrics.get("synthesis") or {})}
-        return Current({key: {k: v for k, v in values.items() if _finite(v) is not None}}, {}, str(path))
+        run_key = f"{method['synth']}+{method['diag']}+{method['coupling']}"
+        recorded = {**metrics.get("diagnosis", {}), **(metrics.get("synthesis") or {})}
+        finite = {k: v for k, v in recorded.items() if _finite(v) is not None}
+        return Current({run_key: finite}, {}, str(path))
     table = path / RESULTS_FILE if path.is_dir() else path
     if not table.is_file():
         raise InputError(
@@ -98,10 +100,11 @@ def read_current(path: Path) -> Current:
     columns = [c for c in (*DIAGNOSIS_KEYS, *SYNTHESIS_KEYS, *EXTRA_COLUMNS) if c in results.columns]
     values: dict[str, dict[str, float]] = {}
     failed: dict[str, list[str]] = {}
-    for key, part in results.groupby("key", sort=False):
+    for group, part in results.groupby("key", sort=False):
+        key = cast(str, group)  # the method's display name (task/name when there are several tasks)
         done = part[part["status"] == "done"]
         means = done[columns].astype(float).mean()
-        values[key] = {c: float(v) for c, v in means.items() if math.isfinite(v)}
+        values[key] = {cast(str, c): float(v) for c, v in means.items() if math.isfinite(v)}
         unfinished = part.loc[part["status"] != "done", "run_folder"].tolist()
         if unfinished:
             failed[key] = unfinished

@@ -1,7 +1,8 @@
 """Commands for suites: ``bench``, ``merge``, ``report`` and ``regress``.
 
 They are registered on the main ``cdsf-bench`` group in :mod:`cdsf_bench.cli`; the work is
-done in :mod:`cdsf_bench.bench`, :mod:`cdsf_bench.report` and :mod:`cdsf_bench.regress`.
+done in :mod:`cdsf_bench.bench.runner`, :mod:`cdsf_bench.bench.report` and
+:mod:`cdsf_bench.bench.regress`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ from pathlib import Path
 import click
 from rich.table import Table
 
+from cdsf_bench.errors import InputError
+from cdsf_bench.interfaces import Method
 from cdsf_bench.progress import console
+from cdsf_bench.registry import Registry
 
 FORMAT_CHOICES = {"md": ("md",), "html": ("html",), "both": ("md", "html")}
 
@@ -26,10 +30,10 @@ FORMAT_CHOICES = {"md": ("md",), "html": ("html",), "both": ("md", "html")}
 )
 def bench(suite_file: Path, out: Path | None, resume: bool, shard: str | None) -> None:
     """Run every method of SUITE_FILE on every task and seed (or fold); write results.csv and the report."""
-    from cdsf_bench.bench import results_name, run_suite
+    from cdsf_bench.bench.report import print_summary, write_report
+    from cdsf_bench.bench.runner import results_name, run_suite
+    from cdsf_bench.bench.suite import check_components, load_suite, parse_shard
     from cdsf_bench.registry import default_registry
-    from cdsf_bench.report import print_summary, write_report
-    from cdsf_bench.suite import check_components, load_suite, parse_shard
 
     suite = load_suite(suite_file)
     part = parse_shard(shard) if shard else None
@@ -45,7 +49,7 @@ def bench(suite_file: Path, out: Path | None, resume: bool, shard: str | None) -
             "cdsf-bench merge SHARD_FOLDERS... --out MERGED"
         )
         return
-    written = write_report(out)
+    written = write_report(out, default=default_method(registry))
     print_summary(results)
     console.print("wrote " + ", ".join(str(p) for p in written))
 
@@ -64,12 +68,13 @@ def merge(shards: tuple[Path, ...], out: Path, no_report: bool) -> None:
     Run folders from the shards are copied into OUT (a shard that wrote into OUT itself is
     read in place). Shards of different suites are refused.
     """
-    from cdsf_bench.bench import merge_shards
-    from cdsf_bench.report import print_summary, write_report
+    from cdsf_bench.bench.report import print_summary, write_report
+    from cdsf_bench.bench.runner import merge_shards
+    from cdsf_bench.registry import default_registry
 
     results = merge_shards(out, list(shards))
     if not no_report:
-        for path in write_report(out):
+        for path in write_report(out, default=default_method(default_registry())):
             console.print(f"wrote {path}")
     print_summary(results)
 
@@ -77,12 +82,17 @@ def merge(shards: tuple[Path, ...], out: Path, no_report: bool) -> None:
 @click.command()
 @click.argument("folder", type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.option("--format", "fmt", type=click.Choice(list(FORMAT_CHOICES)), default="both", show_default=True)
-@click.option("--reference", help="Method the others are compared with (default: joint ISM, else the first).")
+@click.option(
+    "--reference",
+    help="Method the others are compared with (default: the plugins' default method, else the first).",
+)
 def report(folder: Path, fmt: str, reference: str | None) -> None:
     """Write report.md / report.html for a suite folder: summaries, paired tests and figures."""
-    from cdsf_bench.report import load_results, print_summary, write_report
+    from cdsf_bench.bench.report import load_results, print_summary, write_report
+    from cdsf_bench.registry import default_registry
 
-    for path in write_report(folder, FORMAT_CHOICES[fmt], reference):
+    default = None if reference is not None else default_method(default_registry())
+    for path in write_report(folder, FORMAT_CHOICES[fmt], reference, default):
         console.print(f"wrote {path}")
     print_summary(load_results(folder))
 
@@ -101,7 +111,7 @@ def report(folder: Path, fmt: str, reference: str | None) -> None:
 @click.option("--json", "as_json_flag", is_flag=True, help="Print one JSON object instead of a table.")
 def regress(results: Path, baseline: Path, update: bool, as_json_flag: bool) -> None:
     """Compare RESULTS (a run folder, results.csv or suite folder) with a baseline; exit 1 on a regression."""
-    from cdsf_bench import regress as rg
+    from cdsf_bench.bench import regress as rg
 
     current = rg.read_current(results)
     entries = rg.load_baseline(baseline, need_values=not update)
@@ -118,6 +128,14 @@ def regress(results: Path, baseline: Path, update: bool, as_json_flag: bool) -> 
         sys.exit(1)
 
 
+def default_method(registry: Registry) -> Method | None:
+    """The plugins' default method, which a report compares the others with; None without one."""
+    try:
+        return registry.method_defaults().method
+    except InputError:
+        return None
+
+
 VERDICT_STYLE = {
     "ok": "green",
     "better": "cyan",
@@ -129,7 +147,7 @@ VERDICT_STYLE = {
 
 
 def _print_checks(checks: list, source: str, baseline: Path) -> None:
-    from cdsf_bench.regress import FAILING
+    from cdsf_bench.bench.regress import FAILING
 
     def number(value: float | None, signed: bool = False) -> str:
         return "-" if value is None else (f"{value:+.4g}" if signed else f"{value:.4g}")

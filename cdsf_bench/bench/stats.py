@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy import stats
 
 
@@ -39,7 +40,7 @@ def _structural_components(positives: np.ndarray, negatives: np.ndarray) -> tupl
     return kernel.mean(axis=1), kernel.mean(axis=0)
 
 
-def delong_test(labels: np.ndarray, score_a: np.ndarray, score_b: np.ndarray) -> DeLongResult:
+def delong_test(labels: ArrayLike, score_a: ArrayLike, score_b: ArrayLike) -> DeLongResult:
     """DeLong's paired test of AUC_a = AUC_b, both scored on the same subjects.
 
     ``labels`` are 0/1; scores are any monotone measure of the positive class. When the
@@ -78,9 +79,9 @@ class BootstrapResult:
 
 
 def paired_bootstrap_bacc(
-    labels: np.ndarray,
-    predicted_a: np.ndarray,
-    predicted_b: np.ndarray,
+    labels: ArrayLike,
+    predicted_a: ArrayLike,
+    predicted_b: ArrayLike,
     *,
     replicates: int = 2000,
     seed: int = 0,

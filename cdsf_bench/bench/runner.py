@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from cdsf_bench.bench.suite import RunSpec, Suite, shard_runs, suite_from_canonical
 from cdsf_bench.errors import InputError, RunFailed
 from cdsf_bench.metrics import DIAGNOSIS_KEYS, SYNTHESIS_KEYS
 from cdsf_bench.progress import console, make_progress
 from cdsf_bench.registry import Registry
 from cdsf_bench.results import write_csv, write_json
-from cdsf_bench.suite import RunSpec, Suite, shard_runs, suite_from_canonical
 
 SUITE_FILE = "suite.json"
 RESULTS_FILE = "results.csv"

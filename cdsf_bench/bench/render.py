@@ -1,6 +1,6 @@
 """A report as a list of blocks, rendered to Markdown or to one self-contained HTML file.
 
-The content is assembled once (``cdsf_bench.report``) and rendered twice, so the Markdown
+The content is assembled once (``cdsf_bench.bench.report``) and rendered twice, so the Markdown
 and HTML reports cannot disagree. Markdown links figures by relative path; HTML embeds
 each figure as a base64 ``data:`` URI, so the single file opens anywhere without its folder.
 """

@@ -22,14 +22,15 @@ import numpy as np
 import pandas as pd
 from rich.table import Table as RichTable
 
-from cdsf_bench.bench import RESULTS_FILE, SUITE_FILE
+from cdsf_bench.bench.figures import pooled_roc, strip_plot, synthesis_bars
+from cdsf_bench.bench.render import Block, Bullets, Figure, Heading, Paragraph, Table, to_html, to_markdown
+from cdsf_bench.bench.runner import RESULTS_FILE, SUITE_FILE
+from cdsf_bench.bench.stats import delong_test, paired_bootstrap_bacc, t_interval
 from cdsf_bench.errors import InputError
+from cdsf_bench.interfaces import Method
 from cdsf_bench.metrics import SYNTHESIS_KEYS
 from cdsf_bench.progress import console
-from cdsf_bench.report_figures import pooled_roc, strip_plot, synthesis_bars
-from cdsf_bench.report_render import Block, Bullets, Figure, Heading, Paragraph, Table, to_html, to_markdown
 from cdsf_bench.results import write_csv, write_text
-from cdsf_bench.stats import delong_test, paired_bootstrap_bacc, t_interval
 
 #: diagnosis metrics summarised per method (per-run AUC intervals stay in results.csv)
 SUMMARY_METRICS = ("auc", "bacc", "acc", "sen", "spe", "f1", "mcc")
@@ -61,8 +62,12 @@ def method_order(results: pd.DataFrame) -> list[str]:
     return list(dict.fromkeys(results["method"]))
 
 
-def choose_reference(results: pd.DataFrame, requested: str | None) -> str:
-    """The requested method, else joint ISM (CDSF), else the first method."""
+def choose_reference(results: pd.DataFrame, requested: str | None, default: Method | None = None) -> str:
+    """The requested method, else the plugins' default method, else the first method.
+
+    ``default`` is ``Registry.method_defaults().method`` (the core names no method itself); it
+    is matched by coupling and synthesiser: the first method of the results with both.
+    """
     methods = method_order(results)
     if requested is not None:
         if requested not in methods:
@@ -70,8 +75,10 @@ def choose_reference(results: pd.DataFrame, requested: str | None) -> str:
                 f"--reference '{requested}' is not a method of these results: {', '.join(methods)}."
             )
         return requested
-    cdsf = results[(results["coupling"] == "joint") & (results["synth"] == "ism")]["method"]
-    return cdsf.iloc[0] if len(cdsf) else methods[0]
+    if default is None:
+        return methods[0]
+    matching = results[(results["coupling"] == default.coupling) & (results["synth"] == default.synth)]
+    return matching["method"].iloc[0] if len(matching) else methods[0]
 
 
 def mean_sd(values: pd.Series, digits: int = 3) -> str:
@@ -334,11 +341,13 @@ def _figures(folder: Path, task: str, done: pd.DataFrame, methods: list[str]) ->
     return blocks
 
 
-def build_report(folder: Path, reference: str | None = None) -> tuple[list[Block], pd.DataFrame, str]:
+def build_report(
+    folder: Path, reference: str | None = None, default: Method | None = None
+) -> tuple[list[Block], pd.DataFrame, str]:
     """The report's blocks, the paired comparisons and the reference, drawing the figures."""
     results = load_results(folder)
     done = results[results["status"] == "done"]
-    reference = choose_reference(results, reference)
+    reference = choose_reference(results, reference, default)
     blocks = _header(folder, results, done, reference)
     all_pairs = []
     for task in dict.fromkeys(results["task"]):
@@ -369,11 +378,17 @@ def build_report(folder: Path, reference: str | None = None) -> tuple[list[Block
 
 
 def write_report(
-    folder: Path, formats: tuple[str, ...] = FORMATS, reference: str | None = None
+    folder: Path,
+    formats: tuple[str, ...] = FORMATS,
+    reference: str | None = None,
+    default: Method | None = None,
 ) -> list[Path]:
-    """Write report.md and/or report.html and comparisons.csv into ``folder``; return the paths."""
+    """Write report.md and/or report.html and comparisons.csv into ``folder``; return the paths.
+
+    The reference is ``reference``, else chosen by :func:`choose_reference` from ``default``.
+    """
     folder = Path(folder)
-    blocks, pairs, reference = build_report(folder, reference)
+    blocks, pairs, reference = build_report(folder, reference, default)
     written = [write_csv(folder / "comparisons.csv", pairs)]
     title = blocks[0].text if isinstance(blocks[0], Heading) else "cdsf-bench report"
     if "md" in formats:
