@@ -61,7 +61,9 @@ def task_subset(cohort: Cohort, task: str) -> tuple[Cohort, np.ndarray]:
 def place(module: torch.nn.Module, device: torch.device, channels_last: bool) -> torch.nn.Module:
     """Put a module on the run's device, in channels-last-3D memory when asked."""
     module = module.to(device)
-    return module.to(memory_format=torch.channels_last_3d) if channels_last else module
+    if channels_last:  # torch's stubs lack Module.to's memory_format keyword, which exists
+        module = module.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
+    return module
 
 
 def build_method(config: dict, registry: Registry, context: TrainingContext, channels_last: bool) -> Coupling:
@@ -70,13 +72,14 @@ def build_method(config: dict, registry: Registry, context: TrainingContext, cha
     synth_name, synth_params = cfg.plugin_settings(config, "synth")
     diag_name, diag_params = cfg.plugin_settings(config, "diag")
     coupling_name, coupling_params = cfg.plugin_settings(config, "coupling")
-    coupling_component = registry.get("coupling", coupling_name)
-    coupling_class = coupling_component.factory
+    coupling_class = registry.coupling_class(coupling_name)
     needs = coupling_class.needs_synthesiser
     if synth_name == "none" and needs is True:
+        defaults = registry.method_defaults()
         raise InputError(
             f"Coupling '{coupling_name}' trains a synthesiser; --synth none is single-modality. "
-            "Choose a synthesiser (--synth ism) or the coupling 'single'."
+            f"Choose a synthesiser (--synth {defaults.method.synth}) or the coupling "
+            f"'{defaults.mri_only_coupling}'."
         )
     if synth_name != "none" and needs is False:
         raise InputError(f"Coupling '{coupling_name}' uses no synthesiser; pass --synth none.")
@@ -126,7 +129,7 @@ def configure_backends(device: torch.device) -> bool:
         torch.backends.cudnn.benchmark = True
         return False
     torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.utils.deterministic.fill_uninitialized_memory = False
+    torch.utils.deterministic.fill_uninitialized_memory = False  # type: ignore[attr-defined]
     return True
 
 
@@ -157,7 +160,7 @@ def assemble(
     mixed = bool(config["precision"]["mixed"]) and bf16_supported(device)
     channels_last = bool(config["precision"]["channels_last"])
     train = config["train"]
-    coupling_class = registry.get("coupling", config["method"]["coupling"]).factory
+    coupling_class = registry.coupling_class(config["method"]["coupling"])
     pipeline = DevicePipeline(
         cohort,
         labels,

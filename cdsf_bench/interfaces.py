@@ -258,7 +258,14 @@ class Coupling(ABC):
     #: whether the method needs every subject's real PET (the oracle reference)
     needs_pet_truth: bool = False
 
-    def __init__(self, context: TrainingContext) -> None:
+    def __init__(
+        self,
+        context: TrainingContext,
+        build_synthesiser: SynthesiserFactory | None,
+        build_diagnoser: DiagnoserFactory,
+    ) -> None:
+        # the factories are the subclass's to call (as many times as it needs); the base keeps none
+        del build_synthesiser, build_diagnoser
         self.context = context
 
     @abstractmethod

@@ -10,6 +10,8 @@ import os
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
+from rich.table import Column
+
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -30,17 +32,26 @@ def progress_enabled() -> bool:
 
 
 def make_progress(enabled: bool = True) -> Progress:
-    """A progress display with a bar, count, elapsed time and ETA (off when not ``enabled``)."""
+    """A progress display with a bar, count, elapsed time and ETA (off when not ``enabled``).
+
+    Counts and times keep their width; the label, the bar and the status share what is left
+    and end in an ellipsis rather than wrap, so a line stays legible at 80 columns.
+    """
+
+    def shrinking(ratio: int) -> Column:
+        return Column(ratio=ratio, no_wrap=True, overflow="ellipsis", min_width=8)
+
     return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
+        TextColumn("[bold]{task.description}", table_column=shrinking(3)),
+        BarColumn(bar_width=None, table_column=shrinking(2)),
         MofNCompleteColumn(),
-        TextColumn("{task.fields[status]}"),
+        TextColumn("{task.fields[status]}", table_column=shrinking(3)),
         TimeElapsedColumn(),
         TextColumn("ETA"),
         TimeRemainingColumn(),
         console=console,
         transient=False,
+        expand=True,
         disable=not (enabled and progress_enabled()),
     )
 

@@ -21,7 +21,7 @@ import pluggy
 
 from cdsf_bench import hookspecs
 from cdsf_bench.errors import InputError
-from cdsf_bench.interfaces import Component, MethodDefaults
+from cdsf_bench.interfaces import Component, Coupling, MethodDefaults
 
 Kind = Literal["synthesiser", "diagnoser", "coupling", "data_source"]
 KINDS: dict[Kind, str] = {
@@ -53,6 +53,15 @@ class Registry:
             f"Unknown {label} '{name}'.{hint} Known {label}s: {', '.join(sorted(known)) or 'none'}. "
             "Run 'cdsf-bench plugins' to see every installed plugin."
         )
+
+    def coupling_class(self, name: str) -> type[Coupling]:
+        """The coupling registered as ``name``; a component that is no Coupling subclass is refused."""
+        factory = self.get("coupling", name).factory
+        if not (isinstance(factory, type) and issubclass(factory, Coupling)):
+            raise InputError(
+                f"Coupling '{name}' is not a subclass of cdsf_bench.Coupling; its plugin is broken."
+            )
+        return factory
 
     def method_defaults(self) -> MethodDefaults:
         """The plugins' default method; without one the user must name every part of a method."""

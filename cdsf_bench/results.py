@@ -36,7 +36,7 @@ def _current_umask() -> int:
 _UMASK = _current_umask()
 
 
-def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> Path:
+def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> Path:
     """Write ``path`` through ``write(handle)`` into a temporary file, then rename it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

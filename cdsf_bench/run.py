@@ -147,7 +147,8 @@ def _execute(
 
     # the operating point is chosen on validation with the selected model, never on test
     validation = evaluate(coupling, pipeline, "val", with_ssim=False, cluster=cluster)
-    threshold = youden_threshold(validation.predictions["label"], validation.predictions["probability"])
+    chosen_on = validation.predictions
+    threshold = youden_threshold(chosen_on["label"].to_numpy(), chosen_on["probability"].to_numpy())
     test = evaluate(
         coupling,
         pipeline,

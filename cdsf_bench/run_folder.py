@@ -21,7 +21,6 @@ previous complete file or the new one. The layout::
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
+from cdsf_bench.data.nifti import save_nifti
 from cdsf_bench.errors import InputError
 from cdsf_bench.progress import console
 from cdsf_bench.results import remove_leftover_temporaries, utc_stamp, write_csv, write_json, write_text
@@ -155,8 +155,4 @@ class RunFolder:
             return
         image = nib.Nifti1Image(suvr.astype(np.float32), np.asarray(affine))
         image.header.set_xyzt_units("mm")
-        path = self.synthetic_pet_path(participant)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp.nii.gz")
-        nib.save(image, tmp)
-        os.replace(tmp, path)
+        save_nifti(image, self.synthetic_pet_path(participant))

@@ -76,7 +76,7 @@ def cohort_from_table(table: pd.DataFrame, settings: DataSettings, source_desc: 
             problems.append(Problem(participant, path, str(error)))
             return None
 
-    for i in track(range(n), n, f"Preprocessing {source_desc}"):
+    for i in track(range(n), n, "Preprocessing"):
         participant = str(rows[i]["participant_id"])
         result = volume(participant, str(rows[i]["mri"]), "mri")
         if result is not None:

@@ -92,7 +92,7 @@ class DiagnosisCoupling(Coupling):
         *,
         weight_decay: float = 1e-4,
     ) -> None:
-        super().__init__(context)
+        super().__init__(context, build_synthesiser, build_diagnoser)
         self.diagnoser = build_diagnoser(self.in_channels)
         self.optimise_diagnoser = diagnoser_optimiser(self.diagnoser, context, weight_decay)
 
@@ -213,7 +213,8 @@ class DecoupledCoupling(DiagnosisCoupling):
         self.synthesiser = build_synthesiser()
         discriminator = PatchGAN3D(2, tuple(discriminator_widths), discriminator_norm)
         layout = memory_format_of(self.synthesiser)  # the discriminator follows the generator
-        self.discriminator = discriminator.to(context.device, memory_format=layout)
+        # torch's stubs lack Module.to's memory_format keyword, which exists
+        self.discriminator = discriminator.to(context.device, memory_format=layout)  # type: ignore[call-overload]
         betas = (0.5, 0.999)
         self.optimise_synthesiser = torch.optim.Adam(
             self.synthesiser.parameters(), lr=synthesis_lr, betas=betas

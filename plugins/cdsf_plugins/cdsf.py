@@ -78,7 +78,7 @@ class JointCoupling(Coupling):
         synthesiser_lr_factor: float = 0.2,
         weight_decay: float = 1e-4,
     ) -> None:
-        super().__init__(context)
+        super().__init__(context, build_synthesiser, build_diagnoser)
         check_choice("mdm_head", mdm_head, MDM_HEADS)
         check_choice("predict_with", predict_with, PREDICT_WITH)
         check_choice("synthetic_pairs", synthetic_pairs, SYNTHETIC_PAIRS)

@@ -8,6 +8,8 @@ shift (or the batch mean it subtracts) would make the bias redundant.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from torch import nn
 
 NORM_KINDS = ("batch", "instance", "group")
@@ -49,7 +51,7 @@ def conv_block(
     stride: int = 1,
     norm: str = "batch",
     activation: str = "relu",
-    padding_mode: str = "zeros",
+    padding_mode: Literal["zeros", "reflect", "replicate", "circular"] = "zeros",
 ) -> nn.Sequential:
     """Conv3d, normalisation, activation; ``same`` padding, so stride alone sets the size.
 

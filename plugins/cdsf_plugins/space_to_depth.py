@@ -21,6 +21,8 @@ reference. On CUDA, cuDNN has no such waste, so the layer is always the plain co
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -124,11 +126,12 @@ class SpaceToDepthConv3d(nn.Conv3d):
         out_sides = [n - k + 1 for n in padded.shape[-3:]]
         if any(n % s for n in out_sides):
             return super()._conv_forward(x, weight, bias)
-        taps = self.scatter_index.shape[-1]
+        scatter_index = cast(Tensor, self.scatter_index)  # a buffer; nn.Module types it Tensor | Module
+        taps = scatter_index.shape[-1]
         # grow each side so that every output block sees all ``taps`` input blocks
-        extra = [n + s * (taps - 1) - m for n, m in zip(out_sides, padded.shape[-3:], strict=True)]
+        extra = [int(n + s * (taps - 1) - m) for n, m in zip(out_sides, padded.shape[-3:], strict=True)]
         padded = F.pad(padded, (0, extra[2], 0, extra[1], 0, extra[0]))
-        large = torch.cat([weight.flatten(), weight.new_zeros(1)])[self.scatter_index]
+        large = torch.cat([weight.flatten(), weight.new_zeros(1)])[scatter_index]
         large = large.contiguous(memory_format=torch.channels_last_3d)
         large_bias = None if bias is None else bias.repeat_interleave(s**3)
         return _depth_to_space(F.conv3d(_space_to_depth(padded, s), large, large_bias), s)
