@@ -24,7 +24,7 @@ from rich.progress import (
 
 T = TypeVar("T")
 
-console = Console(stderr=True)
+console = Console(stderr=True, log_path=False)  # the source line of a log call is no news to a user
 
 
 def progress_enabled() -> bool:
