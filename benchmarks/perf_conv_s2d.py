@@ -26,12 +26,12 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
-import time
 from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
+from cdsf_bench.perf.harness import time_calls
 from cdsf_plugins.space_to_depth import SpaceToDepthConv3d
 
 
@@ -49,16 +49,6 @@ def sharing(conv: nn.Conv3d, reformulate: bool, factor: int = 2) -> nn.Conv3d:
     return new
 
 
-def _best(call: Callable[[], None], repeats: int) -> float:
-    call()
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        call()
-        best = min(best, time.perf_counter() - started)
-    return best
-
-
 def _train_step(module: nn.Module, x: Tensor, mixed: bool) -> Callable[[], None]:
     def step() -> None:
         module.zero_grad(set_to_none=True)
@@ -72,11 +62,15 @@ def _train_step(module: nn.Module, x: Tensor, mixed: bool) -> Callable[[], None]
 def _joint_steps(size: tuple[int, int, int], batch: int, mixed: bool, channels_last: bool) -> tuple:
     """Two identical joint couplings on one batch, the second with its ISM's last layer swapped."""
     from cdsf_bench.assemble import assemble, configure_backends
-    from cdsf_bench.perf import PerfSettings, _resolve, _typical_batches, synthetic_cohort
+    from cdsf_bench.perf import PerfSettings, synthetic_cohort
+    from cdsf_bench.perf.cohort import typical_batches
+    from cdsf_bench.perf.settings import resolve_config
     from cdsf_bench.registry import default_registry
 
     registry = default_registry()
-    config = _resolve(PerfSettings(size=size, batch=batch, bf16=mixed, channels_last=channels_last), registry)
+    config = resolve_config(
+        PerfSettings(size=size, batch=batch, bf16=mixed, channels_last=channels_last), registry
+    )
     device = torch.device("cpu")
     configure_backends(device)  # the kernels a run uses
     cohort, labels, splits = synthetic_cohort(size, batch, 0)
@@ -87,7 +81,7 @@ def _joint_steps(size: tuple[int, int, int], batch: int, mixed: bool, channels_l
         assembly = assemble(config, registry, cohort, labels, splits, device)
         decoder = assembly.coupling.synthesiser.decoder
         decoder[2] = sharing(decoder[2], reformulate)
-        drawn = _typical_batches(list(assembly.pipeline.train_batches(0)))[0]
+        drawn = typical_batches(list(assembly.pipeline.train_batches(0)))[0]
         stage = assembly.coupling.stages()[0]
         steps.append(lambda stage=stage, drawn=drawn: stage.step(drawn))
     return steps
@@ -126,14 +120,15 @@ def main(argv: list[str] | None = None) -> int:
         fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
         x = (torch.rand(args.batch, 8, *size) * 2 - 1).contiguous(memory_format=fmt).requires_grad_()
         layer_times = [
-            _best(_train_step(m.to(memory_format=fmt), x, mixed), args.repeats) for m in (conv, fast)
+            time_calls(_train_step(m.to(memory_format=fmt), x, mixed), args.repeats).best
+            for m in (conv, fast)
         ]
         ism = ISM().to(memory_format=fmt)
         swapped = copy.deepcopy(ism)
         ism.decoder[2] = sharing(ism.decoder[2], False).to(memory_format=fmt)
         swapped.decoder[2] = sharing(swapped.decoder[2], True, args.factor).to(memory_format=fmt)
         mri = (torch.rand(args.batch, 1, *size) * 2 - 1).contiguous(memory_format=fmt)
-        ism_times = [_best(_train_step(m, mri, mixed), args.repeats) for m in (ism, swapped)]
+        ism_times = [time_calls(_train_step(m, mri, mixed), args.repeats).best for m in (ism, swapped)]
         print(
             f"{label}: last layer {layer_times[0] * 1e3:.1f} -> {layer_times[1] * 1e3:.1f} ms "
             f"({layer_times[0] / layer_times[1]:.2f}x); ISM fwd+bwd {ism_times[0] * 1e3:.1f} -> "
@@ -141,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         if args.joint:
             original, swapped_step = _joint_steps(size, args.batch, mixed, channels_last)
-            joint = [_best(step, args.repeats) for step in (original, swapped_step)]
+            joint = [time_calls(step, args.repeats).best for step in (original, swapped_step)]
             print(f"{label}: joint step {joint[0]:.3f} -> {joint[1]:.3f} s ({joint[0] / joint[1]:.2f}x)")
     return 0
 

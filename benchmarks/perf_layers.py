@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +26,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from cdsf_bench import config as cfg
+from cdsf_bench.perf.harness import time_calls
 from cdsf_bench.registry import default_registry
 
 VARIANTS = {
@@ -49,16 +48,6 @@ class LayerTime:
 
 def _autocast(enabled: bool) -> torch.autocast:
     return torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled)
-
-
-def _best_of(call: Callable[[], None], repeats: int) -> float:
-    call()
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        call()
-        best = min(best, time.perf_counter() - started)
-    return best
 
 
 def _first_output(output: object) -> torch.Tensor:
@@ -122,7 +111,7 @@ def time_layers(module: nn.Module, inputs: torch.Tensor, mixed: bool, repeats: i
         counter = FlopCounterMode(display=False)
         with counter:
             step()
-        seconds = _best_of(step, repeats)
+        seconds = time_calls(step, repeats).best
         out.append(
             LayerTime(
                 name, type(layer).__name__, tuple(captured.shape), seconds, counter.get_total_flops() / 1e9
@@ -140,7 +129,7 @@ def whole_network(module: nn.Module, inputs: torch.Tensor, mixed: bool, repeats:
             y = _first_output(module(inputs))
         y.float().mean().backward()
 
-    return _best_of(step, repeats)
+    return time_calls(step, repeats).best
 
 
 def build(kind: str, size: tuple[int, int, int], assignments: tuple[str, ...]) -> tuple[nn.Module, int]:

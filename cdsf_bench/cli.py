@@ -301,7 +301,7 @@ for _command in (bench, merge, report, regress):
     main.add_command(_command)
 
 
-# performance measurement (cdsf_bench/perf.py): perf
+# performance measurement (cdsf_bench/perf/): perf
 from cdsf_bench.perf import perf_command  # noqa: E402
 
 main.add_command(perf_command)

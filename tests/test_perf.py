@@ -2,7 +2,8 @@
 
 No test here asserts a speed: timings depend on the machine and on whatever else runs on
 it, so the targets are shown by the benchmark command (benchmarks/perf_step.py), never by
-a timed test. These tests check structure, types and the settings that were used.
+a timed test. These tests check structure, types and the settings that were used; the
+targets' verdicts (benchmarks/targets.py) are checked for their structure on a perf result.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ import math
 import pytest
 from click.testing import CliRunner
 from rich.console import Console
+from support import load_benchmark
 
 from cdsf_bench.cli import main
 from cdsf_bench.perf import Timing, render
+from cdsf_bench.perf.harness import time_calls
 
 SMALL = ["perf", "--json", "--size", "16", "16", "16", "--batch", "2", "--repeats", "2"]
 TIMED_PARTS = ("synthesiser", "diagnoser", "coupling", "pipeline", "synthesiser_fp32_reference")
@@ -94,7 +97,7 @@ def test_shares_and_reference_rates_are_sane(default_run: dict):
 
 
 def test_targets_are_reported_with_thresholds(default_run: dict):
-    goals = default_run["targets"]
+    goals = load_benchmark("targets").targets(default_run)
     assert goals["applies"] is False  # 16^3 is not the issue's 64^3
     for key in (
         "synthesiser_speedup_vs_fp32_contiguous",
@@ -148,6 +151,7 @@ def test_precision_switches_change_what_runs(plain_run: dict):
 def test_table_output_names_every_part_and_the_targets(default_run: dict):
     out = Console(file=io.StringIO(), width=200)
     render(default_run, out)
+    load_benchmark("targets").render_targets(default_run, out)
     text = out.file.getvalue()
     for words in (
         "synthesiser ism",
@@ -175,3 +179,11 @@ def test_timing_summary_is_median_and_quartiles():
     assert summary["iqr_s"] == 2.0
     assert summary["subjects_per_s"] == pytest.approx(2 / 3)
     assert summary["gflop_per_s"] == pytest.approx(2.0)
+
+
+def test_time_calls_warms_up_then_times_each_call():
+    calls: list[int] = []
+    timing = time_calls(lambda: calls.append(1), repeats=3, warmup=2)
+    assert len(calls) == 5
+    assert len(timing.seconds) == 3
+    assert timing.best == min(timing.seconds) >= 0
