@@ -10,8 +10,6 @@ import os
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
-from rich.table import Column
-
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -21,6 +19,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.table import Column
 
 T = TypeVar("T")
 

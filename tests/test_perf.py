@@ -11,8 +11,10 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 
 import pytest
+import torch
 from click.testing import CliRunner
 from rich.console import Console
 from support import load_benchmark
@@ -109,8 +111,16 @@ def test_targets_are_reported_with_thresholds(default_run: dict):
 
 
 def test_warnings_are_a_list_of_sentences(default_run: dict):
+    """A busy machine is warned about in a sentence; an idle one is not."""
+    from cdsf_bench.perf.measure import _warnings
+
     assert isinstance(default_run["warnings"], list)
-    assert all(isinstance(w, str) and w for w in default_run["warnings"])
+    cores = os.cpu_count() or 1
+    cpu = torch.device("cpu")
+    busy = _warnings([4.0 * cores, 1.0, 1.0], cpu)
+    assert busy and all(isinstance(w, str) and w[0].islower() and w.endswith(".") for w in busy)
+    assert "busy" in busy[0] and f"on {cores} cores" in busy[0]
+    assert not any("busy" in w for w in _warnings([0.0, 0.0, 0.0], cpu))
 
 
 def test_settings_record_how_it_was_measured(default_run: dict):
