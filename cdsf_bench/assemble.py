@@ -17,6 +17,7 @@ from cdsf_bench.data.conventions import TASKS
 from cdsf_bench.data.pipeline import DevicePipeline
 from cdsf_bench.data.sources import detect_source
 from cdsf_bench.data.splits import Splits
+from cdsf_bench.distributed import SINGLE_PROCESS, Cluster, global_sum
 from cdsf_bench.errors import InputError
 from cdsf_bench.host import bf16_supported
 from cdsf_bench.interfaces import Cohort, Coupling, DataSource, TrainingContext
@@ -150,7 +151,7 @@ def assemble(
     labels: np.ndarray,
     splits: Splits,
     device: torch.device,
-    shard: tuple[int, int] = (0, 1),
+    cluster: Cluster = SINGLE_PROCESS,
 ) -> Assembly:
     """Build the pipeline, context and coupling of a run from its config.
 
@@ -170,7 +171,7 @@ def assemble(
         batch_size=train["batch_size"],
         augment=config["augment"],
         channels_last=channels_last,
-        shard=shard,
+        shard=(cluster.rank, cluster.world),
         # training batches carry (and augment) the withheld PET only for methods that train on it
         train_with_pet_truth=coupling_class.needs_pet_truth,
     )
@@ -185,6 +186,8 @@ def assemble(
         train_pet_mean=pipeline.train_pet_mean(),
         has_pet_truth=cohort.pet_truth is not None,
         mixed_precision=mixed,
+        world=cluster.world,
+        global_sum=global_sum(cluster),
     )
     coupling = build_method(config, registry, context, channels_last)
     if config["precision"]["compile"]:

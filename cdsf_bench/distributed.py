@@ -16,6 +16,7 @@ Backends: gloo on CPU, nccl on CUDA (each process on ``cuda:LOCAL_RANK``).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +39,9 @@ class Cluster:
     @property
     def active(self) -> bool:
         return self.world > 1
+
+
+SINGLE_PROCESS = Cluster()
 
 
 def from_environment() -> Cluster:
@@ -87,6 +91,19 @@ def average_scalars(values: dict[str, float], cluster: Cluster) -> dict[str, flo
     tensor = torch.tensor([values[k] for k in keys], dtype=torch.float64)
     dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return {k: float(v) / cluster.world for k, v in zip(keys, tensor.tolist(), strict=True)}
+
+
+def global_sum(cluster: Cluster) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A function summing a tensor over processes (``TrainingContext.global_sum``)."""
+    if not cluster.active:
+        return lambda tensor: tensor
+
+    def reduce(tensor: torch.Tensor) -> torch.Tensor:
+        total = tensor.detach().clone()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        return total
+
+    return reduce
 
 
 def gather_records(records: list[dict], cluster: Cluster) -> list[dict]:

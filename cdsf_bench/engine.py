@@ -26,7 +26,7 @@ import torch
 
 from cdsf_bench import distributed
 from cdsf_bench.data.pipeline import DevicePipeline
-from cdsf_bench.distributed import Cluster
+from cdsf_bench.distributed import SINGLE_PROCESS, Cluster
 from cdsf_bench.errors import InputError, RunFailed
 from cdsf_bench.interfaces import Batch, Coupling, Prediction, TrainingStage
 from cdsf_bench.metrics import (
@@ -40,7 +40,6 @@ from cdsf_bench.progress import make_progress
 from cdsf_bench.results import load_torch, save_torch
 from cdsf_bench.run_folder import RunFolder
 
-SINGLE_PROCESS = Cluster()
 SYNTHESIS_SELECTION = ("ssim", "psnr", "mae")
 
 
@@ -63,14 +62,17 @@ def evaluate(
     seed: int = 0,
     with_ssim: bool = True,
     keep_synthetic: bool = False,
+    score_withheld: bool = False,
     cluster: Cluster = SINGLE_PROCESS,
     threshold: float = 0.5,
 ) -> Evaluation:
     """Predict ``split`` with the coupling and score diagnosis and (where made) synthesis.
 
-    Synthesis is scored against real PET where the source knows it: the acquired PET, or on
-    the phantom the hidden PET of subjects whose PET is "missing". Under torch.distributed
-    each process predicts its share and the records are gathered, one per subject.
+    Synthesis is scored against the acquired PET, and with ``score_withheld`` also against
+    the hidden PET of subjects whose PET is "missing" where the source keeps it (the
+    phantom). Only the final test evaluation sets it: selection and early stopping must
+    use what a real cohort has. Under torch.distributed each process predicts its share
+    and the records are gathered, one per subject.
     """
     records: list[dict] = []
     mask = pipeline.brain_mask.cpu().numpy()
@@ -80,7 +82,8 @@ def evaluate(
         module.eval()
     with torch.no_grad():
         for batch in pipeline.eval_batches(split, coupling.subjects):
-            records.extend(_batch_records(coupling.predict(batch), batch, mask, with_ssim, keep_synthetic))
+            prediction = coupling.predict(batch)
+            records.extend(_batch_records(prediction, batch, mask, with_ssim, keep_synthetic, score_withheld))
     for name, module in modules.items():
         module.train(was_training[name])
     records = sorted(distributed.gather_records(records, cluster), key=lambda r: r["row"])
@@ -108,7 +111,12 @@ def evaluate(
 
 
 def _batch_records(
-    prediction: Prediction, batch: Batch, mask: np.ndarray, with_ssim: bool, keep_synthetic: bool
+    prediction: Prediction,
+    batch: Batch,
+    mask: np.ndarray,
+    with_ssim: bool,
+    keep_synthetic: bool,
+    score_withheld: bool,
 ) -> list[dict[str, Any]]:
     """One record per subject of a predicted batch; each tensor crosses to the host once."""
     rows = batch.index.tolist()
@@ -118,7 +126,8 @@ def _batch_records(
     synthetic = truth = None
     if prediction.synthetic is not None:
         synthetic = prediction.synthetic[:, 0].float().cpu().numpy()
-        known_truth = batch.pet_truth if batch.pet_truth is not None else batch.pet
+        withheld_known = score_withheld and batch.pet_truth is not None
+        known_truth = batch.pet_truth if withheld_known and batch.pet_truth is not None else batch.pet
         truth = known_truth[:, 0].cpu().numpy()
     records = []
     for i, row in enumerate(rows):
@@ -129,7 +138,7 @@ def _batch_records(
             "pet_source": prediction.pet_source[i],
         }
         if synthetic is not None and truth is not None:
-            if batch.pet_truth is not None or has_pet[i]:
+            if withheld_known or has_pet[i]:
                 scores = synthesis_metrics(truth[i], synthetic[i], mask, ssim=with_ssim)
                 record.update({f"synth_{k}": v for k, v in scores.items()})
             if keep_synthetic:
@@ -231,6 +240,8 @@ class Trainer:
             started = time.perf_counter()
             for module in stage.modules.values():
                 module.train()
+            if stage.begin_epoch is not None:
+                stage.begin_epoch(epoch)
             sums: dict[str, float] = {}
             progress.reset(batch_task, total=n_batches)
             for step, batch in enumerate(self.pipeline.train_batches(epoch, stage.subjects)):

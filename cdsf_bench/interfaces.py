@@ -206,6 +206,9 @@ class TrainingStage:
     subjects: Literal["all", "with_pet"] = "all"
     patience: int | None = None
     schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler] = field(default_factory=dict)
+    #: called with the epoch index before each epoch's first step (a schedule of loss weights,
+    #: say); it depends on the epoch alone, so a resumed run continues the same schedule
+    begin_epoch: Callable[[int], None] | None = None
 
 
 @dataclass
@@ -222,10 +225,27 @@ class TrainingContext:
     train_pet_mean: Tensor  # [1, 1, D, H, W] mean real PET over training subjects with PET
     has_pet_truth: bool  # every subject's real PET is known (the phantom)
     mixed_precision: bool = False  # bf16 autocast for forward passes; losses stay fp32
+    #: data-parallel processes, each holding a share of every training batch (1: one process)
+    world: int = 1
+    #: the sum of a tensor over those processes (the identity in one process)
+    global_sum: Callable[[Tensor], Tensor] = field(default=lambda tensor: tensor)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """Autocast for forward passes: bf16 when mixed precision is on, a no-op otherwise."""
         return bf16_autocast(self.device, self.mixed_precision)
+
+    def mean(self, values: Tensor) -> Tensor:
+        """The mean of per-subject ``values`` over the whole batch, as this process's share.
+
+        Under data parallelism each process holds part of the batch, and part of any subset
+        of it (the subjects with PET, say): a process's own mean is not the batch's. This
+        returns ``world * local sum / global count``, so that averaging gradients over the
+        processes gives exactly the one-process gradient. Every process must call it the
+        same number of times (it communicates); ``values`` may be empty. Zero, with no
+        gradient, when no process has a value.
+        """
+        count = self.global_sum(torch.tensor(float(values.numel()), device=values.device))
+        return values.float().sum() * self.world / count.clamp(min=1.0)
 
 
 def bf16_autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:

@@ -99,7 +99,7 @@ def _execute(
     )
     leak = check_no_leak(cohort.participants, splits)
 
-    assembly = assemble(run.raw, registry, cohort, labels, splits, device, (cluster.rank, cluster.world))
+    assembly = assemble(run.raw, registry, cohort, labels, splits, device, cluster)
     pipeline, coupling = assembly.pipeline, assembly.coupling
     folder.write_splits(splits.table(cohort.participants))
     chosen = (method.synth, method.diag, method.coupling)
@@ -156,6 +156,7 @@ def _execute(
         bootstrap=run.evaluate.bootstrap,
         seed=run.seed,
         keep_synthetic=True,
+        score_withheld=True,  # the hidden PET scores the test split and nothing else
         cluster=cluster,
         threshold=threshold,
     )

@@ -273,7 +273,7 @@ def test_decoupled_stages_and_their_settings() -> None:
     )
     assert set(diagnosis.modules) == {"diagnoser"}
     assert decoupled().stages()[0].epochs == 3  # 0 means the run's epochs
-    for group in coupling.optimise_synthesiser.param_groups + coupling.optimise_discriminator.param_groups:
+    for group in coupling.optimise_synthesiser.param_groups + coupling.critic.optimiser.param_groups:
         assert (group["lr"], group["betas"]) == (2e-4, (0.5, 0.999))
     assert coupling.optimise_diagnoser.param_groups[0]["weight_decay"] == 1e-4
 
@@ -282,13 +282,13 @@ def test_decoupled_discriminator_follows_the_generators_memory_format() -> None:
     def conv_weights(module: nn.Module) -> list[torch.Tensor]:
         return [p for p in module.parameters() if p.dim() == 5 and p.shape[1] > 1]
 
-    assert all(w.is_contiguous() for w in conv_weights(decoupled().discriminator))
+    assert all(w.is_contiguous() for w in conv_weights(decoupled().critic.network))
 
     def channels_last() -> nn.Module:
         return build_synthesiser().to(memory_format=torch.channels_last_3d)
 
     coupling = DecoupledCoupling(context(), channels_last, build_diagnoser, discriminator_widths=(4, 8))
-    weights = conv_weights(coupling.discriminator)
+    weights = conv_weights(coupling.critic.network)
     assert weights and all(w.is_contiguous(memory_format=torch.channels_last_3d) for w in weights)
     assert not any(w.is_contiguous() for w in weights)
 
@@ -299,15 +299,15 @@ def test_decoupled_synthesis_step_moves_the_gan_only() -> None:
     real.has_pet[:] = True  # the synthesis stage draws subjects with PET only
     real.pet = real.pet_truth
     generator, critic, diagnoser = (
-        snapshot(m) for m in (coupling.synthesiser, coupling.discriminator, coupling.diagnoser)
+        snapshot(m) for m in (coupling.synthesiser, coupling.critic.network, coupling.diagnoser)
     )
     terms = coupling.synthesis_step(real)
     assert set(terms) == {"D", "G", "adv", "l1"} and all(v.dim() == 0 for v in terms.values())
     losses = {key: float(value) for key, value in terms.items()}
     assert losses["G"] == pytest.approx(losses["adv"] + 100.0 * losses["l1"], rel=1e-5)
-    assert moved(generator, coupling.synthesiser) and moved(critic, coupling.discriminator)
+    assert moved(generator, coupling.synthesiser) and moved(critic, coupling.critic.network)
     assert not moved(diagnoser, coupling.diagnoser)
-    assert all(p.requires_grad for p in coupling.discriminator.parameters())
+    assert all(p.requires_grad for p in coupling.critic.network.parameters())
 
 
 def test_decoupled_diagnosis_step_freezes_the_generator() -> None:

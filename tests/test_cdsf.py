@@ -8,14 +8,14 @@ import pytest
 import torch
 
 from cdsf_bench.interfaces import Batch, TrainingContext
-from cdsf_plugins.cdsf import JointCoupling, masked_mean, positive_probability
+from cdsf_plugins.cdsf import JointCoupling, positive_probability
 from cdsf_plugins.ism import ISM
 from cdsf_plugins.mdm import MDM
 
 SHAPE = (16, 20, 16)
 
 
-def _coupling(**weights) -> JointCoupling:
+def _coupling(diag_norm: str = "batch", **weights) -> JointCoupling:
     torch.manual_seed(0)
     context = TrainingContext(
         device=torch.device("cpu"),
@@ -31,7 +31,9 @@ def _coupling(**weights) -> JointCoupling:
     return JointCoupling(
         context,
         lambda: ISM(widths=(4, 8, 8), n_residual=1),
-        lambda channels, classes=None: MDM(channels, SHAPE, classes or 2, widths=(4, 8, 8, 8, 8)),
+        lambda channels, classes=None: MDM(
+            channels, SHAPE, classes or 2, widths=(4, 8, 8, 8, 8), norm=diag_norm
+        ),
         **weights,
     )
 
@@ -65,16 +67,20 @@ def test_feature_consistency_gradient_reaches_the_synthesiser():
     assert grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("term", ["voxel", "feature", "diag"])
+#: every term of L_G switched on (the defaults leave w_diag and w_adv at 0)
+EVERY_TERM = {"w_diag": 0.1, "w_adv": 1.0}
+
+
+@pytest.mark.parametrize("term", ["voxel", "feature", "diag", "adv"])
 def test_zero_weight_removes_a_synthesiser_term(term: str):
     batch = _batch()
-    full_loss, full_grad = _synth_grad(_coupling(), batch)
-    ablated_loss, ablated_grad = _synth_grad(_coupling(**{f"w_{term}": 0.0}), batch)
+    full_loss, full_grad = _synth_grad(_coupling(**EVERY_TERM), batch)
+    ablated_loss, ablated_grad = _synth_grad(_coupling(**{**EVERY_TERM, f"w_{term}": 0.0}), batch)
     assert ablated_loss != pytest.approx(full_loss)
     assert not torch.allclose(full_grad, ablated_grad)
-    coupling = _coupling(**{f"w_{term}": 0.0})
+    coupling = _coupling(**{**EVERY_TERM, f"w_{term}": 0.0})
     total, terms = coupling.synthesiser_loss(batch, coupling.synthesiser(batch.mri))
-    kept = sum(coupling.weights[k] * float(v) for k, v in terms.items() if k != term)
+    kept = sum(coupling.weights[k] * float(v.detach()) for k, v in terms.items() if k != term)
     assert float(total) == pytest.approx(kept, rel=1e-5)
 
 
@@ -140,15 +146,15 @@ def test_reading_b_has_a_class_by_source_head_and_marginal_probabilities():
     coupling = _coupling(mdm_head="class_source")
     assert coupling.diagnoser.classifier.out_features == 4
     loss = coupling.step(_batch())
-    assert all(torch.isfinite(torch.tensor(v)) for v in loss.values())
+    assert all(torch.isfinite(v) for v in loss.values())
     logits = torch.tensor([[0.0, 0.0, 0.0, 0.0]])
     assert float(positive_probability(logits, "class_source")) == pytest.approx(0.5)
 
 
-def test_masked_mean_is_zero_without_subjects():
-    values = torch.tensor([1.0, 2.0])
-    assert float(masked_mean(values, torch.tensor([False, False]))) == 0.0
-    assert float(masked_mean(values, torch.tensor([True, False]))) == 1.0
+def test_context_mean_is_the_batch_mean_and_zero_without_subjects():
+    context = _coupling().context
+    assert float(context.mean(torch.zeros(0))) == 0.0
+    assert float(context.mean(torch.tensor([1.0, 3.0]))) == 2.0
 
 
 def test_unknown_head_is_refused():
@@ -158,7 +164,7 @@ def test_unknown_head_is_refused():
 
 def test_synthetic_pairs_missing_uses_only_subjects_without_pet():
     batch = _batch()
-    coupling = _coupling(synthetic_pairs="missing", w_cls_real=0.0)
+    coupling = _coupling(diag_norm="group", synthetic_pairs="missing", w_cls_real=0.0)
     synthetic = coupling.synthesiser(batch.mri)
     _, terms = coupling.diagnoser_loss(batch, synthetic)
     missing = ~batch.has_pet
@@ -167,5 +173,71 @@ def test_synthetic_pairs_missing_uses_only_subjects_without_pet():
         batch.label[missing],
     )
     assert float(terms["cls_synth"]) == pytest.approx(float(expected), rel=1e-4)
-    everyone = _coupling(synthetic_pairs="all", w_cls_real=0.0)
+    everyone = _coupling(diag_norm="group", synthetic_pairs="all", w_cls_real=0.0)
     assert float(everyone.diagnoser_loss(batch, synthetic)[1]["cls_synth"]) != pytest.approx(float(expected))
+
+
+@pytest.mark.parametrize("norm", ["batch", "instance", "group"])
+def test_feature_consistency_is_zero_for_a_perfect_generator(norm: str):
+    """y_hat = y gives a feature term of exactly 0, whatever the diagnoser normalises with."""
+    coupling = _coupling(diag_norm=norm)
+    batch = _batch()
+    coupling.step(batch)  # D has learnt a step and its running statistics have moved
+    _, terms = coupling.synthesiser_loss(batch, batch.pet.clone())
+    assert float(terms["feature"]) == 0.0
+    assert float(terms["voxel"]) == 0.0
+
+
+def test_the_synthesiser_step_leaves_the_diagnosers_statistics_and_weights_alone():
+    coupling = _coupling(w_diag=0.1)
+    batch = _batch()
+    synthetic = coupling.synthesiser(batch.mri)
+    before = copy.deepcopy(coupling.diagnoser.state_dict())
+    loss, _ = coupling.synthesiser_loss(batch, synthetic)
+    loss.backward()
+    after = coupling.diagnoser.state_dict()
+    assert any("running_mean" in key for key in before)
+    assert all(torch.equal(before[key], after[key]) for key in before)  # buffers and weights
+    assert coupling.diagnoser.training  # restored for the next step
+    assert all(p.grad is None for p in coupling.diagnoser.parameters())
+
+
+def test_no_batch_norm_training_forward_sees_one_subject():
+    """The joint step never hands a batch-norm layer in training mode a single subject."""
+    seen: list[int] = []
+
+    def record(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        if module.training:
+            seen.append(int(inputs[0].shape[0]))
+
+    for pairs, has_pet in [
+        ("all", [True, False, False, False]),
+        ("missing", [True, True, True, False]),  # one synthetic pair and three real ones
+        ("missing", [False, False, False, False]),
+    ]:
+        coupling = _coupling(synthetic_pairs=pairs, w_diag=0.1)
+        for module in coupling.diagnoser.modules():
+            if isinstance(module, torch.nn.BatchNorm3d):
+                module.register_forward_pre_hook(record)
+        batch = _batch()
+        batch.has_pet = torch.tensor(has_pet)
+        losses = coupling.step(batch)
+        assert float(losses["skipped_single"]) == 0.0
+    assert seen and min(seen) > 1
+    lonely = _coupling(synthetic_pairs="missing", w_cls_real=0.0)  # D would see the one missing subject
+    losses = lonely.step(_batch())
+    assert float(losses["skipped_single"]) == 1.0 and float(losses["cls_synth"]) == 0.0
+
+
+def test_warm_up_trains_the_generator_on_the_voxel_loss_first():
+    coupling = _coupling(w_diag=0.1, warmup_epochs=2, ramp_epochs=2)
+    shares = []
+    for epoch in range(6):
+        coupling.begin_epoch(epoch)
+        shares.append(coupling.collaboration)
+    assert shares == pytest.approx([0.0, 0.0, 1 / 3, 2 / 3, 1.0, 1.0])
+    coupling.begin_epoch(0)
+    batch = _batch()
+    total, terms = coupling.synthesiser_loss(batch, coupling.synthesiser(batch.mri))
+    assert float(total) == pytest.approx(coupling.weights["voxel"] * float(terms["voxel"]))
+    assert coupling.stages()[0].begin_epoch is not None

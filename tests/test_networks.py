@@ -86,6 +86,12 @@ def test_ism_default_architecture() -> None:
     assert [c.stride[0] for c in convs] == [1, 2, 2]
     assert len(ism.transfer) == 6
     ups = [m for m in ism.decoder.modules() if isinstance(m, nn.ConvTranspose3d)]
+    # the paper's "two transposed conv layers with 32 and 16 channels": output widths
+    assert [(u.in_channels, u.out_channels) for u in ups] == [(32, 32), (32, 16)]
+    last = [m for m in ism.decoder.modules() if isinstance(m, nn.Conv3d)][-1]
+    assert (last.in_channels, last.out_channels) == (16, 1)
+    narrow = ISM(decoder_widths=(16, 8))  # the earlier reading, still selectable
+    ups = [m for m in narrow.decoder.modules() if isinstance(m, nn.ConvTranspose3d)]
     assert [(u.in_channels, u.out_channels) for u in ups] == [(32, 16), (16, 8)]
 
 

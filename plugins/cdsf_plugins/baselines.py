@@ -52,16 +52,17 @@ from cdsf_bench.errors import InputError
 from cdsf_bench.interfaces import DiagnoserFactory, PetSource, SynthesiserFactory
 from cdsf_plugins.common import (
     PREDICT_WITH,
+    AdversarialCritic,
     check_choice,
     diagnose,
     diagnoser_optimiser,
     fill_pet,
+    has_batch_norm,
+    patch_critic,
     positive_probability,
     real_where,
     selected_stage,
 )
-from cdsf_plugins.patchgan import PatchGAN3D
-from cdsf_plugins.space_to_depth import memory_format_of
 from cdsf_plugins.unet3d import UNet3D
 
 
@@ -94,6 +95,7 @@ class DiagnosisCoupling(Coupling):
     ) -> None:
         super().__init__(context, build_synthesiser, build_diagnoser)
         self.diagnoser = build_diagnoser(self.in_channels)
+        self.batch_norm = has_batch_norm(self.diagnoser)
         self.optimise_diagnoser = diagnoser_optimiser(self.diagnoser, context, weight_decay)
 
     @abstractmethod
@@ -116,14 +118,24 @@ class DiagnosisCoupling(Coupling):
         ]
 
     def step(self, batch: Batch) -> Mapping[str, Tensor]:
-        """One update of D on L_D = CE(D(x, p), c)."""
-        channel = self.pet_channel(batch, training=True)
-        logits = diagnose(self.diagnoser, self.context, batch.mri, channel.pet).logits
-        loss = F.cross_entropy(logits.float(), batch.label)
+        """One update of D on L_D = CE(D(x, p), c), averaged over the whole batch.
+
+        A share of one subject (data parallelism over small batches) is not shown to a
+        batch-norm diagnoser in training mode (``skipped_single``); it still takes part in
+        the gradient average with nothing.
+        """
+        skipped = len(batch) == 1 and self.batch_norm
+        losses = batch.mri.new_zeros(0)
+        if not skipped:
+            channel = self.pet_channel(batch, training=True)
+            logits = diagnose(self.diagnoser, self.context, batch.mri, channel.pet).logits
+            losses = F.cross_entropy(logits.float(), batch.label, reduction="none")
+        loss = self.context.mean(losses)
         self.optimise_diagnoser.zero_grad(set_to_none=True)
-        loss.backward()
+        if loss.requires_grad:
+            loss.backward()
         self.optimise_diagnoser.step()
-        return {"cls": loss}
+        return {"cls": loss.detach(), "skipped_single": torch.tensor(float(skipped))}
 
     def predict(self, batch: Batch) -> Prediction:
         channel = self.pet_channel(batch, training=False)
@@ -171,16 +183,12 @@ class Oracle(DiagnosisCoupling):
         return PetChannel(batch.pet_truth, ["real"] * len(batch))
 
 
-def _bce(logits: Tensor, target: float) -> Tensor:
-    """BCE-with-logits of a patch map against a constant label, in float32."""
-    logits = logits.float()
-    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
-
-
 class DecoupledCoupling(DiagnosisCoupling):
     """Two stages: a pix2pix-style 3D conditional GAN, then a diagnoser on real-or-imputed PET.
 
     ``synthesis_epochs`` = 0 means the run's epochs; the diagnosis stage always uses them.
+    ``w_adv`` = 0 trains the generator on the L1 term alone (no critic), the control that
+    matches the joint coupling's default generator loss.
     """
 
     needs_synthesiser = True
@@ -191,6 +199,7 @@ class DecoupledCoupling(DiagnosisCoupling):
         build_synthesiser: SynthesiserFactory | None,
         build_diagnoser: DiagnoserFactory,
         *,
+        w_adv: float = 1.0,
         w_l1: float = 100.0,
         synthesis_lr: float = 2e-4,
         synthesis_epochs: int = 0,
@@ -208,32 +217,34 @@ class DecoupledCoupling(DiagnosisCoupling):
                 f"got {synthesis_epochs}."
             )
         self.predict_with = check_choice("predict_with", predict_with, PREDICT_WITH)
-        self.w_l1 = w_l1
+        self.w_adv, self.w_l1 = w_adv, w_l1
         self.synthesis_epochs = synthesis_epochs or context.epochs
         self.synthesiser = build_synthesiser()
-        discriminator = PatchGAN3D(2, tuple(discriminator_widths), discriminator_norm)
-        layout = memory_format_of(self.synthesiser)  # the discriminator follows the generator
-        # torch's stubs lack Module.to's memory_format keyword, which exists
-        self.discriminator = discriminator.to(context.device, memory_format=layout)  # type: ignore[call-overload]
-        betas = (0.5, 0.999)
+        self.critic = None
+        if w_adv:
+            network = patch_critic(context, self.synthesiser, discriminator_widths, discriminator_norm)
+            self.critic = AdversarialCritic(context, network, synthesis_lr)
         self.optimise_synthesiser = torch.optim.Adam(
-            self.synthesiser.parameters(), lr=synthesis_lr, betas=betas
+            self.synthesiser.parameters(), lr=synthesis_lr, betas=(0.5, 0.999)
         )
-        self.optimise_discriminator = torch.optim.Adam(
-            self.discriminator.parameters(), lr=synthesis_lr, betas=betas
-        )
+
+    def _gan(self) -> tuple[dict[str, torch.nn.Module], dict[str, torch.optim.Optimizer]]:
+        modules: dict[str, torch.nn.Module] = {"synthesiser": self.synthesiser}
+        optimisers: dict[str, torch.optim.Optimizer] = {"synthesiser": self.optimise_synthesiser}
+        if self.critic is not None:
+            modules["discriminator"] = self.critic.network
+            optimisers["discriminator"] = self.critic.optimiser
+        return modules, optimisers
 
     def modules(self) -> dict[str, torch.nn.Module]:
-        return {**super().modules(), "synthesiser": self.synthesiser, "discriminator": self.discriminator}
+        return {**super().modules(), **self._gan()[0]}
 
     def stages(self) -> list[TrainingStage]:
+        modules, optimisers = self._gan()
         synthesis = TrainingStage(
             name="synthesis",
-            modules={"synthesiser": self.synthesiser, "discriminator": self.discriminator},
-            optimisers={
-                "synthesiser": self.optimise_synthesiser,
-                "discriminator": self.optimise_discriminator,
-            },
+            modules=modules,
+            optimisers=optimisers,
             step=self.synthesis_step,
             epochs=self.synthesis_epochs,
             select_on="mae",
@@ -242,32 +253,23 @@ class DecoupledCoupling(DiagnosisCoupling):
         )
         return [synthesis, *super().stages()]
 
-    def _judge(self, mri: Tensor, pet: Tensor) -> Tensor:
-        """P(x, p): patch logits of the discriminator for the pair."""
-        with self.context.autocast():
-            return self.discriminator(torch.cat([mri, pet], dim=1))
-
     def synthesis_step(self, batch: Batch) -> Mapping[str, Tensor]:
         """One pix2pix update: P on L_P, then G on L_G (every subject here has real PET)."""
         mri, real = batch.mri, batch.pet
         with self.context.autocast():
             fake = self.synthesiser(mri)
-        loss_p = 0.5 * (_bce(self._judge(mri, real), 1.0) + _bce(self._judge(mri, fake.detach()), 0.0))
-        self.optimise_discriminator.zero_grad(set_to_none=True)
-        loss_p.backward()
-        self.optimise_discriminator.step()
-        # P is frozen while G learns from it, so L_G moves G alone
-        self.discriminator.requires_grad_(False)
-        try:
-            adversarial = _bce(self._judge(mri, fake), 1.0)
-            l1 = (fake.float() - real).abs().mean()
-            loss_g = adversarial + self.w_l1 * l1
-            self.optimise_synthesiser.zero_grad(set_to_none=True)
-            loss_g.backward()
-            self.optimise_synthesiser.step()
-        finally:
-            self.discriminator.requires_grad_(True)
-        return {"D": loss_p, "G": loss_g, "adv": adversarial, "l1": l1}
+        zero = torch.zeros((), device=mri.device)
+        loss_p, adversarial = zero, zero
+        if self.critic is not None:
+            loss_p = self.critic.learn(mri, real, fake)
+            adversarial = self.critic.fooling(mri, fake)
+        l1 = self.context.mean((fake.float() - real).abs().flatten(1).mean(dim=1))
+        loss_g = self.w_adv * adversarial + self.w_l1 * l1
+        self.optimise_synthesiser.zero_grad(set_to_none=True)
+        loss_g.backward()
+        self.optimise_synthesiser.step()
+        losses = {"D": loss_p, "G": loss_g, "adv": adversarial, "l1": l1}
+        return {key: value.detach() for key, value in losses.items()}
 
     def pet_channel(self, batch: Batch, training: bool) -> PetChannel:
         """Real PET where training has it, else G's; a prediction also returns G's for all.

@@ -37,14 +37,23 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cdsf_bench import Batch, Component, Coupling, Prediction, TrainingContext, TrainingStage, hookimpl
-from cdsf_bench.interfaces import DiagnoserOutput, Method, MethodDefaults
+from cdsf_bench.interfaces import (
+    DiagnoserFactory,
+    DiagnoserOutput,
+    Method,
+    MethodDefaults,
+    SynthesiserFactory,
+)
 from cdsf_plugins.common import (
     PREDICT_WITH,
+    AdversarialCritic,
     check_choice,
     diagnose,
     diagnoser_optimiser,
     fill_pet,
-    masked_mean,
+    frozen,
+    has_batch_norm,
+    patch_critic,
     positive_probability,
     real_where,
     selected_stage,
@@ -64,56 +73,89 @@ class JointCoupling(Coupling):
     def __init__(
         self,
         context: TrainingContext,
-        build_synthesiser,
-        build_diagnoser,
+        build_synthesiser: SynthesiserFactory | None,
+        build_diagnoser: DiagnoserFactory,
         *,
         w_voxel: float = 10.0,
         w_feature: float = 1.0,
-        w_diag: float = 0.1,
+        w_diag: float = 0.0,
         w_cls_real: float = 1.0,
         w_cls_synth: float = 1.0,
+        w_adv: float = 0.0,
         mdm_head: str = "class",
         synthetic_pairs: str = "all",
         predict_with: str = "real",
         synthesiser_lr_factor: float = 0.2,
         weight_decay: float = 1e-4,
+        warmup_epochs: int = 0,
+        ramp_epochs: int = 0,
+        critic_lr: float = 2e-4,
+        critic_widths: tuple[int, ...] = (16, 32, 64),
+        critic_norm: str = "instance",
     ) -> None:
         super().__init__(context, build_synthesiser, build_diagnoser)
+        if build_synthesiser is None:
+            raise ValueError("the joint coupling trains a synthesiser; choose one with --synth")
         check_choice("mdm_head", mdm_head, MDM_HEADS)
         check_choice("predict_with", predict_with, PREDICT_WITH)
         check_choice("synthetic_pairs", synthetic_pairs, SYNTHETIC_PAIRS)
+        if warmup_epochs < 0 or ramp_epochs < 0:
+            raise ValueError(
+                f"warmup_epochs and ramp_epochs must be >= 0, got {warmup_epochs}, {ramp_epochs}"
+            )
         self.weights = {
             "voxel": w_voxel,
             "feature": w_feature,
             "diag": w_diag,
             "cls_real": w_cls_real,
             "cls_synth": w_cls_synth,
+            "adv": w_adv,
         }
         self.head = mdm_head
         self.synthetic_pairs = synthetic_pairs
         self.predict_with = predict_with
+        self.warmup_epochs, self.ramp_epochs = warmup_epochs, ramp_epochs
+        #: the share of the collaborative terms in this epoch (begin_epoch sets it; 1 without warm-up)
+        self.collaboration = 1.0
         self.synthesiser = build_synthesiser()
         outputs = context.num_classes * (2 if mdm_head == "class_source" else 1)
         self.diagnoser = build_diagnoser(2, outputs)
+        self.batch_norm = has_batch_norm(self.diagnoser)
         lr = context.learning_rate
         self.optimise_synthesiser = torch.optim.Adam(
             self.synthesiser.parameters(), lr=lr * synthesiser_lr_factor, betas=(0.5, 0.999)
         )
         self.optimise_diagnoser = diagnoser_optimiser(self.diagnoser, context, weight_decay)
+        self.critic = None
+        if w_adv:
+            network = patch_critic(context, self.synthesiser, critic_widths, critic_norm)
+            self.critic = AdversarialCritic(context, network, critic_lr)
 
     def modules(self) -> dict[str, torch.nn.Module]:
-        return {"synthesiser": self.synthesiser, "diagnoser": self.diagnoser}
+        networks = {"synthesiser": self.synthesiser, "diagnoser": self.diagnoser}
+        return networks if self.critic is None else {**networks, "critic": self.critic.network}
 
     def stages(self) -> list[TrainingStage]:
-        return [
-            selected_stage(
-                self.context,
-                "joint",
-                {"synthesiser": self.synthesiser, "diagnoser": self.diagnoser},
-                {"synthesiser": self.optimise_synthesiser, "diagnoser": self.optimise_diagnoser},
-                self.step,
-            )
-        ]
+        optimisers: dict[str, torch.optim.Optimizer] = {
+            "synthesiser": self.optimise_synthesiser,
+            "diagnoser": self.optimise_diagnoser,
+        }
+        if self.critic is not None:
+            optimisers["critic"] = self.critic.optimiser
+        stage = selected_stage(self.context, "joint", self.modules(), optimisers, self.step)
+        stage.begin_epoch = self.begin_epoch
+        return [stage]
+
+    def begin_epoch(self, epoch: int) -> None:
+        """Warm-up: G learns from the voxel loss alone, then the collaborative terms ramp in.
+
+        The share is 0 for the first ``warmup_epochs`` epochs, then rises linearly to 1 over
+        ``ramp_epochs`` epochs (at once without a ramp).
+        """
+        if epoch < self.warmup_epochs:
+            self.collaboration = 0.0
+        else:
+            self.collaboration = min(1.0, (epoch - self.warmup_epochs + 1) / (self.ramp_epochs + 1))
 
     def _target(self, label: Tensor, synthetic: bool) -> Tensor:
         """The class index, or under reading (b) the (class, source) index."""
@@ -123,41 +165,64 @@ class JointCoupling(Coupling):
         return diagnose(self.diagnoser, self.context, mri, pet)
 
     def diagnoser_loss(self, batch: Batch, synthetic: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """L_D: the diagnosis learnt from real pairs and from (detached) synthetic pairs."""
-        w = self.weights
-        real = batch.has_pet
-        zero = torch.zeros((), device=batch.mri.device)
-        terms = {"cls_real": zero, "cls_synth": zero}
-        if w["cls_real"] and real.any():
-            out = self._diagnose(batch.mri[real], batch.pet[real])
-            terms["cls_real"] = F.cross_entropy(out.logits.float(), self._target(batch.label[real], False))
+        """L_D: the diagnosis learnt from real pairs and (detached) synthetic pairs, in one forward.
+
+        Real and synthetic pairs are normalised together, as they are met at test time; a
+        forward that would hand batch norm a single subject is skipped (``skipped_single``).
+        """
+        w, real = self.weights, batch.has_pet
+        w_synth = w["cls_synth"] * self.collaboration
         synth = torch.ones_like(real) if self.synthetic_pairs == "all" else ~real
-        if w["cls_synth"] and synth.any():
-            out = self._diagnose(batch.mri[synth], synthetic.detach()[synth])
-            terms["cls_synth"] = F.cross_entropy(out.logits.float(), self._target(batch.label[synth], True))
-        return w["cls_real"] * terms["cls_real"] + w["cls_synth"] * terms["cls_synth"], terms
+        take_real = real & bool(w["cls_real"])
+        take_synth = synth & bool(w_synth)
+        mri = torch.cat([batch.mri[take_real], batch.mri[take_synth]])
+        pet = torch.cat([batch.pet[take_real], synthetic.detach()[take_synth].to(batch.pet.dtype)])
+        target = torch.cat(
+            [self._target(batch.label[take_real], False), self._target(batch.label[take_synth], True)]
+        )
+        skipped = len(mri) == 1 and self.batch_norm
+        losses = mri.new_zeros(0)
+        if len(mri) and not skipped:
+            logits = self._diagnose(mri, pet).logits.float()
+            losses = F.cross_entropy(logits, target, reduction="none")
+        n_real = int(take_real.sum())
+        terms = {
+            "cls_real": self.context.mean(losses[:n_real]),
+            "cls_synth": self.context.mean(losses[n_real:]),
+            "skipped_single": torch.tensor(float(skipped)),
+        }
+        return w["cls_real"] * terms["cls_real"] + w_synth * terms["cls_synth"], terms
 
     def synthesiser_loss(self, batch: Batch, synthetic: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """L_G: voxel and feature consistency with real PET, and MDM's diagnostic signal."""
-        w = self.weights
-        real = batch.has_pet
+        """L_G: voxel and feature consistency with real PET, MDM's diagnostic and P's adversarial signal.
+
+        D (and P) are frozen here: evaluation mode, no gradient, running statistics untouched,
+        so f(x, y_hat) and f(x, y) are normalised alike and the feature term is 0 for y_hat = y.
+        """
+        w, real, share = self.weights, batch.has_pet, self.collaboration
         zero = torch.zeros((), device=batch.mri.device)
         voxel = (synthetic.float() - batch.pet).abs().flatten(1).mean(dim=1)
-        terms = {"voxel": masked_mean(voxel, real), "feature": zero, "diag": zero}
-        if w["feature"] or w["diag"]:
-            out_fake = self._diagnose(batch.mri, synthetic)
-            if w["diag"]:
-                terms["diag"] = F.cross_entropy(out_fake.logits.float(), self._target(batch.label, False))
-            if w["feature"] and real.any():
-                with torch.no_grad():
-                    target = self._diagnose(batch.mri[real], batch.pet[real]).features.float()
-                distance = (out_fake.features.float()[real] - target).pow(2).sum(dim=1)
-                terms["feature"] = distance.mean()
-        total = w["voxel"] * terms["voxel"] + w["feature"] * terms["feature"] + w["diag"] * terms["diag"]
-        return total, terms
+        terms = {"voxel": self.context.mean(voxel[real]), "feature": zero, "diag": zero, "adv": zero}
+        if share and (w["feature"] or w["diag"]):
+            with frozen(self.diagnoser):
+                fake = self._diagnose(batch.mri, synthetic)
+                if w["diag"]:
+                    target = self._target(batch.label, False)
+                    terms["diag"] = self.context.mean(
+                        F.cross_entropy(fake.logits.float(), target, reduction="none")
+                    )
+                if w["feature"]:
+                    with torch.no_grad():
+                        aim = self._diagnose(batch.mri, batch.pet).features.float()
+                    distance = (fake.features.float() - aim).pow(2).sum(dim=1)
+                    terms["feature"] = self.context.mean(distance[real])
+        if share and self.critic is not None:
+            terms["adv"] = self.critic.fooling(batch.mri, synthetic)
+        collaborative = w["feature"] * terms["feature"] + w["diag"] * terms["diag"] + w["adv"] * terms["adv"]
+        return w["voxel"] * terms["voxel"] + share * collaborative, terms
 
     def step(self, batch: Batch) -> Mapping[str, Tensor]:
-        """One collaborative update: D on real and synthetic pairs, then G under D's supervision."""
+        """One collaborative update: D on real and synthetic pairs, P if adversarial, then G."""
         with self.context.autocast():
             synthetic = self.synthesiser(batch.mri)
         loss_d, terms_d = self.diagnoser_loss(batch, synthetic)
@@ -167,17 +232,17 @@ class JointCoupling(Coupling):
         if loss_d.requires_grad:
             loss_d.backward()
         self.optimise_diagnoser.step()
-        # D is frozen while G learns from it, so L_G moves G alone
-        self.diagnoser.requires_grad_(False)
-        try:
-            loss_g, terms_g = self.synthesiser_loss(batch, synthetic)
-            self.optimise_synthesiser.zero_grad(set_to_none=True)
-            if loss_g.requires_grad:
-                loss_g.backward()
-            self.optimise_synthesiser.step()
-        finally:
-            self.diagnoser.requires_grad_(True)
-        return {"D": loss_d, "G": loss_g, **terms_d, **terms_g}
+        critic = {}
+        if self.critic is not None:
+            real = batch.has_pet
+            critic["P"] = self.critic.learn(batch.mri[real], batch.pet[real], synthetic[real])
+        loss_g, terms_g = self.synthesiser_loss(batch, synthetic)
+        self.optimise_synthesiser.zero_grad(set_to_none=True)
+        if loss_g.requires_grad:
+            loss_g.backward()
+        self.optimise_synthesiser.step()
+        losses = {"D": loss_d, "G": loss_g, **terms_d, **critic, **terms_g}
+        return {key: value.detach() for key, value in losses.items()}
 
     def predict(self, batch: Batch) -> Prediction:
         with self.context.autocast():

@@ -10,14 +10,18 @@ stage in exactly the same way, so differences between methods are differences of
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cdsf_bench import Batch, TrainingContext, TrainingStage
 from cdsf_bench.interfaces import DiagnoserOutput, PetSource
+from cdsf_plugins.patchgan import PatchGAN3D
+from cdsf_plugins.space_to_depth import memory_format_of
 
 #: which PET a coupling with a synthesiser predicts with, for subjects whose PET is real
 PREDICT_WITH = ("real", "synthetic")
@@ -30,10 +34,28 @@ def check_choice(setting: str, value: str, allowed: tuple[str, ...]) -> str:
     return value
 
 
-def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
-    """Mean of per-subject ``values`` over ``mask``; zero (and no gradient) when none is set."""
-    mask = mask.to(values.dtype)
-    return (values * mask).sum() / mask.sum().clamp(min=1.0)
+def has_batch_norm(module: nn.Module) -> bool:
+    """Whether ``module`` normalises with batch statistics anywhere (BatchNorm layers)."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+
+
+@contextlib.contextmanager
+def frozen(module: nn.Module) -> Iterator[None]:
+    """``module`` as a fixed function while another network learns from it.
+
+    Its parameters take no gradient and it runs in evaluation mode, so normalisation uses
+    its running statistics (the ones it predicts with) and leaves them unchanged: a
+    frozen network's weights and statistics do not move, and a consistency loss between
+    two of its outputs is 0 when its two inputs are equal, whatever the norm.
+    """
+    training = module.training
+    module.requires_grad_(False)
+    module.eval()
+    try:
+        yield
+    finally:
+        module.requires_grad_(True)
+        module.train(training)
 
 
 def positive_probability(logits: Tensor, head: str = "class") -> Tensor:
@@ -109,3 +131,61 @@ def selected_stage(
         subjects=subjects,
         patience=context.patience,
     )
+
+
+def _bce(logits: Tensor, target: float) -> Tensor:
+    """Per-subject BCE-with-logits of a patch map against a constant label, in float32."""
+    logits = logits.float()
+    loss = F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target), reduction="none")
+    return loss.flatten(1).mean(dim=1)
+
+
+class AdversarialCritic:
+    """A conditional patch discriminator P(x, p) and its optimiser: the pix2pix game, shared.
+
+    The decoupled generator and (with ``w_adv`` > 0) the joint one are trained against the
+    same critic, so "joint versus two-stage" can be compared with the generator's loss held
+    fixed. P learns L_P = 1/2 [BCE(P(x, y), 1) + BCE(P(x, sg(y_hat)), 0)] on subjects with
+    real PET; the generator's term is BCE(P(x, y_hat), 1) with P frozen. Patch maps are
+    averaged per subject, subjects by ``context.mean`` (exact under data parallelism).
+    """
+
+    def __init__(self, context: TrainingContext, network: nn.Module, learning_rate: float) -> None:
+        self.context = context
+        self.network = network
+        self.optimiser = torch.optim.Adam(network.parameters(), lr=learning_rate, betas=(0.5, 0.999))
+
+    def _judge(self, mri: Tensor, pet: Tensor) -> Tensor:
+        with self.context.autocast():
+            return self.network(torch.cat([mri, pet], dim=1))
+
+    def _per_subject(self, mri: Tensor, pet: Tensor, target: float) -> Tensor:
+        if not len(mri):  # this process holds none of them; context.mean must still be called
+            return mri.new_zeros(0)
+        return _bce(self._judge(mri, pet), target)
+
+    def learn(self, mri: Tensor, real: Tensor, fake: Tensor) -> Tensor:
+        """One update of P on real and (detached) synthetic pairs; returns L_P."""
+        real_term = self.context.mean(self._per_subject(mri, real, 1.0))
+        fake_term = self.context.mean(self._per_subject(mri, fake.detach(), 0.0))
+        loss = 0.5 * (real_term + fake_term)
+        self.optimiser.zero_grad(set_to_none=True)
+        if loss.requires_grad:
+            loss.backward()
+        self.optimiser.step()  # every process steps, so gradient averaging stays in step
+        return loss.detach()
+
+    def fooling(self, mri: Tensor, fake: Tensor) -> Tensor:
+        """The generator's adversarial term BCE(P(x, y_hat), 1) over every subject given."""
+        with frozen(self.network):
+            return self.context.mean(self._per_subject(mri, fake, 1.0))
+
+
+def patch_critic(
+    context: TrainingContext, generator: nn.Module, widths: tuple[int, ...], norm: str
+) -> nn.Module:
+    """A PatchGAN critic on the run's device, in the generator's memory layout."""
+    critic = PatchGAN3D(2, tuple(widths), norm)
+    layout = memory_format_of(generator)
+    # torch's stubs lack Module.to's memory_format keyword, which exists
+    return critic.to(context.device, memory_format=layout)  # type: ignore[call-overload]

@@ -7,9 +7,12 @@ The shape is the ResNet generator of CycleGAN/pix2pix, in 3D:
 - transfer: ``n_residual`` residual blocks at the last width;
 - decoder: two stride-2 transposed convs, then a kernel-7 conv to one channel and tanh.
 
-The design brief lists the decoder as "two transposed conv layers (32, 16 channels)". We
-read those numbers as the layers' input widths, mirroring the encoder: 32 -> 16 and
-16 -> 8, so the final conv sees the encoder's first width. Every layer is normalised and
+The paper lists the decoder as "two transposed conv layers with 32 and 16 channels" and a
+conv "with 1 channel", in the sentence form it uses for the encoder's "8, 16 and 32
+channels", which are output widths; the 1 channel is the last conv's output. So by default
+(``decoder_widths = (32, 16)``) the transposed convs map 32 -> 32 and 32 -> 16 and the last
+conv 16 -> 1. ``decoder_widths = (16, 8)`` is the earlier reading (input widths, mirroring
+the encoder: 32 -> 16 -> 8 -> 1), a narrower generator. Every layer is normalised and
 followed by ReLU, except the last conv: it has no normalisation, because a norm in front
 of tanh would fix the output's mean and spread per batch (or per volume) and stop the
 network from producing the dark background that fills most of a PET volume.
@@ -58,9 +61,11 @@ class ISM(nn.Module):
         widths: tuple[int, int, int] = (8, 16, 32),
         n_residual: int = 6,
         norm: str = "instance",
+        decoder_widths: tuple[int, int] = (32, 16),
     ) -> None:
         super().__init__()
         w1, w2, w3 = widths
+        d1, d2 = decoder_widths
         self.encoder = nn.Sequential(
             conv_block(1, w1, 7, norm=norm, padding_mode="replicate"),
             conv_block(w1, w2, 3, stride=2, norm=norm),
@@ -68,9 +73,9 @@ class ISM(nn.Module):
         )
         self.transfer = nn.Sequential(*(ResidualBlock(w3, norm) for _ in range(n_residual)))
         self.decoder = nn.Sequential(
-            up_block(w3, w2, norm=norm),
-            up_block(w2, w1, norm=norm),
-            SpaceToDepthConv3d(w1, 1, 7, padding=3, padding_mode="replicate"),
+            up_block(w3, d1, norm=norm),
+            up_block(d1, d2, norm=norm),
+            SpaceToDepthConv3d(d2, 1, 7, padding=3, padding_mode="replicate"),
             nn.Tanh(),
         )
 
