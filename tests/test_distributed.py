@@ -1,0 +1,145 @@
+"""Data parallelism changes nothing but summation order: every shipped coupling, step by step.
+
+Two gloo processes each take their share of the same batches (the pipeline's
+``batch[rank::world]``); after their steps their networks must equal those of one process
+that took the whole batches. The batch has 5 subjects, so the shares are uneven (3 and 2)
+and so are their numbers of subjects with PET: a mean over a process's own share, averaged
+over processes, would differ from the batch's mean, which is what this guards against.
+Group norm and instance norm are per-subject, so they normalise alike in both runs (batch
+norm normalises per process under data parallelism; docs/scaling.md).
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from cdsf_bench import distributed
+from cdsf_bench.interfaces import Batch, Coupling, TrainingContext
+from cdsf_bench.registry import default_registry
+
+SHAPE = (16, 16, 16)
+WORLD = 2
+STEPS = 2
+#: every shipped coupling, with the settings that exercise its optional terms
+COUPLINGS: dict[str, dict] = {
+    "joint": {"w_diag": 0.1, "w_adv": 1.0, "critic_widths": (4, 8)},
+    "decoupled": {"discriminator_widths": (4, 8)},
+    "single": {},
+    "mean-impute": {},
+    "complete-case": {},
+    "oracle": {},
+}
+
+
+def _batch(with_pet_only: bool) -> Batch:
+    generator = torch.Generator().manual_seed(3)
+    mri = torch.rand(5, 1, *SHAPE, generator=generator) * 2 - 1
+    truth = torch.rand(5, 1, *SHAPE, generator=generator) * 2 - 1
+    has_pet = torch.ones(5, dtype=torch.bool) if with_pet_only else torch.tensor([1, 0, 0, 1, 1]).bool()
+    pet = torch.where(has_pet.view(-1, 1, 1, 1, 1), truth, torch.zeros_like(truth))
+    return Batch(mri, pet, has_pet, torch.tensor([0, 1, 1, 0, 1]), torch.arange(5), truth)
+
+
+def _share(batch: Batch, rank: int, world: int) -> Batch:
+    part = slice(rank, None, world)
+    truth = None if batch.pet_truth is None else batch.pet_truth[part]
+    return Batch(
+        batch.mri[part], batch.pet[part], batch.has_pet[part], batch.label[part], batch.index[part], truth
+    )
+
+
+def _coupling(name: str, cluster: distributed.Cluster) -> Coupling:
+    registry = default_registry()
+    torch.manual_seed(0)
+    context = TrainingContext(
+        device=torch.device("cpu"),
+        input_shape=SHAPE,
+        num_classes=2,
+        epochs=1,
+        learning_rate=1e-3,
+        patience=None,
+        select_on="auc",
+        train_pet_mean=torch.zeros(1, 1, *SHAPE),
+        has_pet_truth=True,
+        world=cluster.world,
+        global_sum=distributed.global_sum(cluster),
+    )
+    synth = registry.get("synthesiser", "ism").factory
+    diag = registry.get("diagnoser", "mdm").factory
+    coupling_class = registry.coupling_class(name)
+    build_synth = None
+    if coupling_class.needs_synthesiser:
+
+        def build_synth() -> torch.nn.Module:
+            return synth(widths=(2, 4, 4), n_residual=1, decoder_widths=(4, 2))
+
+    def build_diag(in_channels: int, num_classes: int | None = None) -> torch.nn.Module:
+        return diag(in_channels, SHAPE, num_classes or 2, widths=(4, 8, 8, 8, 16), norm="group")
+
+    return coupling_class(context, build_synth, build_diag, **COUPLINGS[name])
+
+
+def _train(name: str, cluster: distributed.Cluster) -> dict[str, torch.Tensor]:
+    coupling = _coupling(name, cluster)
+    for stage in coupling.stages():
+        for optimiser in stage.optimisers.values():
+            # Adam divides by the root of each gradient's running square: a gradient near 0
+            # turns a rounding difference into a step of either sign. With eps this large it
+            # steps like SGD, so what is compared is the gradient, not Adam's sign of noise.
+            for group in optimiser.param_groups:
+                group["eps"] = 1.0
+        distributed.synchronise(stage.modules, stage.optimisers, cluster)
+        batch = _batch(with_pet_only=stage.subjects == "with_pet")
+        for _ in range(STEPS):
+            stage.step(_share(batch, cluster.rank, cluster.world))
+    return {
+        f"{module_name}.{key}": value.detach().clone()
+        for module_name, module in coupling.modules().items()
+        for key, value in module.state_dict().items()
+    }
+
+
+def _worker(rank: int, port: int, folder: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+    try:
+        cluster = distributed.Cluster(rank=rank, world=WORLD)
+        for name in COUPLINGS:
+            state = _train(name, cluster)
+            if rank == 0:
+                torch.save(state, Path(folder) / f"{name}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def two_process_states(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("ddp")
+    mp.start_processes(
+        _worker, args=(_free_port(), str(folder)), nprocs=WORLD, join=True, start_method="spawn"
+    )
+    return folder
+
+
+@pytest.mark.parametrize("name", list(COUPLINGS))
+def test_data_parallel_steps_equal_one_process(name: str, two_process_states: Path):
+    one = _train(name, distributed.Cluster())
+    two = torch.load(two_process_states / f"{name}.pt", weights_only=True)
+    assert one.keys() == two.keys()
+    moved = _coupling(name, distributed.Cluster())
+    start = {f"{m}.{k}": v for m, module in moved.modules().items() for k, v in module.state_dict().items()}
+    assert any(not torch.equal(start[key], one[key]) for key in one)  # the steps did learn
+    for key in one:
+        assert torch.allclose(one[key].float(), two[key].float(), rtol=1e-5, atol=1e-7), key
