@@ -18,7 +18,7 @@ from rich.table import Table
 from cdsf_bench import config as cfg
 from cdsf_bench.errors import CdsfBenchError
 from cdsf_bench.options import set_option
-from cdsf_bench.progress import console
+from cdsf_bench.progress import console, out
 from cdsf_bench.registry import KINDS, default_registry
 
 DEBUG_ENV = "CDSF_BENCH_DEBUG"
@@ -229,8 +229,8 @@ def _print_metrics(metrics: dict, folder: Path) -> None:
             table.add_row(f"synthesis {key.upper()}", f"{value:.4f}")
     n = metrics["n"]
     table.add_row("subjects", f"train {n['train']} / val {n['val']} / test {n['test']}")
-    console.print(table)
-    console.print(f"run folder: [bold]{folder}[/]")
+    out.print(table)
+    out.print(f"run folder: [bold]{escape(str(folder))}[/]", highlight=False)
 
 
 @main.group()
@@ -270,6 +270,7 @@ def data_check(spec: str, task: str | None, assignments: tuple[str, ...]) -> Non
     """Validate a dataset and list every problem at once (exit 2 if any)."""
     from cdsf_bench.assemble import data_source
     from cdsf_bench.data.check import check_table
+    from cdsf_bench.data.summary import cohort_summary, group_problems
 
     registry = default_registry()
     settings = cfg.data_settings(cfg.resolve(registry, None, assignments, {"data.spec": spec}))
@@ -282,15 +283,14 @@ def data_check(spec: str, task: str | None, assignments: tuple[str, ...]) -> Non
         return
     table, problems = found
     problems = list(problems) + check_table(table, settings, task)
+    where = f"{source.name} {spec}"
     if not problems:
-        console.print(f"[green]{source.name} {spec}: {len(table)} subjects, no problems found[/]")
+        out.print(f"[green]{escape(where)}: {len(table)} subjects, no problems found[/]", highlight=False)
+        out.print(escape(cohort_summary(table, task)), highlight=False)
         return
-    problem_table = Table(title=f"{len(problems)} problem(s) in {source.name} {spec}")
-    for column in ("subject", "file", "problem"):
-        problem_table.add_column(column, overflow="fold")
-    for problem in problems:
-        problem_table.add_row(escape(problem.subject), escape(problem.file), escape(problem.message))
-    console.print(problem_table)
+    out.print(f"[bold red]{len(problems)} problem(s)[/] in {escape(where)}:", highlight=False)
+    for line in group_problems(problems):
+        out.print(f"  - {escape(line)}", highlight=False)
     sys.exit(2)
 
 
