@@ -200,7 +200,17 @@ def _preflight(run: RunConfig, registry: Registry) -> None:
         pet_in_every_class=coupling.subjects == "with_pet",
         pet_truth=coupling.needs_pet_truth,
     )
-    table = preflight(run.data_spec, source, run.data, run.task, folds=run.split.folds, needs=needs)
+    split = run.split
+    table = preflight(
+        run.data_spec,
+        source,
+        run.data,
+        run.task,
+        folds=split.folds,
+        needs=needs,
+        val=split.val,
+        test=split.test,
+    )
     if run.evaluate.native_space and (table is None or "mri" not in table.columns):
         raise InputError(
             f"evaluate.native_space = true writes synthetic PET on each subject's own MRI grid, but --data "

@@ -211,6 +211,9 @@ def test_task_feasibility_covers_folds_splits_and_pet():
     assert "0 AD subject(s) with PET" in text
     text = "\n".join(str(p) for p in class_problems(table, "ad_cn", needs=Needs(pet_truth=True)))
     assert "needs every subject's real PET" in text
+    six = table.drop(columns="split").iloc[:6]
+    text = "\n".join(str(p) for p in class_problems(six, "ad_cn"))
+    assert "task ad_cn has 6 subjects" in text and "leave validation 1" in text
 
 
 def test_config_stores_the_data_path_absolute(tmp_path, monkeypatch):
@@ -359,3 +362,24 @@ def test_montage_shows_slice_position_orientation_and_suvr(tmp_path, monkeypatch
     assert labels.count("SUVR") == 3  # real, synthetic and difference colour bars
     bar = next(axis for axis in figure.axes if axis.get_ylabel() == "SUVR")
     assert bar.get_ylim()[1] == pytest.approx(2.5)
+
+
+def test_a_file_cohort_run_writes_native_space_pet_and_reproduces_from_anywhere(tmp_path, monkeypatch):
+    """A phantom folder (files, MNI codes) with evaluate.native_space: each test subject's
+    synthetic PET also on its own MRI's grid; config.toml names the data absolutely."""
+    folder = tmp_path / "cohort"
+    made = invoke("data", "phantom", "--out", folder, "--subjects", "20", "--resolution", "8")
+    assert made.exit_code == 0, made.output
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run"
+    args = [*TINY, "--synth", "ism", "--diag", "mdm", "--joint", "--data", "cohort"]
+    result = invoke("run", *args, "--set", "evaluate.native_space=true", "--out", run)
+    assert result.exit_code == 0, result.output
+    assert tomllib.loads((run / "config.toml").read_text())["data"]["spec"] == str(folder)
+    native = sorted((run / "synth").glob("*_space-T1w_desc-synthetic_pet.nii.gz"))
+    assert native
+    participant = native[0].name.split("_")[0]
+    mri = nib.load(folder / participant / f"{participant}_T1w.nii.gz")
+    image = nib.load(native[0])
+    assert image.shape == mri.shape and np.allclose(image.affine, mri.affine)
+    assert int(image.header["sform_code"]) == int(mri.header["sform_code"])

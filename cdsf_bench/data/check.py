@@ -9,6 +9,7 @@ brain offset from the MNI template), the last one loading one volume at a time.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -134,7 +135,13 @@ def _too_few(task: str, count: int, what: str, needed: int, why: str) -> Problem
 
 
 def class_problems(
-    table: pd.DataFrame, task: str, folds: int = 0, needs: Needs | None = None
+    table: pd.DataFrame,
+    task: str,
+    folds: int = 0,
+    needs: Needs | None = None,
+    *,
+    val: float = 0.2,
+    test: float = 0.2,
 ) -> list[Problem]:
     """Whether ``task`` can be split and trained on this table, before any volume is read.
 
@@ -171,6 +178,8 @@ def class_problems(
                         "per class: the method trains on subjects with PET only",
                     )
                 )
+    if not problems and folds == 0 and "split" not in in_task.columns:
+        problems += _split_size_problems(task, len(in_task), val, test)
     if needs.pet_to_learn_from:
         with_pet = 0 if has_pet is None else int(has_pet.sum())
         if with_pet < MIN_PER_CLASS:
@@ -208,6 +217,26 @@ def class_problems(
                     )
                 )
     return problems
+
+
+def _split_size_problems(task: str, n: int, val: float, test: float) -> list[Problem]:
+    """A stratified split needs room for both classes in each part: ``split.test`` of the
+    subjects (rounded up, as scikit-learn does) and ``split.val`` of them, at least 2 each."""
+    n_test = math.ceil(test * n)
+    rest = n - n_test
+    n_val = math.ceil(val / (1 - test) * rest)
+    sizes = {"test": n_test, "validation": n_val, "training": rest - n_val}
+    small = [f"{name} {size}" for name, size in sizes.items() if size < 2]
+    if not small:
+        return []
+    return [
+        Problem(
+            "",
+            "",
+            f"task {task} has {n} subjects; split.val = {val:g} and split.test = {test:g} leave "
+            f"{', '.join(small)}, too few for both classes. Add subjects or enlarge the split fractions.",
+        )
+    ]
 
 
 def _paths(row: dict) -> list[tuple[str, str]]:
@@ -343,6 +372,8 @@ def check_table(
     progress: bool = True,
     folds: int = 0,
     needs: Needs | None = None,
+    val: float = 0.2,
+    test: float = 0.2,
 ) -> list[Problem]:
     """Every problem with a subject table, in one list (empty when the cohort is usable).
 
@@ -362,15 +393,32 @@ def check_table(
                 readable[column] = [p if str(p) not in refused else "" for p in readable[column].fillna("")]
         problems += voxel_problems(readable, settings, progress=progress)
     if task is not None:
-        problems += class_problems(table, task, folds, needs)
+        problems += class_problems(table, task, folds, needs, val=val, test=test)
     return problems
 
 
 def cheap_problems(
-    table: pd.DataFrame, task: str, *, folds: int = 0, needs: Needs | None = None, progress: bool = True
+    table: pd.DataFrame,
+    task: str,
+    *,
+    folds: int = 0,
+    needs: Needs | None = None,
+    val: float = 0.2,
+    test: float = 0.2,
+    progress: bool = True,
 ) -> list[Problem]:
     """What ``run`` refuses before it preprocesses anything: rows, files, headers, the task.
 
     ``check_table`` without the voxels; cheap enough for every run to call first.
     """
-    return check_table(table, DataSettings(), task, voxels=False, progress=progress, folds=folds, needs=needs)
+    return check_table(
+        table,
+        DataSettings(),
+        task,
+        voxels=False,
+        progress=progress,
+        folds=folds,
+        needs=needs,
+        val=val,
+        test=test,
+    )

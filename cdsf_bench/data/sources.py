@@ -306,6 +306,8 @@ def preflight(
     *,
     folds: int = 0,
     needs: Needs | None = None,
+    val: float = 0.2,
+    test: float = 0.2,
 ) -> pd.DataFrame | None:
     """Refuse, before any volume is preprocessed, what the cheap checks find in ``spec``.
 
@@ -317,7 +319,7 @@ def preflight(
     if found is None:
         return None
     table, problems = found
-    problems = list(problems) + cheap_problems(table, task, folds=folds, needs=needs)
+    problems = list(problems) + cheap_problems(table, task, folds=folds, needs=needs, val=val, test=test)
     _raise_problems(problems, f"--data {spec}")
     return table
 
