@@ -83,7 +83,8 @@ def learning_curves(history: pd.DataFrame, path: Path) -> Path:
         _plot_columns(losses, part, [c for c in part.columns if c.startswith("train_")], "train_")
         losses.set(xlabel="epoch", ylabel="loss", title=f"{stage}: training losses")
         _plot_columns(diag_axis, part, diagnosis, "val_")
-        low = min(0.0, float(np.nanmin(part[diagnosis].to_numpy(dtype=float)))) if diagnosis else 0.0
+        measured = part[diagnosis].to_numpy(dtype=float)
+        low = min(0.0, float(np.nanmin(measured))) if np.isfinite(measured).any() else 0.0
         diag_axis.set(
             xlabel="epoch", ylabel="metric", ylim=(low - 0.02, 1.02), title=f"{stage}: validation diagnosis"
         )
