@@ -215,7 +215,7 @@ FILE_CASES = [
 @pytest.mark.parametrize("case", FILE_CASES)
 def test_bad_volume_is_refused_by_run_and_by_data_check(tmp_path, monkeypatch, case):
     # enough subjects that the task is feasible: the broken file is then the only problem
-    good = [_subject(tmp_path, f"sub-ok{i}", label) for i, label in enumerate(("CN", "AD", "CN", "AD", "AD"))]
+    good = [_subject(tmp_path, f"sub-ok{i}", label) for i, label in enumerate(("CN", "AD") * 3 + ("AD",))]
     mri, words = _bad_mri(tmp_path, case, monkeypatch)
     bad = {"participant_id": "sub-bad", "diagnosis": "CN", "mri": mri.name, "pet": ""}
     manifest = _manifest(tmp_path, [*good, bad])
@@ -252,7 +252,7 @@ def test_absurd_header_fails_fast_in_a_memory_limited_process(tmp_path):
 def test_a_t1_with_a_moved_origin_is_refused_by_run_and_by_data_check(tmp_path):
     """A T1 whose origin moved 25 mm and 40 mm (as a scanner-space export's would) is named,
     with its offset from the MNI template in mm and the threshold; the others are not."""
-    rows = [_subject(tmp_path, f"sub-ok{i}", label) for i, label in enumerate(("CN", "AD", "CN", "AD", "CN"))]
+    rows = [_subject(tmp_path, f"sub-ok{i}", label) for i, label in enumerate(("CN", "AD") * 3 + ("CN",))]
     mri = _save(tmp_path / "sub-moved_T1w.nii.gz", _brain(), _affine((25.0, 40.0, 0.0)))
     rows.append({"participant_id": "sub-moved", "diagnosis": "AD", "mri": mri.name, "pet": ""})
     manifest = _manifest(tmp_path, rows)
