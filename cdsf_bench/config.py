@@ -43,7 +43,8 @@ DEFAULTS: dict[str, Any] = {
     },
     "augment": {"enabled": True, "rotate_deg": 3.0, "translate_vox": 1.0, "intensity": 0.05},
     "precision": {"mixed": True, "channels_last": True, "compile": False},
-    "evaluate": {"bootstrap": 1000, "save_synthetic": True},
+    # native_space: also write each test subject's synthetic PET on its own MRI's grid (file cohorts)
+    "evaluate": {"bootstrap": 1000, "save_synthetic": True, "native_space": False},
     "synth": {},
     "diag": {},
     "coupling": {},
@@ -157,17 +158,18 @@ def resolve(
     """Resolve the full run configuration and validate every key and type against defaults."""
     layers: list[dict] = []
     if config_file is not None:
-        layers.append(read_toml(config_file))
+        # a config file's relative data path is read from the file's folder first
+        layers.append(_absolute_data_spec(read_toml(config_file), Path(config_file).parent))
     set_layer: dict = {}
     for text in assignments:
         keys, value = parse_assignment(text)
         _assign(set_layer, keys, value)
-    layers.append(set_layer)
+    layers.append(_absolute_data_spec(set_layer))
     flag_layer: dict = {}
     for dotted, value in (flags or {}).items():
         if value is not None:
             _assign(flag_layer, dotted.split("."), value)
-    layers.append(flag_layer)
+    layers.append(_absolute_data_spec(flag_layer))
 
     chosen_preset = DEFAULTS["preset"]
     for layer in layers:
@@ -217,6 +219,17 @@ def resolve(
     return resolved
 
 
+def _absolute_data_spec(layer: dict, *folders: Path) -> dict:
+    """``layer`` with ``data.spec``'s paths absolute (read from ``folders``, then the working
+    directory), so the config.toml a run writes repeats it from any directory."""
+    data = layer.get("data")
+    if not isinstance(data, dict) or not isinstance(data.get("spec"), str):
+        return layer
+    from cdsf_bench.data.sources import absolute_spec
+
+    return {**layer, "data": {**data, "spec": absolute_spec(data["spec"], *folders, Path.cwd())}}
+
+
 def default_config(registry: Registry) -> dict[str, Any]:
     """The defaults, with the method the plugins propose."""
     method = registry.method_defaults().method
@@ -250,6 +263,8 @@ def _validate_values(config: dict) -> None:
         raise ConfigError("data.resolution_mm must be positive.")
     if not 0 <= data["missing_pet"] < 1:
         raise ConfigError("data.missing_pet must be in [0, 1).")
+    if data["max_offset_mm"] < 0:
+        raise ConfigError("data.max_offset_mm must be 0 (no registration check) or a distance in mm.")
 
 
 def data_settings(config: dict) -> DataSettings:
@@ -310,6 +325,7 @@ class PrecisionSettings:
 class EvaluateSettings:
     bootstrap: int
     save_synthetic: bool
+    native_space: bool
 
 
 @dataclass(frozen=True)

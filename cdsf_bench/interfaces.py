@@ -91,6 +91,7 @@ class DataSettings:
     tracer: str = "18FFDG"  # CAPS: the PET tracer entity
     suvr_reference: str = ""  # CAPS: the SUVR reference region entity (empty: any)
     pet_suvr_max: float = 2.5  # PET SUVR mapped to +1 (0 SUVR to -1)
+    max_offset_mm: float = 12.0  # files: refuse a brain this far from the MNI template's (0: no check)
     cache_dir: str = ""  # empty: $CDSF_BENCH_CACHE or ~/.cache/cdsf-bench
 
 

@@ -1,7 +1,8 @@
 """Rich progress bars with ETA for every long loop, silent when output is not a terminal log.
 
-One console serves the whole process so that progress, tables and warnings interleave
-cleanly; ``CDSF_BENCH_QUIET=1`` turns the bars off (tests and CI logs).
+One console (stderr) serves progress, logs and warnings so that they interleave cleanly,
+and another (stdout) the results; ``CDSF_BENCH_QUIET=1`` turns the bars off (tests and CI
+logs). Off a terminal neither wraps lines.
 """
 
 from __future__ import annotations
@@ -23,7 +24,25 @@ from rich.table import Column
 
 T = TypeVar("T")
 
-console = Console(stderr=True, log_path=False)  # the source line of a log call is no news to a user
+#: Width of output that is not a terminal (a file, a pipe, a CI log): wide enough that no
+#: path or message is split across lines, which grep and copy-paste would then miss.
+PLAIN_WIDTH = 1000
+
+
+def make_console(*, stderr: bool) -> Console:
+    """A console that wraps for a terminal and never for a file or pipe (no soft line breaks)."""
+    made = Console(stderr=stderr, log_path=False)  # the source line of a log call is no news to a user
+    if not made.is_terminal:
+        made.soft_wrap = True
+        made.width = PLAIN_WIDTH
+    return made
+
+
+#: Progress, logs, warnings and errors: stderr, so they never mix with results.
+console = make_console(stderr=True)
+#: Results (a run's metrics table and folder, ``data check``'s report): stdout, so
+#: ``cdsf-bench run ... | tee log`` and ``> report.txt`` capture them.
+out = make_console(stderr=False)
 
 
 def progress_enabled() -> bool:

@@ -18,12 +18,23 @@ import pandas as pd
 import torch
 
 from cdsf_bench import distributed
-from cdsf_bench.assemble import assemble, configure_backends, load_cohort, resolve_device, task_subset
+from cdsf_bench.assemble import (
+    assemble,
+    configure_backends,
+    data_source,
+    load_cohort,
+    resolve_device,
+    task_subset,
+)
 from cdsf_bench.config import RunConfig
+from cdsf_bench.data.check import Needs
 from cdsf_bench.data.conventions import TASKS
+from cdsf_bench.data.nifti import to_native
 from cdsf_bench.data.pipeline import DevicePipeline
+from cdsf_bench.data.sources import preflight
 from cdsf_bench.data.splits import check_no_leak, make_splits
 from cdsf_bench.engine import Evaluation, Trainer, evaluate
+from cdsf_bench.errors import InputError
 from cdsf_bench.figures import learning_curves, roc_figure, slice_montage
 from cdsf_bench.interfaces import Cohort, Coupling
 from cdsf_bench.metrics import youden_threshold
@@ -68,13 +79,14 @@ def _execute(
     main = cluster.is_main
     method = run.method
     name = f"{method.synth}-{method.diag}-{method.coupling}"
-    path = RunFolder.prepare(run.toml(), out, name, resume).path if main else None
-    folder = RunFolder(distributed.broadcast_object(path, cluster), writes=main)
+    # the folder is checked now and created only once the data are accepted: a refused run leaves none
+    planned = RunFolder.plan(run.toml(), out, name, resume) if main else None
+    path = distributed.broadcast_object(planned, cluster)
     torch.manual_seed(run.seed)
     np.random.seed(run.seed % 2**32)
     configure_backends(device)
 
-    folder.log(f"run folder {folder.path}; device {device}; seed {run.seed}; processes {cluster.world}")
+    _preflight(run, registry)
     data_started = time.perf_counter()
     if not main:
         distributed.barrier(cluster)  # rank 0 fills the cache first; the others then read it
@@ -82,9 +94,6 @@ def _execute(
     if main:
         distributed.barrier(cluster)
     data_seconds = time.perf_counter() - data_started
-    folder.log(
-        f"data: {source_name} ({cohort.source}), {len(cohort)} subjects, {cohort.shape}, {data_seconds:.1f} s"
-    )
     cohort, labels = task_subset(cohort, run.task)
     split = run.split
     splits = make_splits(
@@ -101,6 +110,16 @@ def _execute(
 
     assembly = assemble(run.raw, registry, cohort, labels, splits, device, cluster)
     pipeline, coupling = assembly.pipeline, assembly.coupling
+    if main:
+        RunFolder.prepare(run.toml(), path, name, resume)
+    distributed.barrier(cluster)
+    folder = RunFolder(path, writes=main)
+    folder.log(f"run folder {folder.path}; device {device}; seed {run.seed}; processes {cluster.world}")
+    cache = "read from the cache" if cohort.extra.get("cache_hit") else "preprocessed and cached"
+    folder.log(
+        f"data: {source_name} ({cohort.source}), {len(cohort)} subjects of the task, {cohort.shape}, "
+        f"{cache} ({cohort.extra.get('cache_entry', 'no cache')}), {data_seconds:.1f} s"
+    )
     folder.write_splits(splits.table(cohort.participants))
     chosen = (method.synth, method.diag, method.coupling)
     plugins = [
@@ -137,6 +156,7 @@ def _execute(
             "leak_check": leak,
             "fingerprints": pipeline.fingerprint(),
             "cache_hit": cohort.extra.get("cache_hit"),
+            "cache_entry": cohort.extra.get("cache_entry"),
             "load_seconds": round(data_seconds, 2),
         }
     )
@@ -169,6 +189,35 @@ def _execute(
     folder.log(f"test: {_summary(metrics)}", echo=False)  # the console gets the table instead
     folder.log(f"finished in {time.perf_counter() - started:.1f} s")
     return RunResult(folder.path, metrics)
+
+
+def _preflight(run: RunConfig, registry: Registry) -> None:
+    """The cheap checks (rows, files, headers, task feasibility, settings that need files)
+    before any volume is preprocessed: a refused run costs seconds and writes nothing."""
+    source = data_source(run.data_spec, registry)
+    coupling = registry.coupling_class(run.method.coupling)
+    needs = Needs(
+        pet_to_learn_from=run.method.synth != "none" and coupling.needs_synthesiser is not False,
+        pet_in_every_class=coupling.subjects == "with_pet",
+        pet_truth=coupling.needs_pet_truth,
+    )
+    split = run.split
+    table = preflight(
+        run.data_spec,
+        source,
+        run.data,
+        run.task,
+        folds=split.folds,
+        needs=needs,
+        val=split.val,
+        test=split.test,
+    )
+    if run.evaluate.native_space and (table is None or "mri" not in table.columns):
+        raise InputError(
+            f"evaluate.native_space = true writes synthetic PET on each subject's own MRI grid, but --data "
+            f"{run.data_spec} has no MRI files (it is generated on the MNI grid); give a manifest, a CAPS "
+            "directory or a phantom folder, or set evaluate.native_space = false."
+        )
 
 
 def _summary(metrics: dict[str, Any]) -> str:
@@ -226,11 +275,16 @@ def _write_test_outputs(
     if not test.synthetic:
         return
     participants = cohort.participants["participant_id"]
+    suvr_max = run.data.pet_suvr_max
     if run.evaluate.save_synthetic:
-        suvr_max = run.data.pet_suvr_max
         for row, volume in test.synthetic.items():
-            folder.write_synthetic_pet(participants.iloc[row], (volume + 1.0) / 2.0 * suvr_max, cohort.affine)
-    slice_montage(_montage(cohort, test.synthetic), folder.figure("montage"))
+            suvr = (volume + 1.0) / 2.0 * suvr_max
+            # every cohort is resampled onto the MNI reference grid (cdsf_bench.data.grid)
+            folder.write_synthetic_pet(participants.iloc[row], suvr, cohort.affine, mni=True)
+            if run.evaluate.native_space:
+                mri = str(cohort.participants["mri"].iloc[row])
+                folder.write_native_pet(participants.iloc[row], to_native(suvr, cohort.affine, mri))
+    slice_montage(_montage(cohort, test.synthetic), folder.figure("montage"), cohort.affine, suvr_max)
 
 
 def _montage(cohort: Cohort, synthetic: dict[int, np.ndarray]) -> list[dict[str, Any]]:

@@ -16,7 +16,8 @@ previous complete file or the new one. The layout::
     predictions.csv    one row per test subject
     timing.json        wall and data seconds
     figures/           roc.png, learning_curves.png, montage.png
-    synth/             synthetic PET of the test subjects as NIfTI (SUVR units)
+    synth/             synthetic PET of the test subjects as NIfTI (SUVR units, MNI grid; with
+                       evaluate.native_space also *_space-T1w_* on each subject's MRI grid)
 """
 
 from __future__ import annotations
@@ -49,11 +50,12 @@ class RunFolder:
     # -- creation ------------------------------------------------------------------------
 
     @classmethod
-    def prepare(cls, config_text: str, out: Path | None, name: str, resume: bool) -> RunFolder:
-        """Create the folder (default ``runs/<UTC>-<name>``), or check an existing one is this config's.
+    def plan(cls, config_text: str, out: Path | None, name: str, resume: bool) -> Path:
+        """The folder a run will write (default ``runs/<UTC>-<name>``), checked but not created.
 
-        A folder is reused only to resume the same configuration; anything else there is refused
-        before a file is written, so no earlier run is ever overwritten.
+        A folder is reused only to resume the same configuration; anything else there is
+        refused before a file is written, so no earlier run is ever overwritten. Nothing is
+        created here: a run refused by its data checks leaves no folder behind.
         """
         path = out or Path("runs") / f"{utc_stamp()}-{name}"
         folder = cls(path)
@@ -76,10 +78,17 @@ class RunFolder:
                     f"Output folder {path} already holds {'a finished' if done else 'an unfinished'} run of "
                     f"this config; {'choose another --out' if done else f'continue it with --resume {path}'}."
                 )
+        return path
+
+    @classmethod
+    def prepare(cls, config_text: str, out: Path | None, name: str, resume: bool) -> RunFolder:
+        """Create the folder ``plan`` names (checking it again) and write its config.toml."""
+        path = cls.plan(config_text, out, name, resume)
+        folder = cls(path)
         path.mkdir(parents=True, exist_ok=True)
         if resume:
             remove_leftover_temporaries(path)  # of writes the killed run did not finish
-        write_text(existing, config_text)
+        write_text(folder.config_path, config_text)
         return folder
 
     # -- paths ---------------------------------------------------------------------------
@@ -103,8 +112,9 @@ class RunFolder:
     def figure(self, name: str) -> Path:
         return self.path / "figures" / f"{name}.png"
 
-    def synthetic_pet_path(self, participant: str) -> Path:
-        return self.path / "synth" / f"{participant}_desc-synthetic_pet.nii.gz"
+    def synthetic_pet_path(self, participant: str, native: bool = False) -> Path:
+        space = "_space-T1w" if native else ""
+        return self.path / "synth" / f"{participant}{space}_desc-synthetic_pet.nii.gz"
 
     # -- writers -------------------------------------------------------------------------
 
@@ -149,10 +159,21 @@ class RunFolder:
     def write_timing(self, wall_seconds: float, data_seconds: float) -> None:
         self._json("timing.json", {"wall_seconds": wall_seconds, "data_seconds": data_seconds})
 
-    def write_synthetic_pet(self, participant: str, suvr: np.ndarray, affine: np.ndarray) -> None:
-        """One synthetic PET in SUVR units on the cohort's grid."""
+    def write_synthetic_pet(
+        self, participant: str, suvr: np.ndarray, affine: np.ndarray, *, mni: bool
+    ) -> None:
+        """One synthetic PET in SUVR units on the cohort's grid; sform and qform code 4 (MNI)
+        when the cohort is in MNI space, so viewers overlay it on the template, else 2 (aligned)."""
         if not self.writes:
             return
         image = nib.Nifti1Image(suvr.astype(np.float32), np.asarray(affine))
+        code = 4 if mni else 2
+        image.set_sform(np.asarray(affine), code=code)
+        image.set_qform(np.asarray(affine), code=code)
         image.header.set_xyzt_units("mm")
         save_nifti(image, self.synthetic_pet_path(participant))
+
+    def write_native_pet(self, participant: str, image: nib.Nifti1Image) -> None:
+        """One synthetic PET already resampled to the subject's own MRI grid (``space-T1w``)."""
+        if self.writes:
+            save_nifti(image, self.synthetic_pet_path(participant, native=True))

@@ -334,13 +334,15 @@ def _bad_files(folder: Path) -> dict[str, tuple[dict, str]]:
     (folder / "huge.nii").write_bytes(bytes(header))
     case("sub-huge", folder / "huge.nii", "(2000, 2000, 2000)")
     shifted = _mni_affine(6.0)
-    shifted[:3, 3] += 5.0
+    shifted[:3, 3] += (25.0, 40.0, 0.0)  # a moved origin: the brain lies 47 mm from the template's
     case(
         "sub-affine",
         _write(folder / "mri_ok.nii.gz", good, mri_affine),
-        "differs from the MRI",
-        pet=_write(folder / "pet_shifted.nii.gz", _blob(shifted, shape, 1.5, 1), shifted),
+        "beyond data.max_offset_mm = 12 mm",
+        pet=_write(folder / "pet_shifted.nii.gz", good / 200, shifted),
     )
+    scanner = np.diag([6.0, 6.0, 6.0, 1.0])  # scanner space: the volume starts at the origin
+    case("sub-scanner", _write(folder / "scanner.nii.gz", good, scanner), "covers 11% of the MNI brain box")
     case("sub-label", folder / "mri_ok.nii.gz", "'Dementia'", label="Dementia")
     return cases
 
@@ -356,7 +358,7 @@ def test_check_table_lists_every_problem(tmp_path, settings):
         assert any(expect in p.message for p in mine), f"{sid}: {expect!r} not in\n{text}"
         if sid != "sub-label":
             assert any(p.file in (row["mri"], row["pet"]) for p in mine)
-        if sid not in ("sub-label", "sub-affine"):
+        if sid not in ("sub-label", "sub-affine", "sub-scanner"):
             assert any(Path(row["mri"]).name in p.message for p in mine)
     assert "sub-label: appears 2 times" in text
     assert "task ad_cn has 0 AD subject(s); it needs at least 3 per class" in text

@@ -41,6 +41,9 @@ def joint_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
+    # what each stream carried, for test_results_go_to_stdout_and_progress_to_stderr
+    (out.parent / "stdout.txt").write_text(result.stdout)
+    (out.parent / "stderr.txt").write_text(result.stderr)
     return out
 
 
@@ -100,6 +103,27 @@ def test_synthetic_pet_has_the_cohort_affine(joint_run: Path):
     assert np.allclose(image.affine, np.array(data["affine"]))
     assert image.shape == tuple(data["shape"])
     assert float(image.get_fdata().min()) >= 0 and float(image.get_fdata().max()) <= 2.5 + 1e-4
+
+
+def test_synthetic_pet_is_marked_mni(joint_run: Path):
+    image = nib.load(next((joint_run / "synth").glob("*.nii.gz")))
+    assert int(image.header["sform_code"]) == 4 and int(image.header["qform_code"]) == 4
+    assert np.allclose(image.get_qform(), image.affine)
+
+
+def test_results_go_to_stdout_and_progress_to_stderr(joint_run: Path):
+    stdout = (joint_run.parent / "stdout.txt").read_text()
+    stderr = (joint_run.parent / "stderr.txt").read_text()
+    assert "test metrics" in stdout and "AUC" in stdout and f"run folder: {joint_run}" in stdout
+    assert "test metrics" not in stderr and "run folder:" not in stderr
+    assert "data: phantom" in stderr
+
+
+def test_data_json_and_log_say_whether_the_cache_served(joint_run: Path):
+    data = json.loads((joint_run / "data.json").read_text())
+    assert isinstance(data["cache_hit"], bool) and Path(data["cache_entry"]).is_dir()
+    said = "read from the cache" if data["cache_hit"] else "preprocessed and cached"
+    assert said in (joint_run / "log.txt").read_text()
 
 
 def test_config_repeats_the_run_exactly(joint_run: Path, tmp_path: Path):

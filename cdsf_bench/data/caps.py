@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from cdsf_bench.data.check import Problem
-from cdsf_bench.data.manifest import normalise_rows, read_table_file, require_columns
+from cdsf_bench.data.manifest import normalise_rows, read_table_file, require_columns, session_name
 from cdsf_bench.errors import InputError
 
 #: Space of Clinica's t1-linear and pet-linear outputs.
@@ -97,10 +97,6 @@ def find_pet(session_dir: Path, tracer: str, suvr_reference: str = "") -> list[P
     return _pick(found)
 
 
-def _session_name(session: str) -> str:
-    return session if not session or session.startswith("ses-") else f"ses-{session}"
-
-
 def _subject_name(participant: str) -> str:
     return participant if participant.startswith("sub-") else f"sub-{participant}"
 
@@ -123,7 +119,7 @@ def _read_labels(caps_dir: Path, diagnosis_tsv: Path | None) -> tuple[pd.DataFra
     require_columns(labels, ("participant_id", "diagnosis"), tsv, "Diagnosis TSV")
     labels["participant_id"] = [_subject_name(p) if p else p for p in labels["participant_id"]]
     if "session_id" in labels.columns:
-        labels["session_id"] = [_session_name(s) for s in labels["session_id"]]
+        labels["session_id"] = [session_name(s) for s in labels["session_id"]]
     return labels, tsv
 
 
@@ -255,7 +251,7 @@ def scan_caps(
     """
     caps_dir = Path(caps_dir)
     labels, tsv = _read_labels(caps_dir, diagnosis_tsv)
-    wanted = _session_name(session)
+    wanted = session_name(session)
     rows: list[dict[Hashable, Any]] = []
     problems: list[Problem] = []
     for participant, group in labels.groupby("participant_id", sort=False):

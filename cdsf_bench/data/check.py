@@ -2,31 +2,36 @@
 
 A user fixing a cohort of hundreds of scans wants the whole list, not one error per run,
 so each check collects ``Problem`` records and carries on. The checks come in three
-costs: rows only (labels, duplicates, splits), headers only (files exist, are 3D NIfTI,
-MRI and PET share a space) and voxels (NaN, Inf, all-zero, PET not in SUVR), the last one
-loading one volume at a time.
+costs: rows only (labels, duplicates, splits, task feasibility), headers only (files
+exist, are 3D NIfTI, cover the MNI brain) and voxels (NaN, Inf, all-zero, PET not in SUVR,
+brain offset from the MNI template), the last one loading one volume at a time.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import nibabel
 import numpy as np
 import pandas as pd
 
 from cdsf_bench.data.conventions import DIAGNOSES, TASKS
 from cdsf_bench.data.nifti import HeaderInfo, inspect_header, read_volume
+from cdsf_bench.data.registration import (
+    MIN_COVERAGE,
+    coverage,
+    field_of_view,
+    offset_message,
+    template_offset,
+)
 from cdsf_bench.data.splits import MIN_PER_CLASS, SPLITS
 from cdsf_bench.errors import InputError
 from cdsf_bench.interfaces import DataSettings
 from cdsf_bench.progress import track
 
-#: MRI and PET of a subject share a grid when, both reoriented to RAS as ``to_grid`` does,
-#: their shapes match and no voxel centre of one lies further than this fraction of a voxel
-#: from the same voxel's centre in the other (storage order, e.g. LAS vs RAS, is no mismatch).
-GRID_TOLERANCE_VOXELS = 0.5
 #: A PET whose 99th percentile exceeds this many times ``pet_suvr_max`` is not in SUVR units.
 SUVR_FACTOR = 4.0
 #: Volume columns, their role in messages.
@@ -65,8 +70,17 @@ def table_problems(table: pd.DataFrame) -> list[Problem]:
         if not participant.strip():
             problems.append(Problem(f"row {row}", "", "has no participant_id; fill it in or delete the row."))
     counts = ids[ids.str.strip() != ""].value_counts()
+    sessions = table["session_id"].astype(str) if "session_id" in table.columns else None
     for repeated, count in counts[counts > 1].items():
-        problems.append(Problem(str(repeated), "", f"appears {count} times; keep one row per participant."))
+        if sessions is None:
+            hint = "keep one row per participant (or add a session_id column and pick one with data.session)."
+        else:
+            listed = ", ".join(sorted(set(sessions[ids == repeated]))) or "none given"
+            hint = (
+                f"sessions {listed}; pick one with --set data.session=SESSION, or keep one row "
+                "per participant and session."
+            )
+        problems.append(Problem(str(repeated), "", f"appears {count} times; {hint}"))
     for participant, label in zip(ids, table["diagnosis"].astype(str), strict=True):
         if label not in DIAGNOSES:
             hint = (
@@ -98,25 +112,131 @@ def table_problems(table: pd.DataFrame) -> list[Problem]:
     return problems
 
 
-def class_problems(table: pd.DataFrame, task: str) -> list[Problem]:
-    """Classes of ``task`` with fewer subjects than a stratified three-way split needs."""
+@dataclass(frozen=True)
+class Needs:
+    """What a method asks of the cohort, read from its coupling's declared attributes
+    (``needs_synthesiser``, ``subjects``, ``needs_pet_truth``), so the core names no method."""
+
+    #: a synthesiser learns from real PET: the task needs subjects with PET
+    pet_to_learn_from: bool = False
+    #: the method sees subjects with real PET only: every class needs enough of them
+    pet_in_every_class: bool = False
+    #: the method needs every subject's real PET (a ``pet_truth`` for all)
+    pet_truth: bool = False
+
+
+def _too_few(task: str, count: int, what: str, needed: int, why: str) -> Problem:
+    return Problem(
+        "",
+        "",
+        f"task {task} has {count} {what}; it needs at least {needed} {why}. "
+        "Add subjects or choose another task.",
+    )
+
+
+def class_problems(
+    table: pd.DataFrame,
+    task: str,
+    folds: int = 0,
+    needs: Needs | None = None,
+    *,
+    val: float = 0.2,
+    test: float = 0.2,
+) -> list[Problem]:
+    """Whether ``task`` can be split and trained on this table, before any volume is read.
+
+    Each class needs ``MIN_PER_CLASS`` subjects (and ``folds`` for k-fold); an explicit
+    ``split`` column must put task subjects in every split; and the method's ``needs`` on
+    PET must be met by the task's subjects.
+    """
     if task not in TASKS:
         raise InputError(f"Unknown task {task!r}; choose one of {', '.join(TASKS)}.")
-    counts = table["diagnosis"].astype(str).value_counts()
+    needs = needs or Needs()
+    labels = table["diagnosis"].astype(str)
+    in_task = table[labels.isin(TASKS[task])]
+    has_pet = in_task["pet"].fillna("").astype(str) != "" if "pet" in in_task.columns else None
+    needed = max(MIN_PER_CLASS, folds)
+    why = (
+        f"per class for {folds}-fold cross-validation"
+        if folds > MIN_PER_CLASS
+        else "per class so that a stratified train / validation / test split can put one in each split"
+    )
     problems = []
     for label in TASKS[task]:
-        count = int(counts.get(label, 0))
-        if count < MIN_PER_CLASS:
+        count = int((in_task["diagnosis"] == label).sum())
+        if count < needed:
+            problems.append(_too_few(task, count, f"{label} subject(s)", needed, why))
+        elif needs.pet_in_every_class and has_pet is not None:
+            with_pet = int((has_pet & (in_task["diagnosis"] == label)).sum())
+            if with_pet < needed:
+                problems.append(
+                    _too_few(
+                        task,
+                        with_pet,
+                        f"{label} subject(s) with PET",
+                        needed,
+                        "per class: the method trains on subjects with PET only",
+                    )
+                )
+    if not problems and folds == 0 and "split" not in in_task.columns:
+        problems += _split_size_problems(task, len(in_task), val, test)
+    if needs.pet_to_learn_from:
+        with_pet = 0 if has_pet is None else int(has_pet.sum())
+        if with_pet < MIN_PER_CLASS:
             problems.append(
-                Problem(
-                    "",
-                    "",
-                    f"task {task} has {count} {label} subject(s); it needs at least {MIN_PER_CLASS} per "
-                    "class so that a stratified train / validation / test split can put one in each split. "
-                    "Add subjects or choose another task.",
+                _too_few(
+                    task,
+                    with_pet,
+                    "subject(s) with PET",
+                    MIN_PER_CLASS,
+                    "for the synthesiser to learn from real PET",
                 )
             )
+    truth = in_task["pet_truth"].fillna("").astype(str) if "pet_truth" in in_task.columns else None
+    every_truth = (truth is not None and bool((truth != "").all())) or (
+        has_pet is not None and bool(has_pet.all())
+    )
+    if needs.pet_truth and not every_truth:
+        problems.append(
+            Problem(
+                "",
+                "",
+                "the method needs every subject's real PET (a pet_truth column filled for all, as a "
+                "phantom folder has); this cohort lacks it for some subjects.",
+            )
+        )
+    if "split" in in_task.columns and folds == 0 and (in_task["split"].astype(str) != "").all():
+        for name in SPLITS:
+            if not (in_task["split"] == name).any():
+                problems.append(
+                    Problem(
+                        "",
+                        "",
+                        f"the split column puts no {' or '.join(TASKS[task])} subject in {name}; "
+                        "give every split subjects of the task, or drop the column for a random split.",
+                    )
+                )
     return problems
+
+
+def _split_size_problems(task: str, n: int, val: float, test: float) -> list[Problem]:
+    """A stratified split needs room for both classes in each part: ``split.test`` of the
+    subjects (rounded up, as scikit-learn does) and ``split.val`` of them, at least 2 each."""
+    n_test = math.ceil(test * n)
+    rest = n - n_test
+    n_val = math.ceil(val / (1 - test) * rest)
+    sizes = {"test": n_test, "validation": n_val, "training": rest - n_val}
+    small = [f"{name} {size}" for name, size in sizes.items() if size < 2]
+    if not small:
+        return []
+    return [
+        Problem(
+            "",
+            "",
+            f"task {task} has {n} subjects; split.val = {val:g} and split.test = {test:g} leave "
+            f"{', '.join(small)}, too few for both classes. Add subjects or enlarge the split fractions.",
+        )
+    ]
 
 
 def _paths(row: dict) -> list[tuple[str, str]]:
@@ -148,43 +268,34 @@ def missing_file_problems(table: pd.DataFrame) -> list[Problem]:
     return problems
 
 
-def _ras_grid(info: HeaderInfo) -> tuple[tuple[int, ...], np.ndarray]:
-    """Shape and affine of a volume once reoriented to the closest RAS orientation."""
-    from nibabel.orientations import inv_ornt_aff, io_orientation
-
-    ornt = io_orientation(info.affine)
-    shape = [0, 0, 0]
-    for axis, size in zip(ornt[:, 0].astype(int), info.shape, strict=True):
-        shape[axis] = int(size)
-    return tuple(shape), info.affine @ inv_ornt_aff(ornt, info.shape)
-
-
-def _pair_problem(participant: str, mri: HeaderInfo, pet: HeaderInfo, pet_path: str) -> Problem | None:
-    """MRI and PET of one subject that do not share a grid suggest a registration mix-up."""
-    mri_shape, mri_affine = _ras_grid(mri)
-    pet_shape, pet_affine = _ras_grid(pet)
-    voxel_mm = float(min(np.linalg.norm(a[:3, :3], axis=0).min() for a in (mri_affine, pet_affine)))
-    tolerance = GRID_TOLERANCE_VOXELS * voxel_mm
-    if mri_shape == pet_shape:
-        # the two grids differ by an affine map, so their largest gap is at a corner
-        last = [n - 1 for n in mri_shape]
-        corners = np.array([[i, j, k, 1.0] for i in (0, last[0]) for j in (0, last[1]) for k in (0, last[2])])
-        apart = float(np.max(np.linalg.norm((corners @ (mri_affine - pet_affine).T)[:, :3], axis=1)))
-        if apart <= tolerance:
-            return None
-        how = f"voxel centres up to {apart:.3g} mm apart, beyond half a voxel ({tolerance:.3g} mm)"
-    else:
-        how = "the shapes differ"
+def coverage_problem(participant: str, path: str, role: str, info: HeaderInfo) -> Problem | None:
+    """A file whose field of view misses most of the MNI brain box is not in MNI space."""
+    covered = coverage(info)
+    if covered >= MIN_COVERAGE:
+        return None
     return Problem(
         participant,
-        pet_path,
-        f"PET grid (shape {pet.shape}, origin {np.round(pet.affine[:3, 3], 2).tolist()} mm) differs from "
-        f"the MRI's (shape {mri.shape}, origin {np.round(mri.affine[:3, 3], 2).tolist()} mm): {how}; "
-        "give MRI and PET registered to the same MNI grid (e.g. both Clinica desc-Crop outputs).",
+        path,
+        f"{role} field of view ({field_of_view(info)}, world coordinates) covers {covered:.0%} of the MNI "
+        f"brain box, less than {MIN_COVERAGE:.0%}: the file is not in MNI space. Register it to MNI152 "
+        "(Clinica t1-linear / pet-linear, or ANTs / FSL flirt) first.",
     )
 
 
-def _header_pass(table: pd.DataFrame, pairs: bool, progress: bool) -> tuple[list[Problem], set[str]]:
+def registration_problem(
+    participant: str, path: str, role: str, image: nibabel.Nifti1Image, settings: DataSettings
+) -> Problem | None:
+    """A volume whose brain lies more than ``settings.max_offset_mm`` from the template's.
+
+    ``run`` and ``data check`` both call this on every volume they read, so they refuse alike.
+    """
+    if settings.max_offset_mm <= 0:
+        return None
+    message = offset_message(role, template_offset(image), settings.max_offset_mm)
+    return None if message is None else Problem(participant, path, message)
+
+
+def _header_pass(table: pd.DataFrame, progress: bool) -> tuple[list[Problem], set[str]]:
     """Header problems, and the files refused outright (not worth loading for voxel checks)."""
     problems: list[Problem] = []
     refused: set[str] = set()
@@ -192,27 +303,29 @@ def _header_pass(table: pd.DataFrame, pairs: bool, progress: bool) -> tuple[list
     iterator = track(rows, len(rows), "Checking headers") if progress else rows
     for row in iterator:
         participant = str(row.get("participant_id", ""))
-        headers: dict[str, HeaderInfo] = {}
         for column, path in _paths(row):
             try:
-                headers[column] = inspect_header(path, ROLES[column])
+                info = inspect_header(path, ROLES[column])
             except InputError as error:
                 problems.append(Problem(participant, path, str(error)))
                 refused.add(path)
-        if pairs and "mri" in headers and "pet" in headers:
-            problem = _pair_problem(participant, headers["mri"], headers["pet"], str(row["pet"]))
+                continue
+            problem = coverage_problem(participant, path, ROLES[column], info)
             if problem:
                 problems.append(problem)
+                refused.add(path)
     return problems, refused
 
 
-def file_problems(table: pd.DataFrame, *, pairs: bool = True, progress: bool = True) -> list[Problem]:
+def file_problems(table: pd.DataFrame, *, progress: bool = True) -> list[Problem]:
     """Problems visible from the files' headers: missing, not NIfTI, not 3D, absurd
-    dimensions, and (with ``pairs``) MRI and PET of a subject on different grids.
+    dimensions, and a field of view that misses the MNI brain.
 
-    Only headers are read, so this is fast even on a large cohort.
+    Only headers are read, so this is fast even on a large cohort. MRI and PET of a subject
+    may lie on different grids (voxel sizes, storage orders, oblique affines): each volume is
+    resampled from its own world coordinates, so only their being in MNI space matters.
     """
-    return _header_pass(table, pairs, progress)[0]
+    return _header_pass(table, progress)[0]
 
 
 def voxel_problems(table: pd.DataFrame, settings: DataSettings, *, progress: bool = True) -> list[Problem]:
@@ -231,6 +344,9 @@ def voxel_problems(table: pd.DataFrame, settings: DataSettings, *, progress: boo
             except InputError as error:
                 problems.append(Problem(participant, path, str(error)))
                 continue
+            problem = registration_problem(participant, path, ROLES[column], image, settings)
+            if problem:
+                problems.append(problem)
             if ROLES[column] == "PET":
                 data = np.asarray(image.dataobj)
                 high = float(np.percentile(data[data > 0], 99)) if np.any(data > 0) else 0.0
@@ -254,6 +370,10 @@ def check_table(
     *,
     voxels: bool = True,
     progress: bool = True,
+    folds: int = 0,
+    needs: Needs | None = None,
+    val: float = 0.2,
+    test: float = 0.2,
 ) -> list[Problem]:
     """Every problem with a subject table, in one list (empty when the cohort is usable).
 
@@ -264,7 +384,7 @@ def check_table(
     problems = table_problems(table)
     if table.empty:
         return problems
-    header, refused = _header_pass(table, pairs=True, progress=progress)
+    header, refused = _header_pass(table, progress=progress)
     problems += header
     if voxels:
         readable = table.copy()
@@ -273,5 +393,32 @@ def check_table(
                 readable[column] = [p if str(p) not in refused else "" for p in readable[column].fillna("")]
         problems += voxel_problems(readable, settings, progress=progress)
     if task is not None:
-        problems += class_problems(table, task)
+        problems += class_problems(table, task, folds, needs, val=val, test=test)
     return problems
+
+
+def cheap_problems(
+    table: pd.DataFrame,
+    task: str,
+    *,
+    folds: int = 0,
+    needs: Needs | None = None,
+    val: float = 0.2,
+    test: float = 0.2,
+    progress: bool = True,
+) -> list[Problem]:
+    """What ``run`` refuses before it preprocesses anything: rows, files, headers, the task.
+
+    ``check_table`` without the voxels; cheap enough for every run to call first.
+    """
+    return check_table(
+        table,
+        DataSettings(),
+        task,
+        voxels=False,
+        progress=progress,
+        folds=folds,
+        needs=needs,
+        val=val,
+        test=test,
+    )

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cdsf_bench.data.check import format_problems, table_problems
+from cdsf_bench.data.check import Problem, format_problems, table_problems
 from cdsf_bench.data.conventions import DIAGNOSES
 from cdsf_bench.errors import InputError
 
@@ -149,6 +149,42 @@ def _finish(table: pd.DataFrame, strict: bool, where: str) -> pd.DataFrame:
         if problems:
             raise InputError(f"{where} has {len(problems)} problem(s):\n{format_problems(problems)}")
     return table
+
+
+def session_name(session: str) -> str:
+    """A session as BIDS and Clinica name it: ``M00`` and ``ses-M00`` are both ``ses-M00``."""
+    return session if not session or session.startswith("ses-") else f"ses-{session}"
+
+
+def select_session(table: pd.DataFrame, session: str, path: Path) -> tuple[pd.DataFrame, list[Problem]]:
+    """The rows of ``session`` (``data.session``) when given; the table as it is otherwise.
+
+    A longitudinal manifest lists a participant once per session; ``data.session`` picks one,
+    as it does for a CAPS directory. Participants without a row for that session are left out
+    (a manifest lists what exists); a manifest without ``session_id``, or no row at all for
+    the session, is a problem naming the sessions there are.
+    """
+    if not session:
+        return table, []
+    wanted = session_name(session)
+    if "session_id" not in table.columns:
+        return table, [
+            Problem(
+                "",
+                str(path),
+                f"data.session = {session!r} but the manifest has no session_id column; add one "
+                "(one row per participant and session) or leave data.session empty.",
+            )
+        ]
+    sessions = [session_name(str(value)) for value in table["session_id"]]
+    table = table.assign(session_id=sessions)
+    chosen = table[table["session_id"] == wanted].reset_index(drop=True)
+    if chosen.empty:
+        there = ", ".join(sorted(set(sessions), key=str)) or "none"
+        return chosen, [
+            Problem("", str(path), f"has no row for session {wanted} (sessions there: {there}); pick one.")
+        ]
+    return chosen, []
 
 
 def read_manifest(path: Path, *, strict: bool = True) -> pd.DataFrame:

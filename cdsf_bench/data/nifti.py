@@ -187,6 +187,37 @@ def save_nifti(image: nibabel.Nifti1Image, path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def to_native(volume: np.ndarray, affine: np.ndarray, reference: str | Path) -> nibabel.Nifti1Image:
+    """``volume`` (on the grid of ``affine``) resampled onto the grid of the file ``reference``.
+
+    Used to write a subject's synthetic PET where that subject's own MRI lies, so a viewer
+    overlays the two: the result has the reference's shape, affine and sform / qform codes.
+    Only the reference's header is read.
+    """
+    from nilearn.image import resample_img
+
+    target = _open(Path(reference), "MRI")
+    shape = tuple(int(n) for n in target.shape[:3])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # nilearn's notes on resampling choices made explicit here
+        resampled = resample_img(
+            nibabel.Nifti1Image(np.asarray(volume, dtype=np.float32), affine),
+            target_affine=target.affine,
+            target_shape=shape,
+            interpolation="continuous",
+            force_resample=True,
+            copy_header=True,
+        )
+    data = np.asarray(resampled.get_fdata(dtype=np.float32), dtype=np.float32)
+    image = nibabel.Nifti1Image(data, target.affine)
+    sform, sform_code = target.header.get_sform(coded=True)
+    qform, qform_code = target.header.get_qform(coded=True)
+    image.set_sform(target.affine if sform is None else sform, code=int(sform_code) or 2)
+    image.set_qform(target.affine if qform is None else qform, code=int(qform_code) or int(sform_code) or 2)
+    image.header.set_xyzt_units("mm")
+    return image
+
+
 def smooth_and_resample(image: nibabel.Nifti1Image, grid: Grid) -> np.ndarray:
     """A volume in MNI space on ``grid`` (float32): reoriented, anti-aliased, resampled.
 

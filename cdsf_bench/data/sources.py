@@ -10,25 +10,36 @@ files first, then headers, and only then are volumes resampled.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import pandas as pd
 
-from cdsf_bench.data.cache import cohort_key, file_fingerprint, load_or_build, settings_fingerprint
+from cdsf_bench.data.cache import (
+    cache_root,
+    cohort_key,
+    file_fingerprint,
+    load_or_build,
+    settings_fingerprint,
+)
 from cdsf_bench.data.caps import scan_caps
 from cdsf_bench.data.check import (
     ROLES,
+    Needs,
     Problem,
+    cheap_problems,
     file_problems,
     format_problems,
     missing_file_problems,
+    registration_problem,
     table_problems,
 )
 from cdsf_bench.data.conventions import normalise_mri, normalise_pet
 from cdsf_bench.data.grid import reference_grid
-from cdsf_bench.data.manifest import read_manifest
+from cdsf_bench.data.manifest import read_manifest, select_session
 from cdsf_bench.data.nifti import read_volume, to_grid
 from cdsf_bench.errors import InputError
 from cdsf_bench.interfaces import Cohort, DataSettings, DataSource
@@ -47,8 +58,9 @@ def _raise_problems(problems: list[Problem], where: str) -> None:
 def cohort_from_table(table: pd.DataFrame, settings: DataSettings, source_desc: str) -> Cohort:
     """Read, check and preprocess every subject of ``table`` onto the reference grid.
 
-    MRI and PET go through ``read_volume`` and ``to_grid`` (inputs must be in MNI space);
-    the brain mask that scales each MRI is the ICBM152 template's on the same grid. PET is
+    MRI and PET go through ``read_volume``, the registration check against the ICBM152
+    template (``registration_problem``: inputs must be in MNI space, on any grid) and
+    ``to_grid``; the brain mask that scales each MRI is the ICBM152 template's on the same grid. PET is
     zero for subjects without one. ``pet_truth`` is kept only when every subject has a
     known PET (its ``pet_truth`` cell, else its ``pet``), as a phantom folder provides.
     Every subject is attempted; all failures are raised together at the end.
@@ -69,8 +81,13 @@ def cohort_from_table(table: pd.DataFrame, settings: DataSettings, source_desc: 
     problems: list[Problem] = []
 
     def volume(participant: str, path: str, kind: Literal["mri", "pet"]) -> np.ndarray | None:
+        role = "MRI" if kind == "mri" else "PET"
         try:
-            image = read_volume(Path(path), "MRI" if kind == "mri" else "PET")
+            image = read_volume(Path(path), role)
+            misplaced = registration_problem(participant, path, role, image, settings)
+            if misplaced is not None:
+                problems.append(misplaced)
+                return None
             return to_grid(image, grid, kind, brain_mask=mask, pet_suvr_max=settings.pet_suvr_max)
         except InputError as error:
             problems.append(Problem(participant, path, str(error)))
@@ -130,12 +147,38 @@ def _load_table(
     )
 
     def build() -> Cohort:
-        # headers before voxels: a bad file among hundreds is named before minutes of resampling;
-        # an MRI and PET of one subject on different grids are refused here, as data check reports
-        _raise_problems(file_problems(table, pairs=True), source_desc)
+        # headers before voxels: a bad file among hundreds is named before minutes of resampling
+        _raise_problems(file_problems(table), source_desc)
         return cohort_from_table(table, settings, source_desc)
 
-    return load_or_build(key, build, settings)[0]
+    return cached(key, build, settings)
+
+
+def cached(key: str, build: Callable[[], Cohort], settings: DataSettings) -> Cohort:
+    """The cohort of ``key`` from the cache or built, with ``extra["cache_hit"]`` and
+    ``extra["cache_entry"]`` saying which, for data.json and the run's log."""
+    cohort, hit = load_or_build(key, build, settings)
+    cohort.extra = {**cohort.extra, "cache_hit": hit, "cache_entry": str(cache_root(settings) / key)}
+    return cohort
+
+
+def absolute_spec(spec: str, *bases: Path) -> str:
+    """``spec`` with its path parts made absolute, read from the first of ``bases`` where they exist.
+
+    A run's config.toml then names its data wherever it is repeated from. Specs that name no
+    existing path (``phantom``, another source's identifiers, a typo the source will report)
+    are returned unchanged.
+    """
+    parts = spec.split(CAPS_TSV_SEPARATOR)
+    resolved = []
+    for part in parts:
+        if not part or part.strip().lower() == "phantom":
+            resolved.append(part)
+            continue
+        candidates = [Path(base) / Path(part).expanduser() for base in bases]
+        found = next((c for c in candidates if c.exists()), None)
+        resolved.append(os.path.abspath(found) if found is not None else part)
+    return CAPS_TSV_SEPARATOR.join(resolved)
 
 
 class PhantomSource(DataSource):
@@ -149,7 +192,7 @@ class PhantomSource(DataSource):
 
     def load(self, spec: str, settings: DataSettings) -> Cohort:
         key = cohort_key({"kind": "phantom", "settings": settings_fingerprint(settings)})
-        return load_or_build(key, lambda: self._build(settings), settings)[0]
+        return cached(key, lambda: self._build(settings), settings)
 
     @staticmethod
     def _build(settings: DataSettings) -> Cohort:
@@ -220,7 +263,7 @@ class ManifestSource(DataSource):
         return CAPS_TSV_SEPARATOR not in spec and spec.lower().endswith(MANIFEST_SUFFIXES)
 
     def subject_table(self, spec: str, settings: DataSettings) -> tuple[pd.DataFrame, list[Problem]]:
-        return read_manifest(Path(spec), strict=False), []
+        return select_session(read_manifest(Path(spec), strict=False), settings.session, Path(spec))
 
     def load(self, spec: str, settings: DataSettings) -> Cohort:
         return _load_table(*self.subject_table(spec, settings), settings, f"manifest {spec}")
@@ -253,6 +296,32 @@ class CapsSource(DataSource):
     def load(self, spec: str, settings: DataSettings) -> Cohort:
         table, problems = self.subject_table(spec, settings)
         return _load_table(table, problems, settings, f"CAPS directory {_split_caps_spec(spec)[0]}")
+
+
+def preflight(
+    spec: str,
+    source: DataSource,
+    settings: DataSettings,
+    task: str,
+    *,
+    folds: int = 0,
+    needs: Needs | None = None,
+    val: float = 0.2,
+    test: float = 0.2,
+) -> pd.DataFrame | None:
+    """Refuse, before any volume is preprocessed, what the cheap checks find in ``spec``.
+
+    Rows, files, headers, class counts and task feasibility (``cheap_problems``), all
+    reported together; the subject table is returned (None for a generated cohort, which
+    has no files to check).
+    """
+    found = source.subject_table(spec, settings)
+    if found is None:
+        return None
+    table, problems = found
+    problems = list(problems) + cheap_problems(table, task, folds=folds, needs=needs, val=val, test=test)
+    _raise_problems(problems, f"--data {spec}")
+    return table
 
 
 def detect_source(spec: str, sources: list[DataSource]) -> DataSource:

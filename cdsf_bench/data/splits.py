@@ -66,6 +66,25 @@ def make_splits(
             f"subjects; each needs at least {MIN_PER_CLASS} for a stratified train / validation / "
             "test split. Add subjects or choose the other task."
         )
+    try:
+        return _stratified(participants, labels, val=val, test=test, seed=seed, folds=folds, fold=fold)
+    except ValueError as error:  # scikit-learn's word for a split too small to stratify
+        raise InputError(
+            f"The task's {len(labels)} subjects cannot be split (split.val = {val:g}, split.test = {test:g}"
+            f"{f', {folds} folds' if folds else ''}): {error}. Add subjects or change the split settings."
+        ) from None
+
+
+def _stratified(
+    participants: pd.DataFrame,
+    labels: np.ndarray,
+    *,
+    val: float,
+    test: float,
+    seed: int,
+    folds: int,
+    fold: int,
+) -> Splits:
     rows = np.arange(len(labels))
     if folds:
         splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
