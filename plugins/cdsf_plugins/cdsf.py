@@ -2,30 +2,39 @@
 
 Notation: x is the MRI, y the real PET (present where m = 1), c the class, G the image
 synthesis module (ISM), D the multi-modal diagnosis module (MDM) with logits D(x, p) and
-L2-normalised features f(x, p), and y_hat = G(x). Masked means average over subjects with
-real PET only. Every weight can be 0, which removes its term (that is how ablations run).
+L2-normalised features f(x, p), y_hat = G(x), P an optional patch critic. Every mean is over
+the subjects named in brackets, across the whole batch (``context.mean``, exact under data
+parallelism). Every weight can be 0, which removes its term (that is how ablations run).
 
 Reading (a), the default (``mdm_head = "class"``):
 
     L_D = w_cls_real  * CE(D(x, y), c)                     [subjects with PET]
-        + w_cls_synth * CE(D(x, sg(y_hat)), c)             [all subjects; with
+        + s * w_cls_synth * CE(D(x, sg(y_hat)), c)         [all subjects; with
                                                             synthetic_pairs = "missing",
                                                             subjects without PET only]
     L_G = w_voxel     * |y_hat - y|_1                      [subjects with PET]
-        + w_feature   * ||f(x, y_hat) - sg(f(x, y))||^2    [subjects with PET]
-        + w_diag      * CE(D(x, y_hat), c)                 [all subjects]
+        + s * w_feature * ||f(x, y_hat) - f(x, y)||^2      [subjects with PET]
+        + s * w_diag    * CE(D(x, y_hat), c)               [all subjects; 0 by default]
+        + s * w_adv     * BCE(P(x, y_hat), 1)              [all subjects; 0 by default]
 
 Reading (b) (``mdm_head = "class_source"``, AC-GAN-like): D has 2K outputs indexed by
 (class, source), source 0 = real, 1 = synthetic; D learns CE(D(x, y), (c, real)) and
-CE(D(x, sg(y_hat)), (c, synthetic)); G's diagnostic term becomes CE(D(x, y_hat), (c, real)),
-so G must make PET that D takes for real PET of the right class. Class probabilities
-marginalise the source.
+CE(D(x, sg(y_hat)), (c, synthetic)); G's diagnostic term becomes CE(D(x, y_hat), (c, real)).
+Class probabilities marginalise the source.
 
-sg() stops gradients. D is updated on L_D with its own optimiser, then G on L_G; D's
-parameters are frozen during G's backward so L_G moves only G. Prediction uses the real
-PET where it exists (``predict_with = "real"``) and the synthetic PET otherwise; with
-``predict_with = "synthetic"`` every subject uses synthetic PET. docs/methods.md explains
-which parts are the paper's and which are our reading.
+D's two terms are computed in one forward of the real and synthetic pairs together, so batch
+norm normalises them as it will at test time, where real and synthetic pairs meet; a forward
+that would give batch norm a single subject is skipped (``skipped_single`` in the history).
+G then learns from D frozen: evaluation mode and no gradient, so D's running statistics do
+not move, f(x, y_hat) and f(x, y) are normalised alike (the feature term is exactly 0 for
+y_hat = y), and L_G moves G alone. ``s`` is the warm-up share: 0 for ``warmup_epochs``, then
+rising to 1 over ``ramp_epochs`` (1 throughout by default). With ``w_adv`` > 0, P learns the
+pix2pix loss on subjects with PET between D's step and G's (the same critic as the
+decoupled baseline's). ``w_diag`` is 0 by default: its gradient carries every training
+subject's label into y_hat, which D then learns to read, and a test subject's y_hat carries
+no such code (docs/methods.md). Prediction uses the real PET where it exists
+(``predict_with = "real"``) and the synthetic PET otherwise; ``"synthetic"`` uses y_hat for
+everyone.
 """
 
 from __future__ import annotations
