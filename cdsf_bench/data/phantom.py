@@ -613,7 +613,7 @@ def _simulate_subject(
     strength_sum = 0.0
     for name in ATROPHY_REGIONS:
         n = w[name].shape[0]
-        deviation = s.regional_gm_sd * rng.standard_normal(n)
+        deviation = np.asarray(s.regional_gm_sd * rng.standard_normal(n))
         amounts = strengths[name] * severity_structural + deviation
         deviations += float(deviation.sum())
         strength_sum += n * strengths[name]
@@ -749,7 +749,7 @@ class PhantomPlan:
         return participants[list(PARTICIPANT_COLUMNS)]
 
 
-def phantom_settings(options: Mapping[str, Any] = (), **cohort: Any) -> PhantomSettings:
+def phantom_settings(options: Mapping[str, Any] | None = None, **cohort: Any) -> PhantomSettings:
     """Settings from a scenario and explicit options (``data.phantom.*``), then cohort settings.
 
     The scenario (``options["scenario"]``, default "default") sets its values from
@@ -758,7 +758,7 @@ def phantom_settings(options: Mapping[str, Any] = (), **cohort: Any) -> PhantomS
     and cohort settings given as options, are refused with the known names. Not validated
     for ranges here: :meth:`PhantomSettings.validate` does that.
     """
-    options = dict(options)
+    options = dict(options or {})
     names = {f.name for f in dataclasses.fields(PhantomSettings)}
     unknown = sorted(set(options) - names)
     if unknown:
