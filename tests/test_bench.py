@@ -641,3 +641,17 @@ def test_report_prints_the_checks_table(tmp_path):
     assert "Disease-specific synthesis" in text
     checks = pd.read_csv(out / "checks.csv")
     assert list(checks["status"]) == ["pass", "pass", "pass", "pass", "fail"]
+
+
+def test_the_validation_suite_parses_and_checks_every_scenario():
+    """benchmarks/suites/validation.toml: every run resolves and each scenario has checks."""
+    from cdsf_bench.bench.suite import check_components
+
+    suite = load_suite(Path(__file__).parent.parent / "benchmarks" / "suites" / "validation.toml")
+    registry = default_registry()
+    check_components(suite, registry)
+    scenarios = [name for name, _ in suite.scenarios]
+    assert scenarios == ["independent", "default", "predictable"]
+    assert {c.scenario for c in suite.checks} == set(scenarios)
+    configs = {spec.scenario: spec.resolve(registry) for spec in suite.runs()}
+    assert configs["independent"]["data"]["phantom"] == {"scenario": "independent"}
