@@ -538,3 +538,20 @@ def test_phantom_source_builds_the_cohort_the_knobs_describe() -> None:
     np.testing.assert_array_equal(plain.mri, driven.mri)
     assert not np.array_equal(plain.pet_truth, driven.pet_truth)
     assert (plain.participants["severity_metabolic"] != driven.participants["severity_metabolic"]).all()
+
+
+def test_latent_columns_are_read_by_scoring_only() -> None:
+    """The phantom's ground truth must never reach training: only the generator, the
+    metrics and the test-split scoring in engine.evaluate may name the latent columns."""
+    from cdsf_bench.data.phantom import LATENT_COLUMNS
+
+    root = Path(__file__).resolve().parent.parent
+    allowed = {"cdsf_bench/data/phantom.py", "cdsf_bench/metrics.py", "cdsf_bench/engine.py"}
+    offenders = [
+        path.relative_to(root).as_posix()
+        for folder in ("cdsf_bench", "plugins")
+        for path in sorted((root / folder).rglob("*.py"))
+        if path.relative_to(root).as_posix() not in allowed
+        and any(column in path.read_text() for column in (*LATENT_COLUMNS, "SEVERITY_COLUMNS"))
+    ]
+    assert offenders == []
