@@ -187,7 +187,8 @@ def load_results(folder: Path) -> pd.DataFrame:
     results = pd.read_csv(path, keep_default_na=False, na_values=[""])
     if "scenario" not in results.columns:  # a table written before suites had scenarios
         results.insert(1, "scenario", "")
-    results["scenario"] = results["scenario"].fillna("").astype(str)
+    scenario = results["scenario"].astype(object)
+    results["scenario"] = scenario.where(scenario.notna(), "").astype(str)
     return results
 
 

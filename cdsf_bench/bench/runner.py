@@ -100,7 +100,8 @@ def result_row(spec: RunSpec, out: Path, status: str, error: str = "") -> dict:
 
 def results_frame(rows: list[dict]) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=list(COLUMNS))
-    frame["scenario"] = frame["scenario"].fillna("").astype(str)  # "" for a suite without scenarios
+    # "" for a suite without scenarios (a merged shard table reads it back as missing)
+    frame["scenario"] = frame["scenario"].astype(object).where(frame["scenario"].notna(), "").astype(str)
     return frame.astype({"seed": "Int64", "fold": "Int64", "n_test": "Int64"})
 
 
