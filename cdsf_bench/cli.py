@@ -244,16 +244,29 @@ def data() -> None:
 @click.option("--resolution", type=float, default=4.0, show_default=True, help="Voxel size in mm.")
 @click.option("--missing-pet", type=float, default=0.5, show_default=True, help="Fraction of PET withheld.")
 @click.option("--seed", type=int, default=0, show_default=True)
-def data_phantom(out: Path, subjects: int, resolution: float, missing_pet: float, seed: int) -> None:
+@set_option(help="Phantom settings, e.g. data.phantom.scenario=independent (docs/data.md).")
+def data_phantom(
+    out: Path, subjects: int, resolution: float, missing_pet: float, seed: int, assignments: tuple[str, ...]
+) -> None:
     """Write the phantom cohort as NIfTI (MNI space) plus participants.tsv."""
-    from cdsf_bench.data.phantom import PhantomSettings, generate_phantom, write_phantom
+    from cdsf_bench.data.phantom import generate_phantom, phantom_settings, write_phantom
     from cdsf_bench.errors import InputError
     from cdsf_bench.progress import track
 
     if subjects < 1 or resolution <= 0 or not 0 <= missing_pet < 1:
         raise InputError("--subjects must be >= 1, --resolution > 0 and --missing-pet in [0, 1).")
-    settings = PhantomSettings(
-        subjects=subjects, resolution_mm=resolution, missing_pet=missing_pet, seed=seed
+    outside = [a for a in assignments if not a.strip().startswith("data.phantom.")]
+    if outside:
+        raise InputError(f"--set '{outside[0]}': 'data phantom' takes data.phantom.* settings only.")
+    flags = {"data.subjects": subjects, "data.resolution_mm": resolution, "data.missing_pet": missing_pet}
+    flags["data.phantom_seed"] = seed
+    data = cfg.data_settings(cfg.resolve(default_registry(), None, assignments, flags))
+    settings = phantom_settings(
+        dict(data.phantom),
+        subjects=subjects,
+        resolution_mm=resolution,
+        missing_pet=missing_pet,
+        seed=seed,
     )
     cohort = generate_phantom(settings, progress=track)
     table = write_phantom(cohort, settings, out, progress=track)

@@ -32,7 +32,8 @@ DEFAULTS: dict[str, Any] = {
     "device": "auto",
     # filled from the plugins' cdsf_bench_defaults (registry.method_defaults) when resolving
     "method": {"synth": "", "diag": "", "coupling": ""},
-    "data": {"spec": "phantom", **{f.name: f.default for f in fields(DataSettings)}},
+    # data.phantom is a table of phantom settings here, (name, value) pairs in DataSettings
+    "data": {"spec": "phantom", **{f.name: f.default for f in fields(DataSettings)}, "phantom": {}},
     "split": {"val": 0.2, "test": 0.2, "folds": 0, "fold": 0},
     "train": {
         "epochs": 25,
@@ -265,11 +266,50 @@ def _validate_values(config: dict) -> None:
         raise ConfigError("data.missing_pet must be in [0, 1).")
     if data["max_offset_mm"] < 0:
         raise ConfigError("data.max_offset_mm must be 0 (no registration check) or a distance in mm.")
+    if data["phantom"]:
+        data["phantom"] = _phantom_options(data)
+
+
+def _phantom_options(data: dict) -> dict:
+    """Check ``data.phantom.*`` against the phantom's settings: names, types, then ranges.
+
+    Returns the options with their types coerced (an integer for a float setting). The
+    cohort settings ``[data]`` holds itself (subjects, missing_pet ...) are refused here.
+    """
+    from cdsf_bench.data.phantom import COHORT_SETTINGS, PhantomSettings, phantom_settings
+
+    given = data["phantom"]
+    known = {f.name: f.default for f in fields(PhantomSettings) if f.name not in COHORT_SETTINGS}
+    owned = sorted(set(given) & set(COHORT_SETTINGS))
+    if owned:
+        raise ConfigError(
+            f"Setting 'data.phantom.{owned[0]}' is set as '{COHORT_SETTINGS[owned[0]]}', not data.phantom.*."
+        )
+    checked = _check_against(known, given, "data.phantom")
+    options = {key: checked[key] for key in given}
+    try:
+        phantom_settings(
+            options,
+            subjects=data["subjects"],
+            resolution_mm=data["resolution_mm"],
+            missing_pet=data["missing_pet"],
+            missing_mechanism=data["missing_mechanism"],
+            seed=data["phantom_seed"],
+        ).validate()
+    except ConfigError as error:
+        raise ConfigError(f"data.phantom: {error}.") from None
+    return options
 
 
 def data_settings(config: dict) -> DataSettings:
     """The ``[data]`` section as :class:`DataSettings` (the spec itself excluded)."""
-    return DataSettings(**{f.name: config["data"][f.name] for f in fields(DataSettings)})
+    values = {f.name: config["data"][f.name] for f in fields(DataSettings)}
+
+    def frozen(value: Any) -> Any:  # TOML arrays become tuples: DataSettings is hashable
+        return tuple(frozen(v) for v in value) if isinstance(value, list | tuple) else value
+
+    values["phantom"] = tuple(sorted((k, frozen(v)) for k, v in dict(values["phantom"]).items()))
+    return DataSettings(**values)
 
 
 def plugin_settings(config: dict, section: str) -> tuple[str, dict]:

@@ -31,9 +31,12 @@ from cdsf_bench.errors import InputError, RunFailed
 from cdsf_bench.interfaces import Batch, Coupling, Prediction, TrainingStage
 from cdsf_bench.metrics import (
     HIGHER_IS_BETTER,
+    SEVERITY_COLUMNS,
     SYNTHESIS_KEYS,
     diagnosis_metrics,
+    disease_synthesis_metrics,
     mean_synthesis,
+    regional_uptake,
     synthesis_metrics,
 )
 from cdsf_bench.progress import make_progress
@@ -71,11 +74,14 @@ def evaluate(
     Synthesis is scored against the acquired PET, and with ``score_withheld`` also against
     the hidden PET of subjects whose PET is "missing" where the source keeps it (the
     phantom). Only the final test evaluation sets it: selection and early stopping must
-    use what a real cohort has. Under torch.distributed each process predicts its share
-    and the records are gathered, one per subject.
+    use what a real cohort has. That evaluation also reads the uptake in the
+    hypometabolism regions (per subject in the table, the disease-specific metrics in
+    ``synthesis``: ``metrics.disease_synthesis_metrics``). Under torch.distributed each
+    process predicts its share and the records are gathered, one per subject.
     """
     records: list[dict] = []
     mask = pipeline.brain_mask.cpu().numpy()
+    regions = _hypometabolism_masks(pipeline.affine, mask) if score_withheld else {}
     modules = coupling.modules()
     was_training = {name: m.training for name, m in modules.items()}
     for module in modules.values():
@@ -83,7 +89,9 @@ def evaluate(
     with torch.no_grad():
         for batch in pipeline.eval_batches(split, coupling.subjects):
             prediction = coupling.predict(batch)
-            records.extend(_batch_records(prediction, batch, mask, with_ssim, keep_synthetic, score_withheld))
+            records.extend(
+                _batch_records(prediction, batch, mask, with_ssim, keep_synthetic, score_withheld, regions)
+            )
     for name, module in modules.items():
         module.train(was_training[name])
     records = sorted(distributed.gather_records(records, cluster), key=lambda r: r["row"])
@@ -107,7 +115,33 @@ def evaluate(
         seed=seed,
     )
     scored = [{key: r[f"synth_{key}"] for key in SYNTHESIS_KEYS} for r in records if "synth_mae" in r]
-    return Evaluation(table, diagnosis, mean_synthesis(scored), synthetic)
+    synthesis = mean_synthesis(scored)
+    if synthesis is not None and score_withheld:  # per-epoch validation stays as it was
+        synthesis.update(_disease_synthesis(table, participants, list(regions)) or {})
+    return Evaluation(table, diagnosis, synthesis, synthetic)
+
+
+def _hypometabolism_masks(affine: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
+    """The hypometabolism regions on the cohort's MNI grid, where regional uptake is read."""
+    from cdsf_bench.data.phantom import HYPOMETABOLISM_REGIONS, region_masks
+
+    return region_masks(affine, mask.shape, mask, HYPOMETABOLISM_REGIONS)
+
+
+def _disease_synthesis(table: pd.DataFrame, participants: pd.DataFrame, names: list[str]) -> dict | None:
+    """Disease-specific synthesis metrics from the per-subject regional uptake of ``table``.
+
+    The phantom's latent severities are read here, for scoring only, never for training.
+    """
+    scored = table.dropna(subset=[f"roi_synth_{n}" for n in names]) if names else table.iloc[:0]
+    if scored.empty:
+        return None
+    synthetic = scored[[f"roi_synth_{n}" for n in names]].set_axis(names, axis=1)
+    real = scored[[f"roi_real_{n}" for n in names]].set_axis(names, axis=1)
+    severities = None
+    if all(column in participants.columns for column in SEVERITY_COLUMNS):
+        severities = participants.iloc[scored["row"].to_numpy()][list(SEVERITY_COLUMNS)]
+    return disease_synthesis_metrics(synthetic, real, severities)
 
 
 def _batch_records(
@@ -117,6 +151,7 @@ def _batch_records(
     with_ssim: bool,
     keep_synthetic: bool,
     score_withheld: bool,
+    regions: Mapping[str, np.ndarray],
 ) -> list[dict[str, Any]]:
     """One record per subject of a predicted batch; each tensor crosses to the host once."""
     rows = batch.index.tolist()
@@ -141,6 +176,8 @@ def _batch_records(
             if withheld_known or has_pet[i]:
                 scores = synthesis_metrics(truth[i], synthetic[i], mask, ssim=with_ssim)
                 record.update({f"synth_{k}": v for k, v in scores.items()})
+                for prefix, volume in (("roi_synth", synthetic[i]), ("roi_real", truth[i])):
+                    record.update({f"{prefix}_{k}": v for k, v in regional_uptake(volume, regions).items()})
             if keep_synthetic:
                 record["volume"] = synthetic[i]
         records.append(record)

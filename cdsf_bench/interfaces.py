@@ -87,6 +87,9 @@ class DataSettings:
     missing_pet: float = 0.5  # phantom only
     missing_mechanism: str = "mcar"  # phantom only: "mcar" or "class"
     phantom_seed: int = 0  # phantom only: the cohort's seed, independent of the run's seed
+    # phantom only: the ``data.phantom.*`` generative settings (scenario, severity_correlation,
+    # ...; docs/data.md) as sorted (name, value) pairs, so that they are in the cache key
+    phantom: tuple[tuple[str, Any], ...] = ()
     session: str = ""  # CAPS: the session to read (empty: each participant's first)
     tracer: str = "18FFDG"  # CAPS: the PET tracer entity
     suvr_reference: str = ""  # CAPS: the SUVR reference region entity (empty: any)

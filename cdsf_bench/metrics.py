@@ -5,24 +5,49 @@ over test subjects (stratified resampling, so every replicate has both classes).
 Synthesis metrics are computed on PET mapped to [0, 1] (the pipeline's [-1, 1] scale
 shifted and halved; 1 corresponds to ``data.pet_suvr_max`` SUVR): MAE and PSNR inside the
 brain mask, SSIM in 3D by scikit-image over the brain's bounding box.
+
+Disease-specific synthesis metrics read the uptake in the hypometabolism regions (posterior
+cingulate, precuneus, angular gyri: spheres around their MNI centres, inside the brain) of
+every scored test subject, from its synthetic and its real PET, on the same [0, 1] scale
+(multiply by ``data.pet_suvr_max`` for SUVR): how far off the regional values are, whether
+they rank subjects as the real ones do, and, on the phantom, how much of PET's own disease
+information (the metabolic severity beyond the structural one) the synthetic PET carries.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import numpy as np
+import pandas as pd
+from scipy import stats
 from skimage.metrics import structural_similarity
 from sklearn import metrics as skm
 
 DIAGNOSIS_KEYS = ("acc", "bacc", "sen", "spe", "f1", "auc", "auc_ci_low", "auc_ci_high", "mcc")
 SYNTHESIS_KEYS = ("psnr", "ssim", "mae")
+#: Disease-specific synthesis metrics (metrics.json "synthesis" section, results.csv):
+#: roi_mae, the mean absolute error of regional uptake over subjects and regions; roi_r,
+#: Pearson's r across subjects of the synthetic and real meta-region uptake (the regions'
+#: mean); pet_specific_r, the partial correlation of the synthetic meta-region's uptake
+#: loss with the metabolic severity given the structural one (phantom only), and
+#: pet_specific_r_real, the same for the real PET: the ceiling.
+DISEASE_SYNTHESIS_KEYS = ("roi_mae", "roi_r", "pet_specific_r", "pet_specific_r_real")
+#: The per-subject latent columns the PET-specific correlation needs (the phantom's).
+SEVERITY_COLUMNS = ("severity_structural", "severity_metabolic")
+#: Fewest subjects for which a correlation is reported (NaN below).
+MIN_CORRELATION_SUBJECTS = 4
 #: whether a larger value of a metric is better (selection, regression, reports)
 HIGHER_IS_BETTER = {
     **dict.fromkeys(DIAGNOSIS_KEYS, True),
     "psnr": True,
     "ssim": True,
     "mae": False,
+    "roi_mae": False,
+    "roi_r": True,
+    "pet_specific_r": True,
+    "pet_specific_r_real": True,
 }
 
 
@@ -122,3 +147,68 @@ def mean_synthesis(per_subject: list[dict[str, float]]) -> dict[str, float] | No
     if not per_subject:
         return None
     return {key: float(np.mean([m[key] for m in per_subject])) for key in SYNTHESIS_KEYS}
+
+
+def regional_uptake(volume: np.ndarray, masks: Mapping[str, np.ndarray]) -> dict[str, float]:
+    """Mean uptake of a [-1, 1] PET volume in each region, on the [0, 1] scale."""
+    unit = to_unit_scale(volume)
+    return {name: float(unit[np.asarray(mask, dtype=bool)].mean()) for name, mask in masks.items()}
+
+
+def partial_correlation(x: np.ndarray, y: np.ndarray, given: np.ndarray) -> float:
+    """Pearson's r of ``x`` and ``y`` after regressing each on ``given`` (with an intercept).
+
+    The residual form of the first-order partial correlation; NaN with fewer than
+    :data:`MIN_CORRELATION_SUBJECTS` subjects or when a residual is constant.
+    """
+    x, y, given = (np.asarray(a, dtype=float) for a in (x, y, given))
+    keep = np.isfinite(x) & np.isfinite(y) & np.isfinite(given)
+    if keep.sum() < MIN_CORRELATION_SUBJECTS:
+        return math.nan
+    design = np.column_stack([np.ones(keep.sum()), given[keep]])
+
+    def residual(values: np.ndarray) -> np.ndarray:
+        coefficients, *_ = np.linalg.lstsq(design, values, rcond=None)
+        return values - design @ coefficients
+
+    rx, ry = residual(x[keep]), residual(y[keep])
+    scale = max(float(np.abs(x[keep]).max()), float(np.abs(y[keep]).max()), 1.0)
+    if np.ptp(rx) <= 1e-12 * scale or np.ptp(ry) <= 1e-12 * scale:
+        return math.nan
+    return float(stats.pearsonr(rx, ry).statistic)
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> float:
+    if len(x) < MIN_CORRELATION_SUBJECTS or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return math.nan
+    return float(stats.pearsonr(x, y).statistic)
+
+
+def disease_synthesis_metrics(
+    synthetic: pd.DataFrame, real: pd.DataFrame, severities: pd.DataFrame | None = None
+) -> dict[str, float] | None:
+    """The disease-specific synthesis metrics of scored subjects (:data:`DISEASE_SYNTHESIS_KEYS`).
+
+    ``synthetic`` and ``real``: one row per subject, one column per region, regional uptake
+    on the [0, 1] scale (:func:`regional_uptake`), rows aligned. ``severities``: the same
+    rows with :data:`SEVERITY_COLUMNS` (the phantom's latents), or None where unknown, when
+    the two PET-specific correlations are left out. The meta-region is the regions' mean;
+    "uptake loss" is its negative, so a positive PET-specific r means the PET shows the
+    metabolic severity beyond what the structural severity explains. None without subjects.
+    """
+    if len(synthetic) == 0:
+        return None
+    if list(synthetic.columns) != list(real.columns) or len(synthetic) != len(real):
+        raise ValueError("synthetic and real regional uptake must have the same regions and subjects")
+    synth_values, real_values = synthetic.to_numpy(float), real.to_numpy(float)
+    synth_meta, real_meta = synth_values.mean(1), real_values.mean(1)
+    out = {
+        "roi_mae": float(np.abs(synth_values - real_values).mean()),
+        "roi_r": _pearson(synth_meta, real_meta),
+    }
+    if severities is not None:
+        structural = severities["severity_structural"].to_numpy(float)
+        metabolic = severities["severity_metabolic"].to_numpy(float)
+        out["pet_specific_r"] = partial_correlation(-synth_meta, metabolic, structural)
+        out["pet_specific_r_real"] = partial_correlation(-real_meta, metabolic, structural)
+    return out

@@ -22,6 +22,7 @@ from torch import nn
 from cdsf_bench.cli import main
 from cdsf_bench.errors import InputError
 from cdsf_bench.interfaces import Batch, TrainingContext
+from cdsf_bench.metrics import DISEASE_SYNTHESIS_KEYS
 from cdsf_bench.registry import default_registry
 from cdsf_plugins.baselines import CompleteCase, DecoupledCoupling, MeanImpute, Oracle, SingleModality
 from cdsf_plugins.mdm import MDM
@@ -127,7 +128,7 @@ def test_method_runs_end_to_end(method: str, run_folder: Callable[[str], Path]) 
     assert [s["stage"] for s in metrics["stages"]] == [name for name, _ in stages]
     assert metrics["selection"]["metric"] == "auc"  # the last stage selects on the run's metric
     if method in SYNTHESISES:
-        assert set(metrics["synthesis"]) == {"psnr", "ssim", "mae"}
+        assert set(metrics["synthesis"]) == {"psnr", "ssim", "mae", *DISEASE_SYNTHESIS_KEYS}
     else:
         assert metrics["synthesis"] is None
 

@@ -436,3 +436,222 @@ def test_report_header_names_every_source_commit_of_the_runs(tmp_path):
     assert _commit_line(tmp_path, done) == "Commit: c1"
     done = pd.DataFrame({"run_folder": ["a", "b", "c"]})
     assert _commit_line(tmp_path, done) == "Commits: c1 (2 runs); c2 with uncommitted changes (1 run)"
+
+
+# -- scenarios and checks (issue #17) ------------------------------------------------------
+
+CHECKED_SUITE = """
+name = "checked"
+task = "ad_cn"
+seeds = [0, 1, 2]
+
+[scenarios.easy]
+"data.phantom.scenario" = "predictable"
+
+[scenarios.hard]
+"data.phantom.scenario" = "independent"
+"data.phantom.severity_sd" = 0.5
+
+[[methods]]
+name = "M"
+synth = "ism"
+diag = "mdm"
+coupling = "joint"
+
+[[methods]]
+name = "R"
+synth = "none"
+diag = "mdm"
+coupling = "single"
+
+[[checks]]
+name = "M beats R when easy"
+scenario = "easy"
+kind = "beats"
+method = "M"
+reference = "R"
+metric = "auc"
+why = "constructed: M separates the classes, R does not"
+
+[[checks]]
+scenario = "hard"
+kind = "not_beats"
+method = "M"
+reference = "R"
+metric = "auc"
+
+[[checks]]
+scenario = "easy"
+kind = "metric_above"
+method = "M"
+metric = "pet_specific_r"
+bound = 0.3
+
+[[checks]]
+scenario = "hard"
+kind = "metric_abs_below"
+method = "M"
+metric = "pet_specific_r"
+bound = 0.1
+
+[[checks]]
+scenario = "hard"
+kind = "metric_below"
+method = "R"
+metric = "roi_mae"
+bound = 0.05
+"""
+
+
+def _checked_suite(tmp_path: Path, text: str = CHECKED_SUITE):
+    path = tmp_path / "checked.toml"
+    path.write_text(text)
+    return load_suite(path)
+
+
+def test_scenarios_expand_runs_into_their_own_folders_and_settings(tmp_path):
+    """Each scenario runs every method and seed once, with its settings after [settings]."""
+    suite = _checked_suite(tmp_path)
+    runs = suite.runs()
+    assert len(runs) == 2 * 3 * 2
+    assert runs[0].folder.as_posix() == "easy/ad_cn/seed-0/m"
+    assert runs[-1].folder.as_posix() == "hard/ad_cn/seed-2/r"
+    config = runs[-1].resolve(default_registry())
+    assert config["data"]["phantom"] == {"scenario": "independent", "severity_sd": 0.5}
+    assert [c.kind for c in suite.checks] == [
+        "beats",
+        "not_beats",
+        "metric_above",
+        "metric_abs_below",
+        "metric_below",
+    ]
+    assert suite.checks[1].name == "hard: M not_beats auc" and suite.checks[1].task == "ad_cn"
+    # the hash covers scenarios and checks, and a suite without them keeps its old hash
+    from cdsf_bench.bench.suite import suite_from_canonical
+
+    assert suite_from_canonical(suite.canonical()).hash == suite.hash
+    assert (
+        "scenarios" not in load_suite_text(tmp_path, TINY_SUITE.format(second=_second_method())).canonical()
+    )
+
+
+def load_suite_text(tmp_path: Path, text: str):
+    path = tmp_path / "plain.toml"
+    path.write_text(text)
+    return load_suite(path)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (('kind = "beats"', 'kind = "wins"'), "field 'kind' must be one of"),
+        (
+            ('reference = "R"\nmetric = "auc"\nwhy', 'reference = "X"\nmetric = "auc"\nwhy'),
+            "field 'reference'",
+        ),
+        (('metric = "pet_specific_r"\nbound = 0.3', 'metric = "pet_r"\nbound = 0.3'), "field 'metric'"),
+        (('metric = "pet_specific_r"\nbound = 0.3', 'metric = "pet_specific_r"\nbound = "big"'), "'bound'"),
+        (('scenario = "easy"\nkind = "beats"', 'scenario = "medium"\nkind = "beats"'), "field 'scenario'"),
+        (('why = "constructed', 'because = "constructed'), "unknown field"),
+        (('metric = "auc"\nwhy', 'metric = "mae"\nwhy'), "compares auc or bacc"),
+        (("[scenarios.easy]", "[scenarios.'a b']"), "scenario name"),
+        (('"data.phantom.severity_sd"', '"seed"'), "suite controls"),
+    ],
+)
+def test_check_and_scenario_errors_name_the_field(tmp_path, change, message):
+    old, new = change
+    assert old in CHECKED_SUITE
+    with pytest.raises(InputError, match=message):
+        _checked_suite(tmp_path, CHECKED_SUITE.replace(old, new, 1))
+
+
+def _constructed_results(tmp_path: Path):
+    """A suite folder with made-up runs: under 'easy' M ranks the test subjects perfectly and
+    R by chance; under 'hard' both by chance; pet_specific_r as each check expects."""
+    from cdsf_bench.bench.runner import claim_folder, result_row, write_csv
+
+    suite = _checked_suite(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    claim_folder(suite, out)
+    rng = np.random.default_rng(0)
+    labels = np.array([0, 1] * 20)
+    rows = []
+    for spec in suite.runs():
+        good = spec.scenario == "easy" and spec.method.name == "M"
+        probability = labels * 0.5 + 0.25 if good else rng.random(len(labels))
+        predictions = pd.DataFrame(
+            {
+                "participant_id": [f"sub-{i:04d}" for i in range(len(labels))],
+                "split": "test",
+                "diagnosis": np.where(labels == 1, "AD", "CN"),
+                "label": labels,
+                "probability": probability,
+                "prediction": (probability >= 0.5).astype(int),
+            }
+        )
+        (out / spec.folder).mkdir(parents=True)
+        predictions.to_csv(out / spec.folder / "predictions.csv", index=False)
+        row = result_row(spec, out, "missing")
+        row.update(status="done", auc=roc_auc_score(labels, probability), bacc=0.5, n_test=len(labels))
+        if spec.method.name == "M":
+            row.update(ssim=0.8, psnr=20.0, mae=0.05, roi_mae=0.03, roi_r=0.5)
+            row["pet_specific_r"] = 0.6 if spec.scenario == "easy" else 0.02 * (spec.seed - 1)
+            row["pet_specific_r_real"] = 0.7
+        else:
+            row["roi_mae"] = 0.08  # constructed so that the last check fails
+        rows.append(row)
+    write_csv(out / "results.csv", results_frame(rows))
+    return suite, out
+
+
+def test_checks_evaluate_on_constructed_results(tmp_path):
+    from cdsf_bench.bench.report import evaluate_checks, load_results
+
+    suite, out = _constructed_results(tmp_path)
+    outcomes = evaluate_checks(out, load_results(out), suite.checks)
+    assert [o.status for o in outcomes] == ["pass", "pass", "pass", "pass", "fail"]
+    assert "ΔAUC" in outcomes[0].observed and "0.600" in outcomes[2].observed
+    # the same checks against the other scenario's results fail: they can fail
+    swapped = [
+        type(c)(**{**c.canonical(), "scenario": "hard" if c.scenario == "easy" else "easy"})
+        for c in suite.checks
+    ]
+    assert [o.status for o in evaluate_checks(out, load_results(out), tuple(swapped))][:4] == [
+        "fail",
+        "fail",
+        "fail",
+        "fail",
+    ]
+    # a check whose method never finished is not evaluated, not passed
+    results = load_results(out)
+    results.loc[results["method"] == "M", "status"] = "failed"
+    assert {o.status for o in evaluate_checks(out, results, suite.checks[:4])} == {"not evaluated"}
+
+
+def test_report_prints_the_checks_table(tmp_path):
+    from cdsf_bench.bench.report import write_report
+
+    _, out = _constructed_results(tmp_path)
+    write_report(out, formats=("md",), reference="R")
+    text = (out / "report.md").read_text()
+    assert "Expected findings (written before the suite ran)" in text
+    assert "4 passed, 1 failed, 0 not evaluated, of 5" in text
+    assert "Scenario easy, task ad_cn" in text and "Scenario hard, task ad_cn" in text
+    assert "Disease-specific synthesis" in text
+    checks = pd.read_csv(out / "checks.csv")
+    assert list(checks["status"]) == ["pass", "pass", "pass", "pass", "fail"]
+
+
+def test_the_validation_suite_parses_and_checks_every_scenario():
+    """benchmarks/suites/validation.toml: every run resolves and each scenario has checks."""
+    from cdsf_bench.bench.suite import check_components
+
+    suite = load_suite(Path(__file__).parent.parent / "benchmarks" / "suites" / "validation.toml")
+    registry = default_registry()
+    check_components(suite, registry)
+    scenarios = [name for name, _ in suite.scenarios]
+    assert scenarios == ["independent", "default", "predictable"]
+    assert {c.scenario for c in suite.checks} == set(scenarios)
+    configs = {spec.scenario: spec.resolve(registry) for spec in suite.runs()}
+    assert configs["independent"]["data"]["phantom"] == {"scenario": "independent"}

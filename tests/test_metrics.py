@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from skimage.metrics import structural_similarity
 
@@ -40,3 +41,61 @@ def test_synthesis_metrics_on_a_known_error():
     reference = structural_similarity((real + 1) / 2, (synthetic + 1) / 2, data_range=1.0, win_size=7)
     assert m["ssim"] == pytest.approx(reference)
     assert synthesis_metrics(real, real, mask)["ssim"] == pytest.approx(1.0)
+
+
+# --- disease-specific synthesis metrics (issue #17) -----------------------------------------
+
+
+def test_partial_correlation_matches_the_textbook_formula():
+    """The residual form equals r_xy.z = (r_xy - r_xz r_yz) / sqrt((1 - r_xz^2)(1 - r_yz^2))."""
+    from cdsf_bench.metrics import partial_correlation
+
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal(200)
+    x = z + rng.standard_normal(200)
+    y = 0.5 * z + 0.4 * x + rng.standard_normal(200)
+    r = np.corrcoef([x, y, z])
+    expected = (r[0, 1] - r[0, 2] * r[1, 2]) / np.sqrt((1 - r[0, 2] ** 2) * (1 - r[1, 2] ** 2))
+    assert partial_correlation(x, y, z) == pytest.approx(expected, abs=1e-10)
+    assert np.isnan(partial_correlation(x[:3], y[:3], z[:3]))  # too few subjects
+    assert np.isnan(partial_correlation(z, y, z))  # nothing left of x once z is removed
+
+
+def _regions(values: np.ndarray) -> pd.DataFrame:
+    return pd.DataFrame(values, columns=["posterior_cingulate", "precuneus", "angular"])
+
+
+def test_disease_synthesis_metrics_on_constructed_subjects():
+    """A perfect generator reaches the ceiling; one that only knows the structural severity
+    scores a PET-specific r near 0 while its plain regional correlation can still be high."""
+    from cdsf_bench.metrics import DISEASE_SYNTHESIS_KEYS, disease_synthesis_metrics
+
+    rng = np.random.default_rng(1)
+    n = 400
+    structural = rng.standard_normal(n)
+    metabolic = 0.6 * structural + 0.8 * rng.standard_normal(n)
+    severities = pd.DataFrame({"severity_structural": structural, "severity_metabolic": metabolic})
+    real = _regions(0.6 - 0.05 * metabolic[:, None] + 0.01 * rng.standard_normal((n, 3)))
+    perfect = disease_synthesis_metrics(real, real, severities)
+    assert set(perfect) == set(DISEASE_SYNTHESIS_KEYS)
+    assert perfect["roi_mae"] == 0.0 and perfect["roi_r"] == pytest.approx(1.0)
+    assert perfect["pet_specific_r"] == perfect["pet_specific_r_real"] > 0.8
+    # E[PET | MRI]: the regional values the structural severity predicts, nothing more
+    from_mri = _regions(0.6 - 0.05 * 0.6 * structural[:, None] + 0.01 * rng.standard_normal((n, 3)))
+    mri_only = disease_synthesis_metrics(from_mri, real, severities)
+    assert abs(mri_only["pet_specific_r"]) < 0.15 and mri_only["pet_specific_r_real"] > 0.8
+    assert mri_only["roi_r"] > 0.4
+    assert mri_only["roi_mae"] == pytest.approx(np.abs(from_mri.to_numpy() - real.to_numpy()).mean())
+    # without latents (real data) the PET-specific correlations are left out
+    assert set(disease_synthesis_metrics(from_mri, real)) == {"roi_mae", "roi_r"}
+    assert disease_synthesis_metrics(real.iloc[:0], real.iloc[:0]) is None
+
+
+def test_regional_uptake_is_the_mask_mean_on_the_unit_scale():
+    from cdsf_bench.metrics import regional_uptake
+
+    volume = np.full((4, 4, 4), -1.0, dtype=np.float32)
+    volume[0] = 1.0  # unit scale 1 in the first slab, 0 elsewhere
+    mask = np.zeros((4, 4, 4), dtype=bool)
+    mask[0, 0, :2] = mask[1, 0, :2] = True
+    assert regional_uptake(volume, {"a": mask}) == {"a": pytest.approx(0.5)}

@@ -22,13 +22,18 @@ from cdsf_bench.data.grid import Grid, reference_grid
 from cdsf_bench.data.nifti import smooth_and_resample
 from cdsf_bench.data.phantom import (
     FORMAT_VERSION,
+    HYPOMETABOLISM_REGIONS,
+    PARTICIPANT_COLUMNS,
     REFERENCE_REGIONS,
     REGIONS,
+    SCENARIOS,
     PhantomCohort,
     PhantomSettings,
     generate_phantom,
     missing_probabilities,
+    phantom_settings,
     plan_phantom,
+    region_masks,
     write_phantom,
 )
 from cdsf_bench.data.templates import grid_mni_coordinates, load_templates, mni_to_voxel
@@ -98,6 +103,7 @@ def test_shapes_types_and_table(cohort: PhantomCohort) -> None:
         "severity_structural",
         "severity_metabolic",
         "head_scale",
+        "labelled",
     ]
     assert list(table.participant_id) == [f"sub-{i:04d}" for i in range(1, n + 1)]
     assert set(table.diagnosis) <= {"CN", "sMCI", "pMCI", "AD"}
@@ -220,6 +226,7 @@ def test_write_round_trip(cohort: PhantomCohort, tmp_path: Path) -> None:
         "severity_structural",
         "severity_metabolic",
         "head_scale",
+        "labelled",
     ]
     assert list(table.participant_id) == list(cohort.participants.participant_id)
     np.testing.assert_array_equal(table.has_pet.astype(bool).to_numpy(), cohort.has_pet)
@@ -250,6 +257,10 @@ def test_write_round_trip(cohort: PhantomCohort, tmp_path: Path) -> None:
         {"class_fractions": (("CN", 0.5), ("AD", 0.4))},
         {"subjects": 0},
         {"pet_reference": "thalamus"},
+        {"metabolic_from_structure": 1.5},
+        {"metabolic_from_structure": -0.1},
+        {"labelled_fraction": 0.0},
+        {"scenario": "easy"},
     ],
 )
 def test_bad_settings_refused(change: dict) -> None:
@@ -326,3 +337,221 @@ def test_one_resampling_serves_templates_and_scans_as_before(resolution):
     las[:3, 3] = (76.0, -112.0, -76.0)
     scan = nib.Nifti1Image(rng.random((100, 150, 80)).astype(np.float32), las)
     assert np.array_equal(smooth_and_resample(scan, grid), _former_scan_resample(scan, grid))
+
+
+# --------------------------------------------------------------------------------------
+# Knobs and scenarios (issue #17). A tiny 8 mm cohort keeps these cheap.
+
+TINY = {"subjects": 6, "resolution_mm": 8.0}
+#: SHA-256 of a 6-subject 8 mm default cohort (MRI, PET, has_pet and the columns that
+#: existed then), computed with the generator before the knobs of issue #17 were added.
+DEFAULT_COHORT_SHA256 = {
+    (): "a9dd911c1c2ccd94e8094e6f050b92aa910b8d2cb71c552e476c860c4d8cfe84",
+    (("missing_mechanism", "class"), ("seed", 3)): (
+        "0650febaa2eab872ffb757cdb932f95385ea5410a6f7f1a8084e48471e2abfcb"
+    ),
+}
+
+
+def _cohort_hash(cohort: PhantomCohort) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for array in (cohort.mri, cohort.pet, cohort.has_pet):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    old_columns = [c for c in PARTICIPANT_COLUMNS if c != "labelled"]
+    digest.update(cohort.participants[old_columns].to_csv(index=False, float_format="%.9g").encode())
+    return digest.hexdigest()
+
+
+@pytest.mark.parametrize("change", list(DEFAULT_COHORT_SHA256))
+def test_default_cohort_unchanged_by_the_new_knobs(change: tuple) -> None:
+    """Existing caches, tests and results rely on the default cohort staying byte-identical."""
+    settings = phantom_settings({}, **TINY, **dict(change))
+    assert _cohort_hash(generate_phantom(settings)) == DEFAULT_COHORT_SHA256[change]
+    # the "default" scenario named explicitly is the same cohort
+    named = phantom_settings({"scenario": "default"}, **TINY, **dict(change))
+    assert _cohort_hash(generate_phantom(named)) == DEFAULT_COHORT_SHA256[change]
+
+
+def test_scenarios_set_their_values_and_explicit_settings_win() -> None:
+    independent = phantom_settings({"scenario": "independent"})
+    assert independent.severity_correlation == 0.0 and independent.metabolic_from_structure == 0.0
+    predictable = phantom_settings({"scenario": "predictable"})
+    assert predictable.metabolic_from_structure == 1.0
+    assert phantom_settings({"scenario": "label_scarce"}).labelled_fraction < 0.5
+    mixed = phantom_settings({"scenario": "predictable", "metabolic_from_structure": 0.5})
+    assert mixed.metabolic_from_structure == 0.5 and mixed.scenario == "predictable"
+    assert set(SCENARIOS) == {"default", "independent", "predictable", "label_scarce"}
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"severity_corr": 0.9}, "severity_correlation"),  # unknown: the known names are listed
+        ({"subjects": 10}, "data.subjects"),  # a cohort setting belongs to [data]
+        ({"seed": 1}, "data.phantom_seed"),
+        ({"scenario": "easy"}, "independent"),
+    ],
+)
+def test_phantom_settings_refuse_bad_names(options: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        phantom_settings(options)
+
+
+def _within_class_correlation(table: pd.DataFrame) -> float:
+    centred = table.groupby("diagnosis")[["severity_structural", "severity_metabolic"]].transform(
+        lambda column: column - column.mean()
+    )
+    return float(np.corrcoef(centred["severity_structural"], centred["severity_metabolic"])[0, 1])
+
+
+def test_severity_correlation_knob_reaches_the_latents() -> None:
+    """Planted truth 1: the within-class correlation of the severities is what was asked for.
+
+    Only the latents are needed, so a plan with many subjects and no images suffices.
+    """
+    rows = {}
+    for rho in (0.0, 0.9):
+        plan = plan_phantom(phantom_settings({"severity_correlation": rho}, subjects=400, resolution_mm=8.0))
+        rows[rho] = _latent_table(plan, 120)
+    assert abs(_within_class_correlation(rows[0.0])) < 0.3  # 120 subjects: sd of r about 0.09
+    assert _within_class_correlation(rows[0.9]) > 0.8
+
+
+def _latent_table(plan, n: int) -> pd.DataFrame:
+    """The participants rows of a plan's first ``n`` subjects (simulated: 8 mm is cheap)."""
+    from cdsf_bench.data.phantom import _simulate_subject
+
+    rows = [_simulate_subject(plan.settings, plan.anatomy, i, plan.diagnoses[i]).row for i in range(n)]
+    return pd.DataFrame(rows)
+
+
+def test_structure_driven_hypometabolism_follows_the_structural_pattern() -> None:
+    """Planted truth 2: at metabolic_from_structure = 1 PET's drive is MRI's pattern.
+
+    With uncorrelated severities the drive (``severity_metabolic``) still tracks the
+    structural severity within class, and the regional uptake follows that drive; MRI and
+    the structural severity do not move, only PET's drive does.
+    """
+    options = {"severity_correlation": 0.0, "metabolic_from_structure": 1.0}
+    cohort = generate_phantom(phantom_settings(options, subjects=40, resolution_mm=8.0))
+    table = cohort.participants
+    assert _within_class_correlation(table) > 0.9
+    masks = region_masks(cohort.affine, cohort.pet.shape[1:], cohort.brain_mask, HYPOMETABOLISM_REGIONS)
+    roi = np.stack([cohort.pet[:, m].mean(1) for m in masks.values()], 1).mean(1)
+    assert np.corrcoef(roi, table["severity_metabolic"])[0, 1] < -0.7
+    base = generate_phantom(phantom_settings({"severity_correlation": 0.0}, subjects=40, resolution_mm=8.0))
+    np.testing.assert_array_equal(base.mri, cohort.mri)
+    assert (base.participants["severity_structural"] == table["severity_structural"]).all()
+    assert not (base.participants["severity_metabolic"] == table["severity_metabolic"]).all()
+
+
+def test_labelled_fraction_per_class() -> None:
+    """label_scarce: each class keeps its labelled fraction; no other draw is reshuffled."""
+    from cdsf_bench.data.phantom import assign_labelled
+
+    plan = plan_phantom(phantom_settings({"scenario": "label_scarce"}, subjects=200, resolution_mm=8.0))
+    table = pd.DataFrame({"diagnosis": plan.diagnoses})
+    table["labelled"] = assign_labelled(plan.settings, plan.diagnoses)
+    for _, group in table.groupby("diagnosis"):
+        assert abs(group["labelled"].sum() - 0.2 * len(group)) <= 1.0
+    default = plan_phantom(phantom_settings({}, subjects=200, resolution_mm=8.0))
+    assert default.diagnoses == plan.diagnoses
+    np.testing.assert_array_equal(default.has_pet, plan.has_pet)
+    assert assign_labelled(default.settings, default.diagnoses).all()
+
+
+def test_region_masks_sit_on_their_mni_centres() -> None:
+    """Regional SUVR is read where the phantom plants hypometabolism, on any MNI grid."""
+    grid = reference_grid(8.0)
+    mask = load_templates(8.0).brain_mask
+    masks = region_masks(grid.affine, grid.shape, mask, HYPOMETABOLISM_REGIONS)
+    mni = grid_mni_coordinates(grid)
+    for name, region_mask in masks.items():
+        assert region_mask.sum() > 0 and not (region_mask & ~mask).any()
+        region = REGIONS[name]
+        distance = np.min(
+            [np.linalg.norm(mni[region_mask] - np.asarray(c), axis=-1) for c in region.centres_mm], axis=0
+        )
+        assert distance.max() <= region.sigma_mm + 1e-6
+
+
+# --------------------------------------------------------------------------------------
+# data.phantom.* through the run configuration.
+
+
+@pytest.fixture(scope="module")
+def registry():
+    from cdsf_bench.registry import default_registry
+
+    return default_registry()
+
+
+def test_phantom_knobs_reach_data_settings_and_the_cache_key(registry, tmp_path: Path) -> None:
+    """``--set data.phantom.*`` lands in DataSettings, so a changed knob is a new cohort."""
+    from cdsf_bench import config as cfg
+    from cdsf_bench.data.cache import settings_fingerprint
+
+    assignments = ("data.phantom.scenario=independent", "data.phantom.severity_correlation=0.9")
+    config = cfg.resolve(registry, None, assignments)
+    data = cfg.data_settings(config)
+    assert data.phantom == (("scenario", "independent"), ("severity_correlation", 0.9))
+    assert settings_fingerprint(data) != settings_fingerprint(cfg.data_settings(cfg.resolve(registry)))
+    assert cfg.data_settings(cfg.resolve(registry)).phantom == ()
+    hash(data)  # a frozen, hashable settings object
+    # an integer for a float setting is coerced; the file written to the run folder resolves again
+    config = cfg.resolve(registry, None, ("data.phantom.metabolic_from_structure=1",))
+    assert config["data"]["phantom"] == {"metabolic_from_structure": 1.0}
+    file = tmp_path / "config.toml"
+    file.write_text(cfg.to_toml(config))
+    assert cfg.resolve(registry, file) == config
+
+
+@pytest.mark.parametrize(
+    ("assignment", "message"),
+    [
+        ("data.phantom.severity_corr=0.9", "Known keys in \\[data.phantom\\]"),
+        ("data.phantom.severity_correlation=high", "must be float"),
+        ("data.phantom.severity_correlation=1.0", "severity_correlation must lie in"),
+        ("data.phantom.metabolic_from_structure=-0.5", "metabolic_from_structure must lie in"),
+        ("data.phantom.scenario=easy", "scenario must be one of"),
+        ("data.phantom.subjects=10", "data.subjects"),
+        ("data.phantom=3", "data.phantom"),
+    ],
+)
+def test_bad_phantom_settings_are_refused_naming_the_field(registry, assignment: str, message: str) -> None:
+    from cdsf_bench import config as cfg
+
+    with pytest.raises(ConfigError, match=message):
+        cfg.resolve(registry, None, (assignment,))
+
+
+def test_phantom_source_builds_the_cohort_the_knobs_describe() -> None:
+    """What ``run`` loads: the built-in source passes data.phantom.* to the generator."""
+    from cdsf_bench.data.sources import PhantomSource
+    from cdsf_bench.interfaces import DataSettings
+
+    base = DataSettings(resolution_mm=8.0, subjects=4)
+    knob = DataSettings(resolution_mm=8.0, subjects=4, phantom=(("metabolic_from_structure", 1.0),))
+    plain, driven = PhantomSource._build(base), PhantomSource._build(knob)
+    np.testing.assert_array_equal(plain.mri, driven.mri)
+    assert not np.array_equal(plain.pet_truth, driven.pet_truth)
+    assert (plain.participants["severity_metabolic"] != driven.participants["severity_metabolic"]).all()
+
+
+def test_latent_columns_are_read_by_scoring_only() -> None:
+    """The phantom's ground truth must never reach training: only the generator, the
+    metrics and the test-split scoring in engine.evaluate may name the latent columns."""
+    from cdsf_bench.data.phantom import LATENT_COLUMNS
+
+    root = Path(__file__).resolve().parent.parent
+    allowed = {"cdsf_bench/data/phantom.py", "cdsf_bench/metrics.py", "cdsf_bench/engine.py"}
+    offenders = [
+        path.relative_to(root).as_posix()
+        for folder in ("cdsf_bench", "plugins")
+        for path in sorted((root / folder).rglob("*.py"))
+        if path.relative_to(root).as_posix() not in allowed
+        and any(column in path.read_text() for column in (*LATENT_COLUMNS, "SEVERITY_COLUMNS"))
+    ]
+    assert offenders == []

@@ -15,7 +15,7 @@ import torch
 from click.testing import CliRunner
 
 from cdsf_bench.cli import main
-from cdsf_bench.metrics import DIAGNOSIS_KEYS, SYNTHESIS_KEYS
+from cdsf_bench.metrics import DIAGNOSIS_KEYS, DISEASE_SYNTHESIS_KEYS, SYNTHESIS_KEYS
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +70,7 @@ def test_run_folder_has_every_file(joint_run: Path):
 def test_metrics_schema(joint_run: Path):
     metrics = json.loads((joint_run / "metrics.json").read_text())
     assert set(DIAGNOSIS_KEYS) <= set(metrics["diagnosis"])
-    assert set(SYNTHESIS_KEYS) == set(metrics["synthesis"])
+    assert {*SYNTHESIS_KEYS, *DISEASE_SYNTHESIS_KEYS} == set(metrics["synthesis"])  # the phantom has latents
     assert set(metrics["selection"]) == {"best_epoch", "metric", "value", "threshold"}
     assert metrics["selection"]["metric"] == "auc"
     assert set(metrics["n"]) == {"train", "val", "test"}

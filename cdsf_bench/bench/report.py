@@ -8,6 +8,10 @@ Pairing: a method is compared with the reference within each replicate (the same
 seed or fold, hence the same split) on the test subjects both predicted, matched by
 participant. AUCs are compared by DeLong's test, balanced accuracies by a paired bootstrap
 over subjects; over replicates the mean difference gets a Student t interval.
+
+A suite with ``[scenarios]`` is reported scenario by scenario; a suite with ``[[checks]]``
+(expected findings written before it ran) gets a pass / fail table of them, also written
+to ``checks.csv``.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -26,9 +31,10 @@ from cdsf_bench.bench.figures import pooled_roc, strip_plot, synthesis_bars
 from cdsf_bench.bench.render import Block, Bullets, Figure, Heading, Paragraph, Table, to_html, to_markdown
 from cdsf_bench.bench.runner import RESULTS_FILE, SUITE_FILE
 from cdsf_bench.bench.stats import delong_test, paired_bootstrap_bacc, t_interval
+from cdsf_bench.bench.suite import PAIRED_KINDS, Check
 from cdsf_bench.errors import InputError
 from cdsf_bench.interfaces import Method
-from cdsf_bench.metrics import SYNTHESIS_KEYS
+from cdsf_bench.metrics import DISEASE_SYNTHESIS_KEYS, SYNTHESIS_KEYS
 from cdsf_bench.progress import console
 from cdsf_bench.results import write_csv, write_text
 
@@ -47,6 +53,130 @@ TESTS_NOTE = (
 )
 
 
+DISEASE_NOTE = (
+    "Regional uptake in the posterior cingulate, precuneus and angular gyri (spheres around their "
+    "MNI centres), on the [0, 1] scale (times data.pet_suvr_max for SUVR). roi_mae: mean absolute "
+    "error over subjects and regions; roi_r: Pearson r across test subjects of the synthetic and "
+    "real mean over the regions; pet_specific_r: partial correlation (residualisation) of the "
+    "synthetic regions' uptake loss with the metabolic severity given the structural one, the PET "
+    "information beyond MRI's structural severity that the generator recovered; pet_specific_r_real: "
+    "the same for the real PET, the ceiling (phantom only)."
+)
+
+
+@dataclass(frozen=True)
+class CheckOutcome:
+    """A check's evaluation: what was observed and "pass", "fail" or "not evaluated"."""
+
+    check: Check
+    observed: str
+    status: str
+    detail: str = ""
+
+
+def _check_outcome(folder: Path, done: pd.DataFrame, check: Check) -> CheckOutcome:
+    """Evaluate one check on the finished runs of its scenario and task."""
+    runs = _in_group(done, check.scenario, check.task).assign(
+        replicate=lambda frame: frame["run_folder"].map(_replicate)
+    )
+    mine = runs[runs["method"] == check.method]
+    if mine.empty:
+        return CheckOutcome(check, "-", "not evaluated", f"no finished run of {check.method}")
+    if check.kind in PAIRED_KINDS:
+        references = runs[runs["method"] == check.reference].set_index("replicate")
+        pairs = [
+            compare_replicate(folder, run, references.loc[run["replicate"]])
+            for _, run in mine.iterrows()
+            if run["replicate"] in references.index
+        ]
+        differences = pd.Series([pair[f"{check.metric}_diff"] for pair in pairs], dtype=float)
+        interval = t_interval(differences.to_numpy())
+        if interval.n < 2:
+            return CheckOutcome(
+                check, _interval(differences), "not evaluated", "an interval needs two paired replicates"
+            )
+        beats = interval.low > 0
+        passed = beats if check.kind == "beats" else not beats
+        return CheckOutcome(check, f"Δ{check.metric.upper()} {_interval(differences)}", _verdict(passed))
+    if check.metric not in mine.columns:
+        return CheckOutcome(check, "-", "not evaluated", f"results.csv has no column {check.metric}")
+    values = mine[check.metric].astype(float).dropna()
+    if values.empty:
+        return CheckOutcome(check, "-", "not evaluated", f"no run of {check.method} reports {check.metric}")
+    mean = float(values.mean())
+    if check.kind == "metric_above":
+        passed = mean > check.bound
+    elif check.kind == "metric_below":
+        passed = mean < check.bound
+    else:
+        passed = abs(mean) < check.bound
+    return CheckOutcome(check, f"{check.metric} {mean_sd(values)} (n={len(values)})", _verdict(passed))
+
+
+def _verdict(passed: bool) -> str:
+    return "pass" if passed else "fail"
+
+
+def evaluate_checks(folder: Path, results: pd.DataFrame, checks: tuple[Check, ...]) -> list[CheckOutcome]:
+    """Every check of the suite on its finished runs (results as :func:`load_results` reads them)."""
+    done = results[results["status"] == "done"]
+    return [_check_outcome(Path(folder), done, check) for check in checks]
+
+
+def suite_checks(folder: Path) -> tuple[Check, ...]:
+    """The checks recorded in the suite folder's suite.json (none for an older suite)."""
+    path = Path(folder) / SUITE_FILE
+    if not path.exists():
+        return ()
+    recorded = json.loads(path.read_text()).get("suite", {})
+    return tuple(Check(**check) for check in recorded.get("checks", []))
+
+
+def _expectation(check: Check) -> str:
+    if check.kind in PAIRED_KINDS:
+        relation = "beats" if check.kind == "beats" else "does not beat"
+        return f"{check.method} {relation} {check.reference} on {check.metric.upper()} (95% t-CI vs 0)"
+    sign = {"metric_above": ">", "metric_below": "<", "metric_abs_below": "|·| <"}[check.kind]
+    return f"{check.method}: mean {check.metric} {sign} {check.bound:g}"
+
+
+def _checks_blocks(outcomes: list[CheckOutcome]) -> list[Block]:
+    if not outcomes:
+        return []
+    passed = sum(o.status == "pass" for o in outcomes)
+    failed = sum(o.status == "fail" for o in outcomes)
+    rows = tuple(
+        (
+            o.check.name,
+            o.check.scenario or "-",
+            o.check.task,
+            _expectation(o.check),
+            o.observed,
+            o.status.upper() if o.status != "not evaluated" else f"not evaluated ({o.detail})",
+            o.check.why,
+        )
+        for o in outcomes
+    )
+    return [
+        Heading(2, "Expected findings (written before the suite ran)"),
+        Paragraph(
+            f"{passed} passed, {failed} failed, {len(outcomes) - passed - failed} not evaluated, of "
+            f"{len(outcomes)}. A failed check is a finding about the methods or the benchmark, not a "
+            "reason to change the check: checks are never edited after the results are seen."
+        ),
+        Table(("check", "scenario", "task", "expected", "observed", "result", "why"), rows),
+    ]
+
+
+def checks_frame(outcomes: list[CheckOutcome]) -> pd.DataFrame:
+    """``checks.csv``: one row per check with its outcome."""
+    rows = [
+        {**o.check.canonical(), "observed": o.observed, "status": o.status, "detail": o.detail}
+        for o in outcomes
+    ]
+    return pd.DataFrame(rows)
+
+
 def load_results(folder: Path) -> pd.DataFrame:
     path = Path(folder) / RESULTS_FILE
     if not path.exists():
@@ -54,7 +184,21 @@ def load_results(folder: Path) -> pd.DataFrame:
             f"{folder} has no {RESULTS_FILE}; give a folder written by 'cdsf-bench bench' "
             "(for shards, run 'cdsf-bench merge' first)."
         )
-    return pd.read_csv(path, keep_default_na=False, na_values=[""])
+    results = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    if "scenario" not in results.columns:  # a table written before suites had scenarios
+        results.insert(1, "scenario", "")
+    scenario = results["scenario"].astype(object)
+    results["scenario"] = scenario.where(scenario.notna(), "").astype(str)
+    return results
+
+
+def groups(results: pd.DataFrame) -> list[tuple[str, str]]:
+    """(scenario, task) pairs in the suite's order; the scenario is "" without scenarios."""
+    return list(dict.fromkeys(zip(results["scenario"], results["task"], strict=True)))
+
+
+def _in_group(frame: pd.DataFrame, scenario: str, task: str) -> pd.DataFrame:
+    return frame[(frame["scenario"] == scenario) & (frame["task"] == task)]
 
 
 def method_order(results: pd.DataFrame) -> list[str]:
@@ -91,7 +235,7 @@ def mean_sd(values: pd.Series, digits: int = 3) -> str:
 
 
 def _replicate(run_folder: str) -> str:
-    """``task/seed-N`` (or ``task/fold-N``): the replicate a run belongs to."""
+    """``[scenario/]task/seed-N`` (or ``.../fold-N``): the replicate a run belongs to."""
     return Path(run_folder).parent.as_posix()
 
 
@@ -260,6 +404,15 @@ def _summary_tables(done: pd.DataFrame, methods: list[str]) -> list[Block]:
             Heading(3, "Synthesis (PET on the [0, 1] scale, inside the brain mask; mean ± sd)"),
             Table(("method", *(k.upper() for k in SYNTHESIS_KEYS)), tuple(rows)),
         ]
+    disease = [k for k in DISEASE_SYNTHESIS_KEYS if k in done.columns]
+    specific = [m for m in synthesising if done.loc[done["method"] == m, disease].notna().any().any()]
+    if specific:
+        rows = [(m, *(mean_sd(done.loc[done["method"] == m, k], 3) for k in disease)) for m in specific]
+        blocks += [
+            Heading(3, "Disease-specific synthesis (hypometabolism regions; mean ± sd)"),
+            Table(("method", *disease), tuple(rows)),
+            Paragraph(DISEASE_NOTE),
+        ]
     return blocks
 
 
@@ -343,25 +496,30 @@ def _figures(folder: Path, task: str, done: pd.DataFrame, methods: list[str]) ->
 
 def build_report(
     folder: Path, reference: str | None = None, default: Method | None = None
-) -> tuple[list[Block], pd.DataFrame, str]:
-    """The report's blocks, the paired comparisons and the reference, drawing the figures."""
+) -> tuple[list[Block], pd.DataFrame, str, list[CheckOutcome]]:
+    """The report's blocks, the paired comparisons, the reference and the checks' outcomes.
+
+    Draws the figures on the way.
+    """
     results = load_results(folder)
     done = results[results["status"] == "done"]
     reference = choose_reference(results, reference, default)
     blocks = _header(folder, results, done, reference)
+    outcomes = evaluate_checks(folder, results, suite_checks(folder))
+    blocks += _checks_blocks(outcomes)
     all_pairs = []
-    for task in dict.fromkeys(results["task"]):
-        task_done = done[done["task"] == task]
-        methods = method_order(results[results["task"] == task])
-        blocks.append(Heading(2, f"Task {task}"))
+    for scenario, task in groups(results):
+        task_done = _in_group(done, scenario, task)
+        methods = method_order(_in_group(results, scenario, task))
+        blocks.append(Heading(2, f"Scenario {scenario}, task {task}" if scenario else f"Task {task}"))
         if task_done.empty:
             blocks.append(Paragraph("No run of this task finished."))
             continue
         paired = comparisons(folder, task_done, reference)
-        all_pairs.append(paired)
+        all_pairs.append(paired.assign(scenario=scenario) if scenario and len(paired) else paired)
         blocks += _summary_tables(task_done, methods)
         blocks += _comparison_table(paired, methods, reference)
-        blocks += _figures(folder, task, task_done, methods)
+        blocks += _figures(folder, f"{scenario}_{task}" if scenario else task, task_done, methods)
     unfinished = results[results["status"] != "done"]
     if len(unfinished):
         blocks += [
@@ -374,7 +532,7 @@ def build_report(
             ),
         ]
     pairs = pd.concat(all_pairs, ignore_index=True) if all_pairs else pd.DataFrame()
-    return blocks, pairs, reference
+    return blocks, pairs, reference, outcomes
 
 
 def write_report(
@@ -388,8 +546,10 @@ def write_report(
     The reference is ``reference``, else chosen by :func:`choose_reference` from ``default``.
     """
     folder = Path(folder)
-    blocks, pairs, reference = build_report(folder, reference, default)
+    blocks, pairs, reference, outcomes = build_report(folder, reference, default)
     written = [write_csv(folder / "comparisons.csv", pairs)]
+    if outcomes:
+        written.append(write_csv(folder / "checks.csv", checks_frame(outcomes)))
     title = blocks[0].text if isinstance(blocks[0], Heading) else "cdsf-bench report"
     if "md" in formats:
         written.append(write_text(folder / "report.md", to_markdown(blocks)))
@@ -400,13 +560,16 @@ def write_report(
 
 def print_summary(results: pd.DataFrame) -> None:
     """The report's per-method mean ± sd tables, on the console."""
+    if "scenario" not in results.columns:
+        results = results.assign(scenario="")
     done = results[results["status"] == "done"]
-    for task in dict.fromkeys(results["task"]):
-        methods = method_order(results[results["task"] == task])
-        title = task
-        for block in _summary_tables(done[done["task"] == task], methods):
+    for scenario, task in groups(results):
+        methods = method_order(_in_group(results, scenario, task))
+        label = f"{scenario} {task}" if scenario else task
+        title = label
+        for block in _summary_tables(_in_group(done, scenario, task), methods):
             if isinstance(block, Heading):
-                title = f"{task}: {block.text}"
+                title = f"{label}: {block.text}"
             elif isinstance(block, Table):
                 table = RichTable(title=title)
                 for index, column in enumerate(block.columns):

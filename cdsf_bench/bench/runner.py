@@ -1,7 +1,7 @@
 """Running a suite: every run through :func:`cdsf_bench.run.execute`, one results table.
 
 The suite's output folder holds ``suite.json`` (name, hash, definition), one run folder per
-run at ``<task>/<seed-N|fold-N>/<method>``, and the results table: ``results.csv`` for a
+run at ``[<scenario>/]<task>/<seed-N|fold-N>/<method>``, and the results table: ``results.csv`` for a
 whole suite, ``results.shard-I-of-N.csv`` for a shard. The table is rewritten atomically
 after every run, so a killed suite leaves a table of what finished. A run that fails
 (:class:`~cdsf_bench.errors.RunFailed`) is recorded as failed and the suite goes on.
@@ -19,18 +19,31 @@ import pandas as pd
 
 from cdsf_bench.bench.suite import RunSpec, Suite, shard_runs, suite_from_canonical
 from cdsf_bench.errors import InputError, RunFailed
-from cdsf_bench.metrics import DIAGNOSIS_KEYS, SYNTHESIS_KEYS
+from cdsf_bench.metrics import DIAGNOSIS_KEYS, DISEASE_SYNTHESIS_KEYS, SYNTHESIS_KEYS
 from cdsf_bench.progress import console, make_progress
 from cdsf_bench.registry import Registry
 from cdsf_bench.results import write_csv, write_json
 
 SUITE_FILE = "suite.json"
 RESULTS_FILE = "results.csv"
-IDENTITY_COLUMNS = ("suite", "task", "seed", "fold", "method", "synth", "diag", "coupling", "status")
+IDENTITY_COLUMNS = (
+    "suite",
+    "scenario",
+    "task",
+    "seed",
+    "fold",
+    "method",
+    "synth",
+    "diag",
+    "coupling",
+    "status",
+)
+#: the synthesis columns: image metrics, then the disease-specific ones
+SYNTHESIS_COLUMNS = (*SYNTHESIS_KEYS, *DISEASE_SYNTHESIS_KEYS)
 COLUMNS = (
     *IDENTITY_COLUMNS,
     *DIAGNOSIS_KEYS,
-    *SYNTHESIS_KEYS,
+    *SYNTHESIS_COLUMNS,
     "n_test",
     "wall_seconds",
     "run_folder",
@@ -61,6 +74,7 @@ def result_row(spec: RunSpec, out: Path, status: str, error: str = "") -> dict:
     folder = out / spec.folder
     row: dict = {
         "suite": spec.suite,
+        "scenario": spec.scenario,
         "task": spec.task,
         "seed": spec.seed,
         "fold": spec.fold,
@@ -69,14 +83,14 @@ def result_row(spec: RunSpec, out: Path, status: str, error: str = "") -> dict:
         "diag": spec.method.diag,
         "coupling": spec.method.coupling,
         "status": status,
-        **dict.fromkeys((*DIAGNOSIS_KEYS, *SYNTHESIS_KEYS, "n_test", "wall_seconds"), math.nan),
+        **dict.fromkeys((*DIAGNOSIS_KEYS, *SYNTHESIS_COLUMNS, "n_test", "wall_seconds"), math.nan),
         "run_folder": spec.folder.as_posix(),
         "error": error,
     }
     if status == "done":
         metrics = json.loads((folder / "metrics.json").read_text())
         row.update({k: metrics["diagnosis"].get(k) for k in DIAGNOSIS_KEYS})
-        row.update({k: (metrics.get("synthesis") or {}).get(k) for k in SYNTHESIS_KEYS})
+        row.update({k: (metrics.get("synthesis") or {}).get(k, math.nan) for k in SYNTHESIS_COLUMNS})
         row["n_test"] = metrics.get("n", {}).get("test")
         timing = folder / "timing.json"
         if timing.exists():
@@ -86,6 +100,8 @@ def result_row(spec: RunSpec, out: Path, status: str, error: str = "") -> dict:
 
 def results_frame(rows: list[dict]) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=list(COLUMNS))
+    # "" for a suite without scenarios (a merged shard table reads it back as missing)
+    frame["scenario"] = frame["scenario"].astype(object).where(frame["scenario"].notna(), "").astype(str)
     return frame.astype({"seed": "Int64", "fold": "Int64", "n_test": "Int64"})
 
 

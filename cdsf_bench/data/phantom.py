@@ -27,7 +27,7 @@ import dataclasses
 import functools
 import json
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,8 +43,9 @@ from cdsf_bench.data.nifti import save_nifti
 from cdsf_bench.data.templates import Templates, grid_mni_coordinates, load_templates, mni_to_voxel
 from cdsf_bench.errors import ConfigError
 
-#: Bumped whenever the files ``write_phantom`` writes change meaning or layout.
-FORMAT_VERSION = 1
+#: Bumped whenever the files ``write_phantom`` writes change meaning or layout
+#: (2: the ``labelled`` column).
+FORMAT_VERSION = 2
 
 #: The columns of ``PhantomCohort.participants``, in order.
 PARTICIPANT_COLUMNS = (
@@ -56,6 +57,7 @@ PARTICIPANT_COLUMNS = (
     "severity_structural",
     "severity_metabolic",
     "head_scale",
+    "labelled",
 )
 #: The columns of ``participants.tsv``: the table plus the files, relative to its folder.
 TSV_COLUMNS = PARTICIPANT_COLUMNS[:5] + ("mri", "pet", "pet_truth") + PARTICIPANT_COLUMNS[5:]
@@ -115,6 +117,29 @@ REFERENCE_REGIONS = {
 LOW_UPTAKE_WIDTH = 1.5
 #: The age at which every age effect is zero.
 REFERENCE_AGE = 70.0
+#: Participants columns that are the phantom's ground truth: never inputs to a method.
+LATENT_COLUMNS = ("severity_structural", "severity_metabolic", "head_scale")
+#: Settings that ``[data]`` itself holds (``data.subjects`` ...): not ``data.phantom.*`` keys.
+COHORT_SETTINGS = {
+    "subjects": "data.subjects",
+    "resolution_mm": "data.resolution_mm",
+    "missing_pet": "data.missing_pet",
+    "missing_mechanism": "data.missing_mechanism",
+    "seed": "data.phantom_seed",
+}
+
+#: Named scenarios (docs/data.md, "Scenarios"): the settings each changes from the defaults.
+#: Explicit settings override a scenario's. "independent": PET's disease information cannot
+#: be predicted from MRI (uncorrelated severities, no structure-driven hypometabolism);
+#: "predictable": PET's hypometabolism is the subject's structural pattern, as MRI shows it,
+#: plus the regional and scanner noise; "label_scarce": many subjects with paired scans, few
+#: of them labelled (the ``labelled`` column).
+SCENARIOS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "independent": {"severity_correlation": 0.0, "metabolic_from_structure": 0.0},
+    "predictable": {"metabolic_from_structure": 1.0, "regional_gm_sd": 0.1},
+    "label_scarce": {"labelled_fraction": 0.2},
+}
 
 
 @dataclass(frozen=True)
@@ -135,6 +160,9 @@ class PhantomSettings:
     missing_pet: float = 0.5  # fraction of subjects whose PET is withheld
     missing_mechanism: str = "mcar"  # "mcar" or "class" (see missing_class_log_odds)
     seed: int = 0
+    # The named scenario these settings started from (SCENARIOS); a label, applied by
+    # ``phantom_settings``.
+    scenario: str = "default"
     class_fractions: tuple = (("CN", 0.3), ("sMCI", 0.2), ("pMCI", 0.2), ("AD", 0.3))
     # "class" missingness: the log-odds of missing PET rise by this per step CN -> sMCI ->
     # pMCI -> AD (sicker people drop out of a PET visit more often); the intercept is set
@@ -150,6 +178,13 @@ class PhantomSettings:
     severity_means: tuple = (("CN", 0.0), ("sMCI", 0.3), ("pMCI", 0.75), ("AD", 1.0))
     severity_sd: float = 0.4
     severity_correlation: float = 0.6
+    # Fraction of the hypometabolism's drive that is the subject's structural pattern as MRI
+    # shows it (structural severity plus its regional atrophy deviations), the rest being the
+    # metabolic severity: 0 keeps PET's disease signal apart from MRI's, 1 makes it a function
+    # of MRI's. ``severity_metabolic`` in the table is the mixed drive PET shows.
+    metabolic_from_structure: float = 0.0
+    # Fraction of each class whose diagnosis is known (``labelled``); the rest are unlabelled.
+    labelled_fraction: float = 1.0
     # Structural disease effects at severity 1 (fraction of grey matter lost at the centre).
     hippocampus_atrophy: float = 0.28
     entorhinal_atrophy: float = 0.25
@@ -215,6 +250,14 @@ class PhantomSettings:
             raise ConfigError(
                 f"phantom severity_correlation must lie in (-1, 1), got {self.severity_correlation}"
             )
+        if self.scenario not in SCENARIOS:
+            raise ConfigError(f"phantom scenario must be one of {sorted(SCENARIOS)}, got {self.scenario!r}")
+        if not 0.0 <= self.metabolic_from_structure <= 1.0:
+            raise ConfigError(
+                f"phantom metabolic_from_structure must lie in [0, 1], got {self.metabolic_from_structure}"
+            )
+        if not 0.0 < self.labelled_fraction <= 1.0:
+            raise ConfigError(f"phantom labelled_fraction must lie in (0, 1], got {self.labelled_fraction}")
         if not self.age_min < self.age_max:
             raise ConfigError(f"phantom age_min must be below age_max, got {self.age_min} and {self.age_max}")
         if not 0.0 <= self.female_fraction <= 1.0:
@@ -329,6 +372,27 @@ def _anatomy(resolution_mm: float) -> _Anatomy:
     return _Anatomy(templates, grid, mni, weights, low_uptake, reference_masks, centre)
 
 
+def region_masks(
+    affine: np.ndarray, shape: tuple[int, ...], brain_mask: np.ndarray, names: Iterable[str]
+) -> dict[str, np.ndarray]:
+    """Per region: the brain voxels within ``sigma_mm`` of any of its MNI centres.
+
+    Computed from the affine (voxel to MNI mm), so it holds for any cohort on an MNI grid,
+    real or phantom: the hypometabolism regions' masks are where regional SUVR is read.
+    """
+    index = np.indices(tuple(shape), dtype=np.float64).reshape(3, -1)
+    mm = (np.asarray(affine, dtype=np.float64)[:3, :3] @ index + np.asarray(affine)[:3, 3:4]).T
+    brain = np.asarray(brain_mask, dtype=bool).reshape(-1)
+    out = {}
+    for name in names:
+        region = REGIONS[name]
+        near = np.zeros(len(mm), dtype=bool)
+        for centre in region.centres_mm:
+            near |= ((mm - np.asarray(centre)) ** 2).sum(-1) <= region.sigma_mm**2
+        out[name] = (near & brain).reshape(tuple(shape))
+    return out
+
+
 @functools.lru_cache(maxsize=8)
 def _lattice(spacing_mm: float, resolution_mm: float) -> tuple[tuple[int, int, int], np.ndarray]:
     """A coarse lattice for smooth random fields, and where the target voxels fall on it.
@@ -438,6 +502,34 @@ def missing_probabilities(settings: PhantomSettings) -> dict[str, float]:
     return {c: 1.0 / (1.0 + math.exp(-(intercept + slope * steps[c]))) for c in fractions}
 
 
+def _golden_flags(
+    probabilities: dict[str, float], seed: int, stream: int, diagnoses: list[str]
+) -> np.ndarray:
+    """True where ``frac(offset + k * 0.618...)`` falls below the class's probability.
+
+    ``k`` counts the subjects of a class; the offsets come from the seed's ``stream``.
+    """
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(stream,)))
+    offsets = {c: float(u) for c, u in zip(DIAGNOSES, rng.random(len(DIAGNOSES)), strict=True)}
+    seen = {c: 0 for c in DIAGNOSES}
+    flags = np.zeros(len(diagnoses), dtype=bool)
+    for i, c in enumerate(diagnoses):
+        u = (offsets[c] + seen[c] * GOLDEN_STEP) % 1.0
+        seen[c] += 1
+        flags[i] = u < probabilities[c]
+    return flags
+
+
+def assign_labelled(settings: PhantomSettings, diagnoses: list[str]) -> np.ndarray:
+    """Which subjects' diagnoses are known: ``labelled_fraction`` of each class.
+
+    The same golden-ratio sequence as missing PET, from its own seed stream, so every
+    class keeps its fraction at any size and the other draws are not reshuffled.
+    """
+    fraction = float(settings.labelled_fraction)
+    return _golden_flags({c: fraction for c in DIAGNOSES}, settings.seed, 3, diagnoses)
+
+
 def assign_has_pet(settings: PhantomSettings, diagnoses: list[str]) -> np.ndarray:
     """Which subjects keep their PET: a golden-ratio sequence within each class.
 
@@ -448,15 +540,7 @@ def assign_has_pet(settings: PhantomSettings, diagnoses: list[str]) -> np.ndarra
     subject of a class is the same whatever the cohort's size.
     """
     probabilities = missing_probabilities(settings)
-    rng = np.random.default_rng(np.random.SeedSequence(settings.seed, spawn_key=(2,)))
-    offsets = {c: float(u) for c, u in zip(DIAGNOSES, rng.random(len(DIAGNOSES)), strict=True)}
-    seen = {c: 0 for c in DIAGNOSES}
-    has_pet = np.ones(len(diagnoses), dtype=bool)
-    for i, c in enumerate(diagnoses):
-        u = (offsets[c] + seen[c] * GOLDEN_STEP) % 1.0
-        seen[c] += 1
-        has_pet[i] = not u < probabilities[c]
-    return has_pet
+    return ~_golden_flags({c: probabilities.get(c, 0.0) for c in DIAGNOSES}, settings.seed, 2, diagnoses)
 
 
 # --------------------------------------------------------------------------------------
@@ -525,9 +609,14 @@ def _simulate_subject(
         "entorhinal": s.entorhinal_atrophy,
         "inferior_temporal": s.temporal_atrophy,
     }
+    deviations = 0.0  # the regional atrophy beyond the severity, summed over centres
+    strength_sum = 0.0
     for name in ATROPHY_REGIONS:
         n = w[name].shape[0]
-        amounts = strengths[name] * severity_structural + s.regional_gm_sd * rng.standard_normal(n)
+        deviation = np.asarray(s.regional_gm_sd * rng.standard_normal(n))
+        amounts = strengths[name] * severity_structural + deviation
+        deviations += float(deviation.sum())
+        strength_sum += n * strengths[name]
         if name in ("hippocampus", "entorhinal"):
             amounts = amounts + s.age_hippocampus_loss * years
         gm_loss += _region_map(w[name], amounts)
@@ -543,6 +632,13 @@ def _simulate_subject(
         "precuneus": s.precuneus_hypometabolism,
         "angular": s.angular_hypometabolism,
     }
+    # The drive of the hypometabolism: the metabolic severity, mixed with the structural
+    # pattern MRI shows (severity plus regional deviations, in severity units) when
+    # metabolic_from_structure > 0. At 0 the drive is the metabolic severity itself.
+    mix = float(s.metabolic_from_structure)
+    if mix > 0.0:
+        pattern = severity_structural + (deviations / strength_sum if strength_sum > 0 else 0.0)
+        severity_metabolic = (1.0 - mix) * severity_metabolic + mix * pattern
     uptake_loss = np.zeros(anatomy.grid.shape, dtype=np.float32)
     for name in HYPOMETABOLISM_REGIONS:
         n = w[name].shape[0]
@@ -649,7 +745,38 @@ class PhantomPlan:
         """The participants table of the simulated subjects' rows, ``has_pet`` included."""
         participants = pd.DataFrame(rows)
         participants.insert(4, "has_pet", self.has_pet)
+        participants["labelled"] = assign_labelled(self.settings, self.diagnoses)
         return participants[list(PARTICIPANT_COLUMNS)]
+
+
+def phantom_settings(options: Mapping[str, Any] | None = None, **cohort: Any) -> PhantomSettings:
+    """Settings from a scenario and explicit options (``data.phantom.*``), then cohort settings.
+
+    The scenario (``options["scenario"]``, default "default") sets its values from
+    :data:`SCENARIOS`; explicit options override them; ``cohort`` gives what ``[data]``
+    holds (subjects, resolution_mm, missing_pet, missing_mechanism, seed). Unknown names,
+    and cohort settings given as options, are refused with the known names. Not validated
+    for ranges here: :meth:`PhantomSettings.validate` does that.
+    """
+    options = dict(options or {})
+    names = {f.name for f in dataclasses.fields(PhantomSettings)}
+    unknown = sorted(set(options) - names)
+    if unknown:
+        known = sorted(names - set(COHORT_SETTINGS))
+        raise ConfigError(f"unknown phantom setting(s) {unknown}; known: {', '.join(known)}")
+    owned = sorted(set(options) & set(COHORT_SETTINGS))
+    if owned:
+        where = ", ".join(COHORT_SETTINGS[name] for name in owned)
+        raise ConfigError(f"phantom setting(s) {owned} are set through {where}, not data.phantom.*")
+    scenario = options.get("scenario", "default")
+    if scenario not in SCENARIOS:
+        raise ConfigError(f"phantom scenario must be one of {sorted(SCENARIOS)}, got {scenario!r}")
+
+    def as_tuple(value: Any) -> Any:  # TOML arrays become tuples, so settings stay hashable
+        return tuple(as_tuple(v) for v in value) if isinstance(value, list | tuple) else value
+
+    values = {**SCENARIOS[scenario], **options, **cohort}
+    return PhantomSettings(**{key: as_tuple(value) for key, value in values.items()})
 
 
 def plan_phantom(settings: PhantomSettings) -> PhantomPlan:

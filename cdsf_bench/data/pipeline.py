@@ -64,6 +64,7 @@ class DevicePipeline:
         self.channels_last = channels_last
         self.splits = splits
         self.participants = cohort.participants
+        self.affine = np.asarray(cohort.affine, dtype=np.float64)  # voxel to MNI mm (regional metrics)
         self.has_pet_np = np.asarray(cohort.has_pet, dtype=bool)
         self.on_device = self._fits_on_device(cohort)
         storage = device if self.on_device else torch.device("cpu")

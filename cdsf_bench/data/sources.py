@@ -197,10 +197,11 @@ class PhantomSource(DataSource):
     @staticmethod
     def _build(settings: DataSettings) -> Cohort:
         """Generate, then normalise as real data are: MRI by its own percentiles, PET by the SUVR map."""
-        from cdsf_bench.data.phantom import PhantomSettings, plan_phantom
+        from cdsf_bench.data.phantom import phantom_settings, plan_phantom
 
         plan = plan_phantom(
-            PhantomSettings(
+            phantom_settings(
+                dict(settings.phantom),
                 subjects=settings.subjects,
                 resolution_mm=settings.resolution_mm,
                 missing_pet=settings.missing_pet,
