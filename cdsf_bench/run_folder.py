@@ -29,6 +29,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import pandas as pd
+from rich.markup import escape
 
 from cdsf_bench.data.nifti import save_nifti
 from cdsf_bench.errors import InputError
@@ -124,8 +125,8 @@ class RunFolder:
             return
         with open(self.path / "log.txt", "a") as handle:
             handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
-        if echo:
-            console.log(message, highlight=False)
+        if echo:  # a plain line: rich's log table would pad every line to the console's width
+            console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {escape(message)}", highlight=False)
 
     def _json(self, name: str, data: Any) -> None:
         if self.writes:
