@@ -1,4 +1,4 @@
-"""Test support: the benchmark scripts' modules, loaded from ``benchmarks/`` by path.
+"""Test support: a training context for couplings driven directly, and benchmark scripts.
 
 ``benchmarks/`` is a folder of scripts, not a package on the import path (a script run as
 ``python benchmarks/perf_step.py`` imports its neighbours by their bare names), so tests
@@ -11,6 +11,10 @@ import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
+
+import torch
+
+from cdsf_bench.interfaces import TrainingContext
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -25,3 +29,20 @@ def load_benchmark(name: str) -> ModuleType:
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def training_context(shape: tuple[int, int, int], **overrides: object) -> TrainingContext:
+    """What the core would tell a coupling in a one-process CPU run of ``shape`` volumes."""
+    values: dict = {
+        "device": torch.device("cpu"),
+        "input_shape": shape,
+        "num_classes": 2,
+        "epochs": 1,
+        "learning_rate": 1e-3,
+        "patience": None,
+        "select_on": "auc",
+        "train_pet_mean": torch.zeros(1, 1, *shape),
+        "has_pet_truth": False,
+    }
+    values.update(overrides)
+    return TrainingContext(**values)

@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner, Result
+from support import training_context
 from torch import nn
 
 from cdsf_bench.cli import main
@@ -204,19 +205,8 @@ SHAPE = (8, 8, 8)
 
 
 def context(**overrides: object) -> TrainingContext:
-    values: dict = {
-        "device": torch.device("cpu"),
-        "input_shape": SHAPE,
-        "num_classes": 2,
-        "epochs": 3,
-        "learning_rate": 1e-3,
-        "patience": None,
-        "select_on": "auc",
-        "train_pet_mean": torch.full((1, 1, *SHAPE), 0.25),
-        "has_pet_truth": True,
-    }
-    values.update(overrides)
-    return TrainingContext(**values)
+    values: dict = {"epochs": 3, "train_pet_mean": torch.full((1, 1, *SHAPE), 0.25), "has_pet_truth": True}
+    return training_context(SHAPE, **{**values, **overrides})
 
 
 def build_synthesiser() -> nn.Module:

@@ -6,8 +6,9 @@ import copy
 
 import pytest
 import torch
+from support import training_context
 
-from cdsf_bench.interfaces import Batch, TrainingContext
+from cdsf_bench.interfaces import Batch
 from cdsf_plugins.cdsf import JointCoupling, positive_probability
 from cdsf_plugins.ism import ISM
 from cdsf_plugins.mdm import MDM
@@ -17,17 +18,7 @@ SHAPE = (16, 20, 16)
 
 def _coupling(diag_norm: str = "batch", **weights) -> JointCoupling:
     torch.manual_seed(0)
-    context = TrainingContext(
-        device=torch.device("cpu"),
-        input_shape=SHAPE,
-        num_classes=2,
-        epochs=1,
-        learning_rate=1e-3,
-        patience=None,
-        select_on="auc",
-        train_pet_mean=torch.zeros(1, 1, *SHAPE),
-        has_pet_truth=False,
-    )
+    context = training_context(SHAPE)
     return JointCoupling(
         context,
         lambda: ISM(widths=(4, 8, 8), n_residual=1),

@@ -18,9 +18,10 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from support import training_context
 
 from cdsf_bench import distributed
-from cdsf_bench.interfaces import Batch, Coupling, TrainingContext
+from cdsf_bench.interfaces import Batch, Coupling
 from cdsf_bench.registry import default_registry
 
 SHAPE = (16, 16, 16)
@@ -57,18 +58,8 @@ def _share(batch: Batch, rank: int, world: int) -> Batch:
 def _coupling(name: str, cluster: distributed.Cluster) -> Coupling:
     registry = default_registry()
     torch.manual_seed(0)
-    context = TrainingContext(
-        device=torch.device("cpu"),
-        input_shape=SHAPE,
-        num_classes=2,
-        epochs=1,
-        learning_rate=1e-3,
-        patience=None,
-        select_on="auc",
-        train_pet_mean=torch.zeros(1, 1, *SHAPE),
-        has_pet_truth=True,
-        world=cluster.world,
-        global_sum=distributed.global_sum(cluster),
+    context = training_context(
+        SHAPE, has_pet_truth=True, world=cluster.world, global_sum=distributed.global_sum(cluster)
     )
     synth = registry.get("synthesiser", "ism").factory
     diag = registry.get("diagnoser", "mdm").factory
