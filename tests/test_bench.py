@@ -606,7 +606,8 @@ def _constructed_results(tmp_path: Path):
 
 
 def test_checks_evaluate_on_constructed_results(tmp_path):
-    from cdsf_bench.bench.report import evaluate_checks, load_results
+    from cdsf_bench.bench.checks import evaluate_checks
+    from cdsf_bench.bench.report import load_results
 
     suite, out = _constructed_results(tmp_path)
     outcomes = evaluate_checks(out, load_results(out), suite.checks)

@@ -17,9 +17,7 @@ to ``checks.csv``.
 from __future__ import annotations
 
 import json
-import math
 import shutil
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -27,11 +25,24 @@ import numpy as np
 import pandas as pd
 from rich.table import Table as RichTable
 
+from cdsf_bench.bench.checks import (
+    CheckOutcome,
+    checks_blocks,
+    checks_frame,
+    checks_from_canonical,
+    evaluate_checks,
+)
 from cdsf_bench.bench.figures import pooled_roc, strip_plot, synthesis_bars
 from cdsf_bench.bench.render import Block, Bullets, Figure, Heading, Paragraph, Table, to_html, to_markdown
 from cdsf_bench.bench.runner import RESULTS_FILE, SUITE_FILE
-from cdsf_bench.bench.stats import delong_test, paired_bootstrap_bacc, t_interval
-from cdsf_bench.bench.suite import PAIRED_KINDS, Check
+from cdsf_bench.bench.stats import (
+    BOOTSTRAP_REPLICATES,
+    compare_replicate,
+    interval_text,
+    mean_sd,
+    read_predictions,
+    replicate_of,
+)
 from cdsf_bench.errors import InputError
 from cdsf_bench.interfaces import Method
 from cdsf_bench.metrics import DISEASE_SYNTHESIS_KEYS, SYNTHESIS_KEYS
@@ -40,7 +51,6 @@ from cdsf_bench.results import write_csv, write_text
 
 #: diagnosis metrics summarised per method (per-run AUC intervals stay in results.csv)
 SUMMARY_METRICS = ("auc", "bacc", "acc", "sen", "spe", "f1", "mcc")
-BOOTSTRAP_REPLICATES = 2000
 FORMATS = ("md", "html")
 TESTS_NOTE = (
     "AUC differences: DeLong's test for two correlated ROC curves (DeLong et al., Biometrics 1988), "
@@ -62,119 +72,6 @@ DISEASE_NOTE = (
     "information beyond MRI's structural severity that the generator recovered; pet_specific_r_real: "
     "the same for the real PET, the ceiling (phantom only)."
 )
-
-
-@dataclass(frozen=True)
-class CheckOutcome:
-    """A check's evaluation: what was observed and "pass", "fail" or "not evaluated"."""
-
-    check: Check
-    observed: str
-    status: str
-    detail: str = ""
-
-
-def _check_outcome(folder: Path, done: pd.DataFrame, check: Check) -> CheckOutcome:
-    """Evaluate one check on the finished runs of its scenario and task."""
-    runs = _in_group(done, check.scenario, check.task).assign(
-        replicate=lambda frame: frame["run_folder"].map(_replicate)
-    )
-    mine = runs[runs["method"] == check.method]
-    if mine.empty:
-        return CheckOutcome(check, "-", "not evaluated", f"no finished run of {check.method}")
-    if check.kind in PAIRED_KINDS:
-        references = runs[runs["method"] == check.reference].set_index("replicate")
-        pairs = [
-            compare_replicate(folder, run, references.loc[run["replicate"]])
-            for _, run in mine.iterrows()
-            if run["replicate"] in references.index
-        ]
-        differences = pd.Series([pair[f"{check.metric}_diff"] for pair in pairs], dtype=float)
-        interval = t_interval(differences.to_numpy())
-        if interval.n < 2:
-            return CheckOutcome(
-                check, _interval(differences), "not evaluated", "an interval needs two paired replicates"
-            )
-        beats = interval.low > 0
-        passed = beats if check.kind == "beats" else not beats
-        return CheckOutcome(check, f"Δ{check.metric.upper()} {_interval(differences)}", _verdict(passed))
-    if check.metric not in mine.columns:
-        return CheckOutcome(check, "-", "not evaluated", f"results.csv has no column {check.metric}")
-    values = mine[check.metric].astype(float).dropna()
-    if values.empty:
-        return CheckOutcome(check, "-", "not evaluated", f"no run of {check.method} reports {check.metric}")
-    mean = float(values.mean())
-    if check.kind == "metric_above":
-        passed = mean > check.bound
-    elif check.kind == "metric_below":
-        passed = mean < check.bound
-    else:
-        passed = abs(mean) < check.bound
-    return CheckOutcome(check, f"{check.metric} {mean_sd(values)} (n={len(values)})", _verdict(passed))
-
-
-def _verdict(passed: bool) -> str:
-    return "pass" if passed else "fail"
-
-
-def evaluate_checks(folder: Path, results: pd.DataFrame, checks: tuple[Check, ...]) -> list[CheckOutcome]:
-    """Every check of the suite on its finished runs (results as :func:`load_results` reads them)."""
-    done = results[results["status"] == "done"]
-    return [_check_outcome(Path(folder), done, check) for check in checks]
-
-
-def suite_checks(folder: Path) -> tuple[Check, ...]:
-    """The checks recorded in the suite folder's suite.json (none for an older suite)."""
-    path = Path(folder) / SUITE_FILE
-    if not path.exists():
-        return ()
-    recorded = json.loads(path.read_text()).get("suite", {})
-    return tuple(Check(**check) for check in recorded.get("checks", []))
-
-
-def _expectation(check: Check) -> str:
-    if check.kind in PAIRED_KINDS:
-        relation = "beats" if check.kind == "beats" else "does not beat"
-        return f"{check.method} {relation} {check.reference} on {check.metric.upper()} (95% t-CI vs 0)"
-    sign = {"metric_above": ">", "metric_below": "<", "metric_abs_below": "|·| <"}[check.kind]
-    return f"{check.method}: mean {check.metric} {sign} {check.bound:g}"
-
-
-def _checks_blocks(outcomes: list[CheckOutcome]) -> list[Block]:
-    if not outcomes:
-        return []
-    passed = sum(o.status == "pass" for o in outcomes)
-    failed = sum(o.status == "fail" for o in outcomes)
-    rows = tuple(
-        (
-            o.check.name,
-            o.check.scenario or "-",
-            o.check.task,
-            _expectation(o.check),
-            o.observed,
-            o.status.upper() if o.status != "not evaluated" else f"not evaluated ({o.detail})",
-            o.check.why,
-        )
-        for o in outcomes
-    )
-    return [
-        Heading(2, "Expected findings (written before the suite ran)"),
-        Paragraph(
-            f"{passed} passed, {failed} failed, {len(outcomes) - passed - failed} not evaluated, of "
-            f"{len(outcomes)}. A failed check is a finding about the methods or the benchmark, not a "
-            "reason to change the check: checks are never edited after the results are seen."
-        ),
-        Table(("check", "scenario", "task", "expected", "observed", "result", "why"), rows),
-    ]
-
-
-def checks_frame(outcomes: list[CheckOutcome]) -> pd.DataFrame:
-    """``checks.csv``: one row per check with its outcome."""
-    rows = [
-        {**o.check.canonical(), "observed": o.observed, "status": o.status, "detail": o.detail}
-        for o in outcomes
-    ]
-    return pd.DataFrame(rows)
 
 
 def load_results(folder: Path) -> pd.DataFrame:
@@ -225,62 +122,9 @@ def choose_reference(results: pd.DataFrame, requested: str | None, default: Meth
     return matching["method"].iloc[0] if len(matching) else methods[0]
 
 
-def mean_sd(values: pd.Series, digits: int = 3) -> str:
-    values = values.astype(float).dropna()
-    if values.empty:
-        return "-"
-    if len(values) == 1:
-        return f"{values.iloc[0]:.{digits}f}"
-    return f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f}"
-
-
-def _replicate(run_folder: str) -> str:
-    """``[scenario/]task/seed-N`` (or ``.../fold-N``): the replicate a run belongs to."""
-    return Path(run_folder).parent.as_posix()
-
-
-def _predictions(folder: Path, run_folder: str) -> pd.DataFrame:
-    return pd.read_csv(folder / run_folder / "predictions.csv", dtype={"participant_id": str})
-
-
-def compare_replicate(folder: Path, run: pd.Series, reference: pd.Series) -> dict:
-    """DeLong and paired-bootstrap tests of one run against the reference run of its replicate."""
-    mine, theirs = _predictions(folder, run["run_folder"]), _predictions(folder, reference["run_folder"])
-    paired = mine.merge(theirs, on="participant_id", suffixes=("", "_ref"))
-    if not (paired["label"] == paired["label_ref"]).all():
-        raise InputError(f"Runs {run['run_folder']} and {reference['run_folder']} disagree on test labels.")
-    labels = paired["label"].to_numpy()
-    out = {
-        "task": run["task"],
-        "replicate": Path(_replicate(run["run_folder"])).name,
-        "method": run["method"],
-        "reference": reference["method"],
-        "n_paired": len(paired),
-    }
-    try:
-        delong = delong_test(labels, paired["probability"], paired["probability_ref"])
-        out.update(auc_diff=delong.difference, delong_z=delong.z, delong_p=delong.p_value)
-    except ValueError:
-        out.update(auc_diff=math.nan, delong_z=math.nan, delong_p=math.nan)
-    try:
-        boot = paired_bootstrap_bacc(
-            labels,
-            paired["prediction"],
-            paired["prediction_ref"],
-            replicates=BOOTSTRAP_REPLICATES,
-            seed=int(run["seed"]),
-        )
-        out.update(
-            bacc_diff=boot.difference, bacc_ci_low=boot.ci_low, bacc_ci_high=boot.ci_high, bacc_p=boot.p_value
-        )
-    except ValueError:
-        out.update(bacc_diff=math.nan, bacc_ci_low=math.nan, bacc_ci_high=math.nan, bacc_p=math.nan)
-    return out
-
-
 def comparisons(folder: Path, done: pd.DataFrame, reference: str) -> pd.DataFrame:
     """Every method against the reference, replicate by replicate (finished runs only)."""
-    done = done.assign(replicate=done["run_folder"].map(_replicate))
+    done = done.assign(replicate=done["run_folder"].map(replicate_of))
     references = done[done["method"] == reference].set_index("replicate")
     rows = [
         compare_replicate(folder, run, references.loc[run["replicate"]])
@@ -288,15 +132,6 @@ def comparisons(folder: Path, done: pd.DataFrame, reference: str) -> pd.DataFram
         if run["method"] != reference and run["replicate"] in references.index
     ]
     return pd.DataFrame(rows)
-
-
-def _interval(values: pd.Series) -> str:
-    result = t_interval(values.to_numpy())
-    if result.n == 0:
-        return "-"
-    if result.n == 1:
-        return f"{result.mean:+.3f}"
-    return f"{result.mean:+.3f} [{result.low:+.3f}, {result.high:+.3f}]"
 
 
 def _span(counts: pd.Series) -> str:
@@ -334,10 +169,15 @@ def _commit_line(folder: Path, done: pd.DataFrame) -> str:
     return "Commits: " + "; ".join(f"{c} ({n} run{'s' * (n != 1)})" for c, n in counts.items())
 
 
+def _recorded(folder: Path) -> dict:
+    """The suite folder's suite.json (empty without one)."""
+    path = folder / SUITE_FILE
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def _header(folder: Path, results: pd.DataFrame, done: pd.DataFrame, reference: str) -> list[Block]:
     env = _environment(folder, done)
-    suite_file = folder / SUITE_FILE
-    recorded = json.loads(suite_file.read_text()) if suite_file.exists() else {}
+    recorded = _recorded(folder)
     suite = recorded.get("suite", {})
     name = suite.get("name") or str(results["suite"].iloc[0])
     hardware = ", ".join(
@@ -427,9 +267,9 @@ def _comparison_table(paired: pd.DataFrame, methods: list[str], reference: str) 
                 method,
                 str(len(part)),
                 _span(part["n_paired"]),
-                _interval(part["auc_diff"]),
+                interval_text(part["auc_diff"]),
                 _p_values(part, "delong_p"),
-                _interval(part["bacc_diff"]),
+                interval_text(part["bacc_diff"]),
                 _p_values(part, "bacc_p"),
             )
         )
@@ -458,7 +298,7 @@ def _figures(folder: Path, task: str, done: pd.DataFrame, methods: list[str]) ->
     for method in methods:
         runs = done[done["method"] == method]["run_folder"]
         if len(runs):
-            pooled = pd.concat([_predictions(folder, r) for r in runs])
+            pooled = pd.concat([read_predictions(folder, r) for r in runs])
             curves[method] = (pooled["label"].to_numpy(), pooled["probability"].to_numpy())
     pooled_roc(curves, figures / f"{task}_roc.png", task)
     blocks.append(
@@ -505,8 +345,9 @@ def build_report(
     done = results[results["status"] == "done"]
     reference = choose_reference(results, reference, default)
     blocks = _header(folder, results, done, reference)
-    outcomes = evaluate_checks(folder, results, suite_checks(folder))
-    blocks += _checks_blocks(outcomes)
+    checks = checks_from_canonical(_recorded(Path(folder)).get("suite", {}))
+    outcomes = evaluate_checks(folder, results, checks)
+    blocks += checks_blocks(outcomes)
     all_pairs = []
     for scenario, task in groups(results):
         task_done = _in_group(done, scenario, task)

@@ -8,16 +8,26 @@
 - Balanced accuracy: a paired bootstrap over subjects (both methods scored on the same
   resampled subjects, resampling within each class), seeded.
 - Across seeds or folds: the mean of the per-replicate differences with a Student t interval.
+
+:func:`compare_replicate` applies both tests to two runs of a suite folder (one replicate,
+paired by participant); the report and the checks (:mod:`cdsf_bench.bench.checks`) share it.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from numpy.typing import ArrayLike
 from scipy import stats
+
+from cdsf_bench.errors import InputError
+
+#: paired-bootstrap replicates per comparison of two runs
+BOOTSTRAP_REPLICATES = 2000
 
 
 @dataclass(frozen=True)
@@ -137,3 +147,69 @@ def t_interval(values: np.ndarray, level: float = 0.95) -> MeanInterval:
         return MeanInterval(mean, math.nan, math.nan, 1)
     half = float(stats.t.ppf(0.5 + level / 2, n - 1) * values.std(ddof=1) / math.sqrt(n))
     return MeanInterval(mean, mean - half, mean + half, n)
+
+
+def mean_sd(values: pd.Series, digits: int = 3) -> str:
+    """``mean ± sd`` over replicates (one value alone; "-" for none)."""
+    values = values.astype(float).dropna()
+    if values.empty:
+        return "-"
+    if len(values) == 1:
+        return f"{values.iloc[0]:.{digits}f}"
+    return f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f}"
+
+
+def interval_text(values: pd.Series) -> str:
+    """The mean of per-replicate differences with its 95% t interval, signed ("-" for none)."""
+    result = t_interval(values.to_numpy())
+    if result.n == 0:
+        return "-"
+    if result.n == 1:
+        return f"{result.mean:+.3f}"
+    return f"{result.mean:+.3f} [{result.low:+.3f}, {result.high:+.3f}]"
+
+
+def replicate_of(run_folder: str) -> str:
+    """``[scenario/]task/seed-N`` (or ``.../fold-N``): the replicate a run belongs to."""
+    return Path(run_folder).parent.as_posix()
+
+
+def read_predictions(folder: Path, run_folder: str) -> pd.DataFrame:
+    """A run's predictions.csv (``folder``: the suite folder)."""
+    return pd.read_csv(folder / run_folder / "predictions.csv", dtype={"participant_id": str})
+
+
+def compare_replicate(folder: Path, run: pd.Series, reference: pd.Series) -> dict:
+    """DeLong and paired-bootstrap tests of one run against the reference run of its replicate."""
+    mine = read_predictions(folder, run["run_folder"])
+    theirs = read_predictions(folder, reference["run_folder"])
+    paired = mine.merge(theirs, on="participant_id", suffixes=("", "_ref"))
+    if not (paired["label"] == paired["label_ref"]).all():
+        raise InputError(f"Runs {run['run_folder']} and {reference['run_folder']} disagree on test labels.")
+    labels = paired["label"].to_numpy()
+    out = {
+        "task": run["task"],
+        "replicate": Path(replicate_of(run["run_folder"])).name,
+        "method": run["method"],
+        "reference": reference["method"],
+        "n_paired": len(paired),
+    }
+    try:
+        delong = delong_test(labels, paired["probability"], paired["probability_ref"])
+        out.update(auc_diff=delong.difference, delong_z=delong.z, delong_p=delong.p_value)
+    except ValueError:
+        out.update(auc_diff=math.nan, delong_z=math.nan, delong_p=math.nan)
+    try:
+        boot = paired_bootstrap_bacc(
+            labels,
+            paired["prediction"],
+            paired["prediction_ref"],
+            replicates=BOOTSTRAP_REPLICATES,
+            seed=int(run["seed"]),
+        )
+        out.update(
+            bacc_diff=boot.difference, bacc_ci_low=boot.ci_low, bacc_ci_high=boot.ci_high, bacc_p=boot.p_value
+        )
+    except ValueError:
+        out.update(bacc_diff=math.nan, bacc_ci_low=math.nan, bacc_ci_high=math.nan, bacc_p=math.nan)
+    return out

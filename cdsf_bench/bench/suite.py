@@ -12,7 +12,8 @@ suite may be run anywhere and merged only with shards of the same suite.
 Optional ``[scenarios.NAME]`` tables (dotted settings, like ``[settings]``) run every task,
 replicate and method once per scenario, in folders ``<scenario>/<task>/...``; optional
 ``[[checks]]`` state, before anything runs, what the results must show (the expected
-findings); the report evaluates each and prints pass / fail (docs/benchmark.md).
+findings, :mod:`cdsf_bench.bench.checks`); the report evaluates each and prints pass / fail
+(docs/benchmark.md).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 import tomli_w
 
 from cdsf_bench import config as cfg
+from cdsf_bench.bench.checks import Check, checks_from_canonical, parse_checks
 from cdsf_bench.data.conventions import TASKS
 from cdsf_bench.errors import ConfigError, InputError
 from cdsf_bench.registry import Registry
@@ -59,40 +61,6 @@ SUITE_OWNED = {
     "method.coupling": "the method's coupling",
 }
 DEFAULT_SEEDS = (0, 1, 2)
-CHECK_FIELDS = ("name", "scenario", "task", "kind", "method", "reference", "metric", "bound", "why")
-#: check kinds: paired comparisons (method minus reference, 95% t interval over replicates)
-#: and thresholds on a metric's mean over replicates
-PAIRED_KINDS = ("beats", "not_beats")
-THRESHOLD_KINDS = ("metric_above", "metric_below", "metric_abs_below")
-CHECK_KINDS = PAIRED_KINDS + THRESHOLD_KINDS
-#: metrics a paired check compares (the report's paired tests)
-PAIRED_METRICS = ("auc", "bacc")
-
-
-@dataclass(frozen=True)
-class Check:
-    """An expected finding, written before the suite runs (``[[checks]]``).
-
-    ``beats``: the 95% t interval over replicates of the paired difference (method minus
-    reference, ``metric`` AUC or BACC) lies above 0. ``not_beats``: it does not (its lower
-    end is at most 0). ``metric_above`` / ``metric_below``: the mean over replicates of
-    ``metric`` (any results.csv column) is above / below ``bound``; ``metric_abs_below``:
-    its absolute value is below ``bound``. ``scenario`` and ``task`` select the runs
-    (empty: the suite's only scenario; its first task).
-    """
-
-    name: str
-    kind: str
-    method: str
-    metric: str
-    scenario: str = ""
-    task: str = ""
-    reference: str = ""
-    bound: float = 0.0
-    why: str = ""
-
-    def canonical(self) -> dict:
-        return {f: getattr(self, f) for f in CHECK_FIELDS}
 
 
 @dataclass(frozen=True)
@@ -269,7 +237,8 @@ def load_suite(path: Path) -> Suite:
     settings = _settings(raw.get("settings", {}), "settings", fail)
     methods = _methods(raw.get("methods"), fail)
     scenarios = _scenarios(raw.get("scenarios", {}), fail)
-    checks = _checks(raw.get("checks", []), methods, tasks, scenarios, fail)
+    names, scenario_names = [m.name for m in methods], [n for n, _ in scenarios]
+    checks = parse_checks(raw.get("checks", []), names, tasks, scenario_names, fail)
     return Suite(
         name.strip(), tasks, data, preset, seeds, folds, settings, methods, Path(path), scenarios, checks
     )
@@ -290,7 +259,7 @@ def suite_from_canonical(content: dict) -> Suite:
         methods,
         None,
         scenarios,
-        tuple(Check(**check) for check in content.get("checks", [])),
+        checks_from_canonical(content),
     )
 
 
@@ -399,87 +368,6 @@ def _scenarios(given: Any, fail) -> tuple[tuple[str, dict[str, Any]], ...]:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", name):
             raise fail(f"scenario name {name!r} must be letters, digits, '.', '_', '+', '-' (a folder name).")
         out.append((name, _settings(settings, f"scenarios.{name}", fail)))
-    return tuple(out)
-
-
-def _checks(
-    given: Any,
-    methods: tuple[MethodSpec, ...],
-    tasks: tuple[str, ...],
-    scenarios: tuple[tuple[str, dict[str, Any]], ...],
-    fail,
-) -> tuple[Check, ...]:
-    """``[[checks]]``: every field checked against the suite's methods, tasks and scenarios."""
-    from cdsf_bench.metrics import DIAGNOSIS_KEYS, DISEASE_SYNTHESIS_KEYS, SYNTHESIS_KEYS
-
-    metrics = (*DIAGNOSIS_KEYS, *SYNTHESIS_KEYS, *DISEASE_SYNTHESIS_KEYS)
-    if not isinstance(given, list):
-        raise fail("field 'checks' must be a list of [[checks]] tables.")
-    names = [m.name for m in methods]
-    scenario_names = [n for n, _ in scenarios]
-    out: list[Check] = []
-    for number, entry in enumerate(given, start=1):
-        label = f"[[checks]] entry {number}"
-        if not isinstance(entry, dict):
-            raise fail(f"{label} must be a table.")
-        unknown = sorted(set(entry) - set(CHECK_FIELDS))
-        if unknown:
-            fields = ", ".join(CHECK_FIELDS)
-            raise fail(f"{label} has unknown field(s) {', '.join(unknown)}; a check has {fields}.")
-        for key in ("name", "scenario", "task", "kind", "method", "reference", "metric", "why"):
-            if key in entry and not isinstance(entry[key], str):
-                raise fail(f"{label}: field '{key}' must be a string, got {entry[key]!r}.")
-        kind = entry.get("kind", "")
-        if kind not in CHECK_KINDS:
-            raise fail(f"{label}: field 'kind' must be one of {', '.join(CHECK_KINDS)}, got {kind!r}.")
-        for key in ("method", "metric"):
-            if not entry.get(key):
-                raise fail(f"{label}: field '{key}' is required.")
-        if entry["method"] not in names:
-            raise fail(f"{label}: field 'method' {entry['method']!r} is not a method of the suite: {names}.")
-        scenario = entry.get("scenario", "")
-        if scenario_names and scenario not in scenario_names:
-            raise fail(f"{label}: field 'scenario' must be one of {scenario_names}, got {scenario!r}.")
-        if not scenario_names and scenario:
-            raise fail(f"{label}: field 'scenario' {scenario!r} given, but the suite has no [scenarios].")
-        task = entry.get("task", "")
-        if task and task not in tasks:
-            raise fail(f"{label}: field 'task' must be one of the suite's tasks {list(tasks)}, got {task!r}.")
-        metric = entry["metric"]
-        bound = entry.get("bound", 0.0)
-        if kind in PAIRED_KINDS:
-            if metric not in PAIRED_METRICS:
-                allowed = " or ".join(PAIRED_METRICS)
-                raise fail(f"{label}: a '{kind}' check compares {allowed}, not {metric!r}.")
-            if entry.get("reference") not in names or entry.get("reference") == entry["method"]:
-                raise fail(
-                    f"{label}: field 'reference' must name another method of the suite {names}, "
-                    f"got {entry.get('reference')!r}."
-                )
-            if "bound" in entry:
-                raise fail(f"{label}: a '{kind}' check has no 'bound' (it compares the interval with 0).")
-        else:
-            if metric not in metrics:
-                raise fail(f"{label}: field 'metric' must be one of {', '.join(metrics)}, got {metric!r}.")
-            if "bound" not in entry or isinstance(bound, bool) or not isinstance(bound, int | float):
-                got = entry.get("bound")
-                raise fail(f"{label}: a '{kind}' check needs a numeric field 'bound', got {got!r}.")
-            if "reference" in entry:
-                raise fail(f"{label}: a '{kind}' check has no 'reference'.")
-        name = entry.get("name") or f"{scenario + ': ' if scenario else ''}{entry['method']} {kind} {metric}"
-        out.append(
-            Check(
-                name=name,
-                kind=kind,
-                method=entry["method"],
-                metric=metric,
-                scenario=scenario,
-                task=task or tasks[0],
-                reference=entry.get("reference", ""),
-                bound=float(bound),
-                why=entry.get("why", ""),
-            )
-        )
     return tuple(out)
 
 
