@@ -308,10 +308,10 @@ def data_check(spec: str, task: str | None, assignments: tuple[str, ...]) -> Non
     sys.exit(2)
 
 
-# suite commands (cdsf_bench/bench/commands.py): bench, merge, report, regress
-from cdsf_bench.bench.commands import bench, merge, regress, report  # noqa: E402
+# suite commands (cdsf_bench/bench/commands.py): bench, merge, report, export, regress
+from cdsf_bench.bench.commands import bench, export, merge, regress, report  # noqa: E402
 
-for _command in (bench, merge, report, regress):
+for _command in (bench, merge, report, export, regress):
     main.add_command(_command)
 
 
