@@ -96,16 +96,43 @@ def plugins(as_json: bool) -> None:
         console.print(f"[red]failed to load plugin {failure['plugin']}:[/] {failure['error']}")
 
 
+def method_options(command):
+    """--synth, --diag, --joint / --decoupled and --coupling: how ``run`` and ``data check``
+    name a method, one definition so that both read it alike."""
+    for option in reversed(
+        (
+            click.option("--synth", help="Synthesiser name, or 'none' for MRI alone."),
+            click.option("--diag", help="Diagnoser name."),
+            click.option(
+                "--joint",
+                "coupling_flag",
+                flag_value="joint",
+                help="Train synthesis and diagnosis together (CDSF).",
+            ),
+            click.option(
+                "--decoupled",
+                "coupling_flag",
+                flag_value="decoupled",
+                help="Train a GAN first, then the diagnoser.",
+            ),
+            click.option("--coupling", help="Coupling name (see 'cdsf-bench plugins')."),
+        )
+    ):
+        command = option(command)
+    return command
+
+
+def method_flags(
+    synth: str | None, diag: str | None, coupling_flag: str | None, coupling: str | None
+) -> dict[str, object]:
+    """The method options as config flags; a flag and a --coupling that disagree are refused."""
+    if coupling_flag and coupling and coupling != coupling_flag:
+        raise click.UsageError(f"--{coupling_flag} and --coupling {coupling} disagree; give one.")
+    return {"method.synth": synth, "method.diag": diag, "method.coupling": coupling or coupling_flag}
+
+
 @main.command()
-@click.option("--synth", help="Synthesiser name, or 'none' for MRI alone.")
-@click.option("--diag", help="Diagnoser name.")
-@click.option(
-    "--joint", "coupling_flag", flag_value="joint", help="Train synthesis and diagnosis together (CDSF)."
-)
-@click.option(
-    "--decoupled", "coupling_flag", flag_value="decoupled", help="Train a GAN first, then the diagnoser."
-)
-@click.option("--coupling", help="Coupling name (see 'cdsf-bench plugins').")
+@method_options
 @click.option(
     "--data", "data_spec", help="phantom (default), a manifest, a CAPS directory or a phantom folder."
 )
@@ -162,15 +189,11 @@ def run(
         sys.exit(_torchrun(nproc))
 
     registry = default_registry()
-    if coupling_flag and coupling and coupling != coupling_flag:
-        raise click.UsageError(f"--{coupling_flag} and --coupling {coupling} disagree; give one.")
+    flags = method_flags(synth, diag, coupling_flag, coupling)
     if resume_dir is not None:
         config_file = resume_dir / "config.toml"
         out = resume_dir
-    flags = {
-        "method.synth": synth,
-        "method.diag": diag,
-        "method.coupling": coupling or coupling_flag,
+    flags |= {
         "data.spec": data_spec,
         "task": task,
         "preset": preset,
@@ -276,42 +299,75 @@ def data_phantom(
 @data.command("check")
 @click.argument("spec")
 @click.option(
-    "--task", type=click.Choice(list(cfg.TASKS)), default=None, help="Also check the task's class sizes."
+    "--task",
+    type=click.Choice(list(cfg.TASKS)),
+    default=None,
+    help="Also check, as 'run --task' does, that the task can be split and trained on.",
 )
-@set_option(help="Data settings, e.g. data.session=ses-M00.")
-def data_check(spec: str, task: str | None, assignments: tuple[str, ...]) -> None:
-    """Validate a dataset and list every problem at once (exit 2 if any)."""
-    from cdsf_bench.assemble import data_source
-    from cdsf_bench.data.check import check_table
+@method_options
+@set_option(help="Settings, e.g. data.session=ses-M00 or split.folds=5.")
+def data_check(
+    spec: str,
+    task: str | None,
+    synth: str | None,
+    diag: str | None,
+    coupling_flag: str | None,
+    coupling: str | None,
+    assignments: tuple[str, ...],
+) -> None:
+    """Validate a dataset and list every problem at once (exit 2 if any).
+
+    With --task, everything 'run' refuses before preprocessing is checked by the same code
+    (cdsf_bench/preflight.py), for the method given like run's (default: the plugins'),
+    plus every volume's voxels.
+    """
+    from cdsf_bench.config import RunConfig
     from cdsf_bench.data.summary import cohort_summary, group_problems
+    from cdsf_bench.preflight import preflight
 
     registry = default_registry()
-    settings = cfg.data_settings(cfg.resolve(registry, None, assignments, {"data.spec": spec}))
-    source = data_source(spec, registry)
-    found = source.subject_table(spec, settings)
-    if found is None:
+    flags = {"data.spec": spec, "task": task, **method_flags(synth, diag, coupling_flag, coupling)}
+    run = RunConfig(cfg.resolve(registry, None, assignments, flags))
+    checked = preflight(run, registry, task=task is not None, voxels=True)
+    where = f"{checked.source.name} {spec}"
+    if task is None:
+        scope = (
+            "not checked: whether a task can be split and trained on (class sizes, folds, split sizes, "
+            f"the method's PET needs); 'run' without --task uses task {run.task}: add --task {run.task} "
+            "to check what it would refuse."
+        )
+    else:
+        method = run.method
+        given = any(flags[key] for key in ("method.synth", "method.diag", "method.coupling"))
+        default = "" if given else ", the default; --synth / --diag / --coupling for another"
+        scope = (
+            f"checked as 'run --task {task}' would, for method {method.synth} + {method.diag} "
+            f"({method.coupling} coupling{default})."
+        )
+    if checked.table is None and not checked.problems:
         out.print(
-            f"[green]{escape(spec)} is generated by the '{source.name}' source; "
+            f"[green]{escape(spec)} is generated by the '{checked.source.name}' source; "
             "there are no files to check.[/]"
         )
         return
-    table, problems = found
-    problems = list(problems) + check_table(table, settings, task)
-    where = f"{source.name} {spec}"
-    if not problems:
+    if not checked.problems:
+        assert checked.table is not None
+        table = checked.table
         out.print(f"[green]{escape(where)}: {len(table)} subjects, no problems found[/]", highlight=False)
+        out.print(escape(scope), highlight=False)
         out.print(escape(cohort_summary(table, task)), highlight=False)
         return
-    out.print(f"[bold red]{len(problems)} problem(s)[/] in {escape(where)}:", highlight=False)
-    for line in group_problems(problems):
+    out.print(f"[bold red]{len(checked.problems)} problem(s)[/] in {escape(where)}:", highlight=False)
+    for line in group_problems(checked.problems):
         out.print(f"  - {escape(line)}", highlight=False)
+    out.print(escape(scope), highlight=False)
     sys.exit(2)
 
 
-# suite commands (cdsf_bench/bench/commands.py): bench, merge, report, regress
-from cdsf_bench.bench.commands import bench, merge, regress, report  # noqa: E402
+# suite commands (cdsf_bench/bench/commands.py): bench, merge, report, export, regress
+from cdsf_bench.bench.commands import bench, export, merge, regress, report  # noqa: E402
 
-for _command in (bench, merge, report, regress):
+for _command in (bench, merge, report, export, regress):
     main.add_command(_command)
 
 

@@ -21,23 +21,20 @@ from cdsf_bench import distributed
 from cdsf_bench.assemble import (
     assemble,
     configure_backends,
-    data_source,
     load_cohort,
     resolve_device,
     task_subset,
 )
 from cdsf_bench.config import RunConfig
-from cdsf_bench.data.check import Needs
 from cdsf_bench.data.conventions import TASKS
 from cdsf_bench.data.nifti import to_native
 from cdsf_bench.data.pipeline import DevicePipeline
-from cdsf_bench.data.sources import preflight
 from cdsf_bench.data.splits import check_no_leak, make_splits
 from cdsf_bench.engine import Evaluation, Trainer, evaluate
-from cdsf_bench.errors import InputError
 from cdsf_bench.figures import learning_curves, roc_figure, slice_montage
 from cdsf_bench.interfaces import Cohort, Coupling
 from cdsf_bench.metrics import youden_threshold
+from cdsf_bench.preflight import refuse_early
 from cdsf_bench.registry import Registry
 from cdsf_bench.results import environment
 from cdsf_bench.run_folder import RunFolder
@@ -86,7 +83,7 @@ def _execute(
     np.random.seed(run.seed % 2**32)
     configure_backends(device)
 
-    _preflight(run, registry)
+    refuse_early(run, registry)  # rows, files, headers, the task: before any volume is read
     data_started = time.perf_counter()
     if not main:
         distributed.barrier(cluster)  # rank 0 fills the cache first; the others then read it
@@ -189,35 +186,6 @@ def _execute(
     folder.log(f"test: {_summary(metrics)}", echo=False)  # the console gets the table instead
     folder.log(f"finished in {time.perf_counter() - started:.1f} s")
     return RunResult(folder.path, metrics)
-
-
-def _preflight(run: RunConfig, registry: Registry) -> None:
-    """The cheap checks (rows, files, headers, task feasibility, settings that need files)
-    before any volume is preprocessed: a refused run costs seconds and writes nothing."""
-    source = data_source(run.data_spec, registry)
-    coupling = registry.coupling_class(run.method.coupling)
-    needs = Needs(
-        pet_to_learn_from=run.method.synth != "none" and coupling.needs_synthesiser is not False,
-        pet_in_every_class=coupling.subjects == "with_pet",
-        pet_truth=coupling.needs_pet_truth,
-    )
-    split = run.split
-    table = preflight(
-        run.data_spec,
-        source,
-        run.data,
-        run.task,
-        folds=split.folds,
-        needs=needs,
-        val=split.val,
-        test=split.test,
-    )
-    if run.evaluate.native_space and (table is None or "mri" not in table.columns):
-        raise InputError(
-            f"evaluate.native_space = true writes synthetic PET on each subject's own MRI grid, but --data "
-            f"{run.data_spec} has no MRI files (it is generated on the MNI grid); give a manifest, a CAPS "
-            "directory or a phantom folder, or set evaluate.native_space = false."
-        )
 
 
 def _summary(metrics: dict[str, Any]) -> str:

@@ -383,3 +383,70 @@ def test_a_file_cohort_run_writes_native_space_pet_and_reproduces_from_anywhere(
     image = nib.load(native[0])
     assert image.shape == mri.shape and np.allclose(image.affine, mri.affine)
     assert int(image.header["sform_code"]) == int(mri.header["sform_code"])
+
+
+# -- one set of checks: data check refuses what run refuses (issue #18) --------------------
+
+
+class _Preprocessing(Exception):
+    """Raised where ``run`` starts reading volumes: it got past every data check."""
+
+
+def _run_reaches_preprocessing(monkeypatch, *args: object) -> Result:
+    import cdsf_bench.run
+
+    def stop(*_args, **_kwargs):
+        raise _Preprocessing
+
+    monkeypatch.setattr(cdsf_bench.run, "load_cohort", stop)
+    return invoke("run", *TINY, *args)
+
+
+def _problem_lines(output: str) -> list[str]:
+    return [line.strip() for line in output.splitlines() if line.strip().startswith("- ")]
+
+
+def test_data_check_and_run_refuse_15_cn_and_1_ad_alike(tmp_path, monkeypatch):
+    manifest = _cohort(tmp_path, ("CN",) * 15 + ("AD",))
+    checked = invoke("data", "check", manifest, "--task", "ad_cn")
+    refused = _run_reaches_preprocessing(monkeypatch, "--data", manifest, "--out", tmp_path / "run")
+    assert checked.exit_code == 2 and refused.exit_code == 2, (checked.output, refused.output)
+    assert not isinstance(refused.exception, _Preprocessing) and "Traceback" not in refused.output
+    lines = _problem_lines(checked.output)
+    assert lines == _problem_lines(refused.output)
+    assert lines == [
+        "- task ad_cn has 1 AD subject(s); it needs at least 3 per class so that a stratified train / "
+        "validation / test split can put one in each split. Add subjects or choose another task."
+    ]
+    assert "checked as 'run --task ad_cn' would, for method" in checked.output
+    unchecked = invoke("data", "check", manifest)  # without --task it says what it left out
+    assert unchecked.exit_code == 0
+    assert "not checked: whether a task can be split" in unchecked.output
+    assert "add --task ad_cn" in unchecked.output
+
+
+def test_data_check_applies_runs_split_settings_and_method_needs(tmp_path, monkeypatch):
+    manifest = _cohort(tmp_path, ("CN", "AD") * 5)
+    folds = invoke("data", "check", manifest, "--task", "ad_cn", "--set", "split.folds=6")
+    assert folds.exit_code == 2 and "it needs at least 6 per class for 6-fold" in folds.output
+    if "complete-case" not in default_registry().names("coupling"):
+        pytest.skip("the complete-case baseline plugin is not installed")
+    table = pd.read_csv(manifest)
+    table.loc[table["diagnosis"] == "AD", "pet"] = ""
+    table.to_csv(manifest, index=False)
+    method = ("--synth", "none", "--coupling", "complete-case")
+    checked = invoke("data", "check", manifest, "--task", "ad_cn", *method)
+    refused = _run_reaches_preprocessing(monkeypatch, "--data", manifest, *method, "--out", tmp_path / "r")
+    assert checked.exit_code == 2 and refused.exit_code == 2, (checked.output, refused.output)
+    assert _problem_lines(checked.output) == _problem_lines(refused.output)
+    assert "0 AD subject(s) with PET" in checked.output
+    assert "for method none + " in checked.output and "complete-case coupling)" in checked.output
+
+
+def test_a_feasible_manifest_passes_data_check_and_runs_checks(tmp_path, monkeypatch):
+    manifest = _cohort(tmp_path, ("CN", "AD") * 5)
+    checked = invoke("data", "check", manifest, "--task", "ad_cn")
+    assert checked.exit_code == 0, checked.output
+    assert "10 subjects, no problems found" in checked.output
+    accepted = _run_reaches_preprocessing(monkeypatch, "--data", manifest, "--out", tmp_path / "run")
+    assert isinstance(accepted.exception, _Preprocessing), accepted.output

@@ -1,8 +1,8 @@
-"""Commands for suites: ``bench``, ``merge``, ``report`` and ``regress``.
+"""Commands for suites: ``bench``, ``merge``, ``report``, ``export`` and ``regress``.
 
 They are registered on the main ``cdsf-bench`` group in :mod:`cdsf_bench.cli`; the work is
 done in :mod:`cdsf_bench.bench.runner`, :mod:`cdsf_bench.bench.report` and
-:mod:`cdsf_bench.bench.regress`.
+:mod:`cdsf_bench.bench.regress` and :mod:`cdsf_bench.bench.export`.
 """
 
 from __future__ import annotations
@@ -95,6 +95,23 @@ def report(folder: Path, fmt: str, reference: str | None) -> None:
     for path in write_report(folder, FORMAT_CHOICES[fmt], reference, default):
         console.print(f"wrote {path}")
     print_summary(load_results(folder))
+
+
+@click.command()
+@click.argument("folder", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.argument("dest", type=click.Path(path_type=Path))
+def export(folder: Path, dest: Path) -> None:
+    """Copy what the report of suite FOLDER reads into DEST, a small folder to commit.
+
+    DEST gets results.csv, suite.json, the report, comparisons, checks and figures, and per
+    finished run metrics.json, predictions.csv, environment.json and the montage the report
+    shows; no checkpoints, no synthetic NIfTI. 'cdsf-bench report DEST' re-renders it.
+    """
+    from cdsf_bench.bench.export import export_results
+
+    copied = export_results(folder, dest)
+    size = sum((dest / name).stat().st_size for name in copied)
+    console.print(f"exported {len(copied)} files ({size / 1e6:.1f} MB) to {dest}", highlight=False)
 
 
 @click.command()

@@ -52,6 +52,11 @@ from cdsf_bench.results import write_csv, write_text
 #: diagnosis metrics summarised per method (per-run AUC intervals stay in results.csv)
 SUMMARY_METRICS = ("auc", "bacc", "acc", "sen", "spe", "f1", "mcc")
 FORMATS = ("md", "html")
+#: per run, what the report reads: the test predictions (required), the environment (header)
+#: and the montage (the first finished run of each synthesising method), run-folder relative
+PREDICTIONS = "predictions.csv"
+ENVIRONMENT = "environment.json"
+MONTAGE = "figures/montage.png"
 TESTS_NOTE = (
     "AUC differences: DeLong's test for two correlated ROC curves (DeLong et al., Biometrics 1988), "
     "two-sided, one p-value per replicate. Balanced-accuracy differences: paired bootstrap over test "
@@ -146,9 +151,24 @@ def _p_values(part: pd.DataFrame, column: str) -> str:
     )
 
 
+def run_dates(folder: Path, done: pd.DataFrame) -> str:
+    """When the runs started, from their environment.json (``time_utc``), not from the clock:
+    a report re-rendered from a committed folder must be byte for byte the one committed."""
+    stamps = []
+    for run_folder in done["run_folder"]:
+        path = folder / run_folder / ENVIRONMENT
+        stamp = json.loads(path.read_text()).get("time_utc") if path.exists() else None
+        if stamp:
+            stamps.append(datetime.fromisoformat(stamp).astimezone(UTC))
+    if not stamps:
+        return "not recorded"
+    first, last = (f"{t:%Y-%m-%d %H:%M} UTC" for t in (min(stamps), max(stamps)))
+    return f"runs started {first}" + (f" to {last}" if last != first else "")
+
+
 def _environment(folder: Path, done: pd.DataFrame) -> dict:
     for run_folder in done["run_folder"]:
-        path = folder / run_folder / "environment.json"
+        path = folder / run_folder / ENVIRONMENT
         if path.exists():
             return json.loads(path.read_text())
     return {}
@@ -158,7 +178,7 @@ def _commit_line(folder: Path, done: pd.DataFrame) -> str:
     """The source commit of the runs; several are listed with their run counts (a merged suite)."""
     counts: dict[str, int] = {}
     for run_folder in done["run_folder"]:
-        path = folder / run_folder / "environment.json"
+        path = folder / run_folder / ENVIRONMENT
         env = json.loads(path.read_text()) if path.exists() else {}
         commit = env.get("git_commit") or "not recorded (not a git checkout)"
         if env.get("git_uncommitted_changes"):
@@ -206,7 +226,7 @@ def _header(folder: Path, results: pd.DataFrame, done: pd.DataFrame, reference: 
         Heading(1, f"Benchmark report: {name}"),
         Bullets(
             (
-                f"Date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
+                f"Date: {run_dates(folder, done)}",
                 f"Hardware: {hardware or 'not recorded'}",
                 _commit_line(folder, done),
                 f"Suite: {name} (hash {str(recorded.get('hash', 'not recorded'))[:12]}); "
@@ -235,7 +255,7 @@ def _summary_tables(done: pd.DataFrame, methods: list[str]) -> list[Block]:
         Heading(3, "Diagnosis (test split, mean ± sd over replicates)"),
         Table(("method", "runs", *(m.upper() for m in SUMMARY_METRICS)), tuple(rows)),
     ]
-    synthesising = [m for m in methods if done.loc[done["method"] == m, "ssim"].notna().any()]
+    synthesising = _synthesising(done, methods)
     if synthesising:
         rows = [
             (m, *(mean_sd(done.loc[done["method"] == m, k], 4) for k in SYNTHESIS_KEYS)) for m in synthesising
@@ -291,6 +311,56 @@ def _comparison_table(paired: pd.DataFrame, methods: list[str], reference: str) 
     ]
 
 
+def _synthesising(done: pd.DataFrame, methods: list[str]) -> list[str]:
+    return [m for m in methods if done.loc[done["method"] == m, "ssim"].notna().any()]
+
+
+def _montage_runs(done: pd.DataFrame, synthesising: list[str]) -> list[tuple[str, pd.Series]]:
+    """The run whose montage shows each synthesising method: its first finished one."""
+    return [(m, done[done["method"] == m].iloc[0]) for m in synthesising]
+
+
+def missing_run_files(folder: Path, done: pd.DataFrame) -> list[Path]:
+    """The required per-run files (predictions.csv) that the finished runs lack."""
+    paths = [Path(folder) / run_folder / PREDICTIONS for run_folder in done["run_folder"]]
+    return [path for path in paths if not path.is_file()]
+
+
+def require_run_files(folder: Path, done: pd.DataFrame) -> None:
+    """Refuse, naming the file, a folder whose finished runs lack what the report reads."""
+    missing = missing_run_files(folder, done)
+    if missing:
+        listed = ", ".join(str(path) for path in missing[:3]) + (
+            f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        )
+        raise InputError(
+            f"{folder} cannot be reported: {len(missing)} finished run(s) lack {PREDICTIONS} ({listed}). "
+            "The report pairs methods on each run's test predictions; a results folder that should "
+            "re-render keeps them (make one with 'cdsf-bench export SUITE_FOLDER DEST')."
+        )
+
+
+def report_inputs(folder: Path) -> list[str]:
+    """Every run file the report of ``folder`` reads, relative to the folder, that exists.
+
+    What a committed results folder keeps so that ``report`` re-renders it: each finished
+    run's predictions and environment, and the montage the report shows per method.
+    """
+    folder = Path(folder)
+    results = load_results(folder)
+    done = results[results["status"] == "done"]
+    require_run_files(folder, done)
+    wanted = [f"{r}/{name}" for r in done["run_folder"] for name in (PREDICTIONS, ENVIRONMENT)]
+    for scenario, task in groups(results):
+        task_done = _in_group(done, scenario, task)
+        methods = method_order(_in_group(results, scenario, task))
+        wanted += [
+            f"{run['run_folder']}/{MONTAGE}"
+            for _, run in _montage_runs(task_done, _synthesising(task_done, methods))
+        ]
+    return [name for name in dict.fromkeys(wanted) if (folder / name).is_file()]
+
+
 def _figures(folder: Path, task: str, done: pd.DataFrame, methods: list[str]) -> list[Block]:
     figures = folder / "figures"
     blocks: list[Block] = []
@@ -308,7 +378,7 @@ def _figures(folder: Path, task: str, done: pd.DataFrame, methods: list[str]) ->
     blocks.append(
         Figure(f"figures/{task}_strip.png", f"{task}: AUC and balanced accuracy per replicate (bar: mean)")
     )
-    synthesising = [m for m in methods if done.loc[done["method"] == m, "ssim"].notna().any()]
+    synthesising = _synthesising(done, methods)
     if synthesising:
         synthesis_bars(
             done[done["method"].isin(synthesising)], synthesising, figures / f"{task}_synthesis.png", task
@@ -316,9 +386,8 @@ def _figures(folder: Path, task: str, done: pd.DataFrame, methods: list[str]) ->
         blocks.append(
             Figure(f"figures/{task}_synthesis.png", f"{task}: synthesis quality, mean ± sd over replicates")
         )
-    for method in synthesising:
-        first = done[done["method"] == method].iloc[0]
-        montage = folder / first["run_folder"] / "figures" / "montage.png"
+    for method, first in _montage_runs(done, synthesising):
+        montage = folder / first["run_folder"] / MONTAGE
         if montage.exists():
             slug = Path(first["run_folder"]).name
             target = figures / f"{task}_montage_{slug}.png"
@@ -343,6 +412,7 @@ def build_report(
     """
     results = load_results(folder)
     done = results[results["status"] == "done"]
+    require_run_files(folder, done)
     reference = choose_reference(results, reference, default)
     blocks = _header(folder, results, done, reference)
     checks = checks_from_canonical(_recorded(Path(folder)).get("suite", {}))

@@ -395,30 +395,3 @@ def check_table(
     if task is not None:
         problems += class_problems(table, task, folds, needs, val=val, test=test)
     return problems
-
-
-def cheap_problems(
-    table: pd.DataFrame,
-    task: str,
-    *,
-    folds: int = 0,
-    needs: Needs | None = None,
-    val: float = 0.2,
-    test: float = 0.2,
-    progress: bool = True,
-) -> list[Problem]:
-    """What ``run`` refuses before it preprocesses anything: rows, files, headers, the task.
-
-    ``check_table`` without the voxels; cheap enough for every run to call first.
-    """
-    return check_table(
-        table,
-        DataSettings(),
-        task,
-        voxels=False,
-        progress=progress,
-        folds=folds,
-        needs=needs,
-        val=val,
-        test=test,
-    )

@@ -28,9 +28,7 @@ from cdsf_bench.data.cache import (
 from cdsf_bench.data.caps import scan_caps
 from cdsf_bench.data.check import (
     ROLES,
-    Needs,
     Problem,
-    cheap_problems,
     file_problems,
     format_problems,
     missing_file_problems,
@@ -50,7 +48,8 @@ MANIFEST_SUFFIXES = (".csv", ".tsv", ".txt")
 CAPS_TSV_SEPARATOR = "::"
 
 
-def _raise_problems(problems: list[Problem], where: str) -> None:
+def raise_problems(problems: list[Problem], where: str) -> None:
+    """One error listing every problem, so a user fixes them in one pass."""
     if problems:
         raise InputError(f"{where} has {len(problems)} problem(s):\n{format_problems(problems)}")
 
@@ -109,7 +108,7 @@ def cohort_from_table(table: pd.DataFrame, settings: DataSettings, source_desc: 
                 result = volume(participant, truth_paths[i], "pet")
                 if result is not None:
                     pet_truth[i] = result
-    _raise_problems(problems, source_desc)
+    raise_problems(problems, source_desc)
     participants = table.reset_index(drop=True).copy()
     participants["has_pet"] = has_pet
     return Cohort(
@@ -135,7 +134,7 @@ def _load_table(
     problems = list(problems) + table_problems(table)
     if not table.empty:
         problems += missing_file_problems(table)
-    _raise_problems(problems, source_desc)
+    raise_problems(problems, source_desc)
     files = sorted({str(row.get(c)) for row in table.to_dict("records") for c in ROLES if row.get(c)})
     key = cohort_key(
         {
@@ -148,7 +147,7 @@ def _load_table(
 
     def build() -> Cohort:
         # headers before voxels: a bad file among hundreds is named before minutes of resampling
-        _raise_problems(file_problems(table), source_desc)
+        raise_problems(file_problems(table), source_desc)
         return cohort_from_table(table, settings, source_desc)
 
     return cached(key, build, settings)
@@ -297,32 +296,6 @@ class CapsSource(DataSource):
     def load(self, spec: str, settings: DataSettings) -> Cohort:
         table, problems = self.subject_table(spec, settings)
         return _load_table(table, problems, settings, f"CAPS directory {_split_caps_spec(spec)[0]}")
-
-
-def preflight(
-    spec: str,
-    source: DataSource,
-    settings: DataSettings,
-    task: str,
-    *,
-    folds: int = 0,
-    needs: Needs | None = None,
-    val: float = 0.2,
-    test: float = 0.2,
-) -> pd.DataFrame | None:
-    """Refuse, before any volume is preprocessed, what the cheap checks find in ``spec``.
-
-    Rows, files, headers, class counts and task feasibility (``cheap_problems``), all
-    reported together; the subject table is returned (None for a generated cohort, which
-    has no files to check).
-    """
-    found = source.subject_table(spec, settings)
-    if found is None:
-        return None
-    table, problems = found
-    problems = list(problems) + cheap_problems(table, task, folds=folds, needs=needs, val=val, test=test)
-    _raise_problems(problems, f"--data {spec}")
-    return table
 
 
 def detect_source(spec: str, sources: list[DataSource]) -> DataSource:
