@@ -422,7 +422,7 @@ def test_regress_on_a_run_folder_and_a_suite(suite_run, tmp_path):
 def test_report_header_names_every_source_commit_of_the_runs(tmp_path):
     import pandas as pd
 
-    from cdsf_bench.bench.report import _commit_line
+    from cdsf_bench.bench.header import _commit_line
 
     envs = {
         "a": {"git_commit": "c1"},

@@ -16,9 +16,7 @@ to ``checks.csv``.
 
 from __future__ import annotations
 
-import json
 import shutil
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -33,8 +31,9 @@ from cdsf_bench.bench.checks import (
     evaluate_checks,
 )
 from cdsf_bench.bench.figures import pooled_roc, strip_plot, synthesis_bars
-from cdsf_bench.bench.render import Block, Bullets, Figure, Heading, Paragraph, Table, to_html, to_markdown
-from cdsf_bench.bench.runner import RESULTS_FILE, SUITE_FILE
+from cdsf_bench.bench.header import ENVIRONMENT, header_blocks, suite_record
+from cdsf_bench.bench.render import Block, Figure, Heading, Paragraph, Table, to_html, to_markdown
+from cdsf_bench.bench.runner import RESULTS_FILE
 from cdsf_bench.bench.stats import (
     BOOTSTRAP_REPLICATES,
     compare_replicate,
@@ -55,7 +54,6 @@ FORMATS = ("md", "html")
 #: per run, what the report reads: the test predictions (required), the environment (header)
 #: and the montage (the first finished run of each synthesising method), run-folder relative
 PREDICTIONS = "predictions.csv"
-ENVIRONMENT = "environment.json"
 MONTAGE = "figures/montage.png"
 TESTS_NOTE = (
     "AUC differences: DeLong's test for two correlated ROC curves (DeLong et al., Biometrics 1988), "
@@ -149,101 +147,6 @@ def _p_values(part: pd.DataFrame, column: str) -> str:
         f"{r}: {p:.3g}" if np.isfinite(p) else f"{r}: -"
         for r, p in zip(part["replicate"], part[column], strict=True)
     )
-
-
-def run_dates(folder: Path, done: pd.DataFrame) -> str:
-    """When the runs started, from their environment.json (``time_utc``), not from the clock:
-    a report re-rendered from a committed folder must be byte for byte the one committed."""
-    stamps = []
-    for run_folder in done["run_folder"]:
-        path = folder / run_folder / ENVIRONMENT
-        stamp = json.loads(path.read_text()).get("time_utc") if path.exists() else None
-        if stamp:
-            stamps.append(datetime.fromisoformat(stamp).astimezone(UTC))
-    if not stamps:
-        return "not recorded"
-    first, last = (f"{t:%Y-%m-%d %H:%M} UTC" for t in (min(stamps), max(stamps)))
-    return f"runs started {first}" + (f" to {last}" if last != first else "")
-
-
-def _environment(folder: Path, done: pd.DataFrame) -> dict:
-    for run_folder in done["run_folder"]:
-        path = folder / run_folder / ENVIRONMENT
-        if path.exists():
-            return json.loads(path.read_text())
-    return {}
-
-
-def _commit_line(folder: Path, done: pd.DataFrame) -> str:
-    """The source commit of the runs; several are listed with their run counts (a merged suite)."""
-    counts: dict[str, int] = {}
-    for run_folder in done["run_folder"]:
-        path = folder / run_folder / ENVIRONMENT
-        env = json.loads(path.read_text()) if path.exists() else {}
-        commit = env.get("git_commit") or "not recorded (not a git checkout)"
-        if env.get("git_uncommitted_changes"):
-            commit += " with uncommitted changes"
-        counts[commit] = counts.get(commit, 0) + 1
-    if len(counts) <= 1:
-        return f"Commit: {next(iter(counts), 'not recorded')}"
-    return "Commits: " + "; ".join(f"{c} ({n} run{'s' * (n != 1)})" for c, n in counts.items())
-
-
-def _recorded(folder: Path) -> dict:
-    """The suite folder's suite.json (empty without one)."""
-    path = folder / SUITE_FILE
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def _header(folder: Path, results: pd.DataFrame, done: pd.DataFrame, reference: str) -> list[Block]:
-    env = _environment(folder, done)
-    recorded = _recorded(folder)
-    suite = recorded.get("suite", {})
-    name = suite.get("name") or str(results["suite"].iloc[0])
-    hardware = ", ".join(
-        str(part)
-        for part in (
-            env.get("gpu") or env.get("processor"),
-            f"{env['cpu_count']} CPU cores" if env.get("cpu_count") else None,
-            f"device {env['device']}" if env.get("device") else None,
-            env.get("platform"),
-            f"torch {env.get('packages', {}).get('torch')}" if env.get("packages") else None,
-        )
-        if part
-    )
-    if suite.get("folds"):
-        replicates = f"{suite['folds']}-fold cross-validation (seed {suite['seeds'][0]})"
-    elif suite.get("seeds"):
-        count = len(suite["seeds"])
-        replicates = (
-            f"{count} seed{'s' if count > 1 else ''} ({', '.join(map(str, suite['seeds']))}), "
-            "one hold-out split each"
-        )
-    else:
-        replicates = "replicates as listed in results.csv"
-    settings = ", ".join(f"{k} = {v}" for k, v in suite.get("settings", {}).items()) or "none"
-    return [
-        Heading(1, f"Benchmark report: {name}"),
-        Bullets(
-            (
-                f"Date: {run_dates(folder, done)}",
-                f"Hardware: {hardware or 'not recorded'}",
-                _commit_line(folder, done),
-                f"Suite: {name} (hash {str(recorded.get('hash', 'not recorded'))[:12]}); "
-                f"data {suite.get('data', '?')}; preset {suite.get('preset', '?')}; "
-                f"settings: {settings}",
-                f"Runs: {len(done)} finished of {len(results)}",
-                f"Reference method for paired comparisons: {reference}",
-            )
-        ),
-        Paragraph(
-            f"Protocol: {replicates}. Within a replicate every method uses the same subject-level, "
-            "label-stratified split and the same batch order (both derived from the seed); models are "
-            "selected on the validation split only, and the test split is predicted once. Summaries "
-            "are mean ± sd over replicates. Paired comparisons use the test subjects both methods "
-            "predicted (a complete-case method predicts only subjects with real PET)."
-        ),
-    ]
 
 
 def _summary_tables(done: pd.DataFrame, methods: list[str]) -> list[Block]:
@@ -414,8 +317,8 @@ def build_report(
     done = results[results["status"] == "done"]
     require_run_files(folder, done)
     reference = choose_reference(results, reference, default)
-    blocks = _header(folder, results, done, reference)
-    checks = checks_from_canonical(_recorded(Path(folder)).get("suite", {}))
+    blocks = header_blocks(folder, results, done, reference)
+    checks = checks_from_canonical(suite_record(Path(folder)).get("suite", {}))
     outcomes = evaluate_checks(folder, results, checks)
     blocks += checks_blocks(outcomes)
     all_pairs = []
