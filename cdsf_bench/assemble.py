@@ -43,9 +43,9 @@ def data_source(spec: str, registry: Registry) -> DataSource:
 
 def load_cohort(config: dict, registry: Registry) -> tuple[Cohort, str]:
     """Read the cohort named by ``data.spec`` (the ``--data`` option)."""
-    spec = str(config["data"]["spec"])
-    source = data_source(spec, registry)
-    return source.load(spec, cfg.data_settings(config)), source.name
+    run = cfg.RunConfig(config)
+    source = data_source(run.data_spec, registry)
+    return source.load(run.data_spec, run.data), source.name
 
 
 def task_subset(cohort: Cohort, task: str) -> tuple[Cohort, np.ndarray]:
@@ -158,18 +158,19 @@ def assemble(
     The one place where they are put together, so that ``cdsf-bench perf`` times exactly
     what ``cdsf-bench run`` trains (same precision, layout, augmentation, volumes drawn).
     """
-    mixed = bool(config["precision"]["mixed"]) and bf16_supported(device)
-    channels_last = bool(config["precision"]["channels_last"])
-    train = config["train"]
-    coupling_class = registry.coupling_class(config["method"]["coupling"])
+    run = cfg.RunConfig(config)
+    precision, train = run.precision, run.train
+    mixed = precision.mixed and bf16_supported(device)
+    channels_last = precision.channels_last
+    coupling_class = registry.coupling_class(run.method.coupling)
     pipeline = DevicePipeline(
         cohort,
         labels,
         splits,
         device=device,
-        seed=int(config["seed"]),
-        batch_size=train["batch_size"],
-        augment=config["augment"],
+        seed=run.seed,
+        batch_size=train.batch_size,
+        augment=run.augment,
         channels_last=channels_last,
         shard=(cluster.rank, cluster.world),
         # training batches carry (and augment) the withheld PET only for methods that train on it
@@ -179,10 +180,10 @@ def assemble(
         device=device,
         input_shape=cohort.shape,
         num_classes=2,
-        epochs=train["epochs"],
-        learning_rate=train["learning_rate"],
-        patience=train["patience"] or None,
-        select_on=train["select_on"],
+        epochs=train.epochs,
+        learning_rate=train.learning_rate,
+        patience=train.patience or None,
+        select_on=train.select_on,
         train_pet_mean=pipeline.train_pet_mean(),
         has_pet_truth=cohort.pet_truth is not None,
         mixed_precision=mixed,
@@ -190,7 +191,7 @@ def assemble(
         global_sum=global_sum(cluster),
     )
     coupling = build_method(config, registry, context, channels_last)
-    if config["precision"]["compile"]:
+    if precision.compile:
         # in place, so optimisers, checkpoints and state_dict keys stay those of the module
         for module in coupling.modules().values():
             module.compile()
