@@ -94,7 +94,10 @@ def test_predictions_cover_the_test_split_once(joint_run: Path):
 def test_history_has_losses_and_validation(joint_run: Path):
     history = pd.read_csv(joint_run / "history.csv")
     assert list(history["epoch"]) == [0, 1]
-    assert {"train_G", "train_D", "train_voxel", "val_auc", "val_mae"} <= set(history.columns)
+    assert {"train_G", "train_D", "train_voxel", "val_auc"} <= set(history.columns)
+    # validation scores synthesis against acquired PET only, never the phantom's withheld PET
+    with_pet = json.loads((joint_run / "data.json").read_text())["with_pet"]["val"]
+    assert ("val_mae" in history.columns) == (with_pet > 0)
 
 
 def test_synthetic_pet_has_the_cohort_affine(joint_run: Path):
