@@ -218,3 +218,28 @@ def test_assemble_builds_what_a_run_trains(coupling: str, synth: str, compile_mo
     assert modules
     # compiled in place (compilation itself happens at the first call, not tested here)
     assert all((m._compiled_call_impl is not None) is compile_modules for m in modules)
+
+
+def test_withheld_pet_scores_the_test_split_only():
+    """Selection sees synthesis scored against acquired PET; the hidden PET only at the test."""
+    from cdsf_bench.engine import _batch_records
+    from cdsf_bench.interfaces import Batch, Prediction
+
+    shape = (4, 4, 4)
+    truth = torch.rand(3, 1, *shape)
+    has_pet = torch.tensor([True, False, False])
+    batch = Batch(
+        mri=torch.rand(3, 1, *shape),
+        pet=torch.where(has_pet.view(-1, 1, 1, 1, 1), truth, torch.zeros_like(truth)),
+        has_pet=has_pet,
+        label=torch.tensor([0, 1, 0]),
+        index=torch.arange(3),
+        pet_truth=truth,
+    )
+    prediction = Prediction(torch.tensor([0.2, 0.7, 0.4]), ["real", "synthetic", "synthetic"], truth * 0.9)
+    mask = np.ones(shape, dtype=bool)
+    selection = _batch_records(prediction, batch, mask, False, False, False, {})
+    final = _batch_records(prediction, batch, mask, False, False, True, {})
+    assert ["synth_mae" in r for r in selection] == [True, False, False]
+    assert ["synth_mae" in r for r in final] == [True, True, True]
+    assert selection[0]["synth_mae"] == pytest.approx(final[0]["synth_mae"])
