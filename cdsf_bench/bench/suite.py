@@ -377,9 +377,10 @@ def check_components(suite: Suite, registry: Registry) -> None:
         coupling = registry.get("coupling", method.coupling).factory
         needs = getattr(coupling, "needs_synthesiser", None)
         if needs is True and method.synth == "none":
+            mri_only = registry.defaults.mri_only_coupling if registry.defaults else "an MRI-only one"
             raise InputError(
                 f"Suite '{suite.name}', method '{method.name}': coupling '{method.coupling}' trains a "
-                'synthesiser, but synth is "none"; name a synthesiser or use coupling "single".'
+                f'synthesiser, but synth is "none"; name a synthesiser or use coupling "{mri_only}".'
             )
         if needs is False and method.synth != "none":
             raise InputError(
