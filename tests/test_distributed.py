@@ -11,7 +11,6 @@ norm normalises per process under data parallelism; docs/scaling.md).
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
@@ -96,9 +95,11 @@ def _train(name: str, cluster: distributed.Cluster) -> dict[str, torch.Tensor]:
     }
 
 
-def _worker(rank: int, port: int, folder: str) -> None:
+def _worker(rank: int, folder: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+    # a file store, not a TCP port: no port to race another process for
+    store = f"file://{Path(folder) / 'rendezvous'}"
+    dist.init_process_group("gloo", init_method=store, rank=rank, world_size=WORLD)
     try:
         cluster = distributed.Cluster(rank=rank, world=WORLD)
         for name in COUPLINGS:
@@ -109,18 +110,10 @@ def _worker(rank: int, port: int, folder: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def two_process_states(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("ddp")
-    mp.start_processes(
-        _worker, args=(_free_port(), str(folder)), nprocs=WORLD, join=True, start_method="spawn"
-    )
+    mp.start_processes(_worker, args=(str(folder),), nprocs=WORLD, join=True, start_method="spawn")
     return folder
 
 
