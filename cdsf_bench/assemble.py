@@ -152,11 +152,15 @@ def assemble(
     splits: Splits,
     device: torch.device,
     cluster: Cluster = SINGLE_PROCESS,
+    train_pet_mean: torch.Tensor | None = None,
 ) -> Assembly:
     """Build the pipeline, context and coupling of a run from its config.
 
     The one place where they are put together, so that ``cdsf-bench perf`` times exactly
-    what ``cdsf-bench run`` trains (same precision, layout, augmentation, volumes drawn).
+    what ``cdsf-bench run`` trains (same precision, layout, augmentation, volumes drawn),
+    and ``cdsf-bench predict`` rebuilds what it trained: a trained model applied to another
+    cohort passes the ``train_pet_mean`` of its own training data (from its checkpoint)
+    instead of the mean of the cohort's training split.
     """
     run = cfg.RunConfig(config)
     precision, train = run.precision, run.train
@@ -184,7 +188,9 @@ def assemble(
         learning_rate=train.learning_rate,
         patience=train.patience or None,
         select_on=train.select_on,
-        train_pet_mean=pipeline.train_pet_mean(),
+        train_pet_mean=(
+            pipeline.train_pet_mean() if train_pet_mean is None else train_pet_mean.to(device).float()
+        ),
         has_pet_truth=cohort.pet_truth is not None,
         mixed_precision=mixed,
         world=cluster.world,

@@ -8,7 +8,9 @@ state at the end of the stage. The test split is never touched here.
 A checkpoint (the run folder's ``checkpoint_path``) is written atomically after every epoch
 with every module, optimiser and scheduler, the best state so far, the history and the RNG state;
 batch order and augmentation depend only on (seed, epoch), so a resumed run continues
-exactly where the killed one would have gone.
+exactly where the killed one would have gone. The checkpoint a finished run leaves holds the
+selected modules and the training PET mean, everything ``cdsf-bench predict`` needs to
+rebuild the trained model (``cdsf_bench.predict.trained``); ``format`` says which layout it is.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +46,9 @@ from cdsf_bench.results import load_torch, save_torch
 from cdsf_bench.run_folder import RunFolder
 
 SYNTHESIS_SELECTION = ("ssim", "psnr", "mae")
+#: The checkpoint layout; bumped when a reader of older checkpoints would misread them
+#: (2: ``format`` and ``train_pet_mean`` recorded, so a finished run can be applied to new data).
+CHECKPOINT_FORMAT = 2
 
 
 @dataclass
@@ -68,6 +73,8 @@ def evaluate(
     score_withheld: bool = False,
     cluster: Cluster = SINGLE_PROCESS,
     threshold: float = 0.5,
+    on_synthetic: Callable[[int, np.ndarray], None] | None = None,
+    progress: Callable[[Iterable[Batch], int, str], Iterable[Batch]] | None = None,
 ) -> Evaluation:
     """Predict ``split`` with the coupling and score diagnosis and (where made) synthesis.
 
@@ -78,6 +85,10 @@ def evaluate(
     hypometabolism regions (per subject in the table, the disease-specific metrics in
     ``synthesis``: ``metrics.disease_synthesis_metrics``). Under torch.distributed each
     process predicts its share and the records are gathered, one per subject.
+
+    ``on_synthetic(row, volume)`` receives each synthetic PET as soon as its batch is
+    predicted and the volume is not kept (a large cohort's volumes need not fit in memory);
+    ``progress`` wraps the batch loop as ``progress(batches, count, label)`` (a progress bar).
     """
     records: list[dict] = []
     mask = pipeline.brain_mask.cpu().numpy()
@@ -86,12 +97,19 @@ def evaluate(
     was_training = {name: m.training for name, m in modules.items()}
     for module in modules.values():
         module.eval()
+    batches: Iterable[Batch] = pipeline.eval_batches(split, coupling.subjects)
+    if progress is not None:
+        batches = progress(batches, pipeline.n_eval_batches(split, coupling.subjects), f"predicting {split}")
+    keep = keep_synthetic or on_synthetic is not None
     with torch.no_grad():
-        for batch in pipeline.eval_batches(split, coupling.subjects):
+        for batch in batches:
             prediction = coupling.predict(batch)
-            records.extend(
-                _batch_records(prediction, batch, mask, with_ssim, keep_synthetic, score_withheld, regions)
-            )
+            made = _batch_records(prediction, batch, mask, with_ssim, keep, score_withheld, regions)
+            if on_synthetic is not None:
+                for record in made:
+                    if "volume" in record:
+                        on_synthetic(record["row"], record.pop("volume"))
+            records.extend(made)
     for name, module in modules.items():
         module.train(was_training[name])
     records = sorted(distributed.gather_records(records, cluster), key=lambda r: r["row"])
@@ -210,6 +228,9 @@ class Trainer:
 
     def _state(self, stage_index: int, next_epoch: int, best: dict) -> dict:
         return {
+            "format": CHECKPOINT_FORMAT,
+            # the one input a coupling takes from the training data besides its modules' state
+            "train_pet_mean": self.coupling.context.train_pet_mean.detach().cpu(),
             "stage_index": stage_index,
             "next_epoch": next_epoch,
             "best": best,

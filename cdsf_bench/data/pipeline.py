@@ -109,6 +109,10 @@ class DevicePipeline:
     def n_train_batches(self, subjects: Subjects = "all") -> int:
         return max(1, len(self.rows("train", subjects)) // self.batch_size)
 
+    def n_eval_batches(self, split: str, subjects: Subjects = "all") -> int:
+        """How many batches ``eval_batches`` yields to this process."""
+        return math.ceil(len(self.rows(split, subjects)[self.rank :: self.world]) / self.batch_size)
+
     def fingerprint(self) -> dict[str, str]:
         """Hashes of the split membership and the batch order, for checking pairing."""
         split_hash = hashlib.sha256()
