@@ -14,7 +14,8 @@ disease (global atrophy, ventricles, head size) and act as confounds; individual
 medial and inferior temporal lobe and ventricle enlargement scaled by structural severity;
 hypometabolism in posterior cingulate, precuneus and angular cortex scaled by metabolic
 severity; a T1-like MRI with bias field and Rician noise; an FDG PET at scanner resolution
-with counting noise, in SUVR units relative to cerebellum and pons.
+with counting noise, in SUVR units relative to cerebellum and pons. Named sites (``SITES``)
+change the acquisition and the cohort's age, not the disease: a domain shift to test on.
 
 Every random draw of subject ``i`` comes from its own stream, ``SeedSequence(seed,
 spawn_key=(0, i))``, and its diagnosis from a randomised block that holds it, so subject
@@ -140,6 +141,31 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "predictable": {"metabolic_from_structure": 1.0, "regional_gm_sd": 0.1},
     "label_scarce": {"labelled_fraction": 0.2},
 }
+#: Named sites (docs/data.md, "Sites"): the acquisition and recruitment settings each changes,
+#: to test a model on a cohort from another site (a domain shift) while the disease model stays.
+#: Explicit settings override a site's. "legacy": an older, 1.5 T-like MRI (less grey / white
+#: and CSF contrast, a stronger bias field, more noise, coarser resolution), an older PET
+#: scanner (coarser resolution, more noise, a smooth spatial bias left by its corrections) and
+#: an older cohort (more age-related atrophy in every class). A global gain is not among
+#: them: per-scan normalisation divides it out (MRI by its percentiles, PET by its SUVR reference).
+SITES: dict[str, dict[str, Any]] = {
+    "default": {},
+    "legacy": {
+        "age_mean": 77.0,
+        "age_sd": 6.0,
+        "t1_gm": 0.68,
+        "t1_csf": 0.22,
+        "bias_field_sd": 0.1,
+        "mri_noise": 0.05,
+        "mri_fwhm_mm": 6.0,
+        "pet_fwhm_mm": 10.0,
+        "pet_noise": 0.08,
+        "pet_bias_field_sd": 0.05,
+    },
+}
+#: The seed stream of a subject's site effects (``SeedSequence(seed, spawn_key=(SITE_STREAM, i))``),
+#: apart from its own stream, so that switching them on redraws nothing else of the subject.
+SITE_STREAM = 4
 
 
 @dataclass(frozen=True)
@@ -163,6 +189,8 @@ class PhantomSettings:
     # The named scenario these settings started from (SCENARIOS); a label, applied by
     # ``phantom_settings``.
     scenario: str = "default"
+    # The named site these settings started from (SITES); a label, applied like the scenario.
+    site: str = "default"
     class_fractions: tuple = (("CN", 0.3), ("sMCI", 0.2), ("pMCI", 0.2), ("AD", 0.3))
     # "class" missingness: the log-odds of missing PET rise by this per step CN -> sMCI ->
     # pMCI -> AD (sicker people drop out of a PET visit more often); the intercept is set
@@ -212,6 +240,7 @@ class PhantomSettings:
     bias_field_sd: float = 0.04  # sd of the log bias field
     bias_field_smoothness_mm: float = 50.0
     mri_noise: float = 0.03  # Rician noise sigma, relative to white matter
+    mri_fwhm_mm: float = 0.0  # the scanner's resolution: Gaussian blur before the noise (0: none)
     # PET.
     pet_wm_uptake: float = 0.22  # white-matter uptake relative to cerebral grey matter
     pet_cerebellum_uptake: float = 0.72  # cerebellar grey-matter uptake, same scale
@@ -219,6 +248,9 @@ class PhantomSettings:
     pet_fwhm_mm: float = 7.0
     pet_noise: float = 0.05  # sd of the smoothed noise, relative, at grey-matter uptake
     pet_reference: str = "cerebellum+pons"
+    # sd of a smooth log field multiplying the PET (attenuation and scatter corrections), with
+    # the MRI bias field's smoothness; drawn from the site stream (SITE_STREAM). 0: none.
+    pet_bias_field_sd: float = 0.0
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first setting that cannot be used."""
@@ -252,6 +284,8 @@ class PhantomSettings:
             )
         if self.scenario not in SCENARIOS:
             raise ConfigError(f"phantom scenario must be one of {sorted(SCENARIOS)}, got {self.scenario!r}")
+        if self.site not in SITES:
+            raise ConfigError(f"phantom site must be one of {sorted(SITES)}, got {self.site!r}")
         if not 0.0 <= self.metabolic_from_structure <= 1.0:
             raise ConfigError(
                 f"phantom metabolic_from_structure must lie in [0, 1], got {self.metabolic_from_structure}"
@@ -281,7 +315,9 @@ class PhantomSettings:
             "mri_gain_sd",
             "bias_field_sd",
             "mri_noise",
+            "mri_fwhm_mm",
             "pet_noise",
+            "pet_bias_field_sd",
             "pet_wm_uptake",
             "pet_cerebellum_uptake",
             "pet_pons_uptake",
@@ -668,11 +704,14 @@ def _simulate_subject(
 
     gm_w, wm_w, csf_w, activity_w = warp(gm), warp(tpl.wm), warp(csf), warp(activity)
 
-    # MRI: tissue contrast, scanner gain, smooth bias field, Rician noise.
+    # MRI: tissue contrast, scanner gain, smooth bias field, the scanner's resolution, Rician noise.
     gain = math.exp(s.mri_gain_sd * rng.standard_normal())
     log_bias = _smooth_fields(rng, 1, s.bias_field_smoothness_mm, resolution)[0]
     bias = np.exp(np.float32(s.bias_field_sd) * log_bias)
     signal = gain * bias * (wm_w + s.t1_gm * gm_w + s.t1_csf * csf_w)
+    if s.mri_fwhm_mm > 0:
+        sigma_mri = s.mri_fwhm_mm / FWHM_PER_SIGMA / resolution
+        signal = ndimage.gaussian_filter(signal, sigma_mri, mode="constant", truncate=4.0)
     sigma = np.float32(s.mri_noise * gain)
     real = signal + sigma * rng.standard_normal(signal.shape, dtype=np.float32)
     imaginary = sigma * rng.standard_normal(signal.shape, dtype=np.float32)
@@ -686,6 +725,10 @@ def _simulate_subject(
     noise = ndimage.gaussian_filter(white, sigma_voxels, mode="constant", truncate=4.0)
     noise /= np.float32(_smoothed_noise_sd(sigma_voxels))
     pet = np.maximum(blurred + np.float32(s.pet_noise) * np.sqrt(np.maximum(blurred, 0.0)) * noise, 0.0)
+    if s.pet_bias_field_sd > 0:  # before the SUVR, which divides out only its mean in the reference
+        site = np.random.default_rng(np.random.SeedSequence(s.seed, spawn_key=(SITE_STREAM, index)))
+        log_pet_bias = _smooth_fields(site, 1, s.bias_field_smoothness_mm, resolution)[0]
+        pet = pet * np.exp(np.float32(s.pet_bias_field_sd) * log_pet_bias)
     reference = float(pet[anatomy.reference_masks[s.pet_reference]].mean())
     pet = pet / np.float32(max(reference, 1e-6))
 
@@ -750,10 +793,11 @@ class PhantomPlan:
 
 
 def phantom_settings(options: Mapping[str, Any] | None = None, **cohort: Any) -> PhantomSettings:
-    """Settings from a scenario and explicit options (``data.phantom.*``), then cohort settings.
+    """Settings from a scenario, a site and explicit options (``data.phantom.*``), then cohort settings.
 
     The scenario (``options["scenario"]``, default "default") sets its values from
-    :data:`SCENARIOS`; explicit options override them; ``cohort`` gives what ``[data]``
+    :data:`SCENARIOS`, the site (``options["site"]``) its own from :data:`SITES`; explicit
+    options override both; ``cohort`` gives what ``[data]``
     holds (subjects, resolution_mm, missing_pet, missing_mechanism, seed). Unknown names,
     and cohort settings given as options, are refused with the known names. Not validated
     for ranges here: :meth:`PhantomSettings.validate` does that.
@@ -771,11 +815,14 @@ def phantom_settings(options: Mapping[str, Any] | None = None, **cohort: Any) ->
     scenario = options.get("scenario", "default")
     if scenario not in SCENARIOS:
         raise ConfigError(f"phantom scenario must be one of {sorted(SCENARIOS)}, got {scenario!r}")
+    site = options.get("site", "default")
+    if site not in SITES:
+        raise ConfigError(f"phantom site must be one of {sorted(SITES)}, got {site!r}")
 
     def as_tuple(value: Any) -> Any:  # TOML arrays become tuples, so settings stay hashable
         return tuple(as_tuple(v) for v in value) if isinstance(value, list | tuple) else value
 
-    values = {**SCENARIOS[scenario], **options, **cohort}
+    values = {**SCENARIOS[scenario], **SITES[site], **options, **cohort}
     return PhantomSettings(**{key: as_tuple(value) for key, value in values.items()})
 
 
