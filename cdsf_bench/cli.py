@@ -251,7 +251,8 @@ def _print_metrics(metrics: dict, folder: Path) -> None:
         for key, value in metrics["synthesis"].items():
             table.add_row(f"synthesis {key.upper()}", f"{value:.4f}")
     n = metrics["n"]
-    table.add_row("subjects", f"train {n['train']} / val {n['val']} / test {n['test']}")
+    held_out = " (held-out phantom cohort)" if "test_set" in metrics else ""
+    table.add_row("subjects", f"train {n['train']} / val {n['val']} / test {n['test']}{held_out}")
     out.print(table)
     out.print(f"run folder: [bold]{escape(str(folder))}[/]", highlight=False)
 
@@ -375,6 +376,11 @@ for _command in (bench, merge, report, export, regress):
 from cdsf_bench.perf import perf_command  # noqa: E402
 
 main.add_command(perf_command)
+
+# applying a trained model (cdsf_bench/predict/): predict
+from cdsf_bench.predict.command import predict_command  # noqa: E402
+
+main.add_command(predict_command)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -44,8 +44,14 @@ DEFAULTS: dict[str, Any] = {
     },
     "augment": {"enabled": True, "rotate_deg": 3.0, "translate_vox": 1.0, "intensity": 0.05},
     "precision": {"mixed": True, "channels_last": True, "compile": False},
-    # native_space: also write each test subject's synthetic PET on its own MRI's grid (file cohorts)
-    "evaluate": {"bootstrap": 1000, "save_synthetic": True, "native_space": False},
+    # native_space: also write each test subject's synthetic PET on its own MRI's grid (file cohorts);
+    # phantom_test_subjects: test on a fresh phantom cohort of this many subjects (0: the test split)
+    "evaluate": {
+        "bootstrap": 1000,
+        "save_synthetic": True,
+        "native_space": False,
+        "phantom_test_subjects": 0,
+    },
     "synth": {},
     "diag": {},
     "coupling": {},
@@ -155,12 +161,19 @@ def resolve(
     config_file: Path | None = None,
     assignments: tuple[str, ...] = (),
     flags: dict[str, Any] | None = None,
+    base: dict | None = None,
 ) -> dict:
-    """Resolve the full run configuration and validate every key and type against defaults."""
+    """Resolve the full run configuration and validate every key and type against defaults.
+
+    ``base``, a configuration already resolved (a run's), takes the config file's place:
+    ``cdsf-bench predict`` changes a trained run's data settings through it.
+    """
     layers: list[dict] = []
     if config_file is not None:
         # a config file's relative data path is read from the file's folder first
         layers.append(_absolute_data_spec(read_toml(config_file), Path(config_file).parent))
+    if base is not None:
+        layers.append(copy.deepcopy(base))
     set_layer: dict = {}
     for text in assignments:
         keys, value = parse_assignment(text)
@@ -260,6 +273,16 @@ def _validate_values(config: dict) -> None:
     if split["folds"] and not 0 <= split["fold"] < split["folds"]:
         raise ConfigError(f"split.fold must be in 0..{split['folds'] - 1}, got {split['fold']}.")
     data = config["data"]
+    held_out = config["evaluate"]["phantom_test_subjects"]
+    if held_out < 0:
+        raise ConfigError(
+            f"evaluate.phantom_test_subjects must be 0 (test on the test split) or more, got {held_out}."
+        )
+    if held_out and data["spec"].strip().lower() != "phantom":
+        raise ConfigError(
+            "evaluate.phantom_test_subjects draws a fresh test cohort from the phantom's generative model; "
+            f"the data here are {data['spec']!r}, not the phantom. Set it to 0."
+        )
     if not data["resolution_mm"] > 0:
         raise ConfigError("data.resolution_mm must be positive.")
     if not 0 <= data["missing_pet"] < 1:
@@ -366,6 +389,7 @@ class EvaluateSettings:
     bootstrap: int
     save_synthetic: bool
     native_space: bool
+    phantom_test_subjects: int
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from cdsf_bench.engine import Evaluation, Trainer, evaluate
 from cdsf_bench.figures import learning_curves, roc_figure, slice_montage
 from cdsf_bench.interfaces import Cohort, Coupling
 from cdsf_bench.metrics import youden_threshold
+from cdsf_bench.predict.apply import HELD_OUT, HeldOut, prediction_table, predict_held_out, summary
 from cdsf_bench.preflight import refuse_early
 from cdsf_bench.registry import Registry
 from cdsf_bench.results import environment
@@ -177,9 +178,13 @@ def _execute(
         cluster=cluster,
         threshold=threshold,
     )
-    metrics = _metrics(run, trainer, pipeline, coupling, test, threshold)
+    held_out = None
+    if run.evaluate.phantom_test_subjects and main:  # inference only, from the checkpoint just written
+        held_out = predict_held_out(folder.path, run.raw, threshold, registry, device)
+        folder.log(f"held-out phantom cohort: {held_out.subjects} subjects, seed {held_out.phantom_seed}")
+    metrics = _metrics(run, trainer, pipeline, coupling, test, threshold, held_out)
     if main:
-        _write_test_outputs(folder, run, cohort, history, test)
+        _write_test_outputs(folder, run, cohort, history, test, held_out)
         folder.write_metrics(metrics)
         wall = round(time.perf_counter() - started, 2)
         folder.write_timing(wall, round(data_seconds, 2))
@@ -205,11 +210,14 @@ def _metrics(
     coupling: Coupling,
     test: Evaluation,
     threshold: float,
+    held_out: HeldOut | None = None,
 ) -> dict[str, Any]:
+    """metrics.json. With a held-out phantom cohort, its metrics are the test metrics
+    ("diagnosis", "synthesis", n.test) and the test split's are kept under "test_split"."""
     last = (
         trainer.selections[-1] if trainer.selections else {"best_epoch": None, "metric": None, "value": None}
     )
-    return {
+    metrics: dict[str, Any] = {
         "diagnosis": test.diagnosis,
         "synthesis": test.synthesis,
         "selection": {
@@ -224,15 +232,38 @@ def _metrics(
         "method": dict(run.raw["method"]),
         "seed": run.raw["seed"],
     }
+    if held_out is not None:
+        headline = summary(held_out.evaluation)
+        metrics["test_split"] = {"diagnosis": test.diagnosis, "synthesis": test.synthesis}
+        metrics["n"]["test_split"] = metrics["n"]["test"]
+        metrics["n"]["test"] = headline["n"]["test"]
+        metrics["diagnosis"], metrics["synthesis"] = headline["diagnosis"], headline["synthesis"]
+        metrics["test_set"] = {
+            "cohort": HELD_OUT,
+            "subjects": held_out.subjects,
+            "phantom_seed": held_out.phantom_seed,
+        }
+    return metrics
 
 
 def _write_test_outputs(
-    folder: RunFolder, run: RunConfig, cohort: Cohort, history: list[dict], test: Evaluation
+    folder: RunFolder,
+    run: RunConfig,
+    cohort: Cohort,
+    history: list[dict],
+    test: Evaluation,
+    held_out: HeldOut | None = None,
 ) -> None:
-    """predictions.csv, the figures and the synthetic PET of the test split."""
-    predictions = test.predictions.copy()
-    predictions.insert(2, "diagnosis", cohort.participants["diagnosis"].to_numpy()[predictions["row"]])
-    folder.write_predictions(predictions.drop(columns=["row"]))
+    """predictions.csv, the figures and the synthetic PET of the test split.
+
+    With a held-out phantom cohort, predictions.csv and the ROC are the held-out cohort's and
+    the test split's table is predictions_test_split.csv; the synthetic PET stays the test split's.
+    """
+    predictions = prediction_table(test.predictions, cohort)
+    if held_out is not None:
+        folder.write_predictions(predictions, test_split=True)
+        predictions = held_out.table
+    folder.write_predictions(predictions)
     roc_figure(
         {run.method.coupling: (predictions["label"].to_numpy(), predictions["probability"].to_numpy())},
         folder.figure("roc"),

@@ -18,6 +18,11 @@ previous complete file or the new one. The layout::
     figures/           roc.png, learning_curves.png, montage.png
     synth/             synthetic PET of the test subjects as NIfTI (SUVR units, MNI grid; with
                        evaluate.native_space also *_space-T1w_* on each subject's MRI grid)
+    predictions_test_split.csv   with evaluate.phantom_test_subjects: the test split's predictions,
+                       predictions.csv then holding the held-out cohort's
+
+A prediction folder (``cdsf-bench predict``, ``cdsf_bench.predict.output``) is laid out like
+the test outputs of a run folder, plus ``prediction.json``, and written through this class too.
 """
 
 from __future__ import annotations
@@ -151,8 +156,14 @@ class RunFolder:
     def write_failure(self, record: dict[str, Any]) -> None:
         self._json(self.failure_path.name, record)
 
-    def write_predictions(self, table: pd.DataFrame) -> None:
-        self._csv("predictions.csv", table)
+    def write_predictions(self, table: pd.DataFrame, *, test_split: bool = False) -> None:
+        """predictions.csv; with ``test_split``, the test split's table of a run whose
+        predictions.csv holds its held-out cohort's."""
+        self._csv("predictions_test_split.csv" if test_split else "predictions.csv", table)
+
+    def write_prediction_record(self, record: dict[str, Any]) -> None:
+        """prediction.json: what a prediction folder applied to what."""
+        self._json("prediction.json", record)
 
     def write_metrics(self, metrics: dict[str, Any]) -> None:
         self._json(METRICS, metrics)

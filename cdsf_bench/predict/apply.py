@@ -1,0 +1,174 @@
+"""A trained model applied to a cohort: the one path of ``predict``, ``test_data`` and held-out sets.
+
+``cdsf-bench predict``, a suite's external validation (``test_data``) and a run's held-out
+phantom cohort (``evaluate.phantom_test_subjects``) all go through :func:`prepare` and
+:meth:`Application.predict`: the cohort is read by the run's data settings (its grid and
+intensity mapping; a file cohort on any grid is resampled onto the run's by the same
+preprocessing), the model is rebuilt from the run folder's checkpoint, and every subject is
+predicted by ``engine.evaluate``, as the run predicted its test split: real PET where it was
+acquired, synthetic otherwise, as the method does, classified at the run's
+validation-chosen threshold. Only the data settings that choose *which* subjects are read
+may differ from the run's (another phantom seed or site, a CAPS session); those that define
+the preprocessing may not.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cdsf_bench import config as cfg
+from cdsf_bench.assemble import Assembly, load_cohort, task_subset
+from cdsf_bench.engine import Evaluation, evaluate
+from cdsf_bench.errors import InputError
+from cdsf_bench.interfaces import Batch, Cohort
+from cdsf_bench.predict.trained import TrainedModel, load_trained, rebuild
+from cdsf_bench.registry import Registry
+
+#: [data] settings that define the preprocessing a model was trained with: a prediction uses the run's
+RUN_PREPROCESSING = ("spec", "resolution_mm", "pet_suvr_max")
+#: The held-out phantom cohort's seed is the training cohort's plus this: disjoint from every
+#: seed a user gives (below 2**31), and so from every training cohort of a suite's replicates.
+HELD_OUT_SEED_OFFSET = 2**31
+#: The ``split`` column of a held-out cohort's predictions.
+HELD_OUT = "held_out"
+
+
+def check_data_assignments(assignments: Iterable[str], where: str) -> None:
+    """Refuse any ``KEY=VALUE`` that is not a ``data.*`` setting a prediction may change."""
+    for text in assignments:
+        keys, _ = cfg.parse_assignment(text)
+        if keys[0] != "data" or len(keys) < 2:
+            raise InputError(
+                f"{where} '{text}': a trained model is applied with its run's settings; only the "
+                "data.* settings of the cohort to predict may be given (data.phantom_seed, data.phantom.*, "
+                "data.subjects, data.session ...)."
+            )
+        if keys[1] in RUN_PREPROCESSING:
+            what = "named by --data / test_data" if keys[1] == "spec" else "the run's preprocessing"
+            raise InputError(
+                f"{where} '{text}': data.{keys[1]} is {what}; the cohort is preprocessed exactly as the "
+                "run's data were, so it cannot be changed here."
+            )
+
+
+def source_config(base: dict[str, Any], spec: str, assignments: tuple[str, ...], registry: Registry) -> dict:
+    """The run's configuration reading the cohort ``spec`` with the data ``assignments`` on top."""
+    check_data_assignments(assignments, "--set")
+    return cfg.resolve(registry, None, assignments, flags={"data.spec": spec}, base=base)
+
+
+def held_out_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The run's phantom settings with ``evaluate.phantom_test_subjects`` subjects and a disjoint seed.
+
+    Same generative model, missing-PET rate and grid as the training cohort; only the
+    cohort's size and its seed (``HELD_OUT_SEED_OFFSET`` above the training seed) differ.
+    """
+    run = cfg.RunConfig(config)
+    held = copy.deepcopy(config)
+    held["data"]["subjects"] = run.evaluate.phantom_test_subjects
+    held["data"]["phantom_seed"] = run.data.phantom_seed + HELD_OUT_SEED_OFFSET
+    return held
+
+
+@dataclass
+class Application:
+    """A trained model rebuilt for one cohort, every check passed: what remains is to predict."""
+
+    model: TrainedModel
+    config: dict[str, Any]  # the run's, reading this cohort
+    cohort: Cohort  # the task's subjects of the cohort
+    labels: np.ndarray
+    source: str  # the data source's name
+    assembly: Assembly
+    #: subjects of the cohort outside the task's two classes, which the model does not predict
+    skipped: int = 0
+
+    def predict(
+        self,
+        *,
+        on_synthetic: Callable[[int, np.ndarray], None] | None = None,
+        progress: Callable[[Iterable[Batch], int, str], Iterable[Batch]] | None = None,
+    ) -> Evaluation:
+        """Every subject the method predicts, scored as the run's test split was."""
+        run = cfg.RunConfig(self.config)
+        return evaluate(
+            self.assembly.coupling,
+            self.assembly.pipeline,
+            "test",
+            bootstrap=run.evaluate.bootstrap,
+            seed=run.seed,
+            score_withheld=True,
+            threshold=self.model.threshold,
+            on_synthetic=on_synthetic,
+            progress=progress,
+        )
+
+    def table(self, evaluation: Evaluation, split: str) -> pd.DataFrame:
+        """The per-subject predictions as predictions.csv holds them, ``split`` naming the cohort."""
+        return prediction_table(evaluation.predictions, self.cohort, split)
+
+
+def prediction_table(predictions: pd.DataFrame, cohort: Cohort, split: str | None = None) -> pd.DataFrame:
+    """``evaluate``'s table with each subject's diagnosis and without the cohort row; with
+    ``split``, the split column names the cohort the subjects came from instead."""
+    table = predictions.copy()
+    table.insert(2, "diagnosis", cohort.participants["diagnosis"].to_numpy()[table["row"]])
+    if split is not None:
+        table["split"] = split
+    return table.drop(columns=["row"])
+
+
+def prepare(model: TrainedModel, registry: Registry, config: dict[str, Any], device: torch.device) -> Application:
+    """Read the cohort ``config`` names and rebuild ``model`` for it; every refusal happens here."""
+    cohort, source = load_cohort(config, registry)
+    task = model.run.task
+    everyone = len(cohort)
+    cohort, labels = task_subset(cohort, task)
+    assembly = rebuild(model, registry, cohort, labels, device)
+    return Application(model, config, cohort, labels, source, assembly, everyone - len(cohort))
+
+
+def summary(evaluation: Evaluation) -> dict[str, Any]:
+    """The metrics of a predicted cohort as metrics.json and results tables hold them."""
+    return {
+        "diagnosis": evaluation.diagnosis,
+        "synthesis": evaluation.synthesis,
+        "n": {"test": int(len(evaluation.predictions))},
+    }
+
+
+
+@dataclass
+class HeldOut:
+    """A run's held-out phantom cohort, predicted: the metrics and the predictions.csv table."""
+
+    evaluation: Evaluation
+    table: pd.DataFrame
+    subjects: int
+    phantom_seed: int
+
+
+def predict_held_out(
+    folder: Path, config: dict[str, Any], threshold: float, registry: Registry, device: torch.device
+) -> HeldOut:
+    """Predict the held-out phantom cohort with the model the run in ``folder`` just selected.
+
+    Read back from the run's checkpoint, like ``cdsf-bench predict`` does: the held-out
+    cohort is scored by exactly the path any later cohort would be.
+    """
+    from cdsf_bench.progress import track
+
+    model = load_trained(folder, registry, threshold=threshold)
+    held = held_out_config(config)
+    application = prepare(model, registry, held, device)
+    evaluation = application.predict(progress=track)
+    data = cfg.RunConfig(held).data
+    return HeldOut(evaluation, application.table(evaluation, HELD_OUT), data.subjects, data.phantom_seed)

@@ -1,0 +1,168 @@
+"""A finished run's trained model, read back from its folder and rebuilt for another cohort.
+
+A run folder holds what applying its model needs: ``config.toml`` (the resolved
+configuration: method, settings, preprocessing), ``checkpoints/last.pt`` (the selected
+modules of every stage and the training PET mean, ``engine.CHECKPOINT_FORMAT``) and
+``metrics.json`` (the operating point chosen on validation). The model is rebuilt through
+``assemble``, the function a run trains with, so precision, memory layout and the coupling
+are those of the run; its modules then take the selected weights. The core names no method:
+whatever coupling the config names is built, and every coupling predicts through
+``Coupling.predict``.
+
+Everything is read and checked before anything is written anywhere, and the run folder
+is only ever read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cdsf_bench import config as cfg
+from cdsf_bench.assemble import Assembly, assemble
+from cdsf_bench.data.splits import Splits
+from cdsf_bench.engine import CHECKPOINT_FORMAT
+from cdsf_bench.errors import ConfigError, InputError
+from cdsf_bench.interfaces import Cohort
+from cdsf_bench.registry import Registry
+from cdsf_bench.results import load_torch
+from cdsf_bench.run_folder import CONFIG, METRICS, RunFolder
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """A trained run as ``predict`` needs it: config, operating point, checkpoint."""
+
+    folder: Path
+    config: dict[str, Any]  # the run's resolved configuration
+    threshold: float  # the validation-chosen operating point of the run
+    state: dict[str, Any]  # the checkpoint: every stage's selected modules, the training PET mean
+
+    @property
+    def run(self) -> cfg.RunConfig:
+        return cfg.RunConfig(self.config)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The grid the model was trained on (of its training PET mean, [1, 1, D, H, W])."""
+        return tuple(int(n) for n in self.state["train_pet_mean"].shape[2:])
+
+
+def load_trained(folder: Path, registry: Registry, threshold: float | None = None) -> TrainedModel:
+    """Read the trained model of the run in ``folder``; refuse, naming what is wrong, anything else.
+
+    ``threshold`` is the run's operating point when the run itself asks (its metrics.json is
+    written last, after its held-out cohort is predicted); otherwise it is read from
+    metrics.json, and a run without one has not finished.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"Run folder {folder} {'is not a folder' if folder.exists() else 'does not exist'}.")
+    paths = RunFolder(folder)
+    if not paths.config_path.is_file():
+        raise InputError(f"{folder} is not a cdsf-bench run folder: it has no {CONFIG}.")
+    if threshold is None:
+        threshold = _threshold(folder / METRICS)
+    if not paths.checkpoint_path.is_file():
+        raise InputError(
+            f"Run folder {folder} has no weights: {paths.checkpoint_path} is missing (a run keeps it; "
+            "an exported results folder does not). Apply a run folder that still holds its checkpoint."
+        )
+    try:
+        config = cfg.resolve(registry, paths.config_path)
+    except ConfigError as error:
+        raise InputError(
+            f"{paths.config_path} cannot be read by this version of cdsf-bench ({error}); "
+            "apply it with the version that trained it, or train again."
+        ) from None
+    state = load_torch(paths.checkpoint_path)  # tensors and plain containers only (weights_only)
+    _check_checkpoint(state, paths.checkpoint_path)
+    return TrainedModel(folder, config, float(threshold), state)
+
+
+def _threshold(path: Path) -> float:
+    import json
+
+    if not path.is_file():
+        raise InputError(
+            f"The run in {path.parent} has not finished ({path.name} is missing), so it has no selected "
+            f"model and no operating point yet; finish it with 'cdsf-bench run --resume {path.parent}'."
+        )
+    try:
+        value = json.loads(path.read_text())["selection"]["threshold"]
+        return float(value)
+    except (ValueError, KeyError, TypeError) as error:
+        raise InputError(
+            f"{path} has no operating point (selection.threshold): {type(error).__name__} {error}. "
+            "It was not written by a finished cdsf-bench run."
+        ) from None
+
+
+def _check_checkpoint(state: Any, path: Path) -> None:
+    """A checkpoint of finished training in the layout this version writes, or an InputError."""
+    found = state.get("format") if isinstance(state, dict) else None
+    if found != CHECKPOINT_FORMAT:
+        raise InputError(
+            f"Checkpoint {path} was written by another version of cdsf-bench (checkpoint format "
+            f"{found if found is not None else 'unrecorded'}; this version applies format {CHECKPOINT_FORMAT}). "
+            "Apply it with the version that trained it, or train the run again."
+        )
+    mean = state.get("train_pet_mean")
+    stages = state.get("stages")
+    if not isinstance(mean, torch.Tensor) or mean.dim() != 5 or not isinstance(stages, list):
+        raise InputError(f"Checkpoint {path} lacks the training PET mean or the stages' modules; it is damaged.")
+    if state.get("stage_index") != len(stages):
+        raise InputError(
+            f"Checkpoint {path} is of unfinished training (stage {state.get('stage_index')} of {len(stages)}); "
+            f"finish the run with 'cdsf-bench run --resume {path.parent.parent}'."
+        )
+
+
+def rebuild(
+    model: TrainedModel,
+    registry: Registry,
+    cohort: Cohort,
+    labels: np.ndarray,
+    device: torch.device,
+) -> Assembly:
+    """The run's coupling, with its selected weights, and a pipeline over every subject of ``cohort``.
+
+    Built by ``assemble`` from the run's config and seed, like the run itself, with every
+    subject in the test split and the training PET mean of the run's own training data.
+    """
+    if cohort.shape != model.shape:
+        raise InputError(
+            f"The cohort is on a grid of shape {cohort.shape}, but the model of {model.folder} was trained "
+            f"on {model.shape}; it must be preprocessed as the run's data were (data.resolution_mm)."
+        )
+    run = model.run
+    torch.manual_seed(run.seed)  # as the run did before building: any parameter a stage left untouched
+    rows = np.arange(len(cohort))
+    everyone = Splits(train=rows[:0], val=rows[:0], test=rows)
+    assembly = assemble(
+        model.config, registry, cohort, labels, everyone, device, train_pet_mean=model.state["train_pet_mean"]
+    )
+    stages = assembly.coupling.stages()
+    checkpoint = RunFolder(model.folder).checkpoint_path
+    if len(stages) != len(model.state["stages"]):
+        raise InputError(
+            f"Checkpoint {checkpoint} holds {len(model.state['stages'])} stage(s), but the method its "
+            f"config.toml names trains {len(stages)}; the plugin changed since the run was trained. "
+            "Apply it with the plugin version that trained it."
+        )
+    for stage, saved in zip(stages, model.state["stages"], strict=True):
+        for name, module in stage.modules.items():
+            try:
+                module.load_state_dict(saved["modules"][name])
+            except (KeyError, RuntimeError) as error:
+                reason = str(error).strip().splitlines()[0][:300]
+                raise InputError(
+                    f"Checkpoint {checkpoint} does not fit the method its config.toml names (stage "
+                    f"'{stage.name}', module '{name}': {reason}); the plugin's networks changed since the "
+                    "run was trained. Apply it with the plugin version that trained it."
+                ) from None
+    return assembly
