@@ -34,7 +34,7 @@ from cdsf_bench.engine import Evaluation, Trainer, evaluate
 from cdsf_bench.figures import learning_curves, roc_figure, slice_montage
 from cdsf_bench.interfaces import Cohort, Coupling
 from cdsf_bench.metrics import youden_threshold
-from cdsf_bench.predict.apply import HELD_OUT, HeldOut, prediction_table, predict_held_out, summary
+from cdsf_bench.predict.apply import HELD_OUT, HeldOut, predict_held_out, prediction_table, summary
 from cdsf_bench.preflight import refuse_early
 from cdsf_bench.registry import Registry
 from cdsf_bench.results import environment

@@ -11,7 +11,8 @@ over subjects; over replicates the mean difference gets a Student t interval.
 
 A suite with ``[scenarios]`` is reported scenario by scenario; a suite with ``[[checks]]``
 (expected findings written before it ran) gets a pass / fail table of them, also written
-to ``checks.csv``.
+to ``checks.csv``; a suite with ``test_data`` gets an external-validation section per task
+(:mod:`cdsf_bench.bench.external`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from cdsf_bench.bench.checks import (
     checks_from_canonical,
     evaluate_checks,
 )
+from cdsf_bench.bench.external import external_blocks, external_inputs
 from cdsf_bench.bench.figures import pooled_roc, strip_plot, synthesis_bars
 from cdsf_bench.bench.header import ENVIRONMENT, header_blocks, suite_record
 from cdsf_bench.bench.render import Block, Figure, Heading, Paragraph, Table, to_html, to_markdown
@@ -261,6 +263,7 @@ def report_inputs(folder: Path) -> list[str]:
             f"{run['run_folder']}/{MONTAGE}"
             for _, run in _montage_runs(task_done, _synthesising(task_done, methods))
         ]
+    wanted += external_inputs(folder)
     return [name for name in dict.fromkeys(wanted) if (folder / name).is_file()]
 
 
@@ -334,6 +337,7 @@ def build_report(
         blocks += _summary_tables(task_done, methods)
         blocks += _comparison_table(paired, methods, reference)
         blocks += _figures(folder, f"{scenario}_{task}" if scenario else task, task_done, methods)
+        blocks += external_blocks(folder, task_done, methods, reference, scenario, task)
     unfinished = results[results["status"] != "done"]
     if len(unfinished):
         blocks += [

@@ -4,7 +4,9 @@ The suite's output folder holds ``suite.json`` (name, hash, definition), one run
 run at ``[<scenario>/]<task>/<seed-N|fold-N>/<method>``, and the results table: ``results.csv`` for a
 whole suite, ``results.shard-I-of-N.csv`` for a shard. The table is rewritten atomically
 after every run, so a killed suite leaves a table of what finished. A run that fails
-(:class:`~cdsf_bench.errors.RunFailed`) is recorded as failed and the suite goes on.
+(:class:`~cdsf_bench.errors.RunFailed`) is recorded as failed and the suite goes on. A suite
+with ``test_data`` also tests each run's model on that cohort (``external/``, ``external.csv``:
+:mod:`cdsf_bench.bench.external`).
 """
 
 from __future__ import annotations
@@ -129,12 +131,17 @@ def run_suite(
                 f"{out} already holds run folder(s) of this suite ({', '.join(taken[:3])}"
                 f"{', ...' if len(taken) > 3 else ''}); continue them with --resume or choose another --out."
             )
+    from cdsf_bench.bench import external
+
+    if suite.test_data:
+        external.check_external(suite, configs, registry)
     out.mkdir(parents=True, exist_ok=True)
     claim_folder(suite, out)
     from cdsf_bench.run import execute  # torch-heavy; imported when runs are about to start
 
     table = out / results_name(shard)
     rows: list[dict] = []
+    external_rows: list[dict] = []
     with make_progress() as progress:
         task = progress.add_task(f"suite {suite.name}", total=len(runs), status="")
         for spec, config in zip(runs, configs, strict=True):
@@ -144,6 +151,10 @@ def run_suite(
             else:
                 rows.append(_execute_one(execute, spec, config, registry, out))
             write_csv(table, results_frame(rows))
+            if suite.test_data:
+                done = rows[-1]["status"] == "done"
+                external_rows.append(external.predict_external(spec, suite, registry, out, done))
+                write_csv(out / external.external_name(shard), results_frame(external_rows))
             progress.advance(task)
     return results_frame(rows)
 
@@ -167,8 +178,11 @@ def merge_shards(out: Path, sources: list[Path]) -> pd.DataFrame:
     """Combine shard tables (and, from other folders, their run folders) into ``out/results.csv``.
 
     Every source must record the same suite hash. Rows follow the suite's stable order; a
-    run that no shard reports gets a row with status 'missing'.
+    run that no shard reports gets a row with status 'missing'. External predictions are
+    copied with their runs and ``external.csv`` is rebuilt from them.
     """
+    from cdsf_bench.bench import external
+
     recorded = []
     for source in sources:
         path = source / SUITE_FILE
@@ -190,12 +204,16 @@ def merge_shards(out: Path, sources: list[Path]) -> pd.DataFrame:
             for row in frame.to_dict("records"):
                 if source.resolve() != out.resolve():
                     _copy_run(source / row["run_folder"], out / row["run_folder"], row["status"])
+                    external.copy_external(source, out, row["run_folder"])
                 found[row["run_folder"]] = row
     out.mkdir(parents=True, exist_ok=True)
     if not (out / SUITE_FILE).exists():
         shutil.copyfile(sources[0] / SUITE_FILE, out / SUITE_FILE)
     rows = []
-    for spec in suite_from_canonical(recorded[0]["suite"]).runs():
+    suite = suite_from_canonical(recorded[0]["suite"])
+    if suite.test_data:
+        write_csv(out / external.EXTERNAL_RESULTS, external.external_frame(out, suite))
+    for spec in suite.runs():
         key = spec.folder.as_posix()
         if key not in found:
             console.print(f"[yellow]no shard reports run {key}[/]", highlight=False)

@@ -13,7 +13,9 @@ Optional ``[scenarios.NAME]`` tables (dotted settings, like ``[settings]``) run 
 replicate and method once per scenario, in folders ``<scenario>/<task>/...``; optional
 ``[[checks]]`` state, before anything runs, what the results must show (the expected
 findings, :mod:`cdsf_bench.bench.checks`); the report evaluates each and prints pass / fail
-(docs/benchmark.md).
+(docs/benchmark.md). An optional ``test_data`` (with ``[test_settings]``, its data settings)
+tests every run's selected model on another cohort too: external validation
+(:mod:`cdsf_bench.bench.external`).
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ SUITE_FIELDS = (
     "methods",
     "scenarios",
     "checks",
+    "test_data",
+    "test_settings",
 )
 METHOD_FIELDS = ("name", "synth", "diag", "coupling", "settings")
 #: settings a suite sets through its own fields; overriding them in [settings] would unpair runs
@@ -127,13 +131,24 @@ class Suite:
     path: Path | None = None
     scenarios: tuple[tuple[str, dict[str, Any]], ...] = ()
     checks: tuple[Check, ...] = ()
+    #: the cohort every run's model is also tested on (external validation), and its data settings
+    test_data: str = ""
+    test_settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def test_assignments(self) -> tuple[str, ...]:
+        """``test_settings`` as ``--set``-style assignments (what ``cdsf-bench predict`` takes)."""
+        return tuple(f"{key}={toml_value(value)}" for key, value in self.test_settings.items())
 
     def canonical(self) -> dict:
         """The normalised definition (no comments or formatting): what the hash covers.
 
-        Scenarios and checks appear only when given, so older suites keep their hash.
+        Scenarios, checks and external test data appear only when given, so older suites keep
+        their hash.
         """
         extra: dict[str, Any] = {}
+        if self.test_data:
+            extra["test_data"] = {"spec": self.test_data, "settings": self.test_settings}
         if self.scenarios:
             extra["scenarios"] = [{"name": n, "settings": settings} for n, settings in self.scenarios]
         if self.checks:
@@ -239,8 +254,21 @@ def load_suite(path: Path) -> Suite:
     scenarios = _scenarios(raw.get("scenarios", {}), fail)
     names, scenario_names = [m.name for m in methods], [n for n, _ in scenarios]
     checks = parse_checks(raw.get("checks", []), names, tasks, scenario_names, fail)
+    test_data, test_settings = _test_data(raw, fail)
     return Suite(
-        name.strip(), tasks, data, preset, seeds, folds, settings, methods, Path(path), scenarios, checks
+        name.strip(),
+        tasks,
+        data,
+        preset,
+        seeds,
+        folds,
+        settings,
+        methods,
+        Path(path),
+        scenarios,
+        checks,
+        test_data,
+        test_settings,
     )
 
 
@@ -248,6 +276,7 @@ def suite_from_canonical(content: dict) -> Suite:
     """Rebuild a suite from :meth:`Suite.canonical` (as recorded in a suite folder's suite.json)."""
     methods = tuple(MethodSpec(**method) for method in content["methods"])
     scenarios = tuple((entry["name"], entry["settings"]) for entry in content.get("scenarios", []))
+    external = content.get("test_data", {"spec": "", "settings": {}})
     return Suite(
         content["name"],
         tuple(content["tasks"]),
@@ -260,6 +289,8 @@ def suite_from_canonical(content: dict) -> Suite:
         None,
         scenarios,
         checks_from_canonical(content),
+        external["spec"],
+        external["settings"],
     )
 
 
@@ -357,6 +388,25 @@ def _methods(given: Any, fail) -> tuple[MethodSpec, ...]:
             clash = [m.name for m in methods if m.slug == slug]
             raise fail(f"method names {clash} share the folder name '{slug}'; make them distinct.")
     return tuple(methods)
+
+
+def _test_data(raw: dict, fail) -> tuple[str, dict[str, Any]]:
+    """``test_data`` (a data spec) and ``[test_settings]`` (its data.* settings), checked."""
+    from cdsf_bench.predict.settings import check_data_assignments
+
+    spec = raw.get("test_data", "")
+    if not isinstance(spec, str) or ("test_data" in raw and not spec.strip()):
+        raise fail(f"field 'test_data' must be a data spec string (like \"phantom\"), got {spec!r}.")
+    settings = _settings(raw.get("test_settings", {}), "test_settings", fail)
+    if settings and not spec:
+        raise fail("field 'test_settings' sets the data of 'test_data', which the suite does not give.")
+    try:
+        check_data_assignments(
+            (f"{key}={toml_value(value)}" for key, value in settings.items()), "test_settings"
+        )
+    except InputError as error:
+        raise fail(str(error)) from None
+    return spec.strip(), settings
 
 
 def _scenarios(given: Any, fail) -> tuple[tuple[str, dict[str, Any]], ...]:

@@ -27,36 +27,16 @@ import torch
 from cdsf_bench import config as cfg
 from cdsf_bench.assemble import Assembly, load_cohort, task_subset
 from cdsf_bench.engine import Evaluation, evaluate
-from cdsf_bench.errors import InputError
 from cdsf_bench.interfaces import Batch, Cohort
+from cdsf_bench.predict.settings import check_data_assignments
 from cdsf_bench.predict.trained import TrainedModel, load_trained, rebuild
 from cdsf_bench.registry import Registry
 
-#: [data] settings that define the preprocessing a model was trained with: a prediction uses the run's
-RUN_PREPROCESSING = ("spec", "resolution_mm", "pet_suvr_max")
 #: The held-out phantom cohort's seed is the training cohort's plus this: disjoint from every
 #: seed a user gives (below 2**31), and so from every training cohort of a suite's replicates.
 HELD_OUT_SEED_OFFSET = 2**31
 #: The ``split`` column of a held-out cohort's predictions.
 HELD_OUT = "held_out"
-
-
-def check_data_assignments(assignments: Iterable[str], where: str) -> None:
-    """Refuse any ``KEY=VALUE`` that is not a ``data.*`` setting a prediction may change."""
-    for text in assignments:
-        keys, _ = cfg.parse_assignment(text)
-        if keys[0] != "data" or len(keys) < 2:
-            raise InputError(
-                f"{where} '{text}': a trained model is applied with its run's settings; only the "
-                "data.* settings of the cohort to predict may be given (data.phantom_seed, data.phantom.*, "
-                "data.subjects, data.session ...)."
-            )
-        if keys[1] in RUN_PREPROCESSING:
-            what = "named by --data / test_data" if keys[1] == "spec" else "the run's preprocessing"
-            raise InputError(
-                f"{where} '{text}': data.{keys[1]} is {what}; the cohort is preprocessed exactly as the "
-                "run's data were, so it cannot be changed here."
-            )
 
 
 def source_config(base: dict[str, Any], spec: str, assignments: tuple[str, ...], registry: Registry) -> dict:
@@ -126,7 +106,9 @@ def prediction_table(predictions: pd.DataFrame, cohort: Cohort, split: str | Non
     return table.drop(columns=["row"])
 
 
-def prepare(model: TrainedModel, registry: Registry, config: dict[str, Any], device: torch.device) -> Application:
+def prepare(
+    model: TrainedModel, registry: Registry, config: dict[str, Any], device: torch.device
+) -> Application:
     """Read the cohort ``config`` names and rebuild ``model`` for it; every refusal happens here."""
     cohort, source = load_cohort(config, registry)
     task = model.run.task
@@ -143,7 +125,6 @@ def summary(evaluation: Evaluation) -> dict[str, Any]:
         "synthesis": evaluation.synthesis,
         "n": {"test": int(len(evaluation.predictions))},
     }
-
 
 
 @dataclass

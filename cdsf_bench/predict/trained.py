@@ -108,16 +108,20 @@ def _check_checkpoint(state: Any, path: Path) -> None:
     if found != CHECKPOINT_FORMAT:
         raise InputError(
             f"Checkpoint {path} was written by another version of cdsf-bench (checkpoint format "
-            f"{found if found is not None else 'unrecorded'}; this version applies format {CHECKPOINT_FORMAT}). "
+            f"{found if found is not None else 'unrecorded'}; this version applies format "
+            f"{CHECKPOINT_FORMAT}). "
             "Apply it with the version that trained it, or train the run again."
         )
     mean = state.get("train_pet_mean")
     stages = state.get("stages")
     if not isinstance(mean, torch.Tensor) or mean.dim() != 5 or not isinstance(stages, list):
-        raise InputError(f"Checkpoint {path} lacks the training PET mean or the stages' modules; it is damaged.")
+        raise InputError(
+            f"Checkpoint {path} lacks the training PET mean or the stages' modules; it is damaged."
+        )
     if state.get("stage_index") != len(stages):
         raise InputError(
-            f"Checkpoint {path} is of unfinished training (stage {state.get('stage_index')} of {len(stages)}); "
+            f"Checkpoint {path} is of unfinished training (stage {state.get('stage_index')} of "
+            f"{len(stages)}); "
             f"finish the run with 'cdsf-bench run --resume {path.parent.parent}'."
         )
 

@@ -1,0 +1,245 @@
+"""External validation in suites: every run's selected model tested on another cohort.
+
+A suite with ``test_data = SPEC`` (and ``[test_settings]``, that cohort's ``data.*``
+settings) trains and selects every run on the suite's data as usual; after each run its
+model is applied to SPEC by ``cdsf-bench predict``'s own path
+(:func:`cdsf_bench.predict.output.predict_run`). The prediction folders mirror the run
+folders under ``external/`` (``external/[scenario/]task/replicate/method``), and their
+rows form a second table, ``external.csv``, with the columns of ``results.csv``. Every
+method of a replicate predicts the same external subjects, so the report pairs them as it
+pairs the in-split test, and it sets each method's in-split AUC beside its external one.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cdsf_bench.bench.render import Block, Figure, Heading, Paragraph, Table
+from cdsf_bench.bench.runner import result_row, results_frame
+from cdsf_bench.bench.stats import compare_replicate, interval_text, mean_sd, replicate_of
+from cdsf_bench.bench.suite import RunSpec, Suite
+from cdsf_bench.errors import InputError
+from cdsf_bench.figures import plt, save_figure
+from cdsf_bench.progress import console
+from cdsf_bench.registry import Registry
+from cdsf_bench.run_folder import METRICS
+
+#: the folder of the prediction folders, and the table of their results, in a suite folder
+EXTERNAL = "external"
+EXTERNAL_RESULTS = "external.csv"
+EXTERNAL_NOTE = (
+    "Each run's selected model (weights chosen on its validation split, threshold chosen there too) "
+    "applied once to the external cohort, preprocessed as the run's data were; nothing is tuned on it. "
+    "ΔAUC external − in-split: per replicate, the external AUC minus the in-split test AUC of the same "
+    "model (mean and 95% t-interval over replicates). Paired comparisons: DeLong's test per replicate "
+    "on the external subjects both methods predicted, as for the in-split test."
+)
+
+
+def external_name(shard: tuple[int, int] | None) -> str:
+    return EXTERNAL_RESULTS if shard is None else f"external.shard-{shard[0]}-of-{shard[1]}.csv"
+
+
+def check_external(suite: Suite, configs: list[dict], registry: Registry) -> None:
+    """Before any run: the external cohort's settings resolve for every run, and its source exists."""
+    from cdsf_bench.assemble import data_source
+    from cdsf_bench.predict.apply import source_config
+
+    for config in configs:
+        resolved = source_config(config, suite.test_data, suite.test_assignments, registry)
+        data_source(resolved["data"]["spec"], registry)
+
+
+def predict_external(spec: RunSpec, suite: Suite, registry: Registry, out: Path, run_done: bool) -> dict:
+    """The external row of one run: predicted now, read back if a resumed suite has it, or not run."""
+    from cdsf_bench.predict.output import predict_run
+
+    root = out / EXTERNAL
+    folder = root / spec.folder
+    if not run_done:
+        return result_row(spec, root, "failed", "the run did not finish, so there is no model to test")
+    if (folder / METRICS).is_file():
+        return result_row(spec, root, "done")
+    if folder.exists():  # a prediction killed before its metrics.json: redo it (inference only)
+        shutil.rmtree(folder)
+    try:
+        predict_run(
+            out / spec.folder, suite.test_data, registry, assignments=suite.test_assignments, out=folder
+        )
+    except InputError as error:
+        console.print(f"[red]external test of {spec.folder} failed:[/] {error}", highlight=False)
+        return result_row(spec, root, "failed", str(error))
+    return result_row(spec, root, "done")
+
+
+def external_frame(out: Path, suite: Suite) -> pd.DataFrame:
+    """``external.csv`` rebuilt from the prediction folders (merging shards), in the suite's order."""
+    root = Path(out) / EXTERNAL
+    rows = [
+        result_row(spec, root, "done" if (root / spec.folder / METRICS).is_file() else "missing")
+        for spec in suite.runs()
+    ]
+    return results_frame(rows)
+
+
+def copy_external(source: Path, out: Path, run_folder: str) -> None:
+    """Copy a shard's prediction folder of one run into the merged suite folder."""
+    origin, target = Path(source) / EXTERNAL / run_folder, Path(out) / EXTERNAL / run_folder
+    if origin.is_dir() and not target.exists() and origin.resolve() != target.resolve():
+        shutil.copytree(origin, target)
+
+
+# -- the report ----------------------------------------------------------------------------
+
+
+def load_external(folder: Path) -> pd.DataFrame | None:
+    """``external.csv`` of a suite folder, or None for a suite without external test data."""
+    path = Path(folder) / EXTERNAL_RESULTS
+    if not path.is_file():
+        return None
+    frame = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    frame["scenario"] = frame["scenario"].astype(object).where(frame["scenario"].notna(), "").astype(str)
+    return frame
+
+
+def external_inputs(folder: Path) -> list[str]:
+    """The external files the report reads (and an export keeps), relative to the suite folder."""
+    external = load_external(folder)
+    if external is None:
+        return []
+    done = external[external["status"] == "done"]
+    wanted = [
+        f"{EXTERNAL}/{run}/{name}" for run in done["run_folder"] for name in ("predictions.csv", METRICS)
+    ]
+    missing = [name for name in wanted if not (Path(folder) / name).is_file()]
+    if missing:
+        raise InputError(
+            f"{folder} cannot be reported: {len(missing)} external prediction file(s) are missing "
+            f"({', '.join(missing[:3])}); {EXTERNAL_RESULTS} lists them as done."
+        )
+    return [EXTERNAL_RESULTS, *wanted]
+
+
+def external_source(folder: Path) -> str:
+    """The external cohort as the suite names it: its spec and settings."""
+    from cdsf_bench.bench.header import suite_record
+
+    given = suite_record(Path(folder)).get("suite", {}).get("test_data", {})
+    settings = ", ".join(f"{key} = {value}" for key, value in given.get("settings", {}).items())
+    return f"{given.get('spec', '?')}" + (f" ({settings})" if settings else "")
+
+
+def external_blocks(
+    folder: Path, done: pd.DataFrame, methods: list[str], reference: str, scenario: str, task: str
+) -> list[Block]:
+    """The external-validation section of one (scenario, task): in-split vs external, paired tests."""
+    external = load_external(folder)
+    if external is None:
+        return []
+    external_inputs(folder)  # refuses, naming them, prediction files that are missing
+    source = external_source(folder)
+    part = external[(external["scenario"] == scenario) & (external["task"] == task)]
+    finished = part[part["status"] == "done"]
+    blocks: list[Block] = [Heading(3, f"External validation on {source}")]
+    if finished.empty:
+        return [*blocks, Paragraph("No external prediction of this task finished.")]
+    joined = done.merge(finished, on="run_folder", suffixes=("", "_external"))
+    rows = []
+    for method in methods:
+        mine = joined[joined["method"] == method]
+        if mine.empty:
+            continue
+        rows.append(
+            (
+                method,
+                str(len(mine)),
+                _span(mine["n_test_external"]),
+                mean_sd(mine["auc"]),
+                mean_sd(mine["auc_external"]),
+                interval_text(mine["auc_external"] - mine["auc"]),
+                mean_sd(mine["bacc"]),
+                mean_sd(mine["bacc_external"]),
+            )
+        )
+    columns = (
+        "method",
+        "replicates",
+        "external subjects",
+        "AUC in-split",
+        "AUC external",
+        "ΔAUC external − in-split",
+        "BACC in-split",
+        "BACC external",
+    )
+    blocks += [
+        Table(columns, tuple(rows)),
+        *_paired(folder, finished, methods, reference),
+        Paragraph(EXTERNAL_NOTE),
+    ]
+    label = f"{scenario}_{task}" if scenario else task
+    _shift_figure(joined, methods, Path(folder) / "figures" / f"{label}_external.png", task)
+    caption = f"{task}: AUC of each replicate's model on its test split and on {source}"
+    return [*blocks, Figure(f"figures/{label}_external.png", caption)]
+
+
+def _paired(folder: Path, finished: pd.DataFrame, methods: list[str], reference: str) -> list[Block]:
+    """Every method against the reference on the external subjects, replicate by replicate."""
+    runs = finished.assign(replicate=finished["run_folder"].map(replicate_of))
+    references = runs[runs["method"] == reference].set_index("replicate")
+    pairs = pd.DataFrame(
+        [
+            compare_replicate(Path(folder) / EXTERNAL, run, references.loc[run["replicate"]])
+            for _, run in runs.iterrows()
+            if run["method"] != reference and run["replicate"] in references.index
+        ]
+    )
+    rows = []
+    for method in methods:
+        part = pairs[pairs["method"] == method] if len(pairs) else pairs
+        if method == reference or part.empty:
+            continue
+        p_values = "; ".join(
+            f"{r}: {p:.3g}" if np.isfinite(p) else f"{r}: -"
+            for r, p in zip(part["replicate"], part["delong_p"], strict=True)
+        )
+        rows.append(
+            (method, str(len(part)), _span(part["n_paired"]), interval_text(part["auc_diff"]), p_values)
+        )
+    if not rows:
+        return [Paragraph(f"No paired comparison on the external cohort: {reference} has no external run.")]
+    columns = ("method", "replicates", "subjects paired", f"ΔAUC vs {reference}, external", "DeLong p")
+    return [Table(columns, tuple(rows))]
+
+
+def _span(counts: pd.Series) -> str:
+    values = counts.dropna().astype(int)
+    if values.empty:
+        return "-"
+    low, high = int(values.min()), int(values.max())
+    return str(low) if low == high else f"{low}-{high}"
+
+
+def _shift_figure(joined: pd.DataFrame, methods: list[str], path: Path, task: str) -> Path:
+    """Per method, each replicate's AUC in-split and external joined by a line."""
+    figure, axis = plt.subplots(figsize=(1.8 + 1.3 * len(methods), 3.8))
+    for x, method in enumerate(methods):
+        mine = joined[joined["method"] == method]
+        for _, run in mine.iterrows():
+            inside, outside = float(run["auc"]), float(run["auc_external"])
+            if math.isfinite(inside) and math.isfinite(outside):
+                axis.plot([x - 0.18, x + 0.18], [inside, outside], color="grey", linewidth=1, alpha=0.7)
+        axis.scatter(np.full(len(mine), x - 0.18), mine["auc"], s=18, color="tab:blue")
+        axis.scatter(np.full(len(mine), x + 0.18), mine["auc_external"], s=18, color="tab:red")
+    axis.scatter([], [], color="tab:blue", label="in-split test")
+    axis.scatter([], [], color="tab:red", label="external")
+    axis.set_xticks(range(len(methods)), methods, rotation=35, ha="right", fontsize=8)
+    axis.set(ylabel="AUC", title=f"{task}: AUC in-split and external, per replicate")
+    axis.grid(axis="y", alpha=0.3)
+    axis.legend(fontsize=8, loc="lower left")
+    figure.tight_layout()
+    return save_figure(figure, path)
