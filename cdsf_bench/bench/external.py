@@ -7,7 +7,7 @@ model is applied to SPEC by ``cdsf-bench predict``'s own path
 folders under ``external/`` (``external/[scenario/]task/replicate/method``), and their
 rows form a second table, ``external.csv``, with the columns of ``results.csv``. Every
 method of a replicate predicts the same external subjects, so the report pairs them as it
-pairs the in-split test, and it sets each method's in-split AUC beside its external one.
+pairs the in-site test, and it sets each method's in-site AUC beside its external one.
 """
 
 from __future__ import annotations
@@ -35,9 +35,11 @@ EXTERNAL_RESULTS = "external.csv"
 EXTERNAL_NOTE = (
     "Each run's selected model (weights chosen on its validation split, threshold chosen there too) "
     "applied once to the external cohort, preprocessed as the run's data were; nothing is tuned on it. "
-    "ΔAUC external − in-split: per replicate, the external AUC minus the in-split test AUC of the same "
-    "model (mean and 95% t-interval over replicates). Paired comparisons: DeLong's test per replicate "
-    "on the external subjects both methods predicted, as for the in-split test."
+    "In-site: the run's own test metrics (its test split, or its held-out phantom cohort where "
+    "evaluate.phantom_test_subjects is set). ΔAUC external − in-site: per replicate, the external AUC "
+    "minus the in-site AUC of the same model (mean and 95% t-interval over replicates). Paired "
+    "comparisons: DeLong's test per replicate on the external subjects both methods predicted, as "
+    "for the in-site test."
 )
 
 
@@ -137,7 +139,7 @@ def external_source(folder: Path) -> str:
 def external_blocks(
     folder: Path, done: pd.DataFrame, methods: list[str], reference: str, scenario: str, task: str
 ) -> list[Block]:
-    """The external-validation section of one (scenario, task): in-split vs external, paired tests."""
+    """The external-validation section of one (scenario, task): in-site vs external, paired tests."""
     external = load_external(folder)
     if external is None:
         return []
@@ -170,10 +172,10 @@ def external_blocks(
         "method",
         "replicates",
         "external subjects",
-        "AUC in-split",
+        "AUC in-site",
         "AUC external",
-        "ΔAUC external − in-split",
-        "BACC in-split",
+        "ΔAUC external − in-site",
+        "BACC in-site",
         "BACC external",
     )
     blocks += [
@@ -183,7 +185,7 @@ def external_blocks(
     ]
     label = f"{scenario}_{task}" if scenario else task
     _shift_figure(joined, methods, Path(folder) / "figures" / f"{label}_external.png", task)
-    caption = f"{task}: AUC of each replicate's model on its test split and on {source}"
+    caption = f"{task}: AUC of each replicate's model in-site and on {source}"
     return [*blocks, Figure(f"figures/{label}_external.png", caption)]
 
 
@@ -225,7 +227,7 @@ def _span(counts: pd.Series) -> str:
 
 
 def _shift_figure(joined: pd.DataFrame, methods: list[str], path: Path, task: str) -> Path:
-    """Per method, each replicate's AUC in-split and external joined by a line."""
+    """Per method, each replicate's AUC in-site and external joined by a line."""
     figure, axis = plt.subplots(figsize=(1.8 + 1.3 * len(methods), 3.8))
     for x, method in enumerate(methods):
         mine = joined[joined["method"] == method]
@@ -235,10 +237,10 @@ def _shift_figure(joined: pd.DataFrame, methods: list[str], path: Path, task: st
                 axis.plot([x - 0.18, x + 0.18], [inside, outside], color="grey", linewidth=1, alpha=0.7)
         axis.scatter(np.full(len(mine), x - 0.18), mine["auc"], s=18, color="tab:blue")
         axis.scatter(np.full(len(mine), x + 0.18), mine["auc_external"], s=18, color="tab:red")
-    axis.scatter([], [], color="tab:blue", label="in-split test")
+    axis.scatter([], [], color="tab:blue", label="in-site test")
     axis.scatter([], [], color="tab:red", label="external")
     axis.set_xticks(range(len(methods)), methods, rotation=35, ha="right", fontsize=8)
-    axis.set(ylabel="AUC", title=f"{task}: AUC in-split and external, per replicate")
+    axis.set(ylabel="AUC", title=f"{task}: AUC in-site and external, per replicate")
     axis.grid(axis="y", alpha=0.3)
     axis.legend(fontsize=8, loc="lower left")
     figure.tight_layout()
