@@ -273,6 +273,11 @@ class Coupling(ABC):
     each factory builds its module on the run's device and memory format.
     Subclasses take their own settings as keyword-only arguments with defaults; those
     are the keys a user sets with ``--set coupling.NAME=VALUE``.
+
+    A coupling may depend on the training data only through its modules' state (parameters
+    and persistent buffers) and ``context.train_pet_mean``: a finished run's checkpoint holds
+    both, and ``cdsf-bench predict`` rebuilds the coupling from its settings and that state to
+    apply it to another cohort.
     """
 
     #: whether a synthesiser is required (True), refused (False) or optional (None)

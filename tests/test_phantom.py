@@ -25,6 +25,7 @@ from cdsf_bench.data.phantom import (
     REFERENCE_REGIONS,
     REGIONS,
     SCENARIOS,
+    SITES,
     PhantomCohort,
     PhantomSettings,
     generate_phantom,
@@ -522,3 +523,60 @@ def test_latent_columns_are_read_by_scoring_only() -> None:
         and any(column in path.read_text() for column in (*LATENT_COLUMNS, "SEVERITY_COLUMNS"))
     ]
     assert offenders == []
+
+
+# -- sites: a domain shift ------------------------------------------------------------------
+
+
+def test_sites_set_their_values_and_explicit_settings_win() -> None:
+    legacy = phantom_settings({"site": "legacy"})
+    for name, value in SITES["legacy"].items():
+        assert getattr(legacy, name) == value
+    assert legacy.site == "legacy" and legacy.severity_correlation == PhantomSettings().severity_correlation
+    mixed = phantom_settings({"site": "legacy", "scenario": "independent", "mri_noise": 0.02})
+    assert mixed.mri_noise == 0.02 and mixed.pet_fwhm_mm == SITES["legacy"]["pet_fwhm_mm"]
+    assert mixed.severity_correlation == 0.0  # a site and a scenario set different settings
+    assert set(SITES["legacy"]).isdisjoint(set().union(*SCENARIOS.values()))
+    with pytest.raises(ConfigError, match="site must be one of"):
+        phantom_settings({"site": "mars"})
+    for bad in ({"mri_fwhm_mm": -1.0}, {"pet_bias_field_sd": -0.1}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            phantom_settings(bad).validate()
+
+
+def _subject(**options: object):
+    settings = phantom_settings(options, subjects=1, resolution_mm=RESOLUTION, seed=3)
+    return next(plan_phantom(settings).subjects())
+
+
+def _high_frequency(volume: np.ndarray) -> float:
+    return float(np.abs(np.diff(volume, axis=0)).mean())
+
+
+def test_mri_resolution_blurs_the_mri_and_touches_nothing_else() -> None:
+    plain, blurred = _subject(), _subject(mri_fwhm_mm=8.0, mri_noise=0.0)
+    noiseless = _subject(mri_noise=0.0)
+    assert _high_frequency(blurred.mri) < 0.8 * _high_frequency(noiseless.mri)
+    np.testing.assert_array_equal(blurred.pet, plain.pet)  # no random draw moved
+    assert blurred.row == plain.row
+    assert np.isclose(blurred.mri.mean(), noiseless.mri.mean(), rtol=0.02)  # a blur keeps the mean
+
+
+def test_the_pet_bias_field_comes_from_its_own_stream() -> None:
+    plain, biased = _subject(), _subject(pet_bias_field_sd=0.1)
+    np.testing.assert_array_equal(biased.mri, plain.mri)  # the subject's own draws are untouched
+    assert biased.row == plain.row
+    ratio = biased.pet[plain.pet > 0.5] / plain.pet[plain.pet > 0.5]
+    assert 0.03 < float(np.std(np.log(ratio))) < 0.3  # a smooth field of about that sd
+    again = _subject(pet_bias_field_sd=0.1)
+    np.testing.assert_array_equal(again.pet, biased.pet)  # deterministic in the settings
+
+
+def test_the_legacy_site_is_an_older_cohort_with_the_same_diagnoses() -> None:
+    def participants(options: dict) -> pd.DataFrame:
+        plan = plan_phantom(phantom_settings(options, subjects=20, resolution_mm=8.0))
+        return plan.participants([subject.row for subject in plan.subjects()])
+
+    legacy, default = participants({"site": "legacy"}), participants({})
+    assert legacy["age"].mean() > default["age"].mean() + 2.5
+    assert (legacy["diagnosis"] == default["diagnosis"]).all()  # drawn alike: the site changes no diagnosis

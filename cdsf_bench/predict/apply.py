@@ -40,9 +40,14 @@ HELD_OUT = "held_out"
 
 
 def source_config(base: dict[str, Any], spec: str, assignments: tuple[str, ...], registry: Registry) -> dict:
-    """The run's configuration reading the cohort ``spec`` with the data ``assignments`` on top."""
+    """The run's configuration reading the cohort ``spec`` with the data ``assignments`` on top.
+
+    The run's own held-out phantom cohort (``evaluate.phantom_test_subjects``) is no part of
+    a prediction: the cohort predicted is ``spec``, phantom or not.
+    """
     check_data_assignments(assignments, "--set")
-    return cfg.resolve(registry, None, assignments, flags={"data.spec": spec}, base=base)
+    flags = {"data.spec": spec, "evaluate.phantom_test_subjects": 0}
+    return cfg.resolve(registry, None, assignments, flags=flags, base=base)
 
 
 def held_out_config(config: dict[str, Any]) -> dict[str, Any]:
