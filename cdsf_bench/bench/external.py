@@ -21,7 +21,7 @@ import pandas as pd
 
 from cdsf_bench.bench.render import Block, Figure, Heading, Paragraph, Table
 from cdsf_bench.bench.runner import result_row, results_frame
-from cdsf_bench.bench.stats import compare_replicate, interval_text, mean_sd, replicate_of
+from cdsf_bench.bench.stats import interval_text, mean_sd
 from cdsf_bench.bench.suite import RunSpec, Suite
 from cdsf_bench.errors import InputError
 from cdsf_bench.figures import plt, save_figure
@@ -37,9 +37,8 @@ EXTERNAL_NOTE = (
     "applied once to the external cohort, preprocessed as the run's data were; nothing is tuned on it. "
     "In-site: the run's own test metrics (its test split, or its held-out phantom cohort where "
     "evaluate.phantom_test_subjects is set). ΔAUC external − in-site: per replicate, the external AUC "
-    "minus the in-site AUC of the same model (mean and 95% t-interval over replicates). Paired "
-    "comparisons: DeLong's test per replicate on the external subjects both methods predicted, as "
-    "for the in-site test."
+    "minus the in-site AUC of the same model (mean and 95% t-interval over replicates). The paired "
+    "comparisons below are those of the in-site test, on the external subjects both methods predicted."
 )
 
 
@@ -136,94 +135,59 @@ def external_source(folder: Path) -> str:
     return f"{given.get('spec', '?')}" + (f" ({settings})" if settings else "")
 
 
-def external_blocks(
-    folder: Path, done: pd.DataFrame, methods: list[str], reference: str, scenario: str, task: str
-) -> list[Block]:
-    """The external-validation section of one (scenario, task): in-site vs external, paired tests."""
+def external_runs(folder: Path, scenario: str, task: str) -> pd.DataFrame | None:
+    """The finished external predictions of one (scenario, task); None without ``test_data``."""
     external = load_external(folder)
     if external is None:
-        return []
+        return None
     external_inputs(folder)  # refuses, naming them, prediction files that are missing
-    source = external_source(folder)
     part = external[(external["scenario"] == scenario) & (external["task"] == task)]
-    finished = part[part["status"] == "done"]
-    blocks: list[Block] = [Heading(3, f"External validation on {source}")]
-    if finished.empty:
-        return [*blocks, Paragraph("No external prediction of this task finished.")]
-    joined = done.merge(finished, on="run_folder", suffixes=("", "_external"))
-    rows = []
-    for method in methods:
-        mine = joined[joined["method"] == method]
-        if mine.empty:
-            continue
-        rows.append(
-            (
-                method,
-                str(len(mine)),
-                _span(mine["n_test_external"]),
-                mean_sd(mine["auc"]),
-                mean_sd(mine["auc_external"]),
-                interval_text(mine["auc_external"] - mine["auc"]),
-                mean_sd(mine["bacc"]),
-                mean_sd(mine["bacc_external"]),
-            )
+    return part[part["status"] == "done"]
+
+
+def shift_blocks(
+    folder: Path, done: pd.DataFrame, external: pd.DataFrame, methods: list[str], label: str, task: str
+) -> list[Block]:
+    """Heading, each method's in-site against external AUC and BACC, and the figure.
+
+    The report follows these with its paired comparisons on the external subjects.
+    """
+    source = external_source(folder)
+    if external.empty:
+        return [Heading(3, f"External validation on {source}"), Paragraph("No external prediction finished.")]
+    subjects = int(external["n_test"].max())
+    joined = done.merge(external, on="run_folder", suffixes=("", "_external"))
+    rows = [
+        (
+            method,
+            str(len(mine)),
+            mean_sd(mine["auc"]),
+            mean_sd(mine["auc_external"]),
+            interval_text(mine["auc_external"] - mine["auc"]),
+            mean_sd(mine["bacc"]),
+            mean_sd(mine["bacc_external"]),
         )
+        for method in methods
+        if not (mine := joined[joined["method"] == method]).empty
+    ]
     columns = (
         "method",
         "replicates",
-        "external subjects",
         "AUC in-site",
         "AUC external",
         "ΔAUC external − in-site",
         "BACC in-site",
         "BACC external",
     )
-    blocks += [
-        Table(columns, tuple(rows)),
-        *_paired(folder, finished, methods, reference),
-        Paragraph(EXTERNAL_NOTE),
-    ]
-    label = f"{scenario}_{task}" if scenario else task
     _shift_figure(joined, methods, Path(folder) / "figures" / f"{label}_external.png", task)
-    caption = f"{task}: AUC of each replicate's model in-site and on {source}"
-    return [*blocks, Figure(f"figures/{label}_external.png", caption)]
-
-
-def _paired(folder: Path, finished: pd.DataFrame, methods: list[str], reference: str) -> list[Block]:
-    """Every method against the reference on the external subjects, replicate by replicate."""
-    runs = finished.assign(replicate=finished["run_folder"].map(replicate_of))
-    references = runs[runs["method"] == reference].set_index("replicate")
-    pairs = pd.DataFrame(
-        [
-            compare_replicate(Path(folder) / EXTERNAL, run, references.loc[run["replicate"]])
-            for _, run in runs.iterrows()
-            if run["method"] != reference and run["replicate"] in references.index
-        ]
-    )
-    rows = []
-    for method in methods:
-        part = pairs[pairs["method"] == method] if len(pairs) else pairs
-        if method == reference or part.empty:
-            continue
-        p_values = "; ".join(
-            f"{r}: {p:.3g}" if np.isfinite(p) else f"{r}: -"
-            for r, p in zip(part["replicate"], part["delong_p"], strict=True)
-        )
-        rows.append(
-            (method, str(len(part)), _span(part["n_paired"]), interval_text(part["auc_diff"]), p_values)
-        )
-    if not rows:
-        return [Paragraph(f"No paired comparison on the external cohort: {reference} has no external run.")]
-    columns = ("method", "replicates", "subjects paired", f"ΔAUC vs {reference}, external", "DeLong p")
-    return [Table(columns, tuple(rows))]
-
-
-def _span(counts: pd.Series) -> str:
-    values = counts.dropna().astype(int)
-    if values.empty:
-        return "-"
-    low, high = int(values.min()), int(values.max())
-    return str(low) if low == high else f"{low}-{high}"
+    return [
+        Heading(3, f"External validation on {source}: up to {subjects} subjects per model"),
+        Table(columns, tuple(rows)),
+        Paragraph(EXTERNAL_NOTE),
+        Figure(
+            f"figures/{label}_external.png", f"{task}: AUC of each replicate's model in-site and on {source}"
+        ),
+    ]
 
 
 def _shift_figure(joined: pd.DataFrame, methods: list[str], path: Path, task: str) -> Path:

@@ -31,7 +31,7 @@ from cdsf_bench.bench.checks import (
     checks_from_canonical,
     evaluate_checks,
 )
-from cdsf_bench.bench.external import external_blocks, external_inputs
+from cdsf_bench.bench.external import EXTERNAL, external_inputs, external_runs, shift_blocks
 from cdsf_bench.bench.figures import pooled_roc, strip_plot, synthesis_bars
 from cdsf_bench.bench.header import ENVIRONMENT, header_blocks, suite_record
 from cdsf_bench.bench.render import Block, Figure, Heading, Paragraph, Table, to_html, to_markdown
@@ -336,8 +336,14 @@ def build_report(
         all_pairs.append(paired.assign(scenario=scenario) if scenario and len(paired) else paired)
         blocks += _summary_tables(task_done, methods)
         blocks += _comparison_table(paired, methods, reference)
-        blocks += _figures(folder, f"{scenario}_{task}" if scenario else task, task_done, methods)
-        blocks += external_blocks(folder, task_done, methods, reference, scenario, task)
+        label = f"{scenario}_{task}" if scenario else task
+        blocks += _figures(folder, label, task_done, methods)
+        external = external_runs(folder, scenario, task)
+        if external is not None:  # the suite's test_data: the same tables on the external cohort
+            blocks += shift_blocks(folder, task_done, external, methods, label, task)
+            if len(external):
+                paired = comparisons(folder / EXTERNAL, external, reference)
+                blocks += _comparison_table(paired, methods, reference)
     unfinished = results[results["status"] != "done"]
     if len(unfinished):
         blocks += [
