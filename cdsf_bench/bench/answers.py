@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from cdsf_bench.bench.render import Block, Heading, Paragraph, Table
+from cdsf_bench.bench.figures import answers_plot
+from cdsf_bench.bench.render import Block, Figure, Heading, Paragraph, Table
 from cdsf_bench.bench.stats import POWER, holm, minimal_detectable_difference, t_interval
 from cdsf_bench.bench.suite import PER_REPLICATE
 
@@ -195,6 +197,29 @@ def answers_blocks(
         )
     )
     return blocks
+
+
+def answers_figure(found: list[Answer], folder: Path, reference: str) -> list[Block]:
+    """The answers as intervals beside their MDD (figures/answers.png); nothing to draw without
+    an answered comparison."""
+    answered = [a for a in found if a.replicates >= 2 and np.isfinite(a.low)]
+    if not answered:
+        return []
+    several = len({(a.scenario, a.task) for a in answered}) > 1
+    rows = [
+        (
+            f"{f'{a.scenario} {a.task}: ' if several else ''}{a.method}, {ANSWERED[a.metric]}",
+            a.estimate,
+            a.low,
+            a.high,
+            a.mdd,
+            a.verdict(reference),
+        )
+        for a in answered
+    ]
+    answers_plot(rows, folder / "figures" / "answers.png", reference)
+    caption = f"Each comparison with {reference}: the difference and its 95% interval; grey, ±MDD"
+    return [Figure("figures/answers.png", caption)]
 
 
 def answers_frame(found: list[Answer], reference: str) -> pd.DataFrame:

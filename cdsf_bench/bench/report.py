@@ -26,7 +26,14 @@ import numpy as np
 import pandas as pd
 from rich.table import Table as RichTable
 
-from cdsf_bench.bench.answers import Design, answers, answers_blocks, answers_frame, design_of
+from cdsf_bench.bench.answers import (
+    Design,
+    answers,
+    answers_blocks,
+    answers_figure,
+    answers_frame,
+    design_of,
+)
 from cdsf_bench.bench.checks import (
     CheckOutcome,
     checks_blocks,
@@ -365,7 +372,7 @@ def build_report(
     all_pairs = [p.assign(scenario=s) if s and len(p) else p for (s, _), p in paired_of.items()]
     pairs = pd.concat(all_pairs, ignore_index=True) if all_pairs else pd.DataFrame()
     found = answers(pairs, designs)
-    blocks += answers_blocks(found, designs, reference)
+    blocks += answers_blocks(found, designs, reference) + answers_figure(found, Path(folder), reference)
     for scenario, task in groups(results):
         task_done = _in_group(done, scenario, task)
         methods = method_order(_in_group(results, scenario, task))
