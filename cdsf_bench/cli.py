@@ -365,10 +365,10 @@ def data_check(
     sys.exit(2)
 
 
-# suite commands (cdsf_bench/bench/commands.py): bench, merge, report, export, regress
-from cdsf_bench.bench.commands import bench, export, merge, regress, report  # noqa: E402
+# suite commands (cdsf_bench/bench/commands.py): bench, merge, report, export, regress, power
+from cdsf_bench.bench.commands import bench, export, merge, power, regress, report  # noqa: E402
 
-for _command in (bench, merge, report, export, regress):
+for _command in (bench, merge, report, export, regress, power):
     main.add_command(_command)
 
 

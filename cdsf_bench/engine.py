@@ -131,6 +131,7 @@ def evaluate(
         threshold=threshold,
         bootstrap=bootstrap,
         seed=seed,
+        has_pet=table["has_pet"].to_numpy(bool),
     )
     scored = [{key: r[f"synth_{key}"] for key in SYNTHESIS_KEYS} for r in records if "synth_mae" in r]
     synthesis = mean_synthesis(scored)
@@ -189,6 +190,7 @@ def _batch_records(
             "label": int(labels[i]),
             "probability": float(probability[i]),
             "pet_source": prediction.pet_source[i],
+            "has_pet": int(has_pet[i]),  # acquired PET (1) or not (0): the report's subgroups
         }
         if synthetic is not None and truth is not None:
             if withheld_known or has_pet[i]:

@@ -25,7 +25,27 @@ from scipy import stats
 from skimage.metrics import structural_similarity
 from sklearn import metrics as skm
 
-DIAGNOSIS_KEYS = ("acc", "bacc", "sen", "spe", "f1", "auc", "auc_ci_low", "auc_ci_high", "mcc")
+#: Calibration of the predicted probability of the positive class: the Brier score
+#: (scikit-learn) and the expected calibration error over ECE_BINS equal-width bins.
+CALIBRATION_KEYS = ("brier", "ece")
+#: AUC and balanced accuracy on the test subjects with acquired PET and on those without
+#: (where imputation methods differ from each other; NaN where a subgroup lacks a class).
+SUBGROUP_KEYS = ("auc_with_pet", "bacc_with_pet", "auc_without_pet", "bacc_without_pet")
+DIAGNOSIS_KEYS = (
+    "acc",
+    "bacc",
+    "sen",
+    "spe",
+    "f1",
+    "auc",
+    "auc_ci_low",
+    "auc_ci_high",
+    "mcc",
+    *CALIBRATION_KEYS,
+    *SUBGROUP_KEYS,
+)
+#: bins of [0, 1] for the expected calibration error: [0, 0.1), [0.1, 0.2), ..., [0.9, 1]
+ECE_BINS = 10
 SYNTHESIS_KEYS = ("psnr", "ssim", "mae")
 #: Disease-specific synthesis metrics (metrics.json "synthesis" section, results.csv):
 #: roi_mae, the mean absolute error of regional uptake over subjects and regions; roi_r,
@@ -41,6 +61,7 @@ MIN_CORRELATION_SUBJECTS = 4
 #: whether a larger value of a metric is better (selection, regression, reports)
 HIGHER_IS_BETTER = {
     **dict.fromkeys(DIAGNOSIS_KEYS, True),
+    **dict.fromkeys(CALIBRATION_KEYS, False),
     "psnr": True,
     "ssim": True,
     "mae": False,
@@ -58,8 +79,11 @@ def diagnosis_metrics(
     threshold: float = 0.5,
     bootstrap: int = 1000,
     seed: int = 0,
+    has_pet: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """ACC, balanced ACC, sensitivity, specificity, F1, AUC with bootstrap CI, MCC."""
+    """ACC, balanced ACC, sensitivity, specificity, F1, AUC with bootstrap CI, MCC, the
+    calibration (Brier score, ECE) and, given ``has_pet`` (acquired PET per subject), AUC
+    and balanced accuracy of the subjects with and without acquired PET (NaN without it)."""
     labels = np.asarray(labels, dtype=int)
     probability = np.asarray(probability, dtype=float)
     predicted = (probability >= threshold).astype(int)
@@ -75,7 +99,48 @@ def diagnosis_metrics(
     }
     low, high = auc_interval(labels, probability, bootstrap, seed) if both and bootstrap else (math.nan,) * 2
     out["auc_ci_low"], out["auc_ci_high"] = low, high
+    out["brier"] = skm.brier_score_loss(labels, probability, pos_label=1)
+    out["ece"] = expected_calibration_error(labels, probability)
+    out.update(subgroup_metrics(labels, probability, predicted, has_pet))
     return {key: float(out[key]) for key in DIAGNOSIS_KEYS}
+
+
+def expected_calibration_error(labels: np.ndarray, probability: np.ndarray, bins: int = ECE_BINS) -> float:
+    """Expected calibration error of the probability of the positive class.
+
+    The unit interval is cut into ``bins`` equal-width bins ([0, 1/bins), ..., the last one
+    closed at 1); in each non-empty bin the mean predicted probability is compared with the
+    fraction of positives, and the absolute gaps are averaged with the bins' shares of the
+    subjects as weights: ECE = sum_b (n_b / n) |mean(y in b) - mean(p in b)|. 0 for a
+    perfectly calibrated model; it depends on the binning, hence the fixed bins.
+    """
+    labels = np.asarray(labels, dtype=float)
+    probability = np.asarray(probability, dtype=float)
+    if len(labels) == 0:
+        return math.nan
+    which = np.clip(np.floor(probability * bins).astype(int), 0, bins - 1)
+    # (n_b / n) |positives_b / n_b - predicted_b / n_b| = |positives_b - predicted_b| / n
+    positives = np.bincount(which, weights=labels, minlength=bins)
+    predicted = np.bincount(which, weights=probability, minlength=bins)
+    return float(np.abs(positives - predicted).sum() / len(labels))
+
+
+def subgroup_metrics(
+    labels: np.ndarray, probability: np.ndarray, predicted: np.ndarray, has_pet: np.ndarray | None
+) -> dict[str, float]:
+    """AUC and balanced accuracy (scikit-learn) of the subjects with and without acquired PET.
+
+    NaN for a subgroup that is empty or has one class, and for both without ``has_pet``.
+    """
+    out = dict.fromkeys(SUBGROUP_KEYS, math.nan)
+    if has_pet is None:
+        return out
+    acquired = np.asarray(has_pet, dtype=bool)
+    for suffix, rows in (("with_pet", acquired), ("without_pet", ~acquired)):
+        if len(np.unique(labels[rows])) == 2:
+            out[f"auc_{suffix}"] = skm.roc_auc_score(labels[rows], probability[rows])
+            out[f"bacc_{suffix}"] = skm.balanced_accuracy_score(labels[rows], predicted[rows])
+    return out
 
 
 def youden_threshold(labels: np.ndarray, probability: np.ndarray) -> float:

@@ -29,6 +29,7 @@ from cdsf_bench.config import RunConfig
 from cdsf_bench.data.conventions import TASKS
 from cdsf_bench.data.nifti import to_native
 from cdsf_bench.data.pipeline import DevicePipeline
+from cdsf_bench.data.sources import PhantomSource
 from cdsf_bench.data.splits import check_no_leak, make_splits
 from cdsf_bench.engine import Evaluation, Trainer, evaluate
 from cdsf_bench.figures import learning_curves, roc_figure, slice_montage
@@ -145,6 +146,9 @@ def _execute(
         {
             "source": source_name,
             "description": cohort.source,
+            # the cohort's own seed (a suite's replicate seed unless it pins one); None: not the phantom
+            "phantom_seed": run.data.phantom_seed if source_name == PhantomSource.name else None,
+            "split": {"seed": run.seed, "folds": split.folds, "fold": split.fold if split.folds else None},
             "shape": list(cohort.shape),
             "affine": np.asarray(cohort.affine).tolist(),
             "subjects": {name: int(len(splits.rows(name))) for name in ("train", "val", "test")},

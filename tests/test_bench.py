@@ -155,6 +155,29 @@ def test_bench_writes_results_and_report(suite_run):
     assert recorded["name"] == "tiny" and len(recorded["hash"]) == 64
 
 
+def test_replicates_draw_their_own_cohorts_and_the_report_answers(suite_run):
+    """Each seed's runs read its own phantom cohort (data.json); the report answers every
+    comparison (design, Holm, MDD, verdict) and shows calibration and the PET subgroups."""
+    for seed in (0, 1):
+        data = json.loads((suite_run / f"ad_cn/seed-{seed}/cdsf/data.json").read_text())
+        assert data["phantom_seed"] == seed and f"seed {seed})" in data["description"]
+        assert data["split"] == {"seed": seed, "folds": 0, "fold": None}
+    results = pd.read_csv(suite_run / "results.csv")
+    assert results[["n_train", "n_val", "brier", "ece"]].notna().all().all()
+    predictions = pd.read_csv(suite_run / "ad_cn/seed-0/cdsf/predictions.csv")
+    assert set(predictions["has_pet"]) <= {0, 1}
+    text = (suite_run / "report.md").read_text()
+    assert "## Answers: each method against CDSF" in text
+    assert "2 replicates, each its own cohort and split: independent" in text
+    assert "Calibration and PET subgroups" in text and "auc_without_pet" in text
+    answered = pd.read_csv(suite_run / "answers.csv")
+    assert list(answered["metric"]) == ["auc", "bacc"] and answered["replicates"].le(2).all()
+    # three test subjects: DeLong may not be computable, and then the AUC is not answered
+    assert (
+        answered["verdict"].str.match("(better|worse) than CDSF|no difference detectable|not answered").all()
+    )
+
+
 def test_resume_skips_finished_runs(suite_run, suite_file):
     stamps = {p: p.stat().st_mtime_ns for p in suite_run.glob("*/*/*/metrics.json")}
     assert len(stamps) == 4

@@ -154,8 +154,9 @@ class CheckOutcome:
     detail: str = ""
 
 
-def _check_outcome(folder: Path, done: pd.DataFrame, check: Check) -> CheckOutcome:
-    """Evaluate one check on the finished runs of its scenario and task."""
+def _check_outcome(folder: Path, done: pd.DataFrame, check: Check, ratio: float) -> CheckOutcome:
+    """Evaluate one check on the finished runs of its scenario and task (``ratio``: the
+    design's overlap correction of the t interval, :mod:`cdsf_bench.bench.answers`)."""
     runs = done[(done["scenario"] == check.scenario) & (done["task"] == check.task)].assign(
         replicate=lambda frame: frame["run_folder"].map(replicate_of)
     )
@@ -170,14 +171,13 @@ def _check_outcome(folder: Path, done: pd.DataFrame, check: Check) -> CheckOutco
             if run["replicate"] in references.index
         ]
         differences = pd.Series([pair[f"{check.metric}_diff"] for pair in pairs], dtype=float)
-        interval = t_interval(differences.to_numpy())
+        interval = t_interval(differences.to_numpy(), test_train_ratio=ratio)
+        text = interval_text(differences, ratio)
         if interval.n < 2:
-            return CheckOutcome(
-                check, interval_text(differences), "not evaluated", "an interval needs two paired replicates"
-            )
+            return CheckOutcome(check, text, "not evaluated", "an interval needs two paired replicates")
         beats = interval.low > 0
         passed = beats if check.kind == "beats" else not beats
-        return CheckOutcome(check, f"Δ{check.metric.upper()} {interval_text(differences)}", _verdict(passed))
+        return CheckOutcome(check, f"Δ{check.metric.upper()} {text}", _verdict(passed))
     if check.metric not in mine.columns:
         return CheckOutcome(check, "-", "not evaluated", f"results.csv has no column {check.metric}")
     values = mine[check.metric].astype(float).dropna()
@@ -197,10 +197,23 @@ def _verdict(passed: bool) -> str:
     return "pass" if passed else "fail"
 
 
-def evaluate_checks(folder: Path, results: pd.DataFrame, checks: tuple[Check, ...]) -> list[CheckOutcome]:
-    """Every check of the suite on its finished runs (results as ``report.load_results`` reads them)."""
+def evaluate_checks(
+    folder: Path,
+    results: pd.DataFrame,
+    checks: tuple[Check, ...],
+    ratios: dict[tuple[str, str], float] | None = None,
+) -> list[CheckOutcome]:
+    """Every check of the suite on its finished runs (results as ``report.load_results`` reads them).
+
+    ``ratios``: per (scenario, task), the n_test / n_train that corrects the t interval of
+    replicates sharing one cohort; missing (an older folder, independent cohorts): 0.
+    """
     done = results[results["status"] == "done"]
-    return [_check_outcome(Path(folder), done, check) for check in checks]
+    ratios = ratios or {}
+    return [
+        _check_outcome(Path(folder), done, check, ratios.get((check.scenario, check.task), 0.0))
+        for check in checks
+    ]
 
 
 def _expectation(check: Check) -> str:

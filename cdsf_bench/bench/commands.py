@@ -1,14 +1,15 @@
-"""Commands for suites: ``bench``, ``merge``, ``report``, ``export`` and ``regress``.
+"""Commands for suites: ``bench``, ``merge``, ``report``, ``export``, ``regress`` and ``power``.
 
 They are registered on the main ``cdsf-bench`` group in :mod:`cdsf_bench.cli`; the work is
-done in :mod:`cdsf_bench.bench.runner`, :mod:`cdsf_bench.bench.report` and
-:mod:`cdsf_bench.bench.regress` and :mod:`cdsf_bench.bench.export`.
+done in :mod:`cdsf_bench.bench.runner`, :mod:`cdsf_bench.bench.report`,
+:mod:`cdsf_bench.bench.regress`, :mod:`cdsf_bench.bench.export` and :mod:`cdsf_bench.bench.sizing`.
 """
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.table import Table
@@ -17,6 +18,9 @@ from cdsf_bench.errors import InputError
 from cdsf_bench.interfaces import Method
 from cdsf_bench.progress import console
 from cdsf_bench.registry import Registry
+
+if TYPE_CHECKING:
+    from cdsf_bench.bench.sizing import Components
 
 FORMAT_CHOICES = {"md": ("md",), "html": ("html",), "both": ("md", "html")}
 
@@ -143,6 +147,85 @@ def regress(results: Path, baseline: Path, update: bool, as_json_flag: bool) -> 
             console.print(f"[green]updated[/] {baseline} from {current.source}")
     if not update and not rg.passed(checks):
         sys.exit(1)
+
+
+@click.command()
+@click.argument("folder", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--half-width", type=float, default=0.05, show_default=True, help="Target ΔAUC half-width.")
+@click.option("--reference", help="Method the others are compared with (default as in report).")
+@click.option("--max-replicates", type=click.IntRange(2, 100), default=10, show_default=True)
+@click.option(
+    "--test-subjects",
+    type=click.IntRange(2, None),
+    help="Also predict the half-width and MDD at this many test subjects of the task per replicate.",
+)
+def power(
+    folder: Path, half_width: float, reference: str | None, max_replicates: int, test_subjects: int | None
+) -> None:
+    """Size a suite from the finished suite FOLDER: replicates and test subjects for a ΔAUC half-width.
+
+    From each comparison's replicate ΔAUCs and DeLong variances: the training and the
+    test-sampling variance, then per number of independent replicates the fewest test
+    subjects (of the task, per replicate) whose paired 95% interval reaches --half-width.
+    """
+    from cdsf_bench.bench.report import choose_reference, comparisons, groups, load_results
+    from cdsf_bench.bench.sizing import components, plan
+    from cdsf_bench.registry import default_registry
+
+    if not 0 < half_width < 1:
+        raise InputError(f"--half-width must be in (0, 1), got {half_width}.")
+    results = load_results(folder)
+    done = results[results["status"] == "done"]
+    reference = choose_reference(results, reference, default_method(default_registry()))
+    for scenario, task in groups(results):
+        part = done[(done["scenario"] == scenario) & (done["task"] == task)]
+        label = f"{scenario + ' ' if scenario else ''}{task}"
+        parts = components(comparisons(folder, part, reference)) if len(part) else []
+        if not parts:
+            console.print(f"{label}: no method has two paired replicates against {reference}")
+            continue
+        table = Table(title=f"{label}: ΔAUC against {reference}, variance per replicate")
+        for column in ("method", "replicates", "mean Δ", "observed", "DeLong (test)", "n test", "training"):
+            table.add_column(column, justify="left" if column == "method" else "right")
+        for p in parts:
+            table.add_row(
+                p.method,
+                str(p.replicates),
+                f"{p.mean_difference:+.3f}",
+                *(f"{v:.5f}" for v in (p.observed_variance, p.test_variance)),
+                f"{p.test_subjects:.0f}",
+                f"{p.training_variance:.5f}",
+            )
+        console.print(table)
+        plans = [plan(p, half_width, range(2, max_replicates + 1)) for p in parts]
+        plan_table = Table(title=f"{label}: test subjects per replicate for half-width ≤ {half_width:g}")
+        plan_table.add_column("replicates", justify="right")
+        for p in parts:
+            plan_table.add_column(f"{p.method}: n (MDD)", justify="right")
+        for row in zip(*plans, strict=True):
+            cells = [
+                "unreachable" if r.test_subjects is None else f"{r.test_subjects} ({r.mdd:.3f})" for r in row
+            ]
+            plan_table.add_row(str(row[0].replicates), *cells)
+        console.print(plan_table)
+        if test_subjects is not None:
+            at = Table(title=f"{label}: predicted half-width (MDD) at {test_subjects} test subjects")
+            at.add_column("replicates", justify="right")
+            for p in parts:
+                at.add_column(p.method, justify="right")
+            for count in range(2, max_replicates + 1):
+                at.add_row(str(count), *(predicted(p, count, test_subjects) for p in parts))
+            console.print(at)
+
+
+def predicted(parts: Components, replicates: int, test_subjects: int) -> str:
+    """``half-width (MDD)`` predicted for a design (:mod:`cdsf_bench.bench.sizing`)."""
+    from cdsf_bench.bench.sizing import half_width
+    from cdsf_bench.bench.stats import minimal_detectable_difference
+
+    sd = parts.replicate_variance(test_subjects) ** 0.5
+    width = half_width(parts, replicates, test_subjects)
+    return f"{width:.3f} ({minimal_detectable_difference(sd, replicates):.3f})"
 
 
 def default_method(registry: Registry) -> Method | None:

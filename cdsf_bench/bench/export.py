@@ -25,6 +25,7 @@ SUITE_FILES = (
     SUITE_FILE,
     "comparisons.csv",
     "checks.csv",
+    "answers.csv",
     "report.md",
     "report.html",
     "suite.toml",

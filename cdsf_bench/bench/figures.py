@@ -60,3 +60,27 @@ def synthesis_bars(done: pd.DataFrame, methods: list[str], path: Path, task: str
     figure.suptitle(f"{task}: synthesis quality (mean ± sd over replicates)", fontsize=10)
     figure.tight_layout()
     return save_figure(figure, path)
+
+
+def answers_plot(rows: list[tuple[str, float, float, float, float, str]], path: Path, reference: str) -> Path:
+    """One line per comparison: the estimate and its 95% interval, with a grey band of ±MDD.
+
+    ``rows``: (label, estimate, low, high, mdd, verdict) where verdict starts with "better",
+    "worse" or anything else (no difference detectable). A difference inside the band would
+    mostly go unseen by the design; an interval that leaves zero behind is a verdict.
+    """
+    colours = {"better": "tab:green", "worse": "tab:red"}
+    figure, axis = plt.subplots(figsize=(6.4, 0.9 + 0.42 * len(rows)))
+    for y, (_, estimate, low, high, mdd, verdict) in enumerate(reversed(rows)):
+        if np.isfinite(mdd):
+            axis.fill_betweenx([y - 0.35, y + 0.35], -mdd, mdd, color="0.88", linewidth=0)
+        colour = colours.get(verdict.split(" ")[0], "tab:blue")
+        axis.errorbar(
+            estimate, y, xerr=[[estimate - low], [high - estimate]], fmt="o", color=colour, capsize=3
+        )
+    axis.axvline(0, color="black", linewidth=0.8)
+    axis.set_yticks(range(len(rows)), [row[0] for row in reversed(rows)], fontsize=8)
+    axis.set(xlabel=f"difference vs {reference} (95% CI); grey: ±MDD at 80% power")
+    axis.grid(axis="x", alpha=0.3)
+    figure.tight_layout()
+    return save_figure(figure, path)

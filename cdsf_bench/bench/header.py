@@ -15,6 +15,7 @@ import pandas as pd
 
 from cdsf_bench.bench.render import Block, Bullets, Heading, Paragraph
 from cdsf_bench.bench.runner import SUITE_FILE
+from cdsf_bench.bench.suite import PER_REPLICATE
 
 #: a run's environment record, relative to its folder
 ENVIRONMENT = "environment.json"
@@ -80,7 +81,13 @@ def header_blocks(folder: Path, results: pd.DataFrame, done: pd.DataFrame, refer
         )
         if part
     )
-    if suite.get("folds"):
+    if suite.get("folds") and len(suite["seeds"]) > 1:
+        seeds = ", ".join(map(str, suite["seeds"]))
+        replicates = (
+            f"{len(suite['seeds'])} x {suite['folds']}-fold repeated stratified cross-validation "
+            f"(seeds {seeds}, each reshuffling the folds)"
+        )
+    elif suite.get("folds"):
         replicates = f"{suite['folds']}-fold cross-validation (seed {suite['seeds'][0]})"
     elif suite.get("seeds"):
         count = len(suite["seeds"])
@@ -90,6 +97,8 @@ def header_blocks(folder: Path, results: pd.DataFrame, done: pd.DataFrame, refer
         )
     else:
         replicates = "replicates as listed in results.csv"
+    if suite.get("cohorts") == PER_REPLICATE:
+        replicates += "; every seed draws its own phantom cohort (data.phantom_seed = the seed)"
     settings = ", ".join(f"{k} = {v}" for k, v in suite.get("settings", {}).items()) or "none"
     return [
         Heading(1, f"Benchmark report: {name}"),

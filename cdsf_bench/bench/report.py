@@ -12,7 +12,10 @@ over subjects; over replicates the mean difference gets a Student t interval.
 A suite with ``[scenarios]`` is reported scenario by scenario; a suite with ``[[checks]]``
 (expected findings written before it ran) gets a pass / fail table of them, also written
 to ``checks.csv``; a suite with ``test_data`` gets an external-validation section per task
-(:mod:`cdsf_bench.bench.external`).
+(:mod:`cdsf_bench.bench.external`). Where the runs recorded their split sizes, the report
+also answers each comparison (:mod:`cdsf_bench.bench.answers`: the design's t-test, Holm,
+the minimal detectable difference and a verdict; ``answers.csv``) and the intervals follow
+the design; an older folder renders as it was written.
 """
 
 from __future__ import annotations
@@ -24,6 +27,14 @@ import numpy as np
 import pandas as pd
 from rich.table import Table as RichTable
 
+from cdsf_bench.bench.answers import (
+    Design,
+    answers,
+    answers_blocks,
+    answers_figure,
+    answers_frame,
+    design_of,
+)
 from cdsf_bench.bench.checks import (
     CheckOutcome,
     checks_blocks,
@@ -46,7 +57,7 @@ from cdsf_bench.bench.stats import (
 )
 from cdsf_bench.errors import InputError
 from cdsf_bench.interfaces import Method
-from cdsf_bench.metrics import DISEASE_SYNTHESIS_KEYS, SYNTHESIS_KEYS
+from cdsf_bench.metrics import CALIBRATION_KEYS, DISEASE_SYNTHESIS_KEYS, SUBGROUP_KEYS, SYNTHESIS_KEYS
 from cdsf_bench.progress import console
 from cdsf_bench.results import write_csv, write_text
 
@@ -67,6 +78,21 @@ TESTS_NOTE = (
     "subjects of each class and a non-zero variance unless the AUCs are equal)."
 )
 
+#: the note under the paired comparisons of a folder with a design (see "Answers")
+DESIGN_TESTS_NOTE = (
+    TESTS_NOTE.split(" Across replicates:")[0]
+    + " Across replicates: mean difference with the 95% interval of the design's t-test (see "
+    "Answers, where the p-values are also Holm-adjusted over the suite's comparisons). Differences "
+    "are method minus reference. A dash: the test cannot be computed (DeLong needs two test subjects "
+    "of each class and a non-zero variance unless the AUCs are equal)."
+)
+CALIBRATION_NOTE = (
+    "Brier score: mean squared error of the predicted probability (scikit-learn). ECE: expected "
+    "calibration error of the positive-class probability over 10 equal-width bins of [0, 1] (the "
+    "bins' share of subjects times |fraction positive - mean probability|, summed). With / without "
+    "PET: AUC and balanced accuracy of the test subjects whose PET was acquired / not acquired (where "
+    "imputation methods differ); a dash where a subgroup lacks a class or a method predicts none of it."
+)
 
 DISEASE_NOTE = (
     "Regional uptake in the posterior cingulate, precuneus and angular gyri (spheres around their "
@@ -169,6 +195,14 @@ def _summary_tables(done: pd.DataFrame, methods: list[str]) -> list[Block]:
             Heading(3, "Synthesis (PET on the [0, 1] scale, inside the brain mask; mean ± sd)"),
             Table(("method", *(k.upper() for k in SYNTHESIS_KEYS)), tuple(rows)),
         ]
+    calibration = [k for k in (*CALIBRATION_KEYS, *SUBGROUP_KEYS) if k in done.columns]
+    if calibration and done[calibration].notna().any().any():  # absent in older folders
+        rows = [(m, *(mean_sd(done.loc[done["method"] == m, k]) for k in calibration)) for m in methods]
+        blocks += [
+            Heading(3, "Calibration and PET subgroups (test split, mean ± sd over replicates)"),
+            Table(("method", *calibration), tuple(rows)),
+            Paragraph(CALIBRATION_NOTE),
+        ]
     disease = [k for k in DISEASE_SYNTHESIS_KEYS if k in done.columns]
     specific = [m for m in synthesising if done.loc[done["method"] == m, disease].notna().any().any()]
     if specific:
@@ -181,7 +215,10 @@ def _summary_tables(done: pd.DataFrame, methods: list[str]) -> list[Block]:
     return blocks
 
 
-def _comparison_table(paired: pd.DataFrame, methods: list[str], reference: str) -> list[Block]:
+def _comparison_table(
+    paired: pd.DataFrame, methods: list[str], reference: str, design: Design | None
+) -> list[Block]:
+    ratio = design.test_train_ratio if design else 0.0
     rows = []
     for method in methods:
         part = paired[paired["method"] == method] if len(paired) else paired
@@ -192,9 +229,9 @@ def _comparison_table(paired: pd.DataFrame, methods: list[str], reference: str) 
                 method,
                 str(len(part)),
                 _span(part["n_paired"]),
-                interval_text(part["auc_diff"]),
+                interval_text(part["auc_diff"], ratio),
                 _p_values(part, "delong_p"),
-                interval_text(part["bacc_diff"]),
+                interval_text(part["bacc_diff"], ratio),
                 _p_values(part, "bacc_p"),
             )
         )
@@ -212,7 +249,7 @@ def _comparison_table(paired: pd.DataFrame, methods: list[str], reference: str) 
     return [
         Heading(3, f"Paired comparisons against {reference}"),
         Table(columns, tuple(rows)),
-        Paragraph(TESTS_NOTE),
+        Paragraph(DESIGN_TESTS_NOTE if design else TESTS_NOTE),
     ]
 
 
@@ -311,8 +348,9 @@ def _figures(folder: Path, task: str, done: pd.DataFrame, methods: list[str]) ->
 
 def build_report(
     folder: Path, reference: str | None = None, default: Method | None = None
-) -> tuple[list[Block], pd.DataFrame, str, list[CheckOutcome]]:
-    """The report's blocks, the paired comparisons, the reference and the checks' outcomes.
+) -> tuple[list[Block], pd.DataFrame, str, list[CheckOutcome], pd.DataFrame]:
+    """The report's blocks, the paired comparisons, the reference, the checks' outcomes and
+    the answers (empty for a folder without a design).
 
     Draws the figures on the way.
     """
@@ -321,10 +359,23 @@ def build_report(
     require_run_files(folder, done)
     reference = choose_reference(results, reference, default)
     blocks = header_blocks(folder, results, done, reference)
-    checks = checks_from_canonical(suite_record(Path(folder)).get("suite", {}))
-    outcomes = evaluate_checks(folder, results, checks)
+    suite = suite_record(Path(folder)).get("suite", {})
+    designs: dict[tuple[str, str], Design] = {}
+    paired_of: dict[tuple[str, str], pd.DataFrame] = {}
+    for scenario, task in groups(results):
+        task_done = _in_group(done, scenario, task)
+        if len(task_done):
+            paired_of[scenario, task] = comparisons(folder, task_done, reference)
+            design = design_of(suite, task_done)
+            if design is not None:
+                designs[scenario, task] = design
+    ratios = {group: design.test_train_ratio for group, design in designs.items()}
+    outcomes = evaluate_checks(folder, results, checks_from_canonical(suite), ratios)
     blocks += checks_blocks(outcomes)
-    all_pairs = []
+    all_pairs = [p.assign(scenario=s) if s and len(p) else p for (s, _), p in paired_of.items()]
+    pairs = pd.concat(all_pairs, ignore_index=True) if all_pairs else pd.DataFrame()
+    found = answers(pairs, designs)
+    blocks += answers_blocks(found, designs, reference) + answers_figure(found, Path(folder), reference)
     for scenario, task in groups(results):
         task_done = _in_group(done, scenario, task)
         methods = method_order(_in_group(results, scenario, task))
@@ -332,10 +383,9 @@ def build_report(
         if task_done.empty:
             blocks.append(Paragraph("No run of this task finished."))
             continue
-        paired = comparisons(folder, task_done, reference)
-        all_pairs.append(paired.assign(scenario=scenario) if scenario and len(paired) else paired)
+        design = designs.get((scenario, task))
         blocks += _summary_tables(task_done, methods)
-        blocks += _comparison_table(paired, methods, reference)
+        blocks += _comparison_table(paired_of[scenario, task], methods, reference, design)
         label = f"{scenario}_{task}" if scenario else task
         blocks += _figures(folder, label, task_done, methods)
         external = external_runs(folder, scenario, task)
@@ -343,7 +393,8 @@ def build_report(
             blocks += shift_blocks(folder, task_done, external, methods, label, task)
             if len(external):
                 paired = comparisons(folder / EXTERNAL, external, reference)
-                blocks += _comparison_table(paired, methods, reference)
+                # one fixed external cohort: no resampling correction to the t-test
+                blocks += _comparison_table(paired, methods, reference, None)
     unfinished = results[results["status"] != "done"]
     if len(unfinished):
         blocks += [
@@ -355,8 +406,7 @@ def build_report(
                 ),
             ),
         ]
-    pairs = pd.concat(all_pairs, ignore_index=True) if all_pairs else pd.DataFrame()
-    return blocks, pairs, reference, outcomes
+    return blocks, pairs, reference, outcomes, answers_frame(found, reference)
 
 
 def write_report(
@@ -370,10 +420,12 @@ def write_report(
     The reference is ``reference``, else chosen by :func:`choose_reference` from ``default``.
     """
     folder = Path(folder)
-    blocks, pairs, reference, outcomes = build_report(folder, reference, default)
+    blocks, pairs, reference, outcomes, answered = build_report(folder, reference, default)
     written = [write_csv(folder / "comparisons.csv", pairs)]
     if outcomes:
         written.append(write_csv(folder / "checks.csv", checks_frame(outcomes)))
+    if len(answered):
+        written.append(write_csv(folder / "answers.csv", answered))
     title = blocks[0].text if isinstance(blocks[0], Heading) else "cdsf-bench report"
     if "md" in formats:
         written.append(write_text(folder / "report.md", to_markdown(blocks)))

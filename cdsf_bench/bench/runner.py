@@ -42,11 +42,13 @@ IDENTITY_COLUMNS = (
 )
 #: the synthesis columns: image metrics, then the disease-specific ones
 SYNTHESIS_COLUMNS = (*SYNTHESIS_KEYS, *DISEASE_SYNTHESIS_KEYS)
+#: the subjects a run tested, trained and selected on (the corrected t-test reads the ratio)
+SPLIT_SIZES = ("n_test", "n_train", "n_val")
 COLUMNS = (
     *IDENTITY_COLUMNS,
     *DIAGNOSIS_KEYS,
     *SYNTHESIS_COLUMNS,
-    "n_test",
+    *SPLIT_SIZES,
     "wall_seconds",
     "run_folder",
     "error",
@@ -85,7 +87,7 @@ def result_row(spec: RunSpec, out: Path, status: str, error: str = "") -> dict:
         "diag": spec.method.diag,
         "coupling": spec.method.coupling,
         "status": status,
-        **dict.fromkeys((*DIAGNOSIS_KEYS, *SYNTHESIS_COLUMNS, "n_test", "wall_seconds"), math.nan),
+        **dict.fromkeys((*DIAGNOSIS_KEYS, *SYNTHESIS_COLUMNS, *SPLIT_SIZES, "wall_seconds"), math.nan),
         "run_folder": spec.folder.as_posix(),
         "error": error,
     }
@@ -93,7 +95,7 @@ def result_row(spec: RunSpec, out: Path, status: str, error: str = "") -> dict:
         metrics = json.loads((folder / "metrics.json").read_text())
         row.update({k: metrics["diagnosis"].get(k) for k in DIAGNOSIS_KEYS})
         row.update({k: (metrics.get("synthesis") or {}).get(k, math.nan) for k in SYNTHESIS_COLUMNS})
-        row["n_test"] = metrics.get("n", {}).get("test")
+        row.update({f"n_{name}": metrics.get("n", {}).get(name) for name in ("test", "train", "val")})
         timing = folder / "timing.json"
         if timing.exists():
             row["wall_seconds"] = json.loads(timing.read_text()).get("wall_seconds")
@@ -104,7 +106,7 @@ def results_frame(rows: list[dict]) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=list(COLUMNS))
     # "" for a suite without scenarios (a merged shard table reads it back as missing)
     frame["scenario"] = frame["scenario"].astype(object).where(frame["scenario"].notna(), "").astype(str)
-    return frame.astype({"seed": "Int64", "fold": "Int64", "n_test": "Int64"})
+    return frame.astype({"seed": "Int64", "fold": "Int64", **dict.fromkeys(SPLIT_SIZES, "Int64")})
 
 
 def run_suite(

@@ -7,7 +7,12 @@
   AUCs, and z = (AUC_a - AUC_b) / sqrt(var_a + var_b - 2 cov_ab) is referred to N(0, 1).
 - Balanced accuracy: a paired bootstrap over subjects (both methods scored on the same
   resampled subjects, resampling within each class), seeded.
-- Across seeds or folds: the mean of the per-replicate differences with a Student t interval.
+- Across seeds or folds: the mean of the per-replicate differences with a Student t interval
+  and its p-value; when the replicates re-use one cohort (repeated hold-out or k-fold) the
+  variance is corrected for their overlap (Nadeau and Bengio, Machine Learning 2003).
+- Over a suite's comparisons: Holm's step-down adjustment (statsmodels' multipletests).
+- The design's power: the minimal difference the across-replicate test detects with 80%
+  power (statsmodels' power of the one-sample t-test, the noncentral t).
 
 :func:`compare_replicate` applies both tests to two runs of a suite folder (one replicate,
 paired by participant); the report and the checks (:mod:`cdsf_bench.bench.checks`) share it.
@@ -23,6 +28,8 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
 from scipy import stats
+from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.power import TTestPower
 
 from cdsf_bench.errors import InputError
 
@@ -133,20 +140,77 @@ class MeanInterval:
     low: float
     high: float
     n: int
+    sd: float = math.nan  # of the per-replicate values
+    p_value: float = math.nan  # two-sided, of a true mean of 0
+    test_train_ratio: float = 0.0  # the overlap correction applied (0: independent replicates)
+
+    @property
+    def half_width(self) -> float:
+        return (self.high - self.low) / 2
 
 
-def t_interval(values: np.ndarray, level: float = 0.95) -> MeanInterval:
-    """Mean of per-replicate values with a Student t interval (NaN bounds for one value)."""
+def t_interval(values: np.ndarray, level: float = 0.95, test_train_ratio: float = 0.0) -> MeanInterval:
+    """Mean of per-replicate values with a Student t interval and p-value (NaN for one value).
+
+    With ``test_train_ratio`` = n_test / n_train > 0 this is the corrected resampled t-test
+    of Nadeau and Bengio (2003): replicates that re-use one cohort share training and test
+    subjects, so their values are positively correlated and the naive variance s^2 / J of
+    their mean is too small; it is replaced by (1 / J + n_test / n_train) s^2, still with
+    J - 1 degrees of freedom (for repeated k-fold, J = repeats x folds: Bouckaert and Frank,
+    PAKDD 2004). Independent replicates (each its own cohort) take ratio 0, the plain test.
+    """
     values = np.asarray(values, dtype=float)
     values = values[np.isfinite(values)]
     n = len(values)
     if n == 0:
-        return MeanInterval(math.nan, math.nan, math.nan, 0)
+        return MeanInterval(math.nan, math.nan, math.nan, 0, test_train_ratio=test_train_ratio)
     mean = float(values.mean())
     if n == 1:
-        return MeanInterval(mean, math.nan, math.nan, 1)
-    half = float(stats.t.ppf(0.5 + level / 2, n - 1) * values.std(ddof=1) / math.sqrt(n))
-    return MeanInterval(mean, mean - half, mean + half, n)
+        return MeanInterval(mean, math.nan, math.nan, 1, test_train_ratio=test_train_ratio)
+    sd = float(values.std(ddof=1))
+    # sd * sqrt(1 + J r) / sqrt(J) = sd * sqrt(1 / J + r); written so that r = 0 is exactly sd / sqrt(J)
+    inflation = math.sqrt(1 + n * test_train_ratio)
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1) * sd * inflation / math.sqrt(n))
+    se = sd * inflation / math.sqrt(n)
+    # no spread (every replicate gave the same difference): p is 1 for a zero mean, else 0
+    p = float(2 * stats.t.sf(abs(mean) / se, n - 1)) if se > 0 else (1.0 if mean == 0 else 0.0)
+    return MeanInterval(mean, mean - half, mean + half, n, sd, p, test_train_ratio)
+
+
+def holm(p_values: ArrayLike, alpha: float = 0.05) -> np.ndarray:
+    """Holm's step-down adjusted p-values (statsmodels' multipletests) of the finite p-values;
+    NaN stays NaN and is not counted in the family."""
+    p = np.asarray(p_values, dtype=float)
+    adjusted = np.full(p.shape, math.nan)
+    finite = np.isfinite(p)
+    if finite.any():
+        adjusted[finite] = multipletests(p[finite], alpha=alpha, method="holm")[1]
+    return adjusted
+
+
+#: the power at which the minimal detectable difference is stated
+POWER = 0.8
+
+
+def minimal_detectable_difference(
+    sd: float, replicates: int, test_train_ratio: float = 0.0, *, alpha: float = 0.05, power: float = POWER
+) -> float:
+    """The smallest true mean difference the across-replicate t-test detects with ``power``.
+
+    The test (:func:`t_interval`) divides the mean of J replicate differences by its
+    standard error se = sd * sqrt(1 / J + r); under a true difference delta the statistic
+    is noncentral t with J - 1 degrees of freedom and noncentrality delta / se. statsmodels'
+    one-sample t-test power solves for the standardised effect d with noncentrality
+    d * sqrt(J) at that power and two-sided ``alpha``, so delta = d * sqrt(J) * se. NaN with
+    fewer than two replicates or no spread.
+    """
+    if replicates < 2 or not np.isfinite(sd) or sd <= 0:
+        return math.nan
+    effect = TTestPower().solve_power(
+        effect_size=None, nobs=replicates, alpha=alpha, power=power, alternative="two-sided"
+    )
+    se = sd * math.sqrt(1 / replicates + test_train_ratio)
+    return float(np.asarray(effect).item() * math.sqrt(replicates) * se)
 
 
 def mean_sd(values: pd.Series, digits: int = 3) -> str:
@@ -159,9 +223,9 @@ def mean_sd(values: pd.Series, digits: int = 3) -> str:
     return f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f}"
 
 
-def interval_text(values: pd.Series) -> str:
+def interval_text(values: pd.Series, test_train_ratio: float = 0.0) -> str:
     """The mean of per-replicate differences with its 95% t interval, signed ("-" for none)."""
-    result = t_interval(values.to_numpy())
+    result = t_interval(values.to_numpy(), test_train_ratio=test_train_ratio)
     if result.n == 0:
         return "-"
     if result.n == 1:
@@ -196,9 +260,14 @@ def compare_replicate(folder: Path, run: pd.Series, reference: pd.Series) -> dic
     }
     try:
         delong = delong_test(labels, paired["probability"], paired["probability_ref"])
-        out.update(auc_diff=delong.difference, delong_z=delong.z, delong_p=delong.p_value)
+        out.update(
+            auc_diff=delong.difference,
+            auc_diff_var=delong.variance,
+            delong_z=delong.z,
+            delong_p=delong.p_value,
+        )
     except ValueError:
-        out.update(auc_diff=math.nan, delong_z=math.nan, delong_p=math.nan)
+        out.update(auc_diff=math.nan, auc_diff_var=math.nan, delong_z=math.nan, delong_p=math.nan)
     try:
         boot = paired_bootstrap_bacc(
             labels,

@@ -6,6 +6,13 @@ assignments, so a run of a suite is exactly the run ``cdsf-bench run --set ...``
 All methods of one seed (or fold) share that seed, and the core derives the split and the
 batch order from it: comparisons between methods are paired by construction.
 
+Replicates are seeds (one hold-out split each) or folds: ``folds = k`` with one ``seed`` is
+one stratified k-fold, with several ``seeds`` a repeated k-fold (each seed reshuffles the
+folds). On the phantom each replicate seed also draws its own cohort (``data.phantom_seed``
+follows the seed), so hold-out replicates are independent and the report can use the plain
+paired t-test across them; a suite that pins ``data.phantom_seed`` in ``[settings]`` keeps
+one shared cohort, like real data, and the report corrects for the overlap (Nadeau-Bengio).
+
 A suite's hash (sha256 of its normalised content) identifies it across shards: shards of a
 suite may be run anywhere and merged only with shards of the same suite.
 
@@ -65,6 +72,10 @@ SUITE_OWNED = {
     "method.coupling": "the method's coupling",
 }
 DEFAULT_SEEDS = (0, 1, 2)
+#: the setting that chooses the phantom's cohort; a suite may pin it in [settings] only
+COHORT_SEED = "data.phantom_seed"
+#: how the replicates' cohorts relate: each seed draws its own, or all share one
+PER_REPLICATE, SHARED = "per-replicate", "shared"
 
 
 @dataclass(frozen=True)
@@ -94,11 +105,15 @@ class RunSpec:
     method: MethodSpec
     assignments: tuple[str, ...]
     scenario: str = ""
+    repeated: bool = False  # a fold of a repeated k-fold (several seeds)
 
     @property
     def replicate(self) -> str:
-        """``seed-N`` or ``fold-N``: what distinguishes runs of one method and task."""
-        return f"seed-{self.seed}" if self.fold is None else f"fold-{self.fold}"
+        """``seed-N``, ``fold-K`` or (repeated k-fold) ``seed-N-fold-K``: what distinguishes
+        runs of one method and task."""
+        if self.fold is None:
+            return f"seed-{self.seed}"
+        return f"seed-{self.seed}-fold-{self.fold}" if self.repeated else f"fold-{self.fold}"
 
     @property
     def folder(self) -> Path:
@@ -134,6 +149,7 @@ class Suite:
     #: the cohort every run's model is also tested on (external validation), and its data settings
     test_data: str = ""
     test_settings: dict[str, Any] = field(default_factory=dict)
+    cohorts: str = SHARED  # PER_REPLICATE: each replicate seed draws its own phantom cohort
 
     @property
     def test_assignments(self) -> tuple[str, ...]:
@@ -144,11 +160,15 @@ class Suite:
         """The normalised definition (no comments or formatting): what the hash covers.
 
         Scenarios, checks and external test data appear only when given, so older suites keep
-        their hash.
+        their hash. ``cohorts`` appears only for per-replicate cohorts: a phantom suite that
+        older code ran on one shared cohort gets a new hash, so its folder is never resumed
+        with replicates of another design; everything else keeps its hash.
         """
         extra: dict[str, Any] = {}
         if self.test_data:
             extra["test_data"] = {"spec": self.test_data, "settings": self.test_settings}
+        if self.cohorts == PER_REPLICATE:
+            extra["cohorts"] = PER_REPLICATE
         if self.scenarios:
             extra["scenarios"] = [{"name": n, "settings": settings} for n, settings in self.scenarios]
         if self.checks:
@@ -179,25 +199,30 @@ class Suite:
         return hashlib.sha256(text.encode()).hexdigest()
 
     def runs(self) -> list[RunSpec]:
-        """Every run in the stable order: task, then seed or fold, then method."""
-        replicates = (
-            [(self.seeds[0], fold) for fold in range(self.folds)]
+        """Every run in the stable order: task, then seed (then fold), then method."""
+        replicates: list[tuple[int, int | None]] = (
+            [(seed, fold) for seed in self.seeds for fold in range(self.folds)]
             if self.folds
             else [(seed, None) for seed in self.seeds]
         )
+        repeated = bool(self.folds) and len(self.seeds) > 1
         out = []
         for scenario, overrides in self.scenarios or (("", {}),):
             for task in self.tasks:
                 for seed, fold in replicates:
                     for method in self.methods:
                         assignments = self._assignments(task, seed, fold, method, overrides)
-                        out.append(RunSpec(self.name, task, seed, fold, method, assignments, scenario))
+                        out.append(
+                            RunSpec(self.name, task, seed, fold, method, assignments, scenario, repeated)
+                        )
         return out
 
     def _assignments(
         self, task: str, seed: int, fold: int | None, method: MethodSpec, scenario: dict[str, Any]
     ) -> tuple[str, ...]:
         base: dict[str, Any] = {"preset": self.preset, "task": task, "data.spec": self.data, "seed": seed}
+        if self.cohorts == PER_REPLICATE:
+            base[COHORT_SEED] = seed  # this replicate's own cohort (every fold of a seed shares it)
         if fold is not None:
             base.update({"split.folds": self.folds, "split.fold": fold})
         chosen = {
@@ -252,6 +277,7 @@ def load_suite(path: Path) -> Suite:
     settings = _settings(raw.get("settings", {}), "settings", fail)
     methods = _methods(raw.get("methods"), fail)
     scenarios = _scenarios(raw.get("scenarios", {}), fail)
+    _cohort_pinned_in_settings_only(methods, scenarios, fail)
     names, scenario_names = [m.name for m in methods], [n for n, _ in scenarios]
     checks = parse_checks(raw.get("checks", []), names, tasks, scenario_names, fail)
     test_data, test_settings = _test_data(raw, fail)
@@ -269,7 +295,28 @@ def load_suite(path: Path) -> Suite:
         checks,
         test_data,
         test_settings,
+        cohort_design(data, settings),
     )
+
+
+def cohort_design(data: str, settings: dict[str, Any]) -> str:
+    """PER_REPLICATE when the data are the built-in phantom and [settings] does not pin its
+    seed: each replicate seed then draws its own cohort. SHARED otherwise (real data, a
+    phantom folder, a pinned phantom)."""
+    from cdsf_bench.data.sources import PhantomSource
+
+    return PER_REPLICATE if PhantomSource().detect(data) and COHORT_SEED not in settings else SHARED
+
+
+def _cohort_pinned_in_settings_only(methods, scenarios, fail) -> None:
+    """A method's own cohort would unpair its runs; a scenario's would mix designs in one suite."""
+    owners = [f"methods '{m.name}' settings" for m in methods if COHORT_SEED in m.settings]
+    owners += [f"scenarios.{name}" for name, settings in scenarios if COHORT_SEED in settings]
+    if owners:
+        raise fail(
+            f"'{owners[0]}' sets '{COHORT_SEED}'; the cohort is the suite's: pin it in [settings] "
+            "(one cohort for every replicate) or leave it to follow each replicate's seed."
+        )
 
 
 def suite_from_canonical(content: dict) -> Suite:
@@ -291,6 +338,7 @@ def suite_from_canonical(content: dict) -> Suite:
         checks_from_canonical(content),
         external["spec"],
         external["settings"],
+        content.get("cohorts", SHARED),  # absent: a shared cohort, as every older suite ran
     )
 
 
@@ -309,21 +357,26 @@ def _tasks(raw: dict, fail) -> tuple[str, ...]:
 
 
 def _replicates(raw: dict, fail) -> tuple[tuple[int, ...], int]:
-    """(seeds, folds): several seeds and no folds, or one seed and k folds."""
+    """(seeds, folds): seeds and no folds (repeated hold-out), one seed and k folds (k-fold),
+    or seeds and k folds (repeated k-fold: each seed reshuffles the folds)."""
+    if "seed" in raw and "seeds" in raw:
+        raise fail("give 'seed' (one k-fold) or 'seeds' (repeated), not both.")
     if "folds" in raw:
-        if "seeds" in raw:
-            raise fail(
-                "give 'seeds' (repeated hold-out splits) or 'folds' (k-fold with one 'seed'), not both."
-            )
-        folds, seed = raw["folds"], raw.get("seed", 0)
+        folds = raw["folds"]
         if not isinstance(folds, int) or isinstance(folds, bool) or folds < 2:
             raise fail(f"field 'folds' must be an integer of at least 2, got {folds!r}.")
-        if not isinstance(seed, int) or isinstance(seed, bool):
-            raise fail(f"field 'seed' must be an integer, got {seed!r}.")
-        return (seed,), folds
+        if "seeds" not in raw:
+            seed = raw.get("seed", 0)
+            if not isinstance(seed, int) or isinstance(seed, bool):
+                raise fail(f"field 'seed' must be an integer, got {seed!r}.")
+            return (seed,), folds
+        return _seeds(raw["seeds"], fail), folds
     if "seed" in raw:
         raise fail("field 'seed' goes with 'folds'; for hold-out splits list them as seeds = [...].")
-    seeds = raw.get("seeds", list(DEFAULT_SEEDS))
+    return _seeds(raw.get("seeds", list(DEFAULT_SEEDS)), fail), 0
+
+
+def _seeds(seeds: Any, fail) -> tuple[int, ...]:
     if (
         not isinstance(seeds, list)
         or not seeds
@@ -331,7 +384,7 @@ def _replicates(raw: dict, fail) -> tuple[tuple[int, ...], int]:
         or len(set(seeds)) != len(seeds)
     ):
         raise fail(f"field 'seeds' must be a non-empty list of distinct integers, got {seeds!r}.")
-    return tuple(seeds), 0
+    return tuple(seeds)
 
 
 def _settings(given: Any, where: str, fail) -> dict[str, Any]:
