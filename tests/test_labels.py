@@ -17,6 +17,7 @@ from cdsf_bench.data.check import class_problems, table_problems
 from cdsf_bench.data.labels import UNLABELLED, labelled_flags, read_labelled, training_cohort
 from cdsf_bench.data.pipeline import DevicePipeline
 from cdsf_bench.data.splits import Splits, make_splits
+from cdsf_bench.data.summary import cohort_summary
 from cdsf_bench.errors import InputError, RunFailed
 from cdsf_bench.interfaces import Cohort
 
@@ -116,6 +117,7 @@ def test_class_counts_for_the_preflight_count_labelled_subjects_only():
     assert not class_problems(table.drop(columns="labelled"), "ad_cn")
     table["split"] = ["train"] * 4 + ["val"] + ["train"] * 7
     assert any("s4: is unlabelled but its split is val" in str(p) for p in class_problems(table, "ad_cn"))
+    assert "labelled: 4 of 12 subjects" in cohort_summary(table)
 
 
 # -- splits ------------------------------------------------------------------------------------
