@@ -243,3 +243,14 @@ def test_a_label_scarce_run_keeps_unlabelled_subjects_in_training(tmp_path):
     predictions = pd.read_csv(out / "predictions.csv")
     labelled_test = splits.loc[(splits["split"] == "test") & splits["labelled"], "participant_id"]
     assert set(predictions["participant_id"]) == set(labelled_test)
+
+
+@pytest.mark.parametrize("cells", [("True", "False"), ("1", "0"), ("yes", "NO")])
+def test_a_manifests_labelled_column_reads_as_the_phantom_writes_it(tmp_path, cells: tuple[str, str]):
+    """``data phantom`` writes True / False; people write 1 / 0 or yes / no."""
+    from cdsf_bench.data.manifest import read_manifest
+
+    rows = [f"sub-{i}\tCN\tmri{i}.nii.gz\t{cells[i % 2]}" for i in range(4)]
+    (tmp_path / "m.tsv").write_text("participant_id\tdiagnosis\tmri\tlabelled\n" + "\n".join(rows) + "\n")
+    table = read_manifest(tmp_path / "m.tsv")
+    assert list(labelled_flags(table)) == [True, False, True, False]
