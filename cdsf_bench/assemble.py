@@ -13,7 +13,6 @@ import numpy as np
 import torch
 
 from cdsf_bench import config as cfg
-from cdsf_bench.data.conventions import TASKS
 from cdsf_bench.data.pipeline import DevicePipeline
 from cdsf_bench.data.sources import detect_source
 from cdsf_bench.data.splits import Splits
@@ -46,17 +45,6 @@ def load_cohort(config: dict, registry: Registry) -> tuple[Cohort, str]:
     run = cfg.RunConfig(config)
     source = data_source(run.data_spec, registry)
     return source.load(run.data_spec, run.data), source.name
-
-
-def task_subset(cohort: Cohort, task: str) -> tuple[Cohort, np.ndarray]:
-    """The subjects of the task's two classes and their binary labels (1 = positive class)."""
-    negative, positive = TASKS[task]
-    diagnosis = cohort.participants["diagnosis"].astype(str).to_numpy()
-    rows = np.flatnonzero(np.isin(diagnosis, [negative, positive]))
-    if len(rows) == 0:
-        raise InputError(f"The cohort has no {negative} or {positive} subjects for task {task}.")
-    subset = cohort.subset(rows)
-    return subset, (diagnosis[rows] == positive).astype(np.int64)
 
 
 def place(module: torch.nn.Module, device: torch.device, channels_last: bool) -> torch.nn.Module:

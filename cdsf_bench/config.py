@@ -18,6 +18,7 @@ from typing import Any
 import tomli_w
 
 from cdsf_bench.data.conventions import TASKS
+from cdsf_bench.data.labels import SYNTHESIS_SUBJECTS
 from cdsf_bench.errors import ConfigError
 from cdsf_bench.interfaces import DataSettings, Method, SelectionMetric
 from cdsf_bench.registry import Registry
@@ -32,8 +33,15 @@ DEFAULTS: dict[str, Any] = {
     "device": "auto",
     # filled from the plugins' cdsf_bench_defaults (registry.method_defaults) when resolving
     "method": {"synth": "", "diag": "", "coupling": ""},
-    # data.phantom is a table of phantom settings here, (name, value) pairs in DataSettings
-    "data": {"spec": "phantom", **{f.name: f.default for f in fields(DataSettings)}, "phantom": {}},
+    # data.phantom is a table of phantom settings here, (name, value) pairs in DataSettings;
+    # synthesis_subjects is not a source's setting (not in DataSettings, nor the cache key):
+    # which subjects train, the task's or also every other diagnosis's with PET (data/labels.py)
+    "data": {
+        "spec": "phantom",
+        **{f.name: f.default for f in fields(DataSettings)},
+        "phantom": {},
+        "synthesis_subjects": "task",
+    },
     "split": {"val": 0.2, "test": 0.2, "folds": 0, "fold": 0},
     "train": {
         "epochs": 25,
@@ -287,6 +295,11 @@ def _validate_values(config: dict) -> None:
         raise ConfigError("data.resolution_mm must be positive.")
     if not 0 <= data["missing_pet"] < 1:
         raise ConfigError("data.missing_pet must be in [0, 1).")
+    if data["synthesis_subjects"] not in SYNTHESIS_SUBJECTS:
+        raise ConfigError(
+            f"data.synthesis_subjects must be one of {', '.join(SYNTHESIS_SUBJECTS)}, "
+            f"got {data['synthesis_subjects']!r}."
+        )
     if data["max_offset_mm"] < 0:
         raise ConfigError("data.max_offset_mm must be 0 (no registration check) or a distance in mm.")
     if data["phantom"]:
@@ -421,6 +434,10 @@ class RunConfig:
     @property
     def data(self) -> DataSettings:
         return data_settings(self.raw)
+
+    @property
+    def synthesis_subjects(self) -> str:
+        return str(self.raw["data"]["synthesis_subjects"])
 
     @property
     def split(self) -> SplitSettings:

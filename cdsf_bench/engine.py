@@ -292,7 +292,7 @@ class Trainer:
         epochs_task = progress.add_task(
             f"{label} epochs", total=stage.epochs, completed=first_epoch, status=""
         )
-        n_batches = self.pipeline.n_train_batches(stage.subjects)
+        n_batches = self.pipeline.n_train_batches(stage.subjects, stage.labels)
         batch_task = progress.add_task("  batches", total=n_batches, status="")
         for epoch in range(first_epoch, stage.epochs):
             if best["stale"] is not None and patience is not None and best["stale"] > patience:
@@ -304,7 +304,7 @@ class Trainer:
                 stage.begin_epoch(epoch)
             sums: dict[str, float] = {}
             progress.reset(batch_task, total=n_batches)
-            for step, batch in enumerate(self.pipeline.train_batches(epoch, stage.subjects)):
+            for step, batch in enumerate(self.pipeline.train_batches(epoch, stage.subjects, stage.labels)):
                 losses = _to_floats(stage.step(batch))
                 for key, value in losses.items():
                     if not math.isfinite(value):

@@ -158,17 +158,39 @@ class Batch:
     ``pet`` is zero where ``has_pet`` is False. ``pet_truth`` is the PET of every subject,
     including those whose PET is "missing", and exists only where the data source knows
     it (the phantom); methods must not train on it except the oracle reference.
+    ``labelled`` is False for a training subject whose label must not be used (an
+    unlabelled subject, or one of another diagnosis than the task's, there for its PET);
+    its ``label`` is -1. Only a stage that asks for them (``TrainingStage.labels``) meets
+    such subjects; it trains them on the terms that need no label. Every subject is
+    labelled when it is not given.
     """
 
     mri: Tensor  # [B, 1, D, H, W]
     pet: Tensor  # [B, 1, D, H, W]
     has_pet: Tensor  # [B] bool
-    label: Tensor  # [B] long, 0 = negative class (CN / sMCI), 1 = positive (AD / pMCI)
+    label: Tensor  # [B] long, 0 = negative class (CN / sMCI), 1 = positive (AD / pMCI), -1 unlabelled
     index: Tensor  # [B] long, the subjects' rows in the cohort
     pet_truth: Tensor | None = None  # [B, 1, D, H, W]
+    labelled: Tensor = None  # type: ignore[assignment]  # [B] bool; every subject when not given
+
+    def __post_init__(self) -> None:
+        if self.labelled is None:
+            self.labelled = torch.ones_like(self.has_pet)
 
     def __len__(self) -> int:
         return int(self.label.shape[0])
+
+    def take(self, rows: Tensor | slice) -> Batch:
+        """The subjects ``rows`` (a slice, indices or a [B] bool mask) of this batch."""
+        return Batch(
+            mri=self.mri[rows],
+            pet=self.pet[rows],
+            has_pet=self.has_pet[rows],
+            label=self.label[rows],
+            index=self.index[rows],
+            pet_truth=None if self.pet_truth is None else self.pet_truth[rows],
+            labelled=self.labelled[rows],
+        )
 
 
 class DiagnoserOutput(NamedTuple):
@@ -209,6 +231,13 @@ class TrainingStage:
     select_on: SelectionMetric = "auc"
     subjects: Literal["all", "with_pet"] = "all"
     patience: int | None = None
+    #: which training subjects' labels the step needs. "required" (the default: a stage that
+    #: knows nothing of labels never meets an unlabelled subject): labelled subjects only.
+    #: "where_known": the same batches of labelled subjects, each followed by its share of
+    #: the unlabelled ones (``Batch.labelled`` tells them apart), for a step that uses a
+    #: label where there is one and learns from every subject otherwise. "unused": every
+    #: subject alike, for a step that reads no label (a synthesis stage).
+    labels: Literal["required", "where_known", "unused"] = "required"
     schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler] = field(default_factory=dict)
     #: called with the epoch index before each epoch's first step (a schedule of loss weights,
     #: say); it depends on the epoch alone, so a resumed run continues the same schedule

@@ -23,10 +23,10 @@ from cdsf_bench.assemble import (
     configure_backends,
     load_cohort,
     resolve_device,
-    task_subset,
 )
 from cdsf_bench.config import RunConfig
 from cdsf_bench.data.conventions import TASKS
+from cdsf_bench.data.labels import UNLABELLED, training_cohort
 from cdsf_bench.data.nifti import to_native
 from cdsf_bench.data.pipeline import DevicePipeline
 from cdsf_bench.data.sources import PhantomSource
@@ -93,7 +93,7 @@ def _execute(
     if main:
         distributed.barrier(cluster)
     data_seconds = time.perf_counter() - data_started
-    cohort, labels = task_subset(cohort, run.task)
+    cohort, labels = training_cohort(cohort, run.task, run.synthesis_subjects)
     split = run.split
     splits = make_splits(
         cohort.participants,
@@ -116,10 +116,11 @@ def _execute(
     folder.log(f"run folder {folder.path}; device {device}; seed {run.seed}; processes {cluster.world}")
     cache = "read from the cache" if cohort.extra.get("cache_hit") else "preprocessed and cached"
     folder.log(
-        f"data: {source_name} ({cohort.source}), {len(cohort)} subjects of the task, {cohort.shape}, "
+        f"data: {source_name} ({cohort.source}), {len(cohort)} subjects "
+        f"({int((labels == UNLABELLED).sum())} of them unlabelled, training only), {cohort.shape}, "
         f"{cache} ({cohort.extra.get('cache_entry', 'no cache')}), {data_seconds:.1f} s"
     )
-    folder.write_splits(splits.table(cohort.participants))
+    folder.write_splits(splits.table(cohort.participants, labels))
     chosen = (method.synth, method.diag, method.coupling)
     plugins = [
         {
@@ -155,6 +156,12 @@ def _execute(
             "with_pet": {
                 name: int(cohort.has_pet[splits.rows(name)].sum()) for name in ("train", "val", "test")
             },
+            # training subjects whose label no loss reads (data/labels.py); never in val or test
+            "unlabelled": {
+                name: int((labels[splits.rows(name)] == UNLABELLED).sum())
+                for name in ("train", "val", "test")
+            },
+            "synthesis_subjects": run.synthesis_subjects,
             "leak_check": leak,
             "fingerprints": pipeline.fingerprint(),
             "cache_hit": cohort.extra.get("cache_hit"),

@@ -5,6 +5,10 @@ Two gloo processes each take their share of the same batches (the pipeline's
 that took the whole batches. The batch has 5 subjects, so the shares are uneven (3 and 2)
 and so are their numbers of subjects with PET: a mean over a process's own share, averaged
 over processes, would differ from the batch's mean, which is what this guards against.
+A stage that learns from unlabelled subjects (``TrainingStage.labels``) gets two of the
+five unlabelled, so that its masked means over labelled subjects are uneven too; the
+cross-fitted joint coupling's two halves are uneven as well (one process holds no subject
+of half B, so its generator B has no local gradient there).
 Group norm and instance norm are per-subject, so they normalise alike in both runs (batch
 norm normalises per process under data parallelism; docs/scaling.md).
 """
@@ -26,32 +30,31 @@ from cdsf_bench.registry import default_registry
 SHAPE = (16, 16, 16)
 WORLD = 2
 STEPS = 2
-#: every shipped coupling, with the settings that exercise its optional terms
-COUPLINGS: dict[str, dict] = {
-    "joint": {"w_diag": 0.1, "w_adv": 1.0, "critic_widths": (4, 8)},
-    "decoupled": {"discriminator_widths": (4, 8)},
-    "single": {},
-    "mean-impute": {},
-    "complete-case": {},
-    "oracle": {},
+#: every shipped coupling (a run's name: the coupling and the settings that exercise its
+#: optional terms)
+COUPLINGS: dict[str, tuple[str, dict]] = {
+    "joint": ("joint", {"w_diag": 0.1, "w_adv": 1.0, "critic_widths": (4, 8)}),
+    "joint-cross-fitted": (
+        "joint",
+        {"synthetic_pairs": "cross_fitted", "w_diag": 0.1, "w_adv": 1.0, "critic_widths": (4, 8)},
+    ),
+    "decoupled": ("decoupled", {"discriminator_widths": (4, 8)}),
+    "single": ("single", {}),
+    "mean-impute": ("mean-impute", {}),
+    "complete-case": ("complete-case", {}),
+    "oracle": ("oracle", {}),
 }
 
 
-def _batch(with_pet_only: bool) -> Batch:
+def _batch(with_pet_only: bool, unlabelled: bool) -> Batch:
     generator = torch.Generator().manual_seed(3)
     mri = torch.rand(5, 1, *SHAPE, generator=generator) * 2 - 1
     truth = torch.rand(5, 1, *SHAPE, generator=generator) * 2 - 1
     has_pet = torch.ones(5, dtype=torch.bool) if with_pet_only else torch.tensor([1, 0, 0, 1, 1]).bool()
     pet = torch.where(has_pet.view(-1, 1, 1, 1, 1), truth, torch.zeros_like(truth))
-    return Batch(mri, pet, has_pet, torch.tensor([0, 1, 1, 0, 1]), torch.arange(5), truth)
-
-
-def _share(batch: Batch, rank: int, world: int) -> Batch:
-    part = slice(rank, None, world)
-    truth = None if batch.pet_truth is None else batch.pet_truth[part]
-    return Batch(
-        batch.mri[part], batch.pet[part], batch.has_pet[part], batch.label[part], batch.index[part], truth
-    )
+    labelled = torch.tensor([1, 0, 1, 1, 0] if unlabelled else [1] * 5).bool()
+    label = torch.where(labelled, torch.tensor([0, 1, 1, 0, 1]), -1)
+    return Batch(mri, pet, has_pet, label, torch.arange(5), truth, labelled)
 
 
 def _coupling(name: str, cluster: distributed.Cluster) -> Coupling:
@@ -62,7 +65,8 @@ def _coupling(name: str, cluster: distributed.Cluster) -> Coupling:
     )
     synth = registry.get("synthesiser", "ism").factory
     diag = registry.get("diagnoser", "mdm").factory
-    coupling_class = registry.coupling_class(name)
+    coupling_name, settings = COUPLINGS[name]
+    coupling_class = registry.coupling_class(coupling_name)
     build_synth = None
     if coupling_class.needs_synthesiser:
 
@@ -72,7 +76,7 @@ def _coupling(name: str, cluster: distributed.Cluster) -> Coupling:
     def build_diag(in_channels: int, num_classes: int | None = None) -> torch.nn.Module:
         return diag(in_channels, SHAPE, num_classes or 2, widths=(4, 8, 8, 8, 16), norm="group")
 
-    return coupling_class(context, build_synth, build_diag, **COUPLINGS[name])
+    return coupling_class(context, build_synth, build_diag, **settings)
 
 
 def _train(name: str, cluster: distributed.Cluster) -> dict[str, torch.Tensor]:
@@ -85,9 +89,9 @@ def _train(name: str, cluster: distributed.Cluster) -> dict[str, torch.Tensor]:
             for group in optimiser.param_groups:
                 group["eps"] = 1.0
         distributed.synchronise(stage.modules, stage.optimisers, cluster)
-        batch = _batch(with_pet_only=stage.subjects == "with_pet")
+        batch = _batch(with_pet_only=stage.subjects == "with_pet", unlabelled=stage.labels != "required")
         for _ in range(STEPS):
-            stage.step(_share(batch, cluster.rank, cluster.world))
+            stage.step(batch.take(slice(cluster.rank, None, cluster.world)))
     return {
         f"{module_name}.{key}": value.detach().clone()
         for module_name, module in coupling.modules().items()

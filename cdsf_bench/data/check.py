@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from cdsf_bench.data.conventions import DIAGNOSES, TASKS
+from cdsf_bench.data.labels import labelled_flags, unreadable_labelled
 from cdsf_bench.data.nifti import HeaderInfo, inspect_header, read_volume
 from cdsf_bench.data.registration import (
     MIN_COVERAGE,
@@ -105,6 +106,10 @@ def table_problems(table: pd.DataFrame) -> list[Problem]:
                 )
             elif value and value not in SPLITS:
                 problems.append(Problem(participant, "", f"has split {value!r}; use train, val or test."))
+    for participant, cell in unreadable_labelled(table):
+        problems.append(
+            Problem(participant, "", f"has labelled {cell!r}; use true or false (or leave the column out).")
+        )
     if "mri" in table.columns:
         for participant, path in zip(ids, table["mri"].fillna("").astype(str), strict=True):
             if not path:
@@ -145,15 +150,17 @@ def class_problems(
 ) -> list[Problem]:
     """Whether ``task`` can be split and trained on this table, before any volume is read.
 
-    Each class needs ``MIN_PER_CLASS`` subjects (and ``folds`` for k-fold); an explicit
-    ``split`` column must put task subjects in every split; and the method's ``needs`` on
-    PET must be met by the task's subjects.
+    Each class needs ``MIN_PER_CLASS`` labelled subjects (and ``folds`` for k-fold; the
+    unlabelled ones only train); an explicit ``split`` column must put task subjects in
+    every split; and the method's ``needs`` on PET must be met by the task's subjects.
     """
     if task not in TASKS:
         raise InputError(f"Unknown task {task!r}; choose one of {', '.join(TASKS)}.")
     needs = needs or Needs()
     labels = table["diagnosis"].astype(str)
-    in_task = table[labels.isin(TASKS[task])]
+    readable = not unreadable_labelled(table)  # table_problems names the others
+    labelled = labelled_flags(table) if readable else np.ones(len(table), dtype=bool)
+    in_task = table[labels.isin(TASKS[task]).to_numpy() & labelled]
     has_pet = in_task["pet"].fillna("").astype(str) != "" if "pet" in in_task.columns else None
     needed = max(MIN_PER_CLASS, folds)
     why = (
@@ -216,6 +223,16 @@ def class_problems(
                         "give every split subjects of the task, or drop the column for a random split.",
                     )
                 )
+    if "split" in table.columns and folds == 0:
+        unlabelled = table[labels.isin(TASKS[task]).to_numpy() & ~labelled]
+        for participant in unlabelled.loc[unlabelled["split"].isin(["val", "test"]), "participant_id"]:
+            problems.append(
+                Problem(
+                    str(participant),
+                    "",
+                    "is unlabelled but its split is val or test; unlabelled subjects only train.",
+                )
+            )
     return problems
 
 

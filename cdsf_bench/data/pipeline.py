@@ -4,7 +4,10 @@ The whole preprocessed cohort is held on the run's device in float16 (a 40x48x40
 150 KiB), so drawing a batch is an index and a cast, not a file read. Batch order comes
 from permutations seeded by (run seed, epoch) alone, so every method of a seed sees the
 same subjects in the same order and comparisons between methods are paired; a subset of
-subjects (those with PET) keeps that order. Augmentation also happens on the device, with
+subjects (those with PET) keeps that order. Training subjects without a usable label
+(``data.labels``) have their own permutation: the labelled subjects' batches are the same
+whether a stage also draws the unlabelled ones (appended to each batch) or not, and
+whether the cohort has any. Augmentation also happens on the device, with
 parameters drawn from a CPU generator seeded by (seed, epoch, batch) so that runs are
 reproducible on any device and a resumed run draws what the killed one would have.
 Cohorts larger than the device's memory stay in pinned host memory and are copied per batch.
@@ -21,10 +24,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cdsf_bench.data.labels import UNLABELLED
 from cdsf_bench.data.splits import SPLITS, Splits
+from cdsf_bench.errors import RunFailed
 from cdsf_bench.interfaces import Batch, Cohort
 
 Subjects = Literal["all", "with_pet"]
+Labels = Literal["required", "where_known", "unused"]
 #: epochs covered by the batch-order fingerprint (independent of how long a method trains)
 FINGERPRINT_EPOCHS = 10
 #: share of free device memory the cohort may take before it stays in host memory
@@ -66,6 +72,7 @@ class DevicePipeline:
         self.participants = cohort.participants
         self.affine = np.asarray(cohort.affine, dtype=np.float64)  # voxel to MNI mm (regional metrics)
         self.has_pet_np = np.asarray(cohort.has_pet, dtype=bool)
+        self.labelled_np = np.asarray(labels) != UNLABELLED
         self.on_device = self._fits_on_device(cohort)
         storage = device if self.on_device else torch.device("cpu")
 
@@ -83,6 +90,7 @@ class DevicePipeline:
         self.pet_truth = None if cohort.pet_truth is None else hold(cohort.pet_truth)
         self.has_pet = torch.from_numpy(self.has_pet_np).to(storage)
         self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(storage)
+        self.labelled = torch.from_numpy(self.labelled_np).to(storage)
         self.brain_mask = torch.from_numpy(np.asarray(cohort.brain_mask, dtype=bool)).to(device)
 
     def _fits_on_device(self, cohort: Cohort) -> bool:
@@ -99,15 +107,28 @@ class DevicePipeline:
         rows = self.splits.rows(split)
         return rows[self.has_pet_np[rows]] if subjects == "with_pet" else rows
 
-    def train_order(self, epoch: int, subjects: Subjects = "all") -> np.ndarray:
-        """The epoch's permutation of training rows, seeded by (seed, epoch) only."""
+    def train_order(self, epoch: int, subjects: Subjects = "all", labelled: bool | None = True) -> np.ndarray:
+        """The epoch's permutation of the labelled training rows (``labelled`` True), the
+        unlabelled ones (False) or all (None), seeded by (seed, epoch) only.
+
+        The labelled rows and all rows share a seed, so with every subject labelled the
+        two orders are one; the unlabelled rows have a seed of their own.
+        """
         rows = self.splits.train
-        generator = torch.Generator().manual_seed(_seed(self.seed, "order", epoch))
+        if labelled is not None:
+            rows = rows[self.labelled_np[rows] == labelled]
+        stream = "order" if labelled is not False else "order-unlabelled"
+        generator = torch.Generator().manual_seed(_seed(self.seed, stream, epoch))
         order = rows[torch.randperm(len(rows), generator=generator).numpy()]
         return order[self.has_pet_np[order]] if subjects == "with_pet" else order
 
-    def n_train_batches(self, subjects: Subjects = "all") -> int:
-        return max(1, len(self.rows("train", subjects)) // self.batch_size)
+    def n_train_batches(self, subjects: Subjects = "all", labels: Labels = "required") -> int:
+        """Batches per epoch: one per ``batch_size`` of the subjects that set the epoch's length
+        (the labelled ones, unless the stage reads no label)."""
+        rows = self.rows("train", subjects)
+        if labels != "unused":
+            rows = rows[self.labelled_np[rows]]
+        return max(1, len(rows) // self.batch_size)
 
     def n_eval_batches(self, split: str, subjects: Subjects = "all") -> int:
         """How many batches ``eval_batches`` yields to this process."""
@@ -126,22 +147,50 @@ class DevicePipeline:
 
     # -- batches -----------------------------------------------------------------------
 
-    def train_batches(self, epoch: int, subjects: Subjects = "all") -> Iterator[Batch]:
-        """Shuffled, augmented batches; sizes between batch_size and 2*batch_size-1, never 1."""
-        order = self.train_order(epoch, subjects)
+    def train_batches(
+        self, epoch: int, subjects: Subjects = "all", labels: Labels = "required"
+    ) -> Iterator[Batch]:
+        """Shuffled, augmented batches (``TrainingStage.labels`` says which subjects).
+
+        "required": the labelled subjects, in batches of batch_size to 2*batch_size-1, never 1;
+        "where_known": the same batches, each followed by its share of the unlabelled
+        subjects (augmented from a stream of their own, so the labelled part is unchanged);
+        "unused": every subject alike, in batches as for "required".
+        """
+        order = self.train_order(epoch, subjects, None if labels == "unused" else True)
         n_batches = max(1, len(order) // self.batch_size)
-        for index, chunk in enumerate(np.array_split(order, n_batches)):
-            generator = torch.Generator().manual_seed(_seed(self.seed, "augment", epoch, index))
-            augment = generator if self.augment.get("enabled", True) else None
-            batch = self._batch(chunk, augment, with_truth=self.train_with_pet_truth)
+        chunks = np.array_split(order, n_batches)
+        extras = [order[:0]] * n_batches
+        if labels == "where_known":
+            extras = np.array_split(self.train_order(epoch, subjects, False), n_batches)
+        for index, (chunk, extra) in enumerate(zip(chunks, extras, strict=True)):
+            batch = self._batch(chunk, self._augmenter("augment", epoch, index), self.train_with_pet_truth)
+            if len(extra):
+                more = self._batch(
+                    extra, self._augmenter("augment-unlabelled", epoch, index), self.train_with_pet_truth
+                )
+                batch = _concatenate(batch, more)
+            batch = self._layout(batch)
             # every process draws the global batch (same augmentation), then keeps its share
-            yield batch if self.world == 1 else _take(batch, slice(self.rank, None, self.world))
+            yield batch if self.world == 1 else batch.take(slice(self.rank, None, self.world))
+
+    def _augmenter(self, stream: str, epoch: int, index: int) -> torch.Generator | None:
+        if not self.augment.get("enabled", True):
+            return None
+        return torch.Generator().manual_seed(_seed(self.seed, stream, epoch, index))
 
     def eval_batches(self, split: str, subjects: Subjects = "all") -> Iterator[Batch]:
-        """This process's share of ``split`` in order (all of it in a single process)."""
-        rows = self.rows(split, subjects)[self.rank :: self.world]
+        """This process's share of ``split`` in order (all of it in a single process).
+
+        Only labelled subjects are ever scored: the splitter keeps the others in training,
+        and a split that holds one anyway is refused rather than scored on a label of -1.
+        """
+        rows = self.rows(split, subjects)
+        if not self.labelled_np[rows].all():
+            raise RunFailed(f"The {split} split holds subjects without a usable label; only training may.")
+        rows = rows[self.rank :: self.world]
         for start in range(0, len(rows), self.batch_size):
-            yield self._batch(rows[start : start + self.batch_size], None)
+            yield self._layout(self._batch(rows[start : start + self.batch_size], None))
 
     def _batch(self, rows: np.ndarray, generator: torch.Generator | None, with_truth: bool = True) -> Batch:
         index = torch.from_numpy(rows.astype(np.int64))
@@ -155,10 +204,6 @@ class DevicePipeline:
         has_pet = self.has_pet[take].to(self.device)
         if generator is not None:
             mri, pet, pet_truth = self._augment(mri, pet, pet_truth, has_pet, generator)
-        if self.channels_last:
-            mri, pet = (t.contiguous(memory_format=torch.channels_last_3d) for t in (mri, pet))
-            if pet_truth is not None:
-                pet_truth = pet_truth.contiguous(memory_format=torch.channels_last_3d)
         return Batch(
             mri=mri,
             pet=pet,
@@ -166,7 +211,17 @@ class DevicePipeline:
             label=self.labels[take].to(self.device),
             index=index,
             pet_truth=pet_truth,
+            labelled=self.labelled[take].to(self.device),
         )
+
+    def _layout(self, batch: Batch) -> Batch:
+        """The batch's volumes in the run's memory layout (channels-last 3D when asked)."""
+        if self.channels_last:
+            layout = torch.channels_last_3d
+            batch.mri, batch.pet = (t.contiguous(memory_format=layout) for t in (batch.mri, batch.pet))
+            if batch.pet_truth is not None:
+                batch.pet_truth = batch.pet_truth.contiguous(memory_format=layout)
+        return batch
 
     def _augment(
         self,
@@ -211,15 +266,19 @@ class DevicePipeline:
         return (total / max(len(rows), 1)).view(1, 1, *total.shape)
 
 
-def _take(batch: Batch, part: slice) -> Batch:
-    """The subjects ``part`` of a batch."""
+def _concatenate(first: Batch, second: Batch) -> Batch:
+    """The subjects of ``first`` followed by those of ``second``."""
+    truth = None
+    if first.pet_truth is not None and second.pet_truth is not None:
+        truth = torch.cat([first.pet_truth, second.pet_truth])
     return Batch(
-        mri=batch.mri[part],
-        pet=batch.pet[part],
-        has_pet=batch.has_pet[part],
-        label=batch.label[part],
-        index=batch.index[part],
-        pet_truth=None if batch.pet_truth is None else batch.pet_truth[part],
+        mri=torch.cat([first.mri, second.mri]),
+        pet=torch.cat([first.pet, second.pet]),
+        has_pet=torch.cat([first.has_pet, second.has_pet]),
+        label=torch.cat([first.label, second.label]),
+        index=torch.cat([first.index, second.index]),
+        pet_truth=truth,
+        labelled=torch.cat([first.labelled, second.labelled]),
     )
 
 

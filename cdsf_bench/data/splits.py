@@ -2,6 +2,10 @@
 
 Splitting is by participant, never by scan, so no subject's anatomy can inform both the
 model and its evaluation. An explicit ``split`` column in the cohort's table wins.
+Subjects without a usable label (``cdsf_bench.data.labels.UNLABELLED``) are training
+subjects only: nothing can validate or test on a subject whose diagnosis it may not read.
+The labelled subjects are split exactly as they would be without the others, so adding
+unlabelled subjects to a cohort leaves its validation and test splits unchanged.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
+from cdsf_bench.data.labels import UNLABELLED
 from cdsf_bench.errors import InputError
 
 SPLITS = ("train", "val", "test")
@@ -30,12 +35,14 @@ class Splits:
     def rows(self, name: str) -> np.ndarray:
         return getattr(self, name)
 
-    def table(self, participants: pd.DataFrame) -> pd.DataFrame:
-        """participant_id, diagnosis and split of every subject, for the run folder."""
+    def table(self, participants: pd.DataFrame, labels: np.ndarray) -> pd.DataFrame:
+        """participant_id, diagnosis, split and whether its label was used, for the run folder."""
         parts = []
         for name in SPLITS:
-            chunk = participants.iloc[self.rows(name)][["participant_id", "diagnosis"]].copy()
+            rows = self.rows(name)
+            chunk = participants.iloc[rows][["participant_id", "diagnosis"]].copy()
             chunk["split"] = name
+            chunk["labelled"] = labels[rows] != UNLABELLED
             parts.append(chunk)
         return pd.concat(parts, ignore_index=True)
 
@@ -55,11 +62,13 @@ def make_splits(
 
     With ``folds`` >= 2, fold ``fold`` of a stratified k-fold is the test split and the
     validation split is drawn (stratified) from the remaining subjects with fraction ``val``.
-    ``class_names`` (negative, positive) name the classes in errors.
+    Subjects labelled ``UNLABELLED`` join the training split. ``class_names`` (negative,
+    positive) name the classes in errors.
     """
     if "split" in participants.columns and participants["split"].notna().all() and folds == 0:
-        return _explicit(participants)
-    counts = np.bincount(labels, minlength=2)
+        return _explicit(participants, labels)
+    known = np.flatnonzero(labels != UNLABELLED)
+    counts = np.bincount(labels[known], minlength=2)
     if counts.min() < MIN_PER_CLASS:
         raise InputError(
             f"The task's classes have {counts[0]} {class_names[0]} and {counts[1]} {class_names[1]} "
@@ -67,24 +76,29 @@ def make_splits(
             "test split. Add subjects or choose the other task."
         )
     try:
-        return _stratified(participants, labels, val=val, test=test, seed=seed, folds=folds, fold=fold)
+        train, val_rows, test_rows = _stratified(
+            labels[known], val=val, test=test, seed=seed, folds=folds, fold=fold
+        )
     except ValueError as error:  # scikit-learn's word for a split too small to stratify
         raise InputError(
-            f"The task's {len(labels)} subjects cannot be split (split.val = {val:g}, split.test = {test:g}"
+            f"The task's {len(known)} labelled subjects cannot be split "
+            f"(split.val = {val:g}, split.test = {test:g}"
             f"{f', {folds} folds' if folds else ''}): {error}. Add subjects or change the split settings."
         ) from None
+    unlabelled = np.flatnonzero(labels == UNLABELLED)
+    splits = Splits(
+        np.sort(np.concatenate([known[train], unlabelled])),
+        np.sort(known[val_rows]),
+        np.sort(known[test_rows]),
+    )
+    check_no_leak(participants, splits)
+    return splits
 
 
 def _stratified(
-    participants: pd.DataFrame,
-    labels: np.ndarray,
-    *,
-    val: float,
-    test: float,
-    seed: int,
-    folds: int,
-    fold: int,
-) -> Splits:
+    labels: np.ndarray, *, val: float, test: float, seed: int, folds: int, fold: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Positions in ``labels`` of the train, val and test subjects."""
     rows = np.arange(len(labels))
     if folds:
         splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
@@ -97,16 +111,22 @@ def _stratified(
         train_rows, val_rows = train_test_split(
             rest, test_size=val / (1 - test), stratify=labels[rest], random_state=seed
         )
-    splits = Splits(np.sort(train_rows), np.sort(val_rows), np.sort(test_rows))
-    check_no_leak(participants, splits)
-    return splits
+    return train_rows, val_rows, test_rows
 
 
-def _explicit(participants: pd.DataFrame) -> Splits:
+def _explicit(participants: pd.DataFrame, labels: np.ndarray) -> Splits:
     values = participants["split"].astype(str).str.lower().replace({"validation": "val"})
     bad = sorted(set(values) - set(SPLITS))
     if bad:
         raise InputError(f"The split column has values {bad}; use train, val or test.")
+    held_out = (values.to_numpy() != "train") & (labels == UNLABELLED)
+    if held_out.any():
+        ids = participants["participant_id"].astype(str).to_numpy()[held_out]
+        raise InputError(
+            f"The split column puts unlabelled subjects in val or test ({', '.join(ids[:10])}"
+            f"{' ...' if len(ids) > 10 else ''}); a subject whose label may not be used can only "
+            "train. Put them in train, or mark them labelled."
+        )
     rows = {name: np.flatnonzero(values.to_numpy() == name) for name in SPLITS}
     empty = [name for name, r in rows.items() if len(r) == 0]
     if empty:

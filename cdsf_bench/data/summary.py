@@ -3,7 +3,8 @@
 A cohort exported by one pipeline usually fails the same way for every subject; one line
 per kind, naming the subjects and showing one full message, reads better than a screen
 of near-identical paragraphs. A cohort without problems is summarised by what a user
-checks first: how many subjects of each diagnosis, with and without PET, per task.
+checks first: how many subjects of each diagnosis, with and without PET, per task, and how
+many are labelled.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import pandas as pd
 
 from cdsf_bench.data.check import Problem
 from cdsf_bench.data.conventions import DIAGNOSES, TASKS
+from cdsf_bench.data.labels import labelled_flags
 
 #: Subjects named per group of problems before "and N more".
 SHOWN_SUBJECTS = 8
@@ -67,6 +69,12 @@ def cohort_summary(table: pd.DataFrame, task: str | None = None) -> str:
         labels = TASKS[name]
         in_task = int(table["diagnosis"].astype(str).isin(labels).sum())
         lines.append(f"task {name}: {in_task} subjects: {_counts(table, labels)}")
+    if "labelled" in table.columns:  # a summary is printed only once every cell reads as a boolean
+        labelled = labelled_flags(table)
+        lines.append(
+            f"labelled: {int(labelled.sum())} of {len(labelled)} subjects "
+            "(the others only train, on the terms that need no label)"
+        )
     if "session_id" in table.columns:
         sessions = sorted(set(table["session_id"].astype(str)))
         lines.append(f"sessions: {', '.join(sessions)}")

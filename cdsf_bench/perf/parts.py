@@ -180,7 +180,7 @@ def _stage_part(
     then used, and ``batch_with_pet`` and ``batches_refused`` say so.
     """
     refused: list[str] = []
-    for batch in typical_batches(list(pipeline.train_batches(0, stage.subjects))):
+    for batch in typical_batches(list(pipeline.train_batches(0, stage.subjects, stage.labels))):
         part = Part(
             f"coupling:{stage.name}",
             partial(stage.step, batch),

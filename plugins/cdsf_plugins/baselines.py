@@ -8,9 +8,11 @@ run's autocast.
 
 Every method here ends in a diagnoser trained on one stage with
 
-    L_D = CE(D(x, p), c)                       [the training subjects of the method]
+    L_D = CE(D(x, p), c)                       [the labelled training subjects of the method]
 
-and predicting P(positive) = softmax(D(x, p))_1. They differ only in the PET channel p:
+(a diagnosis stage draws labelled subjects only, ``TrainingStage.labels = "required"``:
+a subject whose label must not be used never reaches it), and predicting
+P(positive) = softmax(D(x, p))_1. They differ only in the PET channel p:
 
     single         no PET channel: D reads x alone (pet_source "none")
     mean-impute    p = m * y + (1 - m) * mean_train(y)   (pet_source "real" / "mean")
@@ -22,7 +24,8 @@ so they share one implementation, :class:`DiagnosisCoupling`, parameterised by
 ``pet_channel``.
 
 ``decoupled`` is the usual two-stage pipeline, pix2pix-style (Isola et al., 2017) in 3D.
-Stage 1, "synthesis", on subjects with real PET, alternates a patch discriminator P
+Stage 1, "synthesis", on subjects with real PET (the unlabelled ones too: it reads no
+label, ``labels = "unused"``), alternates a patch discriminator P
 (patchgan.py, conditioned on x) and the generator G, with y_hat = G(x):
 
     L_P = 1/2 * [ BCE(P(x, y), 1) + BCE(P(x, sg(y_hat)), 0) ]
@@ -250,6 +253,7 @@ class DecoupledCoupling(DiagnosisCoupling):
             select_on="mae",
             subjects="with_pet",
             patience=self.context.patience,
+            labels="unused",  # the GAN reads no label: unlabelled subjects with PET train it too
         )
         return [synthesis, *super().stages()]
 

@@ -5,17 +5,28 @@ synthesis module (ISM), D the multi-modal diagnosis module (MDM) with logits D(x
 L2-normalised features f(x, p), y_hat = G(x), P an optional patch critic. Every mean is over
 the subjects named in brackets, across the whole batch (``context.mean``, exact under data
 parallelism). Every weight can be 0, which removes its term (that is how ablations run).
+"Labelled" excludes the training subjects whose label must not be used (``Batch.labelled``:
+unlabelled subjects, and with ``data.synthesis_subjects = "all_diagnoses"`` those of the
+other diagnoses): they train every term that needs no label and no term that does.
 
 Reading (a), the default (``mdm_head = "class"``):
 
-    L_D = w_cls_real  * CE(D(x, y), c)                     [subjects with PET]
-        + s * w_cls_synth * CE(D(x, sg(y_hat)), c)         [all subjects; with
+    L_D = w_cls_real  * CE(D(x, y), c)                     [labelled subjects with PET]
+        + s * w_cls_synth * CE(D(x, sg(y_tilde)), c)       [labelled subjects; with
                                                             synthetic_pairs = "missing",
-                                                            subjects without PET only]
+                                                            labelled subjects without PET]
     L_G = w_voxel     * |y_hat - y|_1                      [subjects with PET]
         + s * w_feature * ||f(x, y_hat) - f(x, y)||^2      [subjects with PET]
-        + s * w_diag    * CE(D(x, y_hat), c)               [all subjects; 0 by default]
+        + s * w_diag    * CE(D(x, y_hat), c)               [labelled subjects; 0 by default]
         + s * w_adv     * BCE(P(x, y_hat), 1)              [all subjects; 0 by default]
+
+y_tilde, the synthetic PET D learns from, is y_hat, except with ``synthetic_pairs =
+"cross_fitted"``: two generators G_A and G_B, each trained (every L_G term) on the subjects
+of its own half of the cohort (a fixed hash of the subject's row) and y_tilde = the other
+half's generator, in evaluation mode, so that D learns from synthetic PET made as a test
+subject's is, by a generator that never saw that subject's PET or label. A prediction
+averages D's probability over the two generators' y_hat (both are out of fold for a
+validation or test subject), and the synthetic PET it reports is their mean.
 
 Reading (b) (``mdm_head = "class_source"``, AC-GAN-like): D has 2K outputs indexed by
 (class, source), source 0 = real, 1 = synthetic; D learns CE(D(x, y), (c, real)) and
@@ -39,6 +50,8 @@ everyone.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 from collections.abc import Mapping
 
 import torch
@@ -70,7 +83,7 @@ from cdsf_plugins.common import (
 from cdsf_plugins.ism import ISM
 from cdsf_plugins.mdm import MDM
 
-SYNTHETIC_PAIRS = ("all", "missing")
+SYNTHETIC_PAIRS = ("all", "missing", "cross_fitted")
 MDM_HEADS = ("class", "class_source")
 
 
@@ -130,9 +143,16 @@ class JointCoupling(Coupling):
         outputs = context.num_classes * (2 if mdm_head == "class_source" else 1)
         self.diagnoser = build_diagnoser(2, outputs)
         self.batch_norm = has_batch_norm(self.diagnoser)
+        #: one generator per half of the cohort under cross-fitting (built after D, so D
+        #: starts from the same weights as in the other readings), else the one
+        self.synthesisers = [self.synthesiser]
+        if synthetic_pairs == "cross_fitted":
+            self.synthesisers.append(build_synthesiser())
         lr = context.learning_rate
         self.optimise_synthesiser = torch.optim.Adam(
-            self.synthesiser.parameters(), lr=lr * synthesiser_lr_factor, betas=(0.5, 0.999)
+            [p for g in self.synthesisers for p in g.parameters()],
+            lr=lr * synthesiser_lr_factor,
+            betas=(0.5, 0.999),
         )
         self.optimise_diagnoser = diagnoser_optimiser(self.diagnoser, context, weight_decay)
         self.critic = None
@@ -142,6 +162,8 @@ class JointCoupling(Coupling):
 
     def modules(self) -> dict[str, torch.nn.Module]:
         networks = {"synthesiser": self.synthesiser, "diagnoser": self.diagnoser}
+        if len(self.synthesisers) > 1:
+            networks["synthesiser_b"] = self.synthesisers[1]
         return networks if self.critic is None else {**networks, "critic": self.critic.network}
 
     def stages(self) -> list[TrainingStage]:
@@ -153,6 +175,7 @@ class JointCoupling(Coupling):
             optimisers["critic"] = self.critic.optimiser
         stage = selected_stage(self.context, "joint", self.modules(), optimisers, self.step)
         stage.begin_epoch = self.begin_epoch
+        stage.labels = "where_known"  # unlabelled subjects train the terms without a label
         return [stage]
 
     def begin_epoch(self, epoch: int) -> None:
@@ -179,11 +202,11 @@ class JointCoupling(Coupling):
         Real and synthetic pairs are normalised together, as they are met at test time; a
         forward that would hand batch norm a single subject is skipped (``skipped_single``).
         """
-        w, real = self.weights, batch.has_pet
+        w, real, labelled = self.weights, batch.has_pet, batch.labelled
         w_synth = w["cls_synth"] * self.collaboration
-        synth = torch.ones_like(real) if self.synthetic_pairs == "all" else ~real
-        take_real = real & bool(w["cls_real"])
-        take_synth = synth & bool(w_synth)
+        synth = ~real if self.synthetic_pairs == "missing" else torch.ones_like(real)
+        take_real = real & labelled & bool(w["cls_real"])
+        take_synth = synth & labelled & bool(w_synth)
         mri = torch.cat([batch.mri[take_real], batch.mri[take_synth]])
         pet = torch.cat([batch.pet[take_real], synthetic.detach()[take_synth].to(batch.pet.dtype)])
         target = torch.cat(
@@ -216,9 +239,10 @@ class JointCoupling(Coupling):
             with frozen(self.diagnoser):
                 fake = self._diagnose(batch.mri, synthetic)
                 if w["diag"]:
-                    target = self._target(batch.label, False)
+                    labelled = batch.labelled
+                    target = self._target(batch.label[labelled], False)
                     terms["diag"] = self.context.mean(
-                        F.cross_entropy(fake.logits.float(), target, reduction="none")
+                        F.cross_entropy(fake.logits[labelled].float(), target, reduction="none")
                     )
                 if w["feature"]:
                     with torch.no_grad():
@@ -230,11 +254,52 @@ class JointCoupling(Coupling):
         collaborative = w["feature"] * terms["feature"] + w["diag"] * terms["diag"] + w["adv"] * terms["adv"]
         return w["voxel"] * terms["voxel"] + share * collaborative, terms
 
+    def halves(self, batch: Batch) -> Tensor:
+        """[B] long: each subject's half of the cohort under cross-fitting (0 = A, 1 = B).
+
+        A hash of the subject's cohort row, so a subject keeps its half in every epoch, batch
+        and process, and the halves are unrelated to the row order (a table sorted by class).
+        """
+        bits = [hashlib.sha256(f"cdsf-half:{row}".encode()).digest()[0] & 1 for row in batch.index.tolist()]
+        return torch.tensor(bits, dtype=torch.long, device=batch.mri.device)
+
+    def synthesise(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """y_hat, from each subject's own generator (with gradient), and y_tilde for D's pairs.
+
+        Without cross-fitting both are G(x). With it, y_hat comes from the generator of the
+        subject's half and y_tilde from the other half's, frozen and without gradient.
+        """
+        if len(self.synthesisers) == 1:
+            with self.context.autocast():
+                synthetic = self.synthesiser(batch.mri)
+            return synthetic, synthetic
+        half = self.halves(batch)
+        own = self._by_half(batch.mri, half, grad=True)
+        other = self._by_half(batch.mri, 1 - half, grad=False)
+        return own, other
+
+    def _by_half(self, mri: Tensor, half: Tensor, grad: bool) -> Tensor:
+        """Each subject's MRI through generator ``half[i]``; frozen and without gradient unless ``grad``."""
+        parts: list[Tensor] = []
+        rows: list[Tensor] = []
+        for k, generator in enumerate(self.synthesisers):
+            chosen = torch.nonzero(half == k).flatten()
+            if not len(chosen):  # this share holds no subject of the half
+                continue
+            with contextlib.ExitStack() as stack:
+                if not grad:
+                    stack.enter_context(torch.no_grad())
+                    stack.enter_context(frozen(generator))
+                stack.enter_context(self.context.autocast())
+                parts.append(generator(mri[chosen]))
+            rows.append(chosen)
+        order = torch.cat(rows)
+        return torch.cat(parts)[torch.argsort(order)]
+
     def step(self, batch: Batch) -> Mapping[str, Tensor]:
         """One collaborative update: D on real and synthetic pairs, P if adversarial, then G."""
-        with self.context.autocast():
-            synthetic = self.synthesiser(batch.mri)
-        loss_d, terms_d = self.diagnoser_loss(batch, synthetic)
+        synthetic, pairs = self.synthesise(batch)
+        loss_d, terms_d = self.diagnoser_loss(batch, pairs)
         # step() runs even without a gradient (a no-op then), so every process of a
         # distributed run takes the same steps
         self.optimise_diagnoser.zero_grad(set_to_none=True)
@@ -254,11 +319,18 @@ class JointCoupling(Coupling):
         return {key: value.detach() for key, value in losses.items()}
 
     def predict(self, batch: Batch) -> Prediction:
-        with self.context.autocast():
-            synthetic = self.synthesiser(batch.mri).float()
-        pet, sources = fill_pet(batch, real_where(batch, self.predict_with), synthetic, "synthetic")
-        logits = self._diagnose(batch.mri, pet).logits
-        return Prediction(positive_probability(logits, self.head), sources, synthetic)
+        """D on real PET where used, else on y_hat; averaged over the generators under cross-fitting."""
+        probabilities, synthetics = [], []
+        use_real = real_where(batch, self.predict_with)
+        for generator in self.synthesisers:
+            with self.context.autocast():
+                synthetic = generator(batch.mri).float()
+            pet, sources = fill_pet(batch, use_real, synthetic, "synthetic")
+            probabilities.append(positive_probability(self._diagnose(batch.mri, pet).logits, self.head))
+            synthetics.append(synthetic)
+        if len(self.synthesisers) == 1:
+            return Prediction(probabilities[0], sources, synthetics[0])
+        return Prediction(torch.stack(probabilities).mean(0), sources, torch.stack(synthetics).mean(0))
 
 
 @hookimpl
