@@ -11,7 +11,8 @@ over subjects; over replicates the mean difference gets a Student t interval.
 
 A suite with ``[scenarios]`` is reported scenario by scenario; a suite with ``[[checks]]``
 (expected findings written before it ran) gets a pass / fail table of them, also written
-to ``checks.csv``.
+to ``checks.csv``. A tuned suite's report states the budget and each method's chosen settings
+(:mod:`cdsf_bench.tune.report`).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from cdsf_bench.interfaces import Method
 from cdsf_bench.metrics import DISEASE_SYNTHESIS_KEYS, SYNTHESIS_KEYS
 from cdsf_bench.progress import console
 from cdsf_bench.results import write_csv, write_text
+from cdsf_bench.tune.report import summary_path, tuning_blocks
 
 #: diagnosis metrics summarised per method (per-run AUC intervals stay in results.csv)
 SUMMARY_METRICS = ("auc", "bacc", "acc", "sen", "spe", "f1", "mcc")
@@ -254,6 +256,7 @@ def report_inputs(folder: Path) -> list[str]:
     done = results[results["status"] == "done"]
     require_run_files(folder, done)
     wanted = [f"{r}/{name}" for r in done["run_folder"] for name in (PREDICTIONS, ENVIRONMENT)]
+    wanted += [summary_path(r) for r in results["run_folder"]]  # a tuned suite's studies
     for scenario, task in groups(results):
         task_done = _in_group(done, scenario, task)
         methods = method_order(_in_group(results, scenario, task))
@@ -321,6 +324,7 @@ def build_report(
     checks = checks_from_canonical(suite_record(Path(folder)).get("suite", {}))
     outcomes = evaluate_checks(folder, results, checks)
     blocks += checks_blocks(outcomes)
+    blocks += tuning_blocks(folder, results, suite_record(Path(folder)).get("suite", {}).get("tune"))
     all_pairs = []
     for scenario, task in groups(results):
         task_done = _in_group(done, scenario, task)

@@ -4,7 +4,8 @@ The suite's output folder holds ``suite.json`` (name, hash, definition), one run
 run at ``[<scenario>/]<task>/<seed-N|fold-N>/<method>``, and the results table: ``results.csv`` for a
 whole suite, ``results.shard-I-of-N.csv`` for a shard. The table is rewritten atomically
 after every run, so a killed suite leaves a table of what finished. A run that fails
-(:class:`~cdsf_bench.errors.RunFailed`) is recorded as failed and the suite goes on.
+(:class:`~cdsf_bench.errors.RunFailed`) is recorded as failed and the suite goes on. A tuned
+suite (``[tune]``) tunes each run first, in ``tuning/<run folder>/`` (:mod:`cdsf_bench.tune.nested`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from cdsf_bench.metrics import DIAGNOSIS_KEYS, DISEASE_SYNTHESIS_KEYS, SYNTHESIS
 from cdsf_bench.progress import console, make_progress
 from cdsf_bench.registry import Registry
 from cdsf_bench.results import write_csv, write_json
+from cdsf_bench.tune.budget import TuningBudget
 
 SUITE_FILE = "suite.json"
 RESULTS_FILE = "results.csv"
@@ -122,6 +124,13 @@ def run_suite(
     if shard is not None:
         runs = shard_runs(runs, *shard)
     configs = [spec.resolve(registry) for spec in runs]  # every config error before any compute
+    if suite.tune is not None:  # and every study's space and metric (cdsf_bench.tune.nested)
+        from cdsf_bench.tune.nested import plan_for
+        from cdsf_bench.tune.study import require_optuna
+
+        require_optuna()
+        for spec in runs:
+            plan_for(spec, registry, suite.tune)
     if not resume:
         taken = [str(spec.folder) for spec in runs if (out / spec.folder).exists()]
         if taken:
@@ -142,18 +151,25 @@ def run_suite(
             if resume and (out / spec.folder / "metrics.json").exists():
                 rows.append(result_row(spec, out, "done"))
             else:
-                rows.append(_execute_one(execute, spec, config, registry, out))
+                rows.append(_execute_one(execute, spec, config, registry, out, suite.tune))
             write_csv(table, results_frame(rows))
             progress.advance(task)
     return results_frame(rows)
 
 
-def _execute_one(execute, spec: RunSpec, config: dict, registry: Registry, out: Path) -> dict:
-    """Run one spec; a failed run becomes a 'failed' row instead of stopping the suite."""
+def _execute_one(
+    execute, spec: RunSpec, config: dict, registry: Registry, out: Path, budget: TuningBudget | None = None
+) -> dict:
+    """Run one spec (tuned first, with a budget); a failed run becomes a 'failed' row instead of
+    stopping the suite."""
     folder = out / spec.folder
     started = time.perf_counter()
     continuing = (folder / "config.toml").exists()
     try:
+        if budget is not None:
+            from cdsf_bench.tune.nested import tuned_config
+
+            config = tuned_config(spec, registry, out, budget)
         execute(config, registry, out=folder, resume=continuing)
     except RunFailed as error:
         console.print(f"[red]run {spec.folder} failed:[/] {error}", highlight=False)

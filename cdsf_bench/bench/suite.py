@@ -13,7 +13,8 @@ Optional ``[scenarios.NAME]`` tables (dotted settings, like ``[settings]``) run 
 replicate and method once per scenario, in folders ``<scenario>/<task>/...``; optional
 ``[[checks]]`` state, before anything runs, what the results must show (the expected
 findings, :mod:`cdsf_bench.bench.checks`); the report evaluates each and prints pass / fail
-(docs/benchmark.md).
+(docs/benchmark.md). An optional ``[tune]`` table gives every method the same number of
+tuning trials in every replicate (:mod:`cdsf_bench.tune.nested`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from cdsf_bench.bench.checks import Check, checks_from_canonical, parse_checks
 from cdsf_bench.data.conventions import TASKS
 from cdsf_bench.errors import ConfigError, InputError
 from cdsf_bench.registry import Registry
+from cdsf_bench.tune.budget import TuningBudget, budget_from_canonical, parse_budget
 
 SUITE_FIELDS = (
     "name",
@@ -46,6 +48,7 @@ SUITE_FIELDS = (
     "methods",
     "scenarios",
     "checks",
+    "tune",
 )
 METHOD_FIELDS = ("name", "synth", "diag", "coupling", "settings")
 #: settings a suite sets through its own fields; overriding them in [settings] would unpair runs
@@ -127,6 +130,8 @@ class Suite:
     path: Path | None = None
     scenarios: tuple[tuple[str, dict[str, Any]], ...] = ()
     checks: tuple[Check, ...] = ()
+    #: a tuned suite's budget (``[tune]``): every method's trials per replicate
+    tune: TuningBudget | None = None
 
     def canonical(self) -> dict:
         """The normalised definition (no comments or formatting): what the hash covers.
@@ -138,6 +143,8 @@ class Suite:
             extra["scenarios"] = [{"name": n, "settings": settings} for n, settings in self.scenarios]
         if self.checks:
             extra["checks"] = [check.canonical() for check in self.checks]
+        if self.tune:
+            extra["tune"] = self.tune.canonical()
         return extra | {
             "name": self.name,
             "tasks": list(self.tasks),
@@ -239,8 +246,20 @@ def load_suite(path: Path) -> Suite:
     scenarios = _scenarios(raw.get("scenarios", {}), fail)
     names, scenario_names = [m.name for m in methods], [n for n, _ in scenarios]
     checks = parse_checks(raw.get("checks", []), names, tasks, scenario_names, fail)
+    tune = parse_budget(raw.get("tune"), fail)
     return Suite(
-        name.strip(), tasks, data, preset, seeds, folds, settings, methods, Path(path), scenarios, checks
+        name.strip(),
+        tasks,
+        data,
+        preset,
+        seeds,
+        folds,
+        settings,
+        methods,
+        Path(path),
+        scenarios,
+        checks,
+        tune,
     )
 
 
@@ -260,6 +279,7 @@ def suite_from_canonical(content: dict) -> Suite:
         None,
         scenarios,
         checks_from_canonical(content),
+        budget_from_canonical(content.get("tune")),
     )
 
 
