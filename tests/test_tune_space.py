@@ -228,7 +228,8 @@ def test_without_optuna_tune_names_the_extra(monkeypatch, tmp_path):
 def test_nothing_imports_optuna_unless_a_study_runs():
     code = (
         "import sys\n"
-        "import cdsf_bench.cli, cdsf_bench.bench.report, cdsf_bench.bench.runner, cdsf_bench.tune.report\n"
+        "import cdsf_bench.cli, cdsf_bench.bench.report, cdsf_bench.bench.runner\n"
+        "import cdsf_bench.bench.tuning, cdsf_bench.bench.tuning_report, cdsf_bench.tune.command\n"
         "from cdsf_bench.registry import default_registry\n"
         "from cdsf_bench.tune.plan import plan_study\n"
         "plan_study(default_registry(), assignments=('preset=tiny',))\n"

@@ -220,6 +220,10 @@ def test_a_folder_of_another_study_is_refused(plan, stand_in, tmp_path):
     other = plan_study(default_registry(), assignments=("preset=tiny", "seed=3"))
     with pytest.raises(InputError, match="holds a different study"):
         run_study(other, default_registry(), tmp_path, 1, storage=journal(tmp_path))
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "notes.txt").write_text("not a study")
+    with pytest.raises(InputError, match="holds no tuning study"):
+        run_study(plan, default_registry(), tmp_path / "elsewhere", 1)
 
 
 def test_a_trial_another_worker_gave_up_on_is_abandoned_not_retold(plan, monkeypatch, tmp_path):

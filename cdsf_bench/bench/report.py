@@ -12,7 +12,7 @@ over subjects; over replicates the mean difference gets a Student t interval.
 A suite with ``[scenarios]`` is reported scenario by scenario; a suite with ``[[checks]]``
 (expected findings written before it ran) gets a pass / fail table of them, also written
 to ``checks.csv``. A tuned suite's report states the budget and each method's chosen settings
-(:mod:`cdsf_bench.tune.report`).
+(:mod:`cdsf_bench.bench.tuning_report`).
 """
 
 from __future__ import annotations
@@ -43,12 +43,12 @@ from cdsf_bench.bench.stats import (
     read_predictions,
     replicate_of,
 )
+from cdsf_bench.bench.tuning_report import summary_path, tuning_blocks
 from cdsf_bench.errors import InputError
 from cdsf_bench.interfaces import Method
 from cdsf_bench.metrics import DISEASE_SYNTHESIS_KEYS, SYNTHESIS_KEYS
 from cdsf_bench.progress import console
 from cdsf_bench.results import write_csv, write_text
-from cdsf_bench.tune.report import summary_path, tuning_blocks
 
 #: diagnosis metrics summarised per method (per-run AUC intervals stay in results.csv)
 SUMMARY_METRICS = ("auc", "bacc", "acc", "sen", "spe", "f1", "mcc")

@@ -5,7 +5,7 @@ run at ``[<scenario>/]<task>/<seed-N|fold-N>/<method>``, and the results table: 
 whole suite, ``results.shard-I-of-N.csv`` for a shard. The table is rewritten atomically
 after every run, so a killed suite leaves a table of what finished. A run that fails
 (:class:`~cdsf_bench.errors.RunFailed`) is recorded as failed and the suite goes on. A tuned
-suite (``[tune]``) tunes each run first, in ``tuning/<run folder>/`` (:mod:`cdsf_bench.tune.nested`).
+suite (``[tune]``) tunes each run first, in ``tuning/<run folder>/`` (:mod:`cdsf_bench.bench.tuning`).
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ from pathlib import Path
 import pandas as pd
 
 from cdsf_bench.bench.suite import RunSpec, Suite, shard_runs, suite_from_canonical
+from cdsf_bench.bench.tuning import TuningBudget
 from cdsf_bench.errors import InputError, RunFailed
 from cdsf_bench.metrics import DIAGNOSIS_KEYS, DISEASE_SYNTHESIS_KEYS, SYNTHESIS_KEYS
 from cdsf_bench.progress import console, make_progress
 from cdsf_bench.registry import Registry
 from cdsf_bench.results import write_csv, write_json
-from cdsf_bench.tune.budget import TuningBudget
 
 SUITE_FILE = "suite.json"
 RESULTS_FILE = "results.csv"
@@ -124,8 +124,8 @@ def run_suite(
     if shard is not None:
         runs = shard_runs(runs, *shard)
     configs = [spec.resolve(registry) for spec in runs]  # every config error before any compute
-    if suite.tune is not None:  # and every study's space and metric (cdsf_bench.tune.nested)
-        from cdsf_bench.tune.nested import plan_for
+    if suite.tune is not None:  # and every study's space and metric (cdsf_bench.bench.tuning)
+        from cdsf_bench.bench.tuning import plan_for
         from cdsf_bench.tune.study import require_optuna
 
         require_optuna()
@@ -167,7 +167,7 @@ def _execute_one(
     continuing = (folder / "config.toml").exists()
     try:
         if budget is not None:
-            from cdsf_bench.tune.nested import tuned_config
+            from cdsf_bench.bench.tuning import tuned_config
 
             config = tuned_config(spec, registry, out, budget)
         execute(config, registry, out=folder, resume=continuing)

@@ -14,7 +14,7 @@ replicate and method once per scenario, in folders ``<scenario>/<task>/...``; op
 ``[[checks]]`` state, before anything runs, what the results must show (the expected
 findings, :mod:`cdsf_bench.bench.checks`); the report evaluates each and prints pass / fail
 (docs/benchmark.md). An optional ``[tune]`` table gives every method the same number of
-tuning trials in every replicate (:mod:`cdsf_bench.tune.nested`).
+tuning trials in every replicate (:mod:`cdsf_bench.bench.tuning`).
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ import tomli_w
 
 from cdsf_bench import config as cfg
 from cdsf_bench.bench.checks import Check, checks_from_canonical, parse_checks
+from cdsf_bench.bench.tuning import TuningBudget, budget_from_canonical, parse_budget
 from cdsf_bench.data.conventions import TASKS
 from cdsf_bench.errors import ConfigError, InputError
 from cdsf_bench.registry import Registry
-from cdsf_bench.tune.budget import TuningBudget, budget_from_canonical, parse_budget
 
 SUITE_FIELDS = (
     "name",

@@ -7,7 +7,7 @@ the validation split (:mod:`cdsf_bench.tune.trial`); Optuna (an optional extra, 
 only here and only when a study runs) samples with TPE and prunes on the per-epoch
 validation metric (:mod:`cdsf_bench.tune.study`). The outputs are the best settings as a
 config ``run --config`` takes, the trials table, a figure and a summary
-(:mod:`cdsf_bench.tune.outputs`). Tuned suites tune every method of every replicate with
-the same number of trials, nested in the replicate (:mod:`cdsf_bench.tune.nested`).
-The test split is never predicted here.
+(:mod:`cdsf_bench.tune.outputs`). Tuned suites (:mod:`cdsf_bench.bench.tuning`) drive the
+same plan and loop for every method of every replicate. The test split is never predicted
+here. This package imports the run machinery (assembly, engine, run folder), never ``bench``.
 """

@@ -1,12 +1,13 @@
 """The ``cdsf-bench tune`` command: a study's inputs in, its best settings and tables out.
 
 Only the translation between the command line and a :class:`~cdsf_bench.tune.plan.StudyPlan`
-lives here; tuned suites drive the same plan and loop (:mod:`cdsf_bench.tune.nested`).
+lives here; tuned suites drive the same plan and loop (:mod:`cdsf_bench.bench.tuning`).
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import click
@@ -16,7 +17,7 @@ from rich.table import Table
 from cdsf_bench.config import PRESETS, SELECTION_METRICS
 from cdsf_bench.data.conventions import TASKS
 from cdsf_bench.options import method_flags, method_options, set_option
-from cdsf_bench.progress import out
+from cdsf_bench.progress import console, out
 from cdsf_bench.tune.plan import PRUNERS
 
 
@@ -114,7 +115,13 @@ def tune_command(
         space_file=space_file,
     )
     folder = out or Path("runs") / f"tune-{plan.name}"
-    summary = run_study(plan, registry, folder, trials, storage)
+    try:
+        summary = run_study(plan, registry, folder, trials, storage)
+    except KeyboardInterrupt:
+        console.print(
+            f"[yellow]interrupted[/]; continue the study with the same command (--out {escape(str(folder))})"
+        )
+        sys.exit(130)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return

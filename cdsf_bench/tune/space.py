@@ -266,10 +266,8 @@ def _probe_values(param: SearchParam) -> tuple[Any, ...]:
 
 
 def assignment(key: str, value: Any) -> str:
-    """``KEY=VALUE`` as ``--set`` takes it."""
-    from cdsf_bench.bench.suite import toml_value
-
-    return f"{key}={toml_value(plain(value))}"
+    """``KEY=VALUE`` as ``--set`` takes it (the value as TOML text)."""
+    return f"{key}={cfg.to_toml({'v': plain(value)}).strip().removeprefix('v = ')}"
 
 
 def fixed_keys(assignments: Iterable[str], flags: Mapping[str, Any] | None = None) -> set[str]:

@@ -111,6 +111,10 @@ def claim(folder: StudyFolder, plan: StudyPlan, storage: Path | None) -> None:
     """Record the plan in study.json, refusing a folder that holds another study or storage."""
     where = "sqlite:study.db" if storage is None else str(Path(storage).resolve())
     record = {"name": plan.name, "hash": plan.hash, "storage": where, **plan.canonical()}
+    if folder.path.is_file():
+        raise InputError(f"{folder.path} is a file, not a folder; choose another --out.")
+    if not folder.record.exists() and folder.path.exists() and any(folder.path.iterdir()):
+        raise InputError(f"{folder.path} exists and holds no tuning study; choose another --out.")
     if folder.record.exists():
         held = json.loads(folder.record.read_text())
         if held.get("hash") != plan.hash:
@@ -218,9 +222,10 @@ def queue_again(study: optuna.Study, trial: optuna.trial.FrozenTrial | optuna.Tr
     """Queue a trial that did not finish on its merits, with its settings, to run in its folder."""
     retries = int(trial.user_attrs.get("retries", 0))
     if retries < MAX_RETRIES:
-        study.enqueue_trial(
-            trial.params, user_attrs={"retry_of": trial.number, "folder_of": origin, "retries": retries + 1}
-        )
+        marks = {"retry_of": trial.number, "folder_of": origin, "retries": retries + 1}
+        if trial.user_attrs.get("defaults"):
+            marks["defaults"] = True  # still the defaults' trial
+        study.enqueue_trial(trial.params, user_attrs=marks)
 
 
 def reap_stale(study: optuna.Study) -> list[int]:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from cdsf_bench.bench.render import Block, Heading, Paragraph, Table
-from cdsf_bench.tune.nested import TUNING
+from cdsf_bench.bench.tuning import TUNING
 
 SUMMARY = "summary.json"
 
