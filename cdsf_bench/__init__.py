@@ -3,10 +3,13 @@
 from cdsf_bench.hookspecs import hookimpl
 from cdsf_bench.interfaces import (
     Batch,
+    Choice,
     Component,
     Coupling,
     DataSource,
     DiagnoserOutput,
+    FloatRange,
+    IntRange,
     Prediction,
     TrainingContext,
     TrainingStage,
@@ -14,10 +17,13 @@ from cdsf_bench.interfaces import (
 
 __all__ = [
     "Batch",
+    "Choice",
     "Component",
     "Coupling",
     "DataSource",
     "DiagnoserOutput",
+    "FloatRange",
+    "IntRange",
     "Prediction",
     "TrainingContext",
     "TrainingStage",

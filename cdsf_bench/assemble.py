@@ -13,14 +13,37 @@ import numpy as np
 import torch
 
 from cdsf_bench import config as cfg
+from cdsf_bench.data.conventions import TASKS
+from cdsf_bench.data.labels import training_cohort
 from cdsf_bench.data.pipeline import DevicePipeline
 from cdsf_bench.data.sources import detect_source
-from cdsf_bench.data.splits import Splits
+from cdsf_bench.data.splits import Splits, check_no_leak, make_splits
 from cdsf_bench.distributed import SINGLE_PROCESS, Cluster, global_sum
 from cdsf_bench.errors import InputError
 from cdsf_bench.host import bf16_supported
 from cdsf_bench.interfaces import Cohort, Coupling, DataSource, TrainingContext
 from cdsf_bench.registry import Registry
+
+
+def split_cohort(run: cfg.RunConfig, cohort: Cohort) -> tuple[Cohort, np.ndarray, Splits, dict]:
+    """The subjects a run keeps, their labels and the subject-level split, leak-checked.
+
+    ``run`` and ``tune`` both split here, so a study's trials train and validate on exactly
+    the subjects the run of the same config would.
+    """
+    cohort, labels = training_cohort(cohort, run.task, run.synthesis_subjects)
+    split = run.split
+    splits = make_splits(
+        cohort.participants,
+        labels,
+        val=split.val,
+        test=split.test,
+        seed=run.seed,
+        folds=split.folds,
+        fold=split.fold,
+        class_names=TASKS[run.task],
+    )
+    return cohort, labels, splits, check_no_leak(cohort.participants, splits)
 
 
 def resolve_device(name: str) -> torch.device:

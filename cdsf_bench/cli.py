@@ -17,7 +17,7 @@ from rich.table import Table
 
 from cdsf_bench import config as cfg
 from cdsf_bench.errors import CdsfBenchError
-from cdsf_bench.options import set_option
+from cdsf_bench.options import method_flags, method_options, set_option
 from cdsf_bench.progress import console, out
 from cdsf_bench.registry import KINDS, default_registry
 
@@ -94,41 +94,6 @@ def plugins(as_json: bool) -> None:
     console.print(table)
     for failure in failures:
         console.print(f"[red]failed to load plugin {failure['plugin']}:[/] {failure['error']}")
-
-
-def method_options(command):
-    """--synth, --diag, --joint / --decoupled and --coupling: how ``run`` and ``data check``
-    name a method, one definition so that both read it alike."""
-    for option in reversed(
-        (
-            click.option("--synth", help="Synthesiser name, or 'none' for MRI alone."),
-            click.option("--diag", help="Diagnoser name."),
-            click.option(
-                "--joint",
-                "coupling_flag",
-                flag_value="joint",
-                help="Train synthesis and diagnosis together (CDSF).",
-            ),
-            click.option(
-                "--decoupled",
-                "coupling_flag",
-                flag_value="decoupled",
-                help="Train a GAN first, then the diagnoser.",
-            ),
-            click.option("--coupling", help="Coupling name (see 'cdsf-bench plugins')."),
-        )
-    ):
-        command = option(command)
-    return command
-
-
-def method_flags(
-    synth: str | None, diag: str | None, coupling_flag: str | None, coupling: str | None
-) -> dict[str, object]:
-    """The method options as config flags; a flag and a --coupling that disagree are refused."""
-    if coupling_flag and coupling and coupling != coupling_flag:
-        raise click.UsageError(f"--{coupling_flag} and --coupling {coupling} disagree; give one.")
-    return {"method.synth": synth, "method.diag": diag, "method.coupling": coupling or coupling_flag}
 
 
 @main.command()
@@ -381,6 +346,10 @@ main.add_command(perf_command)
 from cdsf_bench.predict.command import predict_command  # noqa: E402
 
 main.add_command(predict_command)
+# tuning studies (cdsf_bench/tune/; Optuna is imported only when a study runs): tune
+from cdsf_bench.tune.command import tune_command  # noqa: E402
+
+main.add_command(tune_command)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -204,8 +204,17 @@ def _batch_records(
     return records
 
 
+#: called after every epoch with its stage and its history row (losses, validation metrics)
+EpochCallback = Callable[[TrainingStage, dict[str, Any]], None]
+
+
 class Trainer:
-    """Runs the stages of one coupling on one pipeline; writes checkpoints and history."""
+    """Runs the stages of one coupling on one pipeline; writes checkpoints and history.
+
+    ``on_epoch`` is called once an epoch's checkpoint and history are written, so it may
+    stop training by raising (``cdsf-bench tune`` prunes a trial that way) and leave a run
+    folder that resumes.
+    """
 
     def __init__(
         self,
@@ -214,11 +223,13 @@ class Trainer:
         folder: RunFolder,
         *,
         cluster: Cluster = SINGLE_PROCESS,
+        on_epoch: EpochCallback | None = None,
     ) -> None:
         self.coupling = coupling
         self.pipeline = pipeline
         self.folder = folder
         self.cluster = cluster
+        self.on_epoch = on_epoch
         self.stages = coupling.stages()
         for stage in self.stages:
             distributed.synchronise(stage.modules, stage.optimisers, cluster)
@@ -343,6 +354,8 @@ class Trainer:
             best_value = best["value"] if best["value"] is not None else float("nan")
             status = f"val {stage.select_on} {value:.3f} (best {best_value:.3f} @ {best['epoch']})"
             progress.update(epochs_task, advance=1, status=status)
+            if self.on_epoch is not None:
+                self.on_epoch(stage, row)
         progress.update(batch_task, visible=False)
         if best["modules"] is not None:
             for key, module in stage.modules.items():

@@ -1,7 +1,8 @@
 """The hook specifications: the one place that says what a plugin can contribute.
 
 Every component hook returns a list of :class:`~cdsf_bench.interfaces.Component`, each a name
-(the user interface: ``--synth NAME``), a factory and a one-line description. Built-in plugins
+(the user interface: ``--synth NAME``), a factory, a one-line description and, optionally,
+the search space of the factory's settings that ``cdsf-bench tune`` samples. Built-in plugins
 implement these hooks exactly as third-party plugins do, and are found through the same
 ``cdsf_bench`` entry-point group. See docs/plugins.md for a complete external plugin.
 """

@@ -27,11 +27,43 @@ CORE_ARGUMENTS = frozenset(
 
 
 @dataclass(frozen=True)
+class FloatRange:
+    """A real setting searched between ``low`` and ``high``, on a log scale with ``log``."""
+
+    low: float
+    high: float
+    log: bool = False
+
+
+@dataclass(frozen=True)
+class IntRange:
+    """An integer setting searched from ``low`` to ``high`` inclusive, on a log scale with ``log``."""
+
+    low: int
+    high: int
+    log: bool = False
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A setting searched among ``values`` (TOML values: numbers, strings, booleans, lists)."""
+
+    values: tuple[Any, ...]
+
+
+#: how one setting is searched by ``cdsf-bench tune`` (docs/plugins.md, "Search spaces")
+SearchParam = FloatRange | IntRange | Choice
+
+
+@dataclass(frozen=True)
 class Component:
     """A named thing a plugin provides: a factory (a function or class) and a description.
 
     Every hook returns a list of these. The registry adds where each came from (``plugin``,
     ``distribution``, ``version``) when it collects them; plugins leave those empty.
+    ``space`` is the search space of the component's own settings, by parameter name, that
+    ``cdsf-bench tune`` samples (the core adds the training settings); settings it leaves
+    out keep their value. Leave it empty to have only the training settings tuned.
     """
 
     name: str
@@ -40,6 +72,7 @@ class Component:
     plugin: str = ""
     distribution: str = ""
     version: str = ""
+    space: Mapping[str, SearchParam] = field(default_factory=dict, compare=False)
 
     def parameters(self) -> dict[str, Any]:
         """The factory's settings: its parameters with defaults, less those the core supplies."""

@@ -23,14 +23,13 @@ from cdsf_bench.assemble import (
     configure_backends,
     load_cohort,
     resolve_device,
+    split_cohort,
 )
 from cdsf_bench.config import RunConfig
-from cdsf_bench.data.conventions import TASKS
-from cdsf_bench.data.labels import UNLABELLED, training_cohort
+from cdsf_bench.data.labels import UNLABELLED
 from cdsf_bench.data.nifti import to_native
 from cdsf_bench.data.pipeline import DevicePipeline
 from cdsf_bench.data.sources import PhantomSource
-from cdsf_bench.data.splits import check_no_leak, make_splits
 from cdsf_bench.engine import Evaluation, Trainer, evaluate
 from cdsf_bench.figures import learning_curves, roc_figure, slice_montage
 from cdsf_bench.interfaces import Cohort, Coupling
@@ -93,19 +92,7 @@ def _execute(
     if main:
         distributed.barrier(cluster)
     data_seconds = time.perf_counter() - data_started
-    cohort, labels = training_cohort(cohort, run.task, run.synthesis_subjects)
-    split = run.split
-    splits = make_splits(
-        cohort.participants,
-        labels,
-        val=split.val,
-        test=split.test,
-        seed=run.seed,
-        folds=split.folds,
-        fold=split.fold,
-        class_names=TASKS[run.task],
-    )
-    leak = check_no_leak(cohort.participants, splits)
+    cohort, labels, splits, leak = split_cohort(run, cohort)
 
     assembly = assemble(run.raw, registry, cohort, labels, splits, device, cluster)
     pipeline, coupling = assembly.pipeline, assembly.coupling
@@ -149,7 +136,11 @@ def _execute(
             "description": cohort.source,
             # the cohort's own seed (a suite's replicate seed unless it pins one); None: not the phantom
             "phantom_seed": run.data.phantom_seed if source_name == PhantomSource.name else None,
-            "split": {"seed": run.seed, "folds": split.folds, "fold": split.fold if split.folds else None},
+            "split": {
+                "seed": run.seed,
+                "folds": run.split.folds,
+                "fold": run.split.fold if run.split.folds else None,
+            },
             "shape": list(cohort.shape),
             "affine": np.asarray(cohort.affine).tolist(),
             "subjects": {name: int(len(splits.rows(name))) for name in ("train", "val", "test")},

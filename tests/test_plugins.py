@@ -187,3 +187,21 @@ def test_external_plugin_from_the_docs_installs_and_runs(tmp_path: Path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["method"]["synth"] == "shallow"
     assert "depth = 3" in (out / "config.toml").read_text()
+    # its declared search space is what 'cdsf-bench tune' searches, beside the core's and MDM's
+    planned = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from cdsf_bench.registry import default_registry\n"
+            "from cdsf_bench.tune.plan import plan_study\n"
+            "plan = plan_study(default_registry(), assignments=('preset=tiny', 'method.synth=shallow'))\n"
+            "print(' '.join(dim.key for dim in plan.space))",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert {"synth.shallow.width", "synth.shallow.depth", "train.learning_rate"} <= set(
+        planned.stdout.split()
+    )

@@ -15,7 +15,8 @@ to ``checks.csv``; a suite with ``test_data`` gets an external-validation sectio
 (:mod:`cdsf_bench.bench.external`). Where the runs recorded their split sizes, the report
 also answers each comparison (:mod:`cdsf_bench.bench.answers`: the design's t-test, Holm,
 the minimal detectable difference and a verdict; ``answers.csv``) and the intervals follow
-the design; an older folder renders as it was written.
+the design; an older folder renders as it was written. A tuned suite's report states the
+budget and each method's chosen settings (:mod:`cdsf_bench.bench.tuning_report`).
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ from cdsf_bench.bench.stats import (
     read_predictions,
     replicate_of,
 )
+from cdsf_bench.bench.tuning_report import summary_path, tuning_blocks
 from cdsf_bench.errors import InputError
 from cdsf_bench.interfaces import Method
 from cdsf_bench.metrics import CALIBRATION_KEYS, DISEASE_SYNTHESIS_KEYS, SUBGROUP_KEYS, SYNTHESIS_KEYS
@@ -293,6 +295,7 @@ def report_inputs(folder: Path) -> list[str]:
     done = results[results["status"] == "done"]
     require_run_files(folder, done)
     wanted = [f"{r}/{name}" for r in done["run_folder"] for name in (PREDICTIONS, ENVIRONMENT)]
+    wanted += [summary_path(r) for r in results["run_folder"]]  # a tuned suite's studies
     for scenario, task in groups(results):
         task_done = _in_group(done, scenario, task)
         methods = method_order(_in_group(results, scenario, task))
@@ -376,6 +379,7 @@ def build_report(
     pairs = pd.concat(all_pairs, ignore_index=True) if all_pairs else pd.DataFrame()
     found = answers(pairs, designs)
     blocks += answers_blocks(found, designs, reference) + answers_figure(found, Path(folder), reference)
+    blocks += tuning_blocks(folder, results, suite.get("tune"))
     for scenario, task in groups(results):
         task_done = _in_group(done, scenario, task)
         methods = method_order(_in_group(results, scenario, task))

@@ -6,7 +6,8 @@ whole suite, ``results.shard-I-of-N.csv`` for a shard. The table is rewritten at
 after every run, so a killed suite leaves a table of what finished. A run that fails
 (:class:`~cdsf_bench.errors.RunFailed`) is recorded as failed and the suite goes on. A suite
 with ``test_data`` also tests each run's model on that cohort (``external/``, ``external.csv``:
-:mod:`cdsf_bench.bench.external`).
+:mod:`cdsf_bench.bench.external`). A tuned suite (``[tune]``) tunes each run first, in
+``tuning/<run folder>/`` (:mod:`cdsf_bench.bench.tuning`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from cdsf_bench.bench.suite import RunSpec, Suite, shard_runs, suite_from_canonical
+from cdsf_bench.bench.tuning import TuningBudget
 from cdsf_bench.errors import InputError, RunFailed
 from cdsf_bench.metrics import DIAGNOSIS_KEYS, DISEASE_SYNTHESIS_KEYS, SYNTHESIS_KEYS
 from cdsf_bench.progress import console, make_progress
@@ -126,6 +128,13 @@ def run_suite(
     if shard is not None:
         runs = shard_runs(runs, *shard)
     configs = [spec.resolve(registry) for spec in runs]  # every config error before any compute
+    if suite.tune is not None:  # and every study's space and metric (cdsf_bench.bench.tuning)
+        from cdsf_bench.bench.tuning import plan_for
+        from cdsf_bench.tune.study import require_optuna
+
+        require_optuna()
+        for spec in runs:
+            plan_for(spec, registry, suite.tune)
     if not resume:
         taken = [str(spec.folder) for spec in runs if (out / spec.folder).exists()]
         if taken:
@@ -151,7 +160,7 @@ def run_suite(
             if resume and (out / spec.folder / "metrics.json").exists():
                 rows.append(result_row(spec, out, "done"))
             else:
-                rows.append(_execute_one(execute, spec, config, registry, out))
+                rows.append(_execute_one(execute, spec, config, registry, out, suite.tune))
             write_csv(table, results_frame(rows))
             if suite.test_data:
                 done = rows[-1]["status"] == "done"
@@ -161,12 +170,19 @@ def run_suite(
     return results_frame(rows)
 
 
-def _execute_one(execute, spec: RunSpec, config: dict, registry: Registry, out: Path) -> dict:
-    """Run one spec; a failed run becomes a 'failed' row instead of stopping the suite."""
+def _execute_one(
+    execute, spec: RunSpec, config: dict, registry: Registry, out: Path, budget: TuningBudget | None = None
+) -> dict:
+    """Run one spec (tuned first, with a budget); a failed run becomes a 'failed' row instead of
+    stopping the suite."""
     folder = out / spec.folder
     started = time.perf_counter()
     continuing = (folder / "config.toml").exists()
     try:
+        if budget is not None:
+            from cdsf_bench.bench.tuning import tuned_config
+
+            config = tuned_config(spec, registry, out, budget)
         execute(config, registry, out=folder, resume=continuing)
     except RunFailed as error:
         console.print(f"[red]run {spec.folder} failed:[/] {error}", highlight=False)

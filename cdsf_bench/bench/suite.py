@@ -22,7 +22,8 @@ replicate and method once per scenario, in folders ``<scenario>/<task>/...``; op
 findings, :mod:`cdsf_bench.bench.checks`); the report evaluates each and prints pass / fail
 (docs/benchmark.md). An optional ``test_data`` (with ``[test_settings]``, its data settings)
 tests every run's selected model on another cohort too: external validation
-(:mod:`cdsf_bench.bench.external`).
+(:mod:`cdsf_bench.bench.external`). An optional ``[tune]`` table gives every method the same
+number of tuning trials in every replicate (:mod:`cdsf_bench.bench.tuning`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import tomli_w
 
 from cdsf_bench import config as cfg
 from cdsf_bench.bench.checks import Check, checks_from_canonical, parse_checks
+from cdsf_bench.bench.tuning import TuningBudget, budget_from_canonical, parse_budget
 from cdsf_bench.data.conventions import TASKS
 from cdsf_bench.errors import ConfigError, InputError
 from cdsf_bench.registry import Registry
@@ -57,6 +59,7 @@ SUITE_FIELDS = (
     "checks",
     "test_data",
     "test_settings",
+    "tune",
 )
 METHOD_FIELDS = ("name", "synth", "diag", "coupling", "settings")
 #: settings a suite sets through its own fields; overriding them in [settings] would unpair runs
@@ -155,6 +158,8 @@ class Suite:
     def test_assignments(self) -> tuple[str, ...]:
         """``test_settings`` as ``--set``-style assignments (what ``cdsf-bench predict`` takes)."""
         return tuple(f"{key}={toml_value(value)}" for key, value in self.test_settings.items())
+    #: a tuned suite's budget (``[tune]``): every method's trials per replicate
+    tune: TuningBudget | None = None
 
     def canonical(self) -> dict:
         """The normalised definition (no comments or formatting): what the hash covers.
@@ -173,6 +178,8 @@ class Suite:
             extra["scenarios"] = [{"name": n, "settings": settings} for n, settings in self.scenarios]
         if self.checks:
             extra["checks"] = [check.canonical() for check in self.checks]
+        if self.tune:
+            extra["tune"] = self.tune.canonical()
         return extra | {
             "name": self.name,
             "tasks": list(self.tasks),
@@ -281,6 +288,7 @@ def load_suite(path: Path) -> Suite:
     names, scenario_names = [m.name for m in methods], [n for n, _ in scenarios]
     checks = parse_checks(raw.get("checks", []), names, tasks, scenario_names, fail)
     test_data, test_settings = _test_data(raw, fail)
+    tune = parse_budget(raw.get("tune"), fail)
     return Suite(
         name.strip(),
         tasks,
@@ -296,6 +304,7 @@ def load_suite(path: Path) -> Suite:
         test_data,
         test_settings,
         cohort_design(data, settings),
+        tune,
     )
 
 
@@ -339,6 +348,7 @@ def suite_from_canonical(content: dict) -> Suite:
         external["spec"],
         external["settings"],
         content.get("cohorts", SHARED),  # absent: a shared cohort, as every older suite ran
+        budget_from_canonical(content.get("tune")),
     )
 
 

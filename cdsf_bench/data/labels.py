@@ -63,6 +63,27 @@ def labelled_flags(participants: pd.DataFrame) -> np.ndarray:
     return np.array([bool(read_labelled(v)) for v in participants["labelled"]], dtype=bool)
 
 
+def _in_task(participants: pd.DataFrame, task: str) -> tuple[np.ndarray, np.ndarray]:
+    """Which subjects belong to the task's two classes, and which of them is positive."""
+    negative, positive = TASKS[task]
+    diagnosis = participants["diagnosis"].astype(str).to_numpy()
+    in_task = np.isin(diagnosis, [negative, positive])
+    if not in_task.any():
+        raise InputError(f"The cohort has no {negative} or {positive} subjects for task {task}.")
+    return in_task, diagnosis == positive
+
+
+def task_cohort(cohort: Cohort, task: str) -> tuple[Cohort, np.ndarray]:
+    """The task's subjects and their diagnoses as binary labels, whatever ``labelled`` says.
+
+    What a trained model's predictions of a cohort are scored against (``predict``): the
+    ``labelled`` column governs which labels may train, not which may evaluate.
+    """
+    in_task, positive = _in_task(cohort.participants, task)
+    rows = np.flatnonzero(in_task)
+    return cohort.subset(rows), positive[rows].astype(np.int64)
+
+
 def training_cohort(cohort: Cohort, task: str, synthesis_subjects: str = "task") -> tuple[Cohort, np.ndarray]:
     """The subjects a run keeps and their labels: 1 = positive class, 0 = negative, UNLABELLED.
 
@@ -77,12 +98,8 @@ def training_cohort(cohort: Cohort, task: str, synthesis_subjects: str = "task")
             f"data.synthesis_subjects must be one of {', '.join(SYNTHESIS_SUBJECTS)}, "
             f"got {synthesis_subjects!r}."
         )
-    negative, positive = TASKS[task]
     participants = cohort.participants
-    diagnosis = participants["diagnosis"].astype(str).to_numpy()
-    in_task = np.isin(diagnosis, [negative, positive])
-    if not in_task.any():
-        raise InputError(f"The cohort has no {negative} or {positive} subjects for task {task}.")
+    in_task, positive = _in_task(participants, task)
     keep = in_task.copy()
     if synthesis_subjects == "all_diagnoses":
         withheld = np.zeros(len(participants), dtype=bool)
@@ -90,5 +107,5 @@ def training_cohort(cohort: Cohort, task: str, synthesis_subjects: str = "task")
             withheld = participants["split"].astype(str).str.lower().isin(["val", "test"]).to_numpy()
         keep |= ~in_task & np.asarray(cohort.has_pet, dtype=bool) & ~withheld
     rows = np.flatnonzero(keep)
-    labels = np.where(in_task & labelled_flags(participants), diagnosis == positive, UNLABELLED)
+    labels = np.where(in_task & labelled_flags(participants), positive, UNLABELLED)
     return cohort.subset(rows), labels[rows].astype(np.int64)

@@ -25,7 +25,8 @@ import pandas as pd
 import torch
 
 from cdsf_bench import config as cfg
-from cdsf_bench.assemble import Assembly, load_cohort, task_subset
+from cdsf_bench.assemble import Assembly, load_cohort
+from cdsf_bench.data.labels import task_cohort
 from cdsf_bench.engine import Evaluation, evaluate
 from cdsf_bench.interfaces import Batch, Cohort
 from cdsf_bench.predict.settings import check_data_assignments
@@ -118,7 +119,7 @@ def prepare(
     cohort, source = load_cohort(config, registry)
     task = model.run.task
     everyone = len(cohort)
-    cohort, labels = task_subset(cohort, task)
+    cohort, labels = task_cohort(cohort, task)
     assembly = rebuild(model, registry, cohort, labels, device)
     return Application(model, config, cohort, labels, source, assembly, everyone - len(cohort))
 
