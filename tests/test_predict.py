@@ -114,10 +114,11 @@ def test_checkpoint_records_the_training_pet_mean(runs):
     run = runs["mean-impute"]
     state = load_torch(run / "checkpoints" / "last.pt")
     config = cfg.resolve(default_registry(), run / "config.toml")
-    from cdsf_bench.assemble import load_cohort, task_subset
+    from cdsf_bench.assemble import load_cohort
+    from cdsf_bench.data.labels import task_cohort
 
     cohort, _ = load_cohort(config, default_registry())
-    cohort, _ = task_subset(cohort, config["task"])
+    cohort, _ = task_cohort(cohort, config["task"])
     splits = pd.read_csv(run / "splits.csv", dtype={"participant_id": str})
     train = set(splits.loc[splits["split"] == "train", "participant_id"])
     rows = np.flatnonzero(cohort.participants["participant_id"].isin(train).to_numpy() & cohort.has_pet)
