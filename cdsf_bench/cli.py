@@ -18,7 +18,7 @@ from rich.table import Table
 from cdsf_bench import config as cfg
 from cdsf_bench.errors import CdsfBenchError
 from cdsf_bench.options import method_flags, method_options, set_option
-from cdsf_bench.progress import console, out
+from cdsf_bench.progress import console, metrics_table, out
 from cdsf_bench.registry import KINDS, default_registry
 
 DEBUG_ENV = "CDSF_BENCH_DEBUG"
@@ -201,20 +201,8 @@ def _torchrun(nproc: int) -> int:
 
 def _print_metrics(metrics: dict, folder: Path) -> None:
     method = metrics["method"]
-    table = Table(
-        title=f"test metrics: {method['synth']} + {method['diag']} ({method['coupling']}), {metrics['task']}"
-    )
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    diag = metrics["diagnosis"]
-    for key in ("auc", "acc", "bacc", "sen", "spe", "f1", "mcc"):
-        value = f"{diag[key]:.3f}"
-        if key == "auc":
-            value += f" [{diag['auc_ci_low']:.3f}, {diag['auc_ci_high']:.3f}]"
-        table.add_row(key.upper(), value)
-    if metrics["synthesis"]:
-        for key, value in metrics["synthesis"].items():
-            table.add_row(f"synthesis {key.upper()}", f"{value:.4f}")
+    name = f"{method['synth']} + {method['diag']} ({method['coupling']})"
+    table = metrics_table(metrics, f"test metrics: {name}, {metrics['task']}")
     n = metrics["n"]
     held_out = " (held-out phantom cohort)" if "test_set" in metrics else ""
     table.add_row("subjects", f"train {n['train']} / val {n['val']} / test {n['test']}{held_out}")

@@ -20,7 +20,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-from rich.table import Column
+from rich.table import Column, Table
 
 T = TypeVar("T")
 
@@ -81,3 +81,22 @@ def track(iterable: Iterable[T], total: int, description: str) -> Iterator[T]:
         for item in iterable:
             yield item
             progress.advance(task)
+
+
+def metrics_table(metrics: dict, title: str) -> Table:
+    """A run's (or a prediction's) diagnosis and synthesis metrics as one rich table.
+
+    ``run`` and ``predict`` print the same table, each adding its own closing rows.
+    """
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    diagnosis = metrics["diagnosis"]
+    for key in ("auc", "acc", "bacc", "sen", "spe", "f1", "mcc"):
+        value = f"{diagnosis[key]:.3f}"
+        if key == "auc":
+            value += f" [{diagnosis['auc_ci_low']:.3f}, {diagnosis['auc_ci_high']:.3f}]"
+        table.add_row(key.upper(), value)
+    for key, value in (metrics["synthesis"] or {}).items():
+        table.add_row(f"synthesis {key.upper()}", f"{value:.4f}")
+    return table

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import click
 from rich.markup import escape
-from rich.table import Table
 
 from cdsf_bench.options import set_option
+from cdsf_bench.progress import metrics_table
 from cdsf_bench.progress import out as results
 
 
@@ -44,19 +44,8 @@ def predict_command(
     )
     metrics = result.metrics
     method = metrics["method"]
-    table = Table(
-        title=f"{method['synth']} + {method['diag']} ({method['coupling']}) on {data_spec}, {metrics['task']}"
-    )
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    diagnosis = metrics["diagnosis"]
-    for key in ("auc", "acc", "bacc", "sen", "spe", "f1", "mcc"):
-        value = f"{diagnosis[key]:.3f}"
-        if key == "auc":
-            value += f" [{diagnosis['auc_ci_low']:.3f}, {diagnosis['auc_ci_high']:.3f}]"
-        table.add_row(key.upper(), value)
-    for key, value in (metrics["synthesis"] or {}).items():
-        table.add_row(f"synthesis {key.upper()}", f"{value:.4f}")
+    name = f"{method['synth']} + {method['diag']} ({method['coupling']})"
+    table = metrics_table(metrics, f"{name} on {data_spec}, {metrics['task']}")
     table.add_row("subjects predicted", str(metrics["n"]["test"]))
     table.add_row("threshold (the run's)", f"{metrics['threshold']:.4f}")
     results.print(table)
