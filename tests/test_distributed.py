@@ -15,6 +15,7 @@ norm normalises per process under data parallelism; docs/scaling.md).
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,8 @@ from cdsf_bench.registry import default_registry
 SHAPE = (16, 16, 16)
 WORLD = 2
 STEPS = 2
+#: a rendezvous or collective that hangs fails the test instead of the CI job
+TIMEOUT = timedelta(minutes=2)
 #: every shipped coupling (a run's name: the coupling and the settings that exercise its
 #: optional terms)
 COUPLINGS: dict[str, tuple[str, dict]] = {
@@ -99,11 +102,10 @@ def _train(name: str, cluster: distributed.Cluster) -> dict[str, torch.Tensor]:
     }
 
 
-def _worker(rank: int, folder: str) -> None:
+def _worker(rank: int, folder: str, port: int) -> None:
     torch.set_num_threads(1)
-    # a file store, not a TCP port: no port to race another process for
-    store = f"file://{Path(folder) / 'rendezvous'}"
-    dist.init_process_group("gloo", init_method=store, rank=rank, world_size=WORLD)
+    store = dist.TCPStore("127.0.0.1", port, is_master=False, timeout=TIMEOUT)
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=WORLD, timeout=TIMEOUT)
     try:
         cluster = distributed.Cluster(rank=rank, world=WORLD)
         for name in COUPLINGS:
@@ -117,7 +119,13 @@ def _worker(rank: int, folder: str) -> None:
 @pytest.fixture(scope="module")
 def two_process_states(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("ddp")
-    mp.start_processes(_worker, args=(str(folder),), nprocs=WORLD, join=True, start_method="spawn")
+    # The parent serves the rendezvous on a port the OS picks and holds (port 0), as
+    # torchrun --standalone does: no free port to race for. (A file store aborted a worker
+    # in CI's sandbox; a port picked, closed and reopened could be taken in between.)
+    server = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False, timeout=TIMEOUT)
+    mp.start_processes(
+        _worker, args=(str(folder), server.port), nprocs=WORLD, join=True, start_method="spawn"
+    )
     return folder
 
 
