@@ -23,7 +23,7 @@ from cdsf_bench.errors import ConfigError
 from cdsf_bench.interfaces import DataSettings, Method, SelectionMetric
 from cdsf_bench.registry import Registry
 
-PRESETS = ("quick", "paper", "tiny")
+PRESETS = ("quick", "paper", "tiny", "ci")
 PLUGIN_SECTIONS = {"synth": "synthesiser", "diag": "diagnoser", "coupling": "coupling"}
 
 DEFAULTS: dict[str, Any] = {
