@@ -22,6 +22,7 @@ import pytest
 from click.testing import CliRunner
 from scipy.stats import mannwhitneyu
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+from support import load_benchmark
 
 from cdsf_bench.bench.report import choose_reference
 from cdsf_bench.bench.runner import COLUMNS, results_frame, run_suite
@@ -428,6 +429,47 @@ def test_regress_update_keeps_tolerances(tmp_path):
     assert updated["auc"] == {"value": pytest.approx(0.85), "abs_tol": 0.03}
     assert updated["mae"] == {"value": pytest.approx(0.11), "direction": "lower", "rel_tol": 0.2}
     assert invoke("regress", results, "--baseline", baseline).exit_code == 0
+
+
+def test_regress_update_keeps_the_files_opening_comments(tmp_path):
+    """How a baseline's tolerances were derived is written in its opening comments; an update
+    rewrites the values and keeps that derivation (with one stamp of the latest update)."""
+    results = _results(tmp_path)
+    derivation = "# tolerances: 3 sd over five seeds (docs/regression.md)\n# seeds 0-4\n"
+    baseline = _baseline(tmp_path, derivation + "\n[methods.A.auc]\nvalue = 0.1\nabs_tol = 0.03\n")
+    for _ in range(2):
+        assert invoke("regress", results, "--baseline", baseline, "--update").exit_code == 0
+    text = baseline.read_text()
+    assert text.startswith(derivation)
+    assert text.count("Values written by 'cdsf-bench regress --update'") == 1
+
+
+def test_ci_tolerances_cover_every_seed_and_floor_a_ceiling():
+    """The CI baseline's derivation: every seed of the spread passes its own baseline, and a
+    metric at its ceiling on every seed still gets the metric's floor, not a zero tolerance."""
+    tolerances = load_benchmark("ci_tolerances")
+    table = pd.DataFrame(
+        {
+            "seed": range(5),
+            "method": "CDSF",
+            "status": "done",
+            "auc": [0.97, 0.99, 0.95, 0.98, 0.96],
+            "bacc": 1.0,
+            "ssim": [0.80, 0.78, 0.81, 0.79, 0.77],
+            "psnr": [20.0, 20.1, 20.2, 20.3, 20.4],
+            "mae": 0.08,
+        }
+    )
+    baseline = tomllib.loads(tolerances.baseline_text(table, "spread.csv"))["methods"]["CDSF"]
+    for metric in ("auc", "bacc", "ssim", "psnr", "mae"):
+        spec = baseline[metric]
+        higher = metric != "mae"
+        for value in table[metric]:
+            loss = (spec["value"] - value) if higher else (value - spec["value"])
+            assert loss <= spec["abs_tol"], (metric, value, spec)
+    assert baseline["bacc"]["abs_tol"] == tolerances.FLOORS["bacc"]  # sd 0: the floor
+    assert baseline["mae"]["abs_tol"] == tolerances.FLOORS["mae"]
+    assert baseline["auc"]["abs_tol"] >= 3 * table["auc"].std(ddof=1)
 
 
 def test_regress_on_a_run_folder_and_a_suite(suite_run, tmp_path):

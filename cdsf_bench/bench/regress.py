@@ -223,12 +223,23 @@ def update_baseline(path: Path, baseline: dict[str, dict[str, dict]], current: C
     }
     if Path(path).suffix == ".json":
         return write_json(path, {"methods": ordered})
-    header = (
-        "# cdsf-bench regression baseline (docs/regression.md).\n"
+    stamp = (
         f"# Values written by 'cdsf-bench regress --update' from {current.source} "
-        f"on {datetime.now(UTC).strftime('%Y-%m-%d')}; tolerances and directions are kept.\n\n"
+        f"on {datetime.now(UTC).strftime('%Y-%m-%d')}; tolerances and directions are kept.\n"
     )
-    return write_text(path, header + tomli_w.dumps({"methods": ordered}))
+    return write_text(path, _leading_comments(path) + stamp + "\n" + tomli_w.dumps({"methods": ordered}))
+
+
+def _leading_comments(path: Path) -> str:
+    """The comment block a baseline file opens with (how its tolerances were derived), which
+    an update keeps, less the stamp of an earlier update; a generic title when it has none."""
+    lines = []
+    for line in Path(path).read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        if not line.startswith("# Values written by 'cdsf-bench regress --update'"):
+            lines.append(line + "\n")
+    return "".join(lines) or "# cdsf-bench regression baseline (docs/regression.md).\n"
 
 
 def as_json(checks: list[Check], results: str, baseline: Path, updated: bool) -> str:
