@@ -36,7 +36,9 @@ def coupling(diag_norm: str = "batch", **settings: object) -> TaskInducedCouplin
     return TaskInducedCoupling(
         training_context(SHAPE, epochs=3),
         lambda: UNet3D(widths=(4, 8)),
-        lambda channels, classes=None: MDM(channels, SHAPE, classes or 2, widths=(4, 4, 4, 4, 4), norm=diag_norm),
+        lambda channels, classes=None: MDM(
+            channels, SHAPE, classes or 2, widths=(4, 4, 4, 4, 4), norm=diag_norm
+        ),
         discriminator_widths=(4, 8),
         **settings,
     )
@@ -69,7 +71,12 @@ def test_registered_with_its_settings_and_space() -> None:
     component = default_registry().get("coupling", "task-induced")
     assert component.factory is TaskInducedCoupling
     settings = component.parameters()
-    assert (settings["w_task"], settings["task_lr"], settings["w_adv"], settings["w_l1"]) == (1.0, 2e-4, 1.0, 100.0)
+    assert (settings["w_task"], settings["task_lr"], settings["w_adv"], settings["w_l1"]) == (
+        1.0,
+        2e-4,
+        1.0,
+        100.0,
+    )
     assert {"w_task", "task_lr", "weight_decay"} <= set(component.space)
 
 
@@ -103,7 +110,9 @@ def test_adversary_losses_are_real_class_and_synthetic_cross_entropies() -> None
     loss, terms = loss.detach(), {key: value.detach() for key, value in terms.items()}
     method.adversary.train()
     real = data.has_pet
-    inputs = torch.cat([torch.cat([data.mri[real], data.pet[real]], 1), torch.cat([data.mri, synthetic.detach()], 1)])
+    inputs = torch.cat(
+        [torch.cat([data.mri[real], data.pet[real]], 1), torch.cat([data.mri, synthetic.detach()], 1)]
+    )
     with torch.no_grad():
         logits = method.adversary(inputs).logits
     log_p = logits.log_softmax(dim=1)

@@ -285,7 +285,9 @@ class JointCoupling(Coupling):
             return own_objective(self.synthesiser, self.context, batch.mri[real], batch.pet[real])
         half = self.halves(batch)
         losses = [
-            own_objective(generator, self.context, batch.mri[real & (half == k)], batch.pet[real & (half == k)])
+            own_objective(
+                generator, self.context, batch.mri[real & (half == k)], batch.pet[real & (half == k)]
+            )
             for k, generator in enumerate(self.synthesisers)
         ]
         return torch.cat(losses)

@@ -49,9 +49,7 @@ def has_own_objective(synthesiser: nn.Module) -> bool:
     return callable(getattr(synthesiser, "training_loss", None))
 
 
-def own_objective(
-    synthesiser: nn.Module, context: TrainingContext, mri: Tensor, pet: Tensor
-) -> Tensor:
+def own_objective(synthesiser: nn.Module, context: TrainingContext, mri: Tensor, pet: Tensor) -> Tensor:
     """[B] the synthesiser's own per-subject loss on (``mri``, real ``pet``), in float32.
 
     Empty, without a forward, when there are no subjects (a process holding none of them

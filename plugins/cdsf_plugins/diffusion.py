@@ -49,9 +49,9 @@ EXTRA = "diffusion"
 def _monai() -> tuple[Any, Any]:
     """MONAI's ``DiffusionModelUNet`` and ``DDIMScheduler``, or a clear error naming the extra."""
     try:
+        import einops  # noqa: F401  (MONAI's attention blocks need it; fail here, not mid-run)
         from monai.networks.nets import DiffusionModelUNet
         from monai.networks.schedulers import DDIMScheduler
-        import einops  # noqa: F401  (MONAI's attention blocks need it; fail here, not mid-run)
     except ImportError as error:
         raise InputError(
             "The diffusion synthesiser (--synth diffusion) needs MONAI >= 1.5 and einops, which are not "
@@ -136,7 +136,7 @@ class DiffusionSynthesiser(nn.Module):
             scheduler = scheduler_class(
                 num_train_timesteps=train_timesteps, schedule=schedule, clip_sample=True
             )
-        except KeyError:
+        except (KeyError, ValueError):  # MONAI's component store: "Component '...' not found"
             raise InputError(
                 f"synth.diffusion.schedule {schedule!r} is not a MONAI noise schedule "
                 "(linear_beta, scaled_linear_beta, sigmoid_beta or cosine)."
