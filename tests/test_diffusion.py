@@ -260,6 +260,30 @@ def test_two_runs_of_one_seed_are_equal(runs: dict[str, Path]) -> None:
     pd.testing.assert_frame_equal(first, second)
 
 
+def test_predict_repeats_the_runs_synthetic_pet(
+    runs: dict[str, Path], env: dict[str, str], tmp_path: Path
+) -> None:
+    """``cdsf-bench predict`` rebuilds the sampler from the U-Net's state and repeats each subject's PET.
+
+    Probabilities are compared to 1e-6, not bit for bit: the diagnoser's convolutions round
+    differently for different batch sizes (a ulp, seen for MDM alike in every coupling), and
+    predict batches the whole cohort, not the test split.
+    """
+    result = CliRunner().invoke(
+        main, ["predict", str(runs["decoupled"]), "--data", "phantom", "--out", str(tmp_path / "p")], env=env
+    )
+    assert result.exit_code == 0, result.output
+    run = pd.read_csv(runs["decoupled"] / "predictions.csv", dtype={"participant_id": str})
+    again = pd.read_csv(tmp_path / "p" / "predictions.csv", dtype={"participant_id": str})
+    both = run.merge(again, on="participant_id", suffixes=("_run", "_predict"))
+    assert len(both) == len(run) > 0
+    assert (both["pet_source_run"] == both["pet_source_predict"]).all()
+    for column in ("probability", "synth_mae", "synth_psnr"):
+        pd.testing.assert_series_equal(
+            both[f"{column}_run"], both[f"{column}_predict"], check_names=False, rtol=1e-5, atol=1e-6
+        )
+
+
 def test_without_monai_selecting_it_exits_2_naming_the_extra(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, env: dict[str, str]
 ) -> None:
