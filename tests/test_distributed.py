@@ -42,6 +42,7 @@ COUPLINGS: dict[str, tuple[str, dict]] = {
         {"synthetic_pairs": "cross_fitted", "w_diag": 0.1, "w_adv": 1.0, "critic_widths": (4, 8)},
     ),
     "decoupled": ("decoupled", {"discriminator_widths": (4, 8)}),
+    "task-induced": ("task-induced", {"discriminator_widths": (4, 8)}),
     "single": ("single", {}),
     "mean-impute": ("mean-impute", {}),
     "complete-case": ("complete-case", {}),

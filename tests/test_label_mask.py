@@ -153,6 +153,7 @@ def _cohort(n: int = 24, shape=(8, 8, 8)) -> tuple[Cohort, np.ndarray]:
 STAGE_LABELS = {
     "joint": ["where_known"],
     "decoupled": ["unused", "required"],
+    "task-induced": ["where_known", "required"],
     "single": ["required"],
     "mean-impute": ["required"],
     "complete-case": ["required"],
@@ -181,7 +182,8 @@ def test_every_coupling_trains_on_a_cohort_with_unlabelled_subjects(name: str):
 
     torch.manual_seed(0)
     context = training_context((8, 8, 8), has_pet_truth=True)
-    settings = {"discriminator_widths": (4, 8)} if name == "decoupled" else {}  # 8^3: a small critic
+    two_stage = ("decoupled", "task-induced")
+    settings = {"discriminator_widths": (4, 8)} if name in two_stage else {}  # 8^3: a small critic
     synthesiser = build_synth if coupling_class.needs_synthesiser else None
     coupling = coupling_class(context, synthesiser, build_diag, **settings)
     stages = coupling.stages()

@@ -30,6 +30,8 @@ def test_plugins_json_lists_every_kind_with_its_distribution():
         ("synthesiser", "ism"),
         ("diagnoser", "mdm"),
         ("coupling", "joint"),
+        ("coupling", "task-induced"),
+        ("synthesiser", "diffusion"),
         ("data_source", "phantom"),
     ]:
         assert key in kinds

@@ -29,6 +29,8 @@ METHODS = [
     ("unet3d", "mdm", "joint"),
     ("ism", "mdm", "decoupled"),
     ("unet3d", "mdm", "decoupled"),
+    ("diffusion", "mdm", "decoupled"),
+    ("ism", "mdm", "task-induced"),
     ("none", "mdm", "single"),
     ("none", "mdm", "mean-impute"),
     ("none", "mdm", "complete-case"),
@@ -66,7 +68,8 @@ def test_the_diagnosers_weight_decay_is_searched_alike_in_every_coupling():
 
 
 @pytest.mark.parametrize(
-    "kind, name", [("synthesiser", "ism"), ("synthesiser", "unet3d"), ("diagnoser", "mdm")]
+    "kind, name",
+    [("synthesiser", "ism"), ("synthesiser", "unet3d"), ("synthesiser", "diffusion"), ("diagnoser", "mdm")],
 )
 def test_every_declared_value_builds_a_working_network(kind, name):
     """Each choice and each range end of a network's space builds and runs on a tiny volume."""

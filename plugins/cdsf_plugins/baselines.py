@@ -38,6 +38,13 @@ better. Stage 2, "diagnosis", freezes G (evaluation mode, no gradient) and train
 the pairs above with real PET where it exists; prediction uses real PET where it exists
 (``predict_with = "real"``) or G(x) for everyone (``"synthetic"``), and always returns
 G(x) so that synthesis is scored. Unlike CDSF, the diagnosis never shapes G.
+
+A synthesiser with its own objective (``training_loss(mri, pet)``, docs/plugins.md; the
+diffusion synthesiser's noise-prediction MSE) is trained on that alone in stage 1,
+L_G = mean over subjects with PET of its per-subject loss: no critic is built and ``w_adv``
+and ``w_l1`` are unused, so the two-stage diffusion baseline is the diffusion model as
+published. ``task-induced`` (task_induced.py) is this coupling with a second adversary in
+stage 1 that also diagnoses.
 """
 
 from __future__ import annotations
@@ -56,6 +63,7 @@ from cdsf_bench import (
     Component,
     Coupling,
     FloatRange,
+    IntRange,
     Prediction,
     TrainingContext,
     TrainingStage,
@@ -72,11 +80,14 @@ from cdsf_plugins.common import (
     diagnoser_optimiser,
     fill_pet,
     has_batch_norm,
+    has_own_objective,
+    own_objective,
     patch_critic,
     positive_probability,
     real_where,
     selected_stage,
 )
+from cdsf_plugins.diffusion import DiffusionSynthesiser
 from cdsf_plugins.unet3d import UNet3D
 
 
@@ -206,6 +217,8 @@ class DecoupledCoupling(DiagnosisCoupling):
     """
 
     needs_synthesiser = True
+    #: the coupling's name, as its settings are addressed (``--set coupling.NAME.KEY=VALUE``)
+    name = "decoupled"
 
     def __init__(
         self,
@@ -224,18 +237,20 @@ class DecoupledCoupling(DiagnosisCoupling):
     ) -> None:
         super().__init__(context, build_synthesiser, build_diagnoser, weight_decay=weight_decay)
         if build_synthesiser is None:
-            raise InputError("The decoupled coupling trains a synthesiser; choose one with --synth.")
+            raise InputError(f"The {self.name} coupling trains a synthesiser; choose one with --synth.")
         if synthesis_epochs < 0:
             raise InputError(
-                "coupling.decoupled.synthesis_epochs must be 0 (the run's epochs) or more, "
+                f"coupling.{self.name}.synthesis_epochs must be 0 (the run's epochs) or more, "
                 f"got {synthesis_epochs}."
             )
         self.predict_with = check_choice("predict_with", predict_with, PREDICT_WITH)
         self.w_adv, self.w_l1 = w_adv, w_l1
         self.synthesis_epochs = synthesis_epochs or context.epochs
         self.synthesiser = build_synthesiser()
+        #: the synthesiser learns from its own objective (no critic, no L1)
+        self.own_objective = has_own_objective(self.synthesiser)
         self.critic = None
-        if w_adv:
+        if w_adv and not self.own_objective:
             network = patch_critic(context, self.synthesiser, discriminator_widths, discriminator_norm)
             self.critic = AdversarialCritic(context, network, synthesis_lr)
         self.optimise_synthesiser = torch.optim.Adam(
@@ -269,8 +284,18 @@ class DecoupledCoupling(DiagnosisCoupling):
         return [synthesis, *super().stages()]
 
     def synthesis_step(self, batch: Batch) -> Mapping[str, Tensor]:
-        """One pix2pix update: P on L_P, then G on L_G (every subject here has real PET)."""
+        """One pix2pix update: P on L_P, then G on L_G (every subject here has real PET).
+
+        A synthesiser with its own objective takes one update on that instead (``own``).
+        """
         mri, real = batch.mri, batch.pet
+        if self.own_objective:
+            own = self.context.mean(own_objective(self.synthesiser, self.context, mri, real))
+            self.optimise_synthesiser.zero_grad(set_to_none=True)
+            if own.requires_grad:
+                own.backward()
+            self.optimise_synthesiser.step()
+            return {"G": own.detach(), "own": own.detach()}
         with self.context.autocast():
             fake = self.synthesiser(mri)
         zero = torch.zeros((), device=mri.device)
@@ -328,6 +353,13 @@ DECOUPLED_SPACE: dict[str, SearchParam] = {
 DIAGNOSIS_SPACE: dict[str, SearchParam] = {"weight_decay": WEIGHT_DECAY_SPACE}
 
 
+#: the diffusion synthesiser: the U-Net's width and the number of DDIM steps
+DIFFUSION_SPACE: dict[str, SearchParam] = {
+    "channels": Choice(((8, 16, 32), (16, 32, 64), (32, 64, 64))),
+    "sampling_steps": IntRange(10, 50),
+}
+
+
 @hookimpl
 def cdsf_bench_synthesisers() -> list[Component]:
     return [
@@ -336,18 +368,35 @@ def cdsf_bench_synthesisers() -> list[Component]:
             UNet3D,
             "pix2pix-style 3D U-Net generator with skip connections, MRI to PET",
             space=UNET_SPACE,
-        )
+        ),
+        Component(
+            "diffusion",
+            DiffusionSynthesiser,
+            "conditional denoising diffusion (MONAI U-Net, DDIM sampling), MRI as condition; "
+            "needs the 'diffusion' extra (MONAI)",
+            space=DIFFUSION_SPACE,
+        ),
     ]
 
 
 @hookimpl
 def cdsf_bench_couplings() -> list[Component]:
+    # task_induced.py builds on DecoupledCoupling, so it is imported once this module is
+    from cdsf_plugins.task_induced import TASK_INDUCED_SPACE, TaskInducedCoupling
+
     return [
         Component(
             "decoupled",
             DecoupledCoupling,
             "two-stage: a pix2pix 3D cGAN imputes missing PET, then the diagnoser",
             space=DECOUPLED_SPACE,
+        ),
+        Component(
+            "task-induced",
+            TaskInducedCoupling,
+            "two-stage, TPA-GAN's idea: the generator's adversary also diagnoses (real class k vs "
+            "synthetic), then the diagnoser",
+            space=TASK_INDUCED_SPACE,
         ),
         Component(
             "single", SingleModality, "the diagnoser on MRI alone (--synth none)", space=DIAGNOSIS_SPACE

@@ -43,7 +43,10 @@ rising to 1 over ``ramp_epochs`` (1 throughout by default). With ``w_adv`` > 0, 
 pix2pix loss on subjects with PET between D's step and G's (the same critic as the
 decoupled baseline's). ``w_diag`` is 0 by default: its gradient carries every training
 subject's label into y_hat, which D then learns to read, and a test subject's y_hat carries
-no such code (docs/methods.md). Prediction uses the real PET where it exists
+no such code (docs/methods.md). A synthesiser with its own objective (``training_loss``,
+the diffusion synthesiser's noise-prediction MSE) adds it to L_G, unweighted, over subjects
+with PET (``own``); y_hat is then its training-mode output (the diffusion synthesiser's
+one-step estimate of the clean PET). Prediction uses the real PET where it exists
 (``predict_with = "real"``) and the synthetic PET otherwise; ``"synthetic"`` uses y_hat for
 everyone.
 """
@@ -88,6 +91,8 @@ from cdsf_plugins.common import (
     fill_pet,
     frozen,
     has_batch_norm,
+    has_own_objective,
+    own_objective,
     patch_critic,
     positive_probability,
     real_where,
@@ -161,6 +166,8 @@ class JointCoupling(Coupling):
         self.synthesisers = [self.synthesiser]
         if synthetic_pairs == "cross_fitted":
             self.synthesisers.append(build_synthesiser())
+        #: the synthesiser brings its own objective (``training_loss``), added to L_G
+        self.own_objective = has_own_objective(self.synthesiser)
         lr = context.learning_rate
         self.optimise_synthesiser = torch.optim.Adam(
             [p for g in self.synthesisers for p in g.parameters()],
@@ -265,7 +272,25 @@ class JointCoupling(Coupling):
         if share and self.critic is not None:
             terms["adv"] = self.critic.fooling(batch.mri, synthetic)
         collaborative = w["feature"] * terms["feature"] + w["diag"] * terms["diag"] + w["adv"] * terms["adv"]
-        return w["voxel"] * terms["voxel"] + share * collaborative, terms
+        loss = w["voxel"] * terms["voxel"] + share * collaborative
+        if self.own_objective:
+            terms["own"] = self.context.mean(self._own_losses(batch))
+            loss = loss + terms["own"]
+        return loss, terms
+
+    def _own_losses(self, batch: Batch) -> Tensor:
+        """Each subject with PET's loss under its own generator's own objective (``training_loss``)."""
+        real = batch.has_pet
+        if len(self.synthesisers) == 1:
+            return own_objective(self.synthesiser, self.context, batch.mri[real], batch.pet[real])
+        half = self.halves(batch)
+        losses = [
+            own_objective(
+                generator, self.context, batch.mri[real & (half == k)], batch.pet[real & (half == k)]
+            )
+            for k, generator in enumerate(self.synthesisers)
+        ]
+        return torch.cat(losses)
 
     def halves(self, batch: Batch) -> Tensor:
         """[B] long: each subject's half of the cohort under cross-fitting (0 = A, 1 = B).

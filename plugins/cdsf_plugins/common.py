@@ -39,6 +39,29 @@ def check_choice(setting: str, value: str, allowed: tuple[str, ...]) -> str:
     return value
 
 
+def has_own_objective(synthesiser: nn.Module) -> bool:
+    """Whether ``synthesiser`` brings its own training objective, ``training_loss(mri, pet)``.
+
+    The optional part of the synthesiser contract (docs/plugins.md): a synthesiser whose
+    output is not what it should be trained on (the diffusion synthesiser, whose inference
+    is an iterative sampler) says how it learns from pairs with real PET.
+    """
+    return callable(getattr(synthesiser, "training_loss", None))
+
+
+def own_objective(synthesiser: nn.Module, context: TrainingContext, mri: Tensor, pet: Tensor) -> Tensor:
+    """[B] the synthesiser's own per-subject loss on (``mri``, real ``pet``), in float32.
+
+    Empty, without a forward, when there are no subjects (a process holding none of them
+    still passes the result to ``context.mean``).
+    """
+    if not len(mri):
+        return mri.new_zeros(0)
+    with context.autocast():
+        losses: Tensor = getattr(synthesiser, "training_loss")(mri, pet)  # noqa: B009  (nn.Module's stubs)
+    return losses.float()
+
+
 def has_batch_norm(module: nn.Module) -> bool:
     """Whether ``module`` normalises with batch statistics anywhere (BatchNorm layers)."""
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
