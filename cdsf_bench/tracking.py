@@ -86,11 +86,11 @@ class Trackers:
         """How many runs are open (a suite's, then one of its runs)."""
         return len(self._open)
 
-    def _call(self, name: str, what: str, call: Callable[[], Any]) -> Any:
+    def _call(self, name: str, what: str, call: Callable[..., Any], *args: Any) -> Any:
         if name in self._broken:
             return None
         try:
-            return call()
+            return call(*args)
         except Exception as error:  # any backend fault: the run must go on
             self._broken.add(name)
             warnings.warn(
@@ -108,11 +108,7 @@ class Trackers:
         text_tags = {key: str(value) for key, value in tags.items() if value is not None}
         for name, tracker in self.named.items():
             parent = parents.get(name)
-            made = self._call(
-                name,
-                "start",
-                lambda t=tracker, p=parent: t.start(run_name, dict(params), text_tags, p, folder),
-            )
+            made = self._call(name, "start", tracker.start, run_name, dict(params), text_tags, parent, folder)
             ids[name] = None if made is None else str(made)
         self._open.append((ids, folder))
 
@@ -120,7 +116,7 @@ class Trackers:
         """One epoch's metrics; what is not a finite number (a stage name, NaN) is left out."""
         finite = _finite(metrics)
         for name, tracker in self.named.items():
-            self._call(name, "log_epoch", lambda t=tracker: t.log_epoch(epoch, finite))
+            self._call(name, "log_epoch", tracker.log_epoch, epoch, finite)
 
     def finish(self, metrics: Mapping[str, Any], artefacts: list[Path], status: str = "FINISHED") -> None:
         """Close the innermost open run with its final metrics and artefact files."""
@@ -129,7 +125,7 @@ class Trackers:
         _, folder = self._open.pop()
         finite = _finite(metrics)
         for name, tracker in self.named.items():
-            self._call(name, "finish", lambda t=tracker: t.finish(finite, list(artefacts), folder, status))
+            self._call(name, "finish", tracker.finish, finite, list(artefacts), folder, status)
 
     def abandon(self, depth: int) -> None:
         """Close, as failed, every run opened since there were ``depth`` (a run that raised)."""
@@ -177,9 +173,7 @@ def run_artefacts(folder: Path) -> list[Path]:
     return sorted(
         path
         for path in Path(folder).rglob("*")
-        if path.is_file()
-        and path.relative_to(folder).parts[0] not in HEAVY
-        and not path.name.startswith(".")
+        if path.is_file() and path.relative_to(folder).parts[0] not in HEAVY and not path.name.startswith(".")
     )
 
 

@@ -162,6 +162,7 @@ class Suite:
     def test_assignments(self) -> tuple[str, ...]:
         """``test_settings`` as ``--set``-style assignments (what ``cdsf-bench predict`` takes)."""
         return tuple(f"{key}={toml_value(value)}" for key, value in self.test_settings.items())
+
     #: a tuned suite's budget (``[tune]``): every method's trials per replicate
     tune: TuningBudget | None = None
     #: the trackers the suite reports to, name -> settings (``[track.NAME]``); not in the hash

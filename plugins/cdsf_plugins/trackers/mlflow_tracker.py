@@ -37,7 +37,10 @@ class MlflowTracker:
     """Runs in experiment ``experiment`` of the store at ``uri`` (MLflow's default if empty)."""
 
     def __init__(self, uri: str = "", experiment: str = "cdsf-bench") -> None:
-        self.client = MlflowClient(tracking_uri=uri or None)
+        try:
+            self.client = MlflowClient(tracking_uri=uri or None)
+        except ImportError as error:  # the SQLite store's sqlalchemy and alembic, say
+            raise missing("mlflow", "mlflow-skinny (with sqlalchemy and alembic)", error) from None
         self.experiment = experiment
         self._runs: list[str] = []
 
