@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import types
 import warnings
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from cdsf_bench.errors import InputError
 from cdsf_bench.hookspecs import hookimpl
 from cdsf_bench.interfaces import Component
 from cdsf_bench.registry import Registry, build_registry, default_registry
-from cdsf_bench.tracking import Trackers, open_trackers
+from cdsf_bench.tracking import Tracker, Trackers, open_trackers
 
 mlflow_tracking = pytest.importorskip("mlflow.tracking")
 event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
@@ -288,3 +289,36 @@ def test_only_rank_0_tracks(registry):
         if rank == 1:
             assert ExtraTrackers.recording.calls == []
     assert [call[0] for call in ExtraTrackers.recording.calls] == ["start", "epoch", "finish"]
+
+
+def test_hook_cdsf_bench_trackers(registry, tmp_path, monkeypatch):
+    """Every tracker builds from its defaults into a Tracker, and its settings are its factory's."""
+    monkeypatch.chdir(tmp_path)  # a default store lands here, if the factory makes one
+    components = registry.components["tracker"]
+    assert {"mlflow", "tensorboard"} <= set(components)
+    assert set(components["mlflow"].parameters()) == {"uri", "experiment"}
+    for name in ("mlflow", "tensorboard"):
+        trackers = open_trackers({name: {}}, registry)
+        assert isinstance(trackers.named[name], Tracker)
+
+
+def test_the_tracker_of_docs_plugins_works(tmp_path):
+    """The JSON-lines tracker of docs/plugins.md, registered as a plugin, records a nested run."""
+    page = (Path(__file__).resolve().parents[1] / "docs" / "plugins.md").read_text()
+    section = page[page.index("## Trackers") : page.index("## Search spaces")]
+    code = section.split("```python\n")[1].split("```")[0]
+    module = types.ModuleType("cdsf_bench_jsonl")
+    exec(compile(code, "docs/plugins.md", "exec"), module.__dict__)
+    registry = build_registry([module])
+    path = tmp_path / "runs.jsonl"
+    section_config = cfg.resolve_trackers(registry, {"jsonl": {"path": str(path)}})
+    trackers = open_trackers(section_config, registry)
+    trackers.start("suite", {}, {}, tmp_path)
+    trackers.start("run", {"train.epochs": 2}, {"seed": 0}, tmp_path)
+    trackers.log_epoch(0, {"val_auc": 0.75})
+    trackers.finish({"test_auc": 0.5}, [])
+    trackers.finish({}, [])
+    events = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [e["event"] for e in events] == ["start", "start", "epoch", "finish", "finish"]
+    assert events[1]["parent"] == events[0]["run"] and events[1]["tags"] == {"seed": "0"}
+    assert events[2]["metrics"] == {"val_auc": 0.75} and events[3]["metrics"] == {"test_auc": 0.5}
