@@ -120,6 +120,21 @@ def tracked_run(registry, tmp_path_factory):
     return where, where / "run", [str(w.message) for w in caught]
 
 
+def test_an_unreachable_tracking_server_does_not_lose_the_run(registry, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # refused at once, not after minutes
+    monkeypatch.chdir(tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = invoke(
+            "run", *TINY, "--epochs", 1, "--out", tmp_path / "run",
+            "--track", "mlflow", "--set", "track.mlflow.uri=http://127.0.0.1:9",  # nothing listens there
+        )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "run" / "metrics.json").is_file()
+    assert sum("tracker 'mlflow' failed" in str(w.message) for w in caught) == 1
+    assert "track" in cfg.read_toml(tmp_path / "run" / "config.toml")  # how it was tracked is recorded
+
+
 def _mlflow_run(client, name: str | None = None):
     experiment = client.get_experiment_by_name("cdsf-bench")
     runs = client.search_runs([experiment.experiment_id])
