@@ -151,7 +151,7 @@ def _execute(
         )
         folder.write_environment(env)
         tags = {
-            **{key: value for key, value in run.raw["method"].items()},
+            **run.raw["method"],
             "task": run.task,
             "seed": run.seed,
             "git_commit": env.get("git_commit"),

@@ -14,7 +14,8 @@ holds one table per selected tracker. A run calls, on rank 0 only:
   files: they stay in the run folder, whose path is the ``run_folder`` tag).
 
 A suite opens one run of its own first; each run it makes is started while the suite's is
-open, so a tracker that nests runs records it as the suite's child.
+open, so a tracker that nests runs records it as the suite's child. A resumed run
+(``--resume``) is tracked as a new run whose steps continue from its checkpoint's epoch.
 
 Tracking never loses a run: :class:`Trackers` catches whatever a backend raises (an
 unreachable server, a full disk), warns once per tracker and stops calling that tracker;
@@ -103,6 +104,8 @@ class Trackers:
 
     def start(self, run_name: str, params: Mapping[str, Any], tags: Mapping[str, Any], folder: Path) -> None:
         """Open a run in every tracker, as a child of the run open now, if any."""
+        if not self.named:
+            return
         parents = self._open[-1][0] if self._open else {}
         ids: dict[str, str | None] = {}
         text_tags = {key: str(value) for key, value in tags.items() if value is not None}
@@ -120,7 +123,7 @@ class Trackers:
 
     def finish(self, metrics: Mapping[str, Any], artefacts: list[Path], status: str = "FINISHED") -> None:
         """Close the innermost open run with its final metrics and artefact files."""
-        if not self._open:
+        if not self.named or not self._open:
             return
         _, folder = self._open.pop()
         finite = _finite(metrics)
@@ -141,6 +144,7 @@ def _finite(metrics: Mapping[str, Any]) -> dict[str, float]:
     }
 
 
+#: tracking nowhere (holds no state: with no tracker, start and finish do nothing)
 NO_TRACKERS = Trackers({})
 
 

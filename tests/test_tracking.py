@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
 import sys
 import types
 import warnings
@@ -337,3 +338,21 @@ def test_the_tracker_of_docs_plugins_works(tmp_path):
     assert [e["event"] for e in events] == ["start", "start", "epoch", "finish", "finish"]
     assert events[1]["parent"] == events[0]["run"] and events[1]["tags"] == {"seed": "0"}
     assert events[2]["metrics"] == {"val_auc": 0.75} and events[3]["metrics"] == {"test_auc": 0.5}
+
+
+def test_nothing_of_a_tracker_is_imported_unless_it_is_selected():
+    code = (
+        "import sys, cdsf_plugins.trackers, cdsf_bench.cli, cdsf_bench.run\n"
+        "from cdsf_bench.registry import build_registry, default_registry\n"
+        "from cdsf_bench import config\n"
+        "registry = default_registry()\n"
+        "if 'mlflow' not in registry.names('tracker'):\n"
+        "    registry = build_registry([cdsf_plugins.trackers])\n"
+        "assert registry.names('tracker') == ['mlflow', 'tensorboard']\n"
+        "config.resolve(registry)\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('mlflow', 'tensorboard')"
+        " or m.startswith('torch.utils.tensorboard')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
