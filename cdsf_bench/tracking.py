@@ -153,9 +153,12 @@ def open_trackers(
 ) -> Trackers:
     """Build the trackers of a resolved ``[track]`` section (name -> settings).
 
-    Every process builds them, so a missing package fails alike everywhere before any
-    compute; only rank 0 keeps them: the other processes track nothing.
+    Only rank 0 builds them (a tracker's store is opened once, not by every process), so a
+    tracker whose package is missing stops rank 0, and torchrun the others; the other
+    processes track nothing.
     """
+    if not cluster.is_main:
+        return NO_TRACKERS
     built: dict[str, Tracker] = {}
     for name, settings in section.items():
         tracker = registry.get("tracker", name).factory(**dict(settings))
@@ -165,7 +168,7 @@ def open_trackers(
                 "finish; its plugin is broken."
             )
         built[name] = tracker
-    return Trackers(built) if cluster.is_main else NO_TRACKERS
+    return Trackers(built)
 
 
 #: run-folder subfolders too large to copy to a tracker: checkpoints and synthetic volumes

@@ -69,12 +69,18 @@ class ExtraTrackers:
     """Trackers this module adds, registered through the registry like any plugin."""
 
     recording = Recording()
+    built = 0
+
+    @staticmethod
+    def build_recording() -> Recording:
+        ExtraTrackers.built += 1
+        return ExtraTrackers.recording
 
     @hookimpl
     def cdsf_bench_trackers(self):
         return [
             Component("broken", lambda: Broken(), "raises on every call"),
-            Component("recording", lambda: ExtraTrackers.recording, "records calls"),
+            Component("recording", ExtraTrackers.build_recording, "records calls"),
         ]
 
 
@@ -296,15 +302,17 @@ def test_runs_nest_and_a_run_that_raised_is_closed_as_failed():
 
 def test_only_rank_0_tracks(registry):
     ExtraTrackers.recording.calls.clear()
+    ExtraTrackers.built = 0
     for rank in (1, 0):
         trackers = open_trackers({"recording": {}}, registry, Cluster(rank=rank, world=2))
         assert bool(trackers) == (rank == 0)
         trackers.start("run", {}, {}, Path("."))
         trackers.log_epoch(0, {"train_loss": 1.0})
         trackers.finish({"test_auc": 0.5}, [])
-        if rank == 1:
-            assert ExtraTrackers.recording.calls == []
+        if rank == 1:  # not even built: a tracker's store is opened by one process
+            assert ExtraTrackers.recording.calls == [] and ExtraTrackers.built == 0
     assert [call[0] for call in ExtraTrackers.recording.calls] == ["start", "epoch", "finish"]
+    assert ExtraTrackers.built == 1
 
 
 def test_hook_cdsf_bench_trackers(registry, tmp_path, monkeypatch):
