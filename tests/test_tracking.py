@@ -364,3 +364,31 @@ def test_nothing_of_a_tracker_is_imported_unless_it_is_selected():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_two_processes_track_once_from_rank_0(tmp_path):
+    """torchrun with 2 CPU processes: one MLflow run with one point per epoch, one event file."""
+    import importlib.metadata
+
+    installed = {ep.name for ep in importlib.metadata.entry_points(group="cdsf_bench")}
+    if "trackers" not in installed:  # torchrun's processes find plugins by entry point only
+        pytest.skip("needs this version installed (pip install -e .): the trackers' entry point")
+    store = f"sqlite:///{tmp_path / 'store.db'}"
+    args = [
+        "run", "--synth", "none", "--diag", "mdm", *TINY, "--epochs", "2",
+        "--set", "diag.mdm.norm=group", "--set", "precision.mixed=false", "--out", str(tmp_path / "run"),
+        "--nproc", "2", "--track", "mlflow", "--track", "tensorboard", "--set", f"track.mlflow.uri={store}",
+    ]  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "cdsf_bench", *args], capture_output=True, text=True, cwd=tmp_path, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((tmp_path / "run" / "environment.json").read_text())["processes"] == 2
+    client = mlflow_tracking.MlflowClient(tracking_uri=store)
+    (found,) = _mlflow_run(client)
+    history = pd.read_csv(tmp_path / "run" / "history.csv")
+    assert len(history) == 2
+    column = next(c for c in history.columns if c.startswith("train_"))
+    points = client.get_metric_history(found.info.run_id, column)
+    assert sorted(p.step for p in points) == [0, 1]
+    assert len(list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))) == 1
