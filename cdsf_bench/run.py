@@ -25,7 +25,7 @@ from cdsf_bench.assemble import (
     resolve_device,
     split_cohort,
 )
-from cdsf_bench.config import RunConfig
+from cdsf_bench.config import TRACK, RunConfig
 from cdsf_bench.data.labels import UNLABELLED
 from cdsf_bench.data.nifti import to_native
 from cdsf_bench.data.pipeline import DevicePipeline
@@ -157,7 +157,9 @@ def _execute(
             "git_commit": env.get("git_commit"),
             "run_folder": str(folder.path.resolve()),
         }
-        tracking.start(track_name or folder.path.name, flatten(run.raw), tags, folder.path)
+        # the trackers' own settings are no parameter of the run (a URI may hold a token)
+        params = flatten({key: value for key, value in run.raw.items() if key != TRACK})
+        tracking.start(track_name or folder.path.name, params, tags, folder.path)
     folder.write_data(
         {
             "source": source_name,

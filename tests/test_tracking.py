@@ -165,7 +165,8 @@ def test_mlflow_holds_params_tags_one_point_per_epoch_test_metrics_and_artefacts
     config = cfg.read_toml(run / "config.toml")
     params = found.data.params
     assert params["train.epochs"] == "2" and params["method.synth"] == config["method"]["synth"]
-    assert params["data.subjects"] == "24" and params["track.mlflow.experiment"] == "cdsf-bench"
+    assert params["data.subjects"] == "24" and params["seed"] == "0"
+    assert not [key for key in params if key.startswith("track.")]  # a tracker's URI may hold a token
     tags = found.data.tags
     environment = json.loads((run / "environment.json").read_text())
     assert tags["coupling"] == config["method"]["coupling"] and tags["seed"] == "0"
