@@ -11,6 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from matplotlib.image import imread
+
 from cdsf_plugins.trackers._extra import missing
 
 try:
@@ -54,8 +56,6 @@ class TensorBoardTracker:
                 writer.add_scalar(key, value, last[0])
             for path in artefacts:
                 if Path(path).suffix.lower() == ".png":
-                    from matplotlib.image import imread
-
                     image = imread(str(path))  # float RGBA in [0, 1], height x width x 4
                     writer.add_image(f"figures/{Path(path).stem}", image, last[0], dataformats="HWC")
             writer.add_text("status", status)
