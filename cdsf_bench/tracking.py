@@ -171,7 +171,8 @@ def open_trackers(
     return Trackers(built)
 
 
-#: run-folder subfolders too large to copy to a tracker: checkpoints and synthetic volumes
+#: run-folder subfolders not copied to a tracker: checkpoints and synthetic volumes (large),
+#: and event files (a tracker's own output)
 HEAVY = ("checkpoints", "synth", "tensorboard")
 
 
