@@ -10,8 +10,8 @@ holds one table per selected tracker. A run calls, on rank 0 only:
 - ``log_epoch`` after every epoch: the history row's training losses and validation
   metrics, keyed as in history.csv, at a step that counts epochs over every stage;
 - ``finish`` once: the test metrics (``test_auc``, ``test_ssim`` ...) and, as artefacts,
-  the run folder's files, figures included (not checkpoints, synthetic volumes or event
-  files: they stay in the run folder, whose path is the ``run_folder`` tag).
+  the run folder's files, figures included (not checkpoints or synthetic volumes: they stay
+  in the run folder, whose path is the ``run_folder`` tag).
 
 A suite opens one run of its own first; each run it makes is started while the suite's is
 open, so a tracker that nests runs records it as the suite's child. A resumed run
@@ -171,13 +171,12 @@ def open_trackers(
     return Trackers(built)
 
 
-#: run-folder subfolders not copied to a tracker: checkpoints and synthetic volumes (large),
-#: and event files (a tracker's own output)
-HEAVY = ("checkpoints", "synth", "tensorboard")
+#: run-folder subfolders too large to copy to a tracker: checkpoints and synthetic volumes
+HEAVY = ("checkpoints", "synth")
 
 
 def run_artefacts(folder: Path) -> list[Path]:
-    """The files of a run folder a tracker keeps: all but checkpoints, volumes and event files."""
+    """The files of a run folder a tracker keeps: all but checkpoints and volumes."""
     return sorted(
         path
         for path in Path(folder).rglob("*")

@@ -184,7 +184,7 @@ def test_mlflow_holds_params_tags_one_point_per_epoch_test_metrics_and_artefacts
     assert found.data.metrics["test_ssim"] == pytest.approx(metrics["synthesis"]["ssim"])
     top = {a.path for a in client.list_artifacts(found.info.run_id)}
     assert {"config.toml", "metrics.json", "predictions.csv", "history.csv", "figures"} <= top
-    assert "checkpoints" not in top and "tensorboard" not in top
+    assert "checkpoints" not in top and "synth" not in top
     figures = {a.path for a in client.list_artifacts(found.info.run_id, "figures")}
     assert {"figures/roc.png", "figures/learning_curves.png"} <= figures
 

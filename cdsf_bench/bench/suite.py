@@ -322,8 +322,8 @@ def _track(given: Any, fail) -> dict[str, dict[str, Any]]:
     trackers when the suite runs (cdsf_bench.config.resolve_trackers)."""
     if not isinstance(given, dict) or not all(isinstance(v, dict) for v in given.values()):
         raise fail(
-            "field 'track' must hold one [track.NAME] table per tracker (its settings, maybe none), "
-            'like [track.mlflow] uri = "sqlite:///mlflow.db".'
+            "field 'track' must hold one [track.NAME] table per tracker (its settings, maybe none); "
+            "'cdsf-bench plugins' lists the trackers."
         )
     return {name: dict(settings) for name, settings in given.items()}
 
