@@ -259,6 +259,10 @@ def test_the_suites_trackers_leave_its_hash_alone(tmp_path):
     settings.write_text(plain.read_text() + '[settings]\n"track.mlflow.uri" = "x"\n')
     with pytest.raises(InputError, match=r"\[track.NAME\] tables"):
         load_suite(settings)
+    listed = tmp_path / "listed.toml"
+    listed.write_text('track = ["mlflow"]\n' + plain.read_text())
+    with pytest.raises(InputError, match=r"field 'track' must hold one \[track.NAME\] table"):
+        load_suite(listed)
 
 
 @pytest.mark.parametrize(
