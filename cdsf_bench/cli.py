@@ -17,7 +17,7 @@ from rich.table import Table
 
 from cdsf_bench import config as cfg
 from cdsf_bench.errors import CdsfBenchError
-from cdsf_bench.options import method_flags, method_options, set_option
+from cdsf_bench.options import method_flags, method_options, set_option, track_option
 from cdsf_bench.progress import console, metrics_table, out
 from cdsf_bench.registry import KINDS, default_registry
 
@@ -129,6 +129,7 @@ def plugins(as_json: bool) -> None:
     type=click.IntRange(min=1),
     help="Train with N data-parallel processes on this node (torchrun).",
 )
+@track_option(help="Report the run to tracker NAME too (settings: --set track.NAME.KEY=VALUE).")
 @debug_option
 def run(
     synth: str | None,
@@ -146,6 +147,7 @@ def run(
     device: str | None,
     resume_dir: Path | None,
     nproc: int | None,
+    track: tuple[str, ...],
 ) -> None:
     """Train and evaluate one method; write a self-contained run folder."""
     from cdsf_bench.run import execute
@@ -166,6 +168,7 @@ def run(
         "seed": seed,
         "device": device,
     }
+    flags |= {f"{cfg.TRACK}.{name}": {} for name in track}
     if resume_dir is not None and (assignments or any(v is not None for v in flags.values())):
         raise click.UsageError("--resume continues a run with its own config; give no other settings.")
     config = cfg.resolve(registry, config_file, assignments, flags)

@@ -25,6 +25,9 @@ from cdsf_bench.registry import Registry
 
 PRESETS = ("quick", "paper", "tiny", "ci")
 PLUGIN_SECTIONS = {"synth": "synthesiser", "diag": "diagnoser", "coupling": "coupling"}
+#: the trackers a run reports to, one table of settings each (``--track NAME``,
+#: ``--set track.NAME.KEY=VALUE``); absent from a run that tracks nothing, so its config is unchanged
+TRACK = "track"
 
 DEFAULTS: dict[str, Any] = {
     "preset": "quick",
@@ -217,7 +220,7 @@ def resolve(
         resolved[key] = _check_against(default, value, key) if isinstance(default, dict) else value
         if not isinstance(default, dict) and not _type_ok(default, value):
             raise ConfigError(f"Setting '{key}' must be {type(default).__name__}, got {value!r}.")
-    unknown = set(merged) - set(DEFAULTS)
+    unknown = set(merged) - set(DEFAULTS) - {TRACK}
     if unknown:
         raise ConfigError(
             f"Unknown top-level setting(s): {', '.join(sorted(unknown))}. "
@@ -238,6 +241,29 @@ def resolve(
         if not isinstance(own, dict):
             raise ConfigError(f"[{section}.{name}] must be a table of settings.")
         resolved[section] = {name: _check_against(component.parameters(), own, f"{section}.{name}")}
+    tracked = resolve_trackers(registry, merged.get(TRACK, {}))
+    if tracked:
+        resolved[TRACK] = tracked
+    return resolved
+
+
+def resolve_trackers(registry: Registry, given: Any, where: str = TRACK) -> dict[str, dict[str, Any]]:
+    """``[track]``: each named tracker's settings checked against its factory's defaults.
+
+    The names are the trackers selected (``--track NAME`` adds an empty table; setting
+    ``track.NAME.KEY`` selects NAME too); an unknown name fails with the known ones.
+    """
+    if not isinstance(given, dict):
+        raise ConfigError(
+            f"[{where}] must be a table of trackers, one [{where}.NAME] table of settings each "
+            f"(got {given!r}); select one with --track NAME."
+        )
+    resolved: dict[str, dict[str, Any]] = {}
+    for name, own in given.items():
+        component = registry.get("tracker", name)
+        if not isinstance(own, dict):
+            raise ConfigError(f"[{where}.{name}] must be a table of settings, got {own!r}.")
+        resolved[name] = _check_against(component.parameters(), own, f"{where}.{name}")
     return resolved
 
 
@@ -458,6 +484,11 @@ class RunConfig:
     @property
     def evaluate(self) -> EvaluateSettings:
         return EvaluateSettings(**self.raw["evaluate"])
+
+    @property
+    def track(self) -> dict[str, dict[str, Any]]:
+        """The selected trackers' settings by name (empty: the run is tracked nowhere)."""
+        return dict(self.raw.get(TRACK, {}))
 
     def plugin(self, section: str) -> tuple[str, dict[str, Any]]:
         """The chosen component's name and settings for ``synth``, ``diag`` or ``coupling``."""

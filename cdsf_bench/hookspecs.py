@@ -53,6 +53,18 @@ def cdsf_bench_data_sources() -> list[Component]:
     """
 
 
+@hookspec
+def cdsf_bench_trackers() -> list[Component]:
+    """Experiment trackers: factories of a :class:`~cdsf_bench.tracking.Tracker`.
+
+    Selected with ``--track NAME`` (or a suite's ``[track.NAME]``); the factory takes only
+    keyword arguments with defaults, set with ``--set track.NAME.KEY=VALUE``. It is called
+    once per process that tracks, before any data are read: import the tracking library
+    inside it (nothing is imported unless selected) and raise
+    :class:`~cdsf_bench.errors.InputError` naming the extra to install when it is missing.
+    """
+
+
 @hookspec(firstresult=True)
 def cdsf_bench_defaults() -> MethodDefaults | None:
     """The method run when the user names none, which is also the reference of reports.

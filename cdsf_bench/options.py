@@ -20,6 +20,12 @@ def set_option(help: str) -> Callable[[F], F]:
     return click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE", help=help)
 
 
+def track_option(help: str) -> Callable[[F], F]:
+    """``--track NAME``, repeatable: report to tracker NAME (see 'cdsf-bench plugins'),
+    passed to the command as the ``track`` tuple."""
+    return click.option("--track", "track", multiple=True, metavar="NAME", help=help)
+
+
 def method_options(command):
     """--synth, --diag, --joint / --decoupled and --coupling: how ``run``, ``data check`` and
     ``tune`` name a method, one definition so that all read it alike."""

@@ -23,12 +23,13 @@ from cdsf_bench import hookspecs
 from cdsf_bench.errors import InputError
 from cdsf_bench.interfaces import Component, Coupling, MethodDefaults
 
-Kind = Literal["synthesiser", "diagnoser", "coupling", "data_source"]
+Kind = Literal["synthesiser", "diagnoser", "coupling", "data_source", "tracker"]
 KINDS: dict[Kind, str] = {
     "synthesiser": "cdsf_bench_synthesisers",
     "diagnoser": "cdsf_bench_diagnosers",
     "coupling": "cdsf_bench_couplings",
     "data_source": "cdsf_bench_data_sources",
+    "tracker": "cdsf_bench_trackers",
 }
 ALLOWLIST_ENV = "CDSF_BENCH_PLUGINS"
 

@@ -136,6 +136,11 @@ _SOURCE_COMMIT = _git("rev-parse", "HEAD") or None
 _SOURCE_DIRTY = bool(_git("status", "--porcelain", "--untracked-files=no")) if _SOURCE_COMMIT else None
 
 
+def source_commit() -> str | None:
+    """The git commit of the source this process imported (None outside a git checkout)."""
+    return _SOURCE_COMMIT
+
+
 def environment(device: torch.device, plugins: list[dict[str, str]]) -> dict[str, Any]:
     """Versions, device and commit: what a reader needs to reproduce or doubt a number."""
 

@@ -25,7 +25,7 @@ from cdsf_bench.assemble import (
     resolve_device,
     split_cohort,
 )
-from cdsf_bench.config import RunConfig
+from cdsf_bench.config import TRACK, RunConfig
 from cdsf_bench.data.labels import UNLABELLED
 from cdsf_bench.data.nifti import to_native
 from cdsf_bench.data.pipeline import DevicePipeline
@@ -39,6 +39,7 @@ from cdsf_bench.preflight import refuse_early
 from cdsf_bench.registry import Registry
 from cdsf_bench.results import environment
 from cdsf_bench.run_folder import RunFolder
+from cdsf_bench.tracking import Trackers, final_metrics, flatten, open_trackers, run_artefacts
 
 #: subjects shown in the slice montage
 MONTAGE_SUBJECTS = 4
@@ -50,17 +51,34 @@ class RunResult:
     metrics: dict
 
 
-def execute(config: dict, registry: Registry, out: Path | None = None, resume: bool = False) -> RunResult:
+def execute(
+    config: dict,
+    registry: Registry,
+    out: Path | None = None,
+    resume: bool = False,
+    *,
+    trackers: Trackers | None = None,
+    track_name: str | None = None,
+) -> RunResult:
     """Run one resolved configuration end to end and write its run folder.
 
-    Under torchrun every process runs this function; rank 0 alone writes files and logs.
+    Under torchrun every process runs this function; rank 0 alone writes files, logs and
+    tracks. ``trackers`` (a suite's, whose run is open) replace those of the config's
+    ``[track]``; ``track_name`` names the run there (default: the run folder's name).
     """
     started = time.perf_counter()
     run = RunConfig(config)
     cluster = distributed.from_environment()
     device = distributed.start(cluster, resolve_device(run.device))
     try:
-        return _execute(run, registry, out, resume, cluster, device, started)
+        # built before any data are read: a tracker that is not installed stops nothing running
+        tracking = trackers if trackers is not None else open_trackers(run.track, registry, cluster)
+        depth = tracking.depth
+        try:
+            return _execute(run, registry, out, resume, cluster, device, started, tracking, track_name)
+        except BaseException:
+            tracking.abandon(depth)  # the tracked run is closed as failed; the error goes on
+            raise
     finally:
         distributed.stop(cluster)
 
@@ -73,6 +91,8 @@ def _execute(
     cluster: distributed.Cluster,
     device: torch.device,
     started: float,
+    tracking: Trackers,
+    track_name: str | None,
 ) -> RunResult:
     main = cluster.is_main
     method = run.method
@@ -130,6 +150,16 @@ def _execute(
             }
         )
         folder.write_environment(env)
+        tags = {
+            **run.raw["method"],
+            "task": run.task,
+            "seed": run.seed,
+            "git_commit": env.get("git_commit"),
+            "run_folder": str(folder.path.resolve()),
+        }
+        # the trackers' own settings are no parameter of the run (a URI may hold a token)
+        params = flatten({key: value for key, value in run.raw.items() if key != TRACK})
+        tracking.start(track_name or folder.path.name, params, tags, folder.path)
     folder.write_data(
         {
             "source": source_name,
@@ -161,7 +191,12 @@ def _execute(
         }
     )
 
-    trainer = Trainer(coupling, pipeline, folder, cluster=cluster)
+    def track_epoch(_stage: object, row: dict[str, Any]) -> None:
+        # the step counts epochs over every stage: one point per history row
+        values = {k: v for k, v in row.items() if k.startswith(("train_", "val_"))}
+        tracking.log_epoch(len(trainer.history) - 1, values)
+
+    trainer = Trainer(coupling, pipeline, folder, cluster=cluster, on_epoch=track_epoch)
     history = trainer.fit(resume=resume)
     folder.log(f"trained: {len(history)} epochs in {len(trainer.stages)} stage(s)")
 
@@ -192,6 +227,7 @@ def _execute(
         folder.write_timing(wall, round(data_seconds, 2))
     folder.log(f"test: {_summary(metrics)}", echo=False)  # the console gets the table instead
     folder.log(f"finished in {time.perf_counter() - started:.1f} s")
+    tracking.finish(final_metrics(metrics), run_artefacts(folder.path))  # rank 0's trackers only
     return RunResult(folder.path, metrics)
 
 

@@ -16,6 +16,7 @@ from rich.table import Table
 
 from cdsf_bench.errors import InputError
 from cdsf_bench.interfaces import Method
+from cdsf_bench.options import track_option
 from cdsf_bench.progress import console
 from cdsf_bench.registry import Registry
 
@@ -32,7 +33,10 @@ FORMAT_CHOICES = {"md": ("md",), "html": ("html",), "both": ("md", "html")}
 @click.option(
     "--shard", metavar="I/N", help="Run only the I-th of N disjoint parts (round-robin over the runs)."
 )
-def bench(suite_file: Path, out: Path | None, resume: bool, shard: str | None) -> None:
+@track_option(help="Report the suite and its runs to tracker NAME too (besides the suite's [track]).")
+def bench(
+    suite_file: Path, out: Path | None, resume: bool, shard: str | None, track: tuple[str, ...]
+) -> None:
     """Run every method of SUITE_FILE on every task and seed (or fold); write results.csv and the report."""
     from cdsf_bench.bench.report import print_summary, write_report
     from cdsf_bench.bench.runner import results_name, run_suite
@@ -44,7 +48,7 @@ def bench(suite_file: Path, out: Path | None, resume: bool, shard: str | None) -
     registry = default_registry()
     check_components(suite, registry)
     out = out or Path("runs") / suite.name
-    results = run_suite(suite, registry, out, resume=resume, shard=part)
+    results = run_suite(suite, registry, out, resume=resume, shard=part, track=dict.fromkeys(track, {}))
     failed = int((results["status"] != "done").sum())
     console.print(f"{len(results) - failed} run(s) finished, {failed} failed: {out / results_name(part)}")
     if part is not None:

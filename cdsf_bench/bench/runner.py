@@ -7,7 +7,9 @@ after every run, so a killed suite leaves a table of what finished. A run that f
 (:class:`~cdsf_bench.errors.RunFailed`) is recorded as failed and the suite goes on. A suite
 with ``test_data`` also tests each run's model on that cohort (``external/``, ``external.csv``:
 :mod:`cdsf_bench.bench.external`). A tuned suite (``[tune]``) tunes each run first, in
-``tuning/<run folder>/`` (:mod:`cdsf_bench.bench.tuning`).
+``tuning/<run folder>/`` (:mod:`cdsf_bench.bench.tuning`). With trackers (the suite's
+``[track.NAME]`` tables, ``bench --track NAME``) the suite is a tracked run of its own and
+each of its runs a child of it (:mod:`cdsf_bench.tracking`).
 """
 
 from __future__ import annotations
@@ -16,17 +18,21 @@ import json
 import math
 import shutil
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from cdsf_bench.bench.suite import RunSpec, Suite, shard_runs, suite_from_canonical
 from cdsf_bench.bench.tuning import TuningBudget
+from cdsf_bench.config import resolve_trackers
 from cdsf_bench.errors import InputError, RunFailed
 from cdsf_bench.metrics import DIAGNOSIS_KEYS, DISEASE_SYNTHESIS_KEYS, SYNTHESIS_KEYS
 from cdsf_bench.progress import console, make_progress
 from cdsf_bench.registry import Registry
-from cdsf_bench.results import write_csv, write_json
+from cdsf_bench.results import source_commit, write_csv, write_json
+from cdsf_bench.tracking import NO_TRACKERS, Trackers, flatten, open_trackers
 
 SUITE_FILE = "suite.json"
 RESULTS_FILE = "results.csv"
@@ -118,11 +124,13 @@ def run_suite(
     *,
     resume: bool = False,
     shard: tuple[int, int] | None = None,
+    track: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> pd.DataFrame:
     """Run the suite (or one shard of it) into ``out``; return and write the results table.
 
     With ``resume``, a run whose folder holds metrics.json is not repeated and a run with a
     checkpoint continues from it. Without it, existing run folders of this shard are refused.
+    ``track`` adds trackers (name -> settings) to the suite's own ``[track]``.
     """
     runs = suite.runs()
     if shard is not None:
@@ -146,11 +154,51 @@ def run_suite(
 
     if suite.test_data:
         external.check_external(suite, configs, registry)
+    trackers = _suite_trackers(suite, registry, track or {})
     out.mkdir(parents=True, exist_ok=True)
     claim_folder(suite, out)
     from cdsf_bench.run import execute  # torch-heavy; imported when runs are about to start
 
     table = out / results_name(shard)
+    tags = {"suite": suite.name, "suite_hash": suite.hash, "git_commit": source_commit()}
+    if shard is not None:
+        tags["shard"] = f"{shard[0]}/{shard[1]}"
+    trackers.start(suite.name, flatten(suite.canonical()), tags, out)
+    try:
+        rows = _run_all(suite, runs, configs, registry, out, resume, shard, table, execute, trackers)
+    except BaseException:
+        trackers.abandon(0)
+        raise
+    failed = sum(row["status"] != "done" for row in rows)
+    trackers.finish({"runs_done": len(rows) - failed, "runs_failed": failed}, [out / SUITE_FILE, table])
+    return results_frame(rows)
+
+
+def _suite_trackers(suite: Suite, registry: Registry, extra: Mapping[str, Mapping[str, Any]]) -> Trackers:
+    """The suite's trackers and those the command adds, built before any compute."""
+    section = {name: dict(settings) for name, settings in suite.track.items()}
+    for name, settings in extra.items():
+        section[name] = {**section.get(name, {}), **settings}
+    if not section:
+        return NO_TRACKERS
+    return open_trackers(resolve_trackers(registry, section), registry)
+
+
+def _run_all(
+    suite: Suite,
+    runs: list[RunSpec],
+    configs: list[dict],
+    registry: Registry,
+    out: Path,
+    resume: bool,
+    shard: tuple[int, int] | None,
+    table: Path,
+    execute,
+    trackers: Trackers,
+) -> list[dict]:
+    """Every run in order, the results table rewritten after each; the rows."""
+    from cdsf_bench.bench import external
+
     rows: list[dict] = []
     external_rows: list[dict] = []
     with make_progress() as progress:
@@ -160,22 +208,29 @@ def run_suite(
             if resume and (out / spec.folder / "metrics.json").exists():
                 rows.append(result_row(spec, out, "done"))
             else:
-                rows.append(_execute_one(execute, spec, config, registry, out, suite.tune))
+                rows.append(_execute_one(execute, spec, config, registry, out, suite.tune, trackers))
             write_csv(table, results_frame(rows))
             if suite.test_data:
                 done = rows[-1]["status"] == "done"
                 external_rows.append(external.predict_external(spec, suite, registry, out, done))
                 write_csv(out / external.external_name(shard), results_frame(external_rows))
             progress.advance(task)
-    return results_frame(rows)
+    return rows
 
 
 def _execute_one(
-    execute, spec: RunSpec, config: dict, registry: Registry, out: Path, budget: TuningBudget | None = None
+    execute,
+    spec: RunSpec,
+    config: dict,
+    registry: Registry,
+    out: Path,
+    budget: TuningBudget | None = None,
+    trackers: Trackers = NO_TRACKERS,
 ) -> dict:
     """Run one spec (tuned first, with a budget); a failed run becomes a 'failed' row instead of
-    stopping the suite."""
+    stopping the suite. With trackers, the run is tracked as a child of the suite's run."""
     folder = out / spec.folder
+    tracking = {"trackers": trackers, "track_name": spec.folder.as_posix()} if trackers else {}
     started = time.perf_counter()
     continuing = (folder / "config.toml").exists()
     try:
@@ -183,7 +238,7 @@ def _execute_one(
             from cdsf_bench.bench.tuning import tuned_config
 
             config = tuned_config(spec, registry, out, budget)
-        execute(config, registry, out=folder, resume=continuing)
+        execute(config, registry, out=folder, resume=continuing, **tracking)
     except RunFailed as error:
         console.print(f"[red]run {spec.folder} failed:[/] {error}", highlight=False)
         row = result_row(spec, out, "failed", str(error))

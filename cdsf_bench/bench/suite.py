@@ -23,7 +23,10 @@ findings, :mod:`cdsf_bench.bench.checks`); the report evaluates each and prints 
 (docs/benchmark.md). An optional ``test_data`` (with ``[test_settings]``, its data settings)
 tests every run's selected model on another cohort too: external validation
 (:mod:`cdsf_bench.bench.external`). An optional ``[tune]`` table gives every method the same
-number of tuning trials in every replicate (:mod:`cdsf_bench.bench.tuning`).
+number of tuning trials in every replicate (:mod:`cdsf_bench.bench.tuning`). Optional
+``[track.NAME]`` tables (the settings of tracker NAME, maybe none) report the suite and each
+of its runs to experiment trackers (:mod:`cdsf_bench.tracking`); tracking changes no result,
+so they are not part of the hash.
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ SUITE_FIELDS = (
     "test_data",
     "test_settings",
     "tune",
+    "track",
 )
 METHOD_FIELDS = ("name", "synth", "diag", "coupling", "settings")
 #: settings a suite sets through its own fields; overriding them in [settings] would unpair runs
@@ -158,8 +162,11 @@ class Suite:
     def test_assignments(self) -> tuple[str, ...]:
         """``test_settings`` as ``--set``-style assignments (what ``cdsf-bench predict`` takes)."""
         return tuple(f"{key}={toml_value(value)}" for key, value in self.test_settings.items())
+
     #: a tuned suite's budget (``[tune]``): every method's trials per replicate
     tune: TuningBudget | None = None
+    #: the trackers the suite reports to, name -> settings (``[track.NAME]``); not in the hash
+    track: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def canonical(self) -> dict:
         """The normalised definition (no comments or formatting): what the hash covers.
@@ -289,6 +296,7 @@ def load_suite(path: Path) -> Suite:
     checks = parse_checks(raw.get("checks", []), names, tasks, scenario_names, fail)
     test_data, test_settings = _test_data(raw, fail)
     tune = parse_budget(raw.get("tune"), fail)
+    track = _track(raw.get(cfg.TRACK, {}), fail)
     return Suite(
         name.strip(),
         tasks,
@@ -305,7 +313,19 @@ def load_suite(path: Path) -> Suite:
         test_settings,
         cohort_design(data, settings),
         tune,
+        track,
     )
+
+
+def _track(given: Any, fail) -> dict[str, dict[str, Any]]:
+    """``[track.NAME]`` tables; the names and settings are checked against the installed
+    trackers when the suite runs (cdsf_bench.config.resolve_trackers)."""
+    if not isinstance(given, dict) or not all(isinstance(v, dict) for v in given.values()):
+        raise fail(
+            "field 'track' must hold one [track.NAME] table per tracker (its settings, maybe none); "
+            "'cdsf-bench plugins' lists the trackers."
+        )
+    return {name: dict(settings) for name, settings in given.items()}
 
 
 def cohort_design(data: str, settings: dict[str, Any]) -> str:
@@ -413,6 +433,8 @@ def _settings(given: Any, where: str, fail) -> dict[str, Any]:
 
     walk(given, "")
     for key in flat:
+        if key.split(".")[0] == cfg.TRACK:
+            raise fail(f"'{where}' sets '{key}'; a suite's trackers are its [track.NAME] tables.")
         owner = SUITE_OWNED.get(key)
         if owner:
             raise fail(f"'{where}' sets '{key}', which the suite controls; use {owner} instead.")
