@@ -86,9 +86,16 @@ def test_coupling_reports_its_stages_and_batch(default_run: dict):
 
 
 def test_shares_and_reference_rates_are_sane(default_run: dict):
-    assert 0 < default_run["pipeline"]["share_of_coupling_step"] < 2
-    assert 0 < default_run["coupling"]["share_of_bf16_matmul"] < 2
+    # The shares are ratios of two timings; their size depends on what else the machine runs
+    # (a reference matmul timed while another process held the cores made one 47), so this
+    # checks what they are, not how large they come out: speed figures are benchmarks' business.
     rates = default_run["reference_rates"]
+    coupling, pipeline = default_run["coupling"], default_run["pipeline"]
+    assert coupling["share_of_bf16_matmul"] == pytest.approx(
+        coupling["gflop_per_s"] / rates["bf16_matmul"]["gflop_per_s"]
+    )
+    assert pipeline["share_of_coupling_step"] == pytest.approx(pipeline["median_s"] / coupling["median_s"])
+    assert _positive(coupling["share_of_bf16_matmul"]) and _positive(pipeline["share_of_coupling_step"])
     for key, dtype in (("bf16_matmul", "bfloat16"), ("fp32_matmul", "float32")):
         assert rates[key]["dtype"] == dtype
         assert _positive(rates[key]["gflop_per_s"])
