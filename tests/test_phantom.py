@@ -350,7 +350,11 @@ def test_scenarios_set_their_values_and_explicit_settings_win() -> None:
     assert phantom_settings({"scenario": "label_scarce"}).labelled_fraction < 0.5
     mixed = phantom_settings({"scenario": "predictable", "metabolic_from_structure": 0.5})
     assert mixed.metabolic_from_structure == 0.5 and mixed.scenario == "predictable"
-    assert set(SCENARIOS) == {"default", "independent", "predictable", "label_scarce"}
+    learnable = phantom_settings({"scenario": "learnable"})
+    assert learnable.severity_sd < PhantomSettings().severity_sd
+    assert learnable.hippocampus_atrophy > PhantomSettings().hippocampus_atrophy
+    assert learnable.metabolic_from_structure == 1.0
+    assert set(SCENARIOS) == {"default", "independent", "predictable", "label_scarce", "learnable"}
 
 
 @pytest.mark.parametrize(

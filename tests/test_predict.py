@@ -1,9 +1,13 @@
 """``cdsf-bench predict``, held-out phantom cohorts and suites' external validation.
 
-The invariant: applying a finished run's model to the run's own data reproduces, bit for bit
-on the CPU, the predictions the run made of its test split, for a joint, a two-stage and a
-mean-imputing coupling (whose input from the training data, the PET mean, must come from the
-checkpoint). Refusals exit 2 with a message and leave the run folder's bytes unchanged.
+The invariant: applying a finished run's model to the run's own data reproduces, on the CPU,
+the predictions the run made of its test split, for a joint, a two-stage and a mean-imputing
+coupling (whose input from the training data, the PET mean, must come from the checkpoint):
+the same labels and PET sources, probabilities equal to 1e-6. Not bit for bit: predict batches
+the whole cohort, the run its test split, and the CPU's convolutions round a subject's result
+differently in a batch of another composition (seen: 2e-7). The same cohort through the same
+batches (a held-out cohort, below) is bit for bit. Refusals exit 2 with a message and leave
+the run folder's bytes unchanged.
 """
 
 from __future__ import annotations
@@ -95,7 +99,7 @@ def test_predict_reproduces_the_runs_own_test_predictions_exactly(runs, coupling
     theirs = pd.read_csv(run / "predictions.csv", dtype={"participant_id": str})
     both = theirs.merge(mine, on="participant_id", suffixes=("_run", "_predict"))
     assert len(both) == len(theirs) > 0  # every test subject is among the run's own data
-    assert (both["probability_run"] == both["probability_predict"]).all()  # bit for bit
+    assert np.allclose(both["probability_run"], both["probability_predict"], rtol=0, atol=1e-6)
     assert (both["prediction_run"] == both["prediction_predict"]).all()
     assert (both["pet_source_run"] == both["pet_source_predict"]).all()
     # training and validation subjects are predicted too: the whole cohort of the task
