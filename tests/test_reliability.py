@@ -346,7 +346,7 @@ def test_bad_manifest_is_refused_by_run_and_by_data_check(tmp_path, case):
 @pytest.mark.parametrize(
     ("args", "words"),
     [
-        (["--synth", "nosuch"], ["Unknown synthesiser 'nosuch'", "Known synthesisers: ism"]),
+        (["--synth", "nosuch"], ["Unknown synthesiser 'nosuch'", "Known synthesisers: diffusion, ism"]),
         (["--diag", "mdn"], ["Unknown diagnoser 'mdn'", "Did you mean 'mdm'?"]),
         (["--coupling", "jiont"], ["Unknown coupling 'jiont'", "Did you mean 'joint'?"]),
         (["--set", "train.epoch=3"], ["Unknown setting 'train.epoch'", "Did you mean epochs?", "[train]"]),
