@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,6 +75,7 @@ def evaluate(
     threshold: float = 0.5,
     on_synthetic: Callable[[int, np.ndarray], None] | None = None,
     progress: Callable[[Iterable[Batch], int, str], Iterable[Batch]] | None = None,
+    groups: Sequence[np.ndarray] = (),
 ) -> Evaluation:
     """Predict ``split`` with the coupling and score diagnosis and (where made) synthesis.
 
@@ -89,6 +90,7 @@ def evaluate(
     ``on_synthetic(row, volume)`` receives each synthetic PET as soon as its batch is
     predicted and the volume is not kept (a large cohort's volumes need not fit in memory);
     ``progress`` wraps the batch loop as ``progress(batches, count, label)`` (a progress bar).
+    ``groups`` are rows of the split batched apart from the rest (``DevicePipeline.eval_batches``).
     """
     records: list[dict] = []
     mask = pipeline.brain_mask.cpu().numpy()
@@ -97,9 +99,10 @@ def evaluate(
     was_training = {name: m.training for name, m in modules.items()}
     for module in modules.values():
         module.eval()
-    batches: Iterable[Batch] = pipeline.eval_batches(split, coupling.subjects)
+    batches: Iterable[Batch] = pipeline.eval_batches(split, coupling.subjects, groups)
     if progress is not None:
-        batches = progress(batches, pipeline.n_eval_batches(split, coupling.subjects), f"predicting {split}")
+        count = pipeline.n_eval_batches(split, coupling.subjects, groups)
+        batches = progress(batches, count, f"predicting {split}")
     keep = keep_synthetic or on_synthetic is not None
     with torch.no_grad():
         for batch in batches:

@@ -115,6 +115,11 @@ class RunFolder:
     def finished(self) -> bool:
         return (self.path / METRICS).exists()
 
+    def test_participants(self) -> list[str]:
+        """The participant ids of the run's test split, in the order the run predicted them."""
+        table = pd.read_csv(self.path / "splits.csv", dtype={"participant_id": str}, keep_default_na=False)
+        return table.loc[table["split"] == "test", "participant_id"].tolist()
+
     def figure(self, name: str) -> Path:
         return self.path / "figures" / f"{name}.png"
 

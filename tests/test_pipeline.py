@@ -159,6 +159,21 @@ def test_eval_batches_cover_the_split_in_order():
     assert list(rows) == list(pipe.splits.test)
 
 
+def test_eval_batches_batch_each_group_apart_then_the_rest():
+    pipe = _pipeline()
+    test = pipe.splits.test
+    assert len(test) > pipe.batch_size + 1
+    group = test[[2, 0, 1]]  # a group's own order, not the split's
+    batches = [b.index.numpy() for b in pipe.eval_batches("test", groups=[group])]
+    assert list(batches[0]) == list(group)  # its own batch though the batch size is larger
+    assert list(np.concatenate(batches[1:])) == [r for r in test if r not in group]
+    assert max(len(b) for b in batches) <= pipe.batch_size
+    assert pipe.n_eval_batches("test", groups=[group]) == len(batches)
+    others = np.concatenate([pipe.splits.train[:2], group])  # rows outside the split are ignored
+    again = [b.index.numpy() for b in pipe.eval_batches("test", groups=[others])]
+    assert [list(b) for b in again] == [list(b) for b in batches]
+
+
 def test_train_pet_mean_uses_training_subjects_with_pet_only():
     pipe = _pipeline()
     rows = pipe.rows("train", "with_pet")

@@ -3,10 +3,10 @@
 The invariant: applying a finished run's model to the run's own data reproduces, on the CPU,
 the predictions the run made of its test split, for a joint, a two-stage and a mean-imputing
 coupling (whose input from the training data, the PET mean, must come from the checkpoint):
-the same labels and PET sources, probabilities equal to 1e-6. Not bit for bit: predict batches
-the whole cohort, the run its test split, and the CPU's convolutions round a subject's result
-differently in a batch of another composition (seen: 2e-7). The same cohort through the same
-batches (a held-out cohort, below) is bit for bit. Refusals exit 2 with a message and leave
+the same labels, PET sources and probabilities, bit for bit. That holds only because predict
+batches the run's test subjects as the run did (its splits.csv, in order, apart from the rest
+of the cohort): the CPU's convolutions round a subject's result differently in a batch of
+another composition (seen: 2e-7 when predict batched the whole cohort). Refusals exit 2 with a message and leave
 the run folder's bytes unchanged.
 """
 
@@ -88,6 +88,22 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return out
 
 
+def test_predict_batches_the_runs_own_test_subjects_first_and_only_on_its_own_cohort(runs):
+    from cdsf_bench.predict.apply import prepare, source_config
+    from cdsf_bench.predict.trained import load_trained
+    from cdsf_bench.registry import default_registry
+
+    registry = default_registry()
+    model = load_trained(runs["joint"], registry)
+    tested = pd.read_csv(runs["joint"] / "splits.csv", dtype={"participant_id": str}).query("split == 'test'")
+    own = prepare(model, registry, source_config(model.config, "phantom", (), registry), torch.device("cpu"))
+    (group,) = own.groups
+    ids = own.cohort.participants["participant_id"].to_numpy()
+    assert list(ids[group]) == list(tested["participant_id"])  # the run's order, all of them
+    other = source_config(model.config, "phantom", ("data.phantom_seed=7",), registry)
+    assert prepare(model, registry, other, torch.device("cpu")).groups == ()
+
+
 @pytest.mark.parametrize("coupling", list(METHODS))
 def test_predict_reproduces_the_runs_own_test_predictions_exactly(runs, coupling, tmp_path):
     run = runs[coupling]
@@ -99,7 +115,7 @@ def test_predict_reproduces_the_runs_own_test_predictions_exactly(runs, coupling
     theirs = pd.read_csv(run / "predictions.csv", dtype={"participant_id": str})
     both = theirs.merge(mine, on="participant_id", suffixes=("_run", "_predict"))
     assert len(both) == len(theirs) > 0  # every test subject is among the run's own data
-    assert np.allclose(both["probability_run"], both["probability_predict"], rtol=0, atol=1e-6)
+    assert (both["probability_run"] == both["probability_predict"]).all()  # bit for bit
     assert (both["prediction_run"] == both["prediction_predict"]).all()
     assert (both["pet_source_run"] == both["pet_source_predict"]).all()
     # training and validation subjects are predicted too: the whole cohort of the task

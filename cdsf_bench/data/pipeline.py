@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Literal
 
 import numpy as np
@@ -130,9 +130,9 @@ class DevicePipeline:
             rows = rows[self.labelled_np[rows]]
         return max(1, len(rows) // self.batch_size)
 
-    def n_eval_batches(self, split: str, subjects: Subjects = "all") -> int:
+    def n_eval_batches(self, split: str, subjects: Subjects = "all", groups: Sequence[np.ndarray] = ()) -> int:
         """How many batches ``eval_batches`` yields to this process."""
-        return math.ceil(len(self.rows(split, subjects)[self.rank :: self.world]) / self.batch_size)
+        return len(self._eval_chunks(split, subjects, groups))
 
     def fingerprint(self) -> dict[str, str]:
         """Hashes of the split membership and the batch order, for checking pairing."""
@@ -179,8 +179,19 @@ class DevicePipeline:
             return None
         return torch.Generator().manual_seed(_seed(self.seed, stream, epoch, index))
 
-    def eval_batches(self, split: str, subjects: Subjects = "all") -> Iterator[Batch]:
+    def eval_batches(self, split: str, subjects: Subjects = "all", groups: Sequence[np.ndarray] = ()) -> Iterator[Batch]:
         """This process's share of ``split`` in order (all of it in a single process).
+
+        Each of ``groups`` (cohort rows, in their order) is batched apart from the rest of the
+        split, which follows them: a batch's convolutions round by its composition, so
+        ``predict`` repeats a run's own test predictions bit for bit only by batching that
+        run's test subjects as the run did (all of them, in order, and nothing else).
+        """
+        for rows in self._eval_chunks(split, subjects, groups):
+            yield self._layout(self._batch(rows, None))
+
+    def _eval_chunks(self, split: str, subjects: Subjects, groups: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """The rows of each batch ``eval_batches`` yields to this process.
 
         Only labelled subjects are ever scored: the splitter keeps the others in training,
         and a split that holds one anyway is refused rather than scored on a label of -1.
@@ -188,9 +199,13 @@ class DevicePipeline:
         rows = self.rows(split, subjects)
         if not self.labelled_np[rows].all():
             raise RunFailed(f"The {split} split holds subjects without a usable label; only training may.")
-        rows = rows[self.rank :: self.world]
-        for start in range(0, len(rows), self.batch_size):
-            yield self._layout(self._batch(rows[start : start + self.batch_size], None))
+        grouped = np.concatenate([*groups, rows[:0]])
+        parts = [group[np.isin(group, rows)] for group in groups] + [rows[~np.isin(rows, grouped)]]
+        chunks = []
+        for part in parts:
+            share = part[self.rank :: self.world]
+            chunks += [share[start : start + self.batch_size] for start in range(0, len(share), self.batch_size)]
+        return chunks
 
     def _batch(self, rows: np.ndarray, generator: torch.Generator | None, with_truth: bool = True) -> Batch:
         index = torch.from_numpy(rows.astype(np.int64))

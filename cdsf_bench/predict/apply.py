@@ -32,6 +32,7 @@ from cdsf_bench.interfaces import Batch, Cohort
 from cdsf_bench.predict.settings import check_data_assignments
 from cdsf_bench.predict.trained import TrainedModel, load_trained, rebuild
 from cdsf_bench.registry import Registry
+from cdsf_bench.run_folder import RunFolder
 
 #: The held-out phantom cohort's seed is the training cohort's plus this: disjoint from every
 #: seed a user gives (below 2**31), and so from every training cohort of a suite's replicates.
@@ -76,6 +77,8 @@ class Application:
     assembly: Assembly
     #: subjects of the cohort outside the task's two classes, which the model does not predict
     skipped: int = 0
+    #: cohort rows batched apart from the rest: the run's own test subjects, in its order
+    groups: tuple[np.ndarray, ...] = ()
 
     def predict(
         self,
@@ -95,6 +98,7 @@ class Application:
             threshold=self.model.threshold,
             on_synthetic=on_synthetic,
             progress=progress,
+            groups=self.groups,
         )
 
     def table(self, evaluation: Evaluation, split: str) -> pd.DataFrame:
@@ -121,7 +125,19 @@ def prepare(
     everyone = len(cohort)
     cohort, labels = task_cohort(cohort, task)
     assembly = rebuild(model, registry, cohort, labels, device)
-    return Application(model, config, cohort, labels, source, assembly, everyone - len(cohort))
+    groups = (run_test_rows(model, cohort),) if config["data"] == model.config["data"] else ()
+    return Application(model, config, cohort, labels, source, assembly, everyone - len(cohort), groups)
+
+
+def run_test_rows(model: TrainedModel, cohort: Cohort) -> np.ndarray:
+    """The rows of ``cohort`` that were the run's test split, in the order the run batched them.
+
+    Only for the run's own cohort (same data settings): predicting them in the run's batches
+    repeats the run's test predictions bit for bit, since a convolution rounds by batch.
+    """
+    rows = {participant: row for row, participant in enumerate(cohort.participants["participant_id"])}
+    tested = RunFolder(model.folder).test_participants()
+    return np.array([rows[p] for p in tested if p in rows], dtype=np.int64)
 
 
 def summary(evaluation: Evaluation) -> dict[str, Any]:
