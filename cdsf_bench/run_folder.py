@@ -116,8 +116,15 @@ class RunFolder:
         return (self.path / METRICS).exists()
 
     def test_participants(self) -> list[str]:
-        """The participant ids of the run's test split, in the order the run predicted them."""
-        table = pd.read_csv(self.path / "splits.csv", dtype={"participant_id": str}, keep_default_na=False)
+        """The participant ids of the run's test split, in the order the run predicted them.
+
+        Empty for a folder without splits.csv (copied without it): only the batching order of a
+        later prediction depends on it, so its absence is no reason to refuse one.
+        """
+        path = self.path / "splits.csv"
+        if not path.exists():
+            return []
+        table = pd.read_csv(path, dtype={"participant_id": str}, keep_default_na=False)
         return table.loc[table["split"] == "test", "participant_id"].tolist()
 
     def figure(self, name: str) -> Path:

@@ -104,6 +104,17 @@ def test_predict_batches_the_runs_own_test_subjects_first_and_only_on_its_own_co
     assert prepare(model, registry, other, torch.device("cpu")).groups == ()
 
 
+def test_a_run_folder_copied_without_splits_csv_still_predicts(runs, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copied"
+    shutil.copytree(runs["joint"], copy)
+    (copy / "splits.csv").unlink()
+    result = invoke("predict", copy, "--data", "phantom", "--out", tmp_path / "p")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "p" / "predictions.csv").exists()
+
+
 @pytest.mark.parametrize("coupling", list(METHODS))
 def test_predict_reproduces_the_runs_own_test_predictions_exactly(runs, coupling, tmp_path):
     run = runs[coupling]
