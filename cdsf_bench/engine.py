@@ -2,7 +2,8 @@
 
 It knows no model. For each stage it draws batches from the pipeline, calls the stage's
 step, evaluates the coupling's predictions on the validation split after every epoch,
-keeps the best modules by the stage's selection metric, stops early, and restores the best
+keeps the best modules by the stage's selection metric (an exact tie broken by the
+validation Brier score, ``metrics.SELECTION_TIE_BREAK``), stops early, and restores the best
 state at the end of the stage. The test split is never touched here.
 
 A checkpoint (the run folder's ``checkpoint_path``) is written atomically after every epoch
@@ -33,6 +34,7 @@ from cdsf_bench.errors import InputError, RunFailed
 from cdsf_bench.interfaces import Batch, Coupling, Prediction, TrainingStage
 from cdsf_bench.metrics import (
     HIGHER_IS_BETTER,
+    SELECTION_TIE_BREAK,
     SEVERITY_COLUMNS,
     SYNTHESIS_KEYS,
     diagnosis_metrics,
@@ -301,6 +303,8 @@ class Trainer:
 
     def _run_stage(self, index: int, stage: TrainingStage, first_epoch: int, best: dict, progress) -> None:
         higher = HIGHER_IS_BETTER[stage.select_on]
+        tie_break = SELECTION_TIE_BREAK.get(stage.select_on)
+        tie_higher = HIGHER_IS_BETTER[tie_break] if tie_break is not None else True
         patience = stage.patience
         label = f"{stage.name} ({index + 1}/{len(self.stages)})"
         epochs_task = progress.add_task(
@@ -331,12 +335,12 @@ class Trainer:
             train_losses = {f"train_{k}": v / n_batches for k, v in sums.items()}
             val = self._validate(stage)
             value = val[f"val_{stage.select_on}"]
-            improved = math.isfinite(value) and (
-                best["value"] is None or (value > best["value"] if higher else value < best["value"])
-            )
+            tie = val.get(f"val_{tie_break}") if tie_break is not None else None
+            improved = _improves(value, tie, best, higher, tie_higher)
             if improved:
                 best = {
                     "value": value,
+                    "tie": tie,
                     "epoch": epoch,
                     "stale": 0,
                     "modules": {k: copy.deepcopy(m.state_dict()) for k, m in stage.modules.items()},
@@ -368,6 +372,8 @@ class Trainer:
             "best_epoch": best["epoch"],
             "metric": stage.select_on,
             "value": best["value"],
+            "tie_break": tie_break,
+            "tie_break_value": best.get("tie"),
         }
         self.selections.append(stage_summary)
         # the next stage starts from here: record it so a resume does not repeat this stage
@@ -376,7 +382,7 @@ class Trainer:
     def _validate(self, stage: TrainingStage) -> dict[str, float]:
         with_ssim = stage.select_on == "ssim"
         result = evaluate(self.coupling, self.pipeline, "val", with_ssim=with_ssim, cluster=self.cluster)
-        out = {f"val_{k}": result.diagnosis[k] for k in ("auc", "bacc", "mcc")}
+        out = {f"val_{k}": result.diagnosis[k] for k in ("auc", "bacc", "mcc", "brier")}
         if result.synthesis is not None:
             out.update(
                 {f"val_{k}": v for k, v in result.synthesis.items() if not (k == "ssim" and not with_ssim)}
@@ -413,7 +419,24 @@ class Trainer:
 
 
 def _fresh_best() -> dict:
-    return {"value": None, "epoch": None, "stale": None, "modules": None}
+    return {"value": None, "tie": None, "epoch": None, "stale": None, "modules": None}
+
+
+def _improves(value: float, tie: float | None, best: dict, higher: bool, tie_higher: bool) -> bool:
+    """Whether an epoch's validation beats the best so far: by the selection metric, or, where
+    it ties exactly, by the tie-break metric (metrics.SELECTION_TIE_BREAK). A non-finite value
+    never improves; a tie without a finite tie-break value (none defined, or a checkpoint
+    written before tie-breaks) keeps the earlier epoch."""
+    if not math.isfinite(value):
+        return False
+    if best["value"] is None:
+        return True
+    if value != best["value"]:
+        return value > best["value"] if higher else value < best["value"]
+    earlier = best.get("tie")
+    if tie is None or earlier is None or not math.isfinite(tie):
+        return False
+    return tie > earlier if tie_higher else tie < earlier
 
 
 def _to_floats(losses: Mapping[str, torch.Tensor]) -> dict[str, float]:

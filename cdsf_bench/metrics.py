@@ -70,6 +70,12 @@ HIGHER_IS_BETTER = {
     "pet_specific_r": True,
     "pet_specific_r_real": True,
 }
+#: The metric that breaks a tie in a stage's selection metric. A rank or threshold metric of
+#: a few dozen validation subjects saturates (AUC 1.0 is reached early and kept): every later
+#: epoch then ties with the first, and keeping the first keeps an undertrained model. The
+#: Brier score, a proper score, still tells those epochs apart. Continuous synthesis metrics
+#: (MAE, SSIM) do not tie and have none.
+SELECTION_TIE_BREAK = {"auc": "brier", "bacc": "brier", "mcc": "brier"}
 
 
 def diagnosis_metrics(
