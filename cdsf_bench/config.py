@@ -38,12 +38,13 @@ DEFAULTS: dict[str, Any] = {
     "method": {"synth": "", "diag": "", "coupling": ""},
     # data.phantom is a table of phantom settings here, (name, value) pairs in DataSettings;
     # synthesis_subjects is not a source's setting (not in DataSettings, nor the cache key):
-    # which subjects train, the task's or also every other diagnosis's with PET (data/labels.py)
+    # which subjects train, the task's or also every other diagnosis's with PET (data/labels.py;
+    # "all_diagnoses" by the rule of benchmarks/suites/cdsf-synthesis-defaults.toml, docs/methods.md)
     "data": {
         "spec": "phantom",
         **{f.name: f.default for f in fields(DataSettings)},
         "phantom": {},
-        "synthesis_subjects": "task",
+        "synthesis_subjects": "all_diagnoses",
     },
     "split": {"val": 0.2, "test": 0.2, "folds": 0, "fold": 0},
     "train": {
