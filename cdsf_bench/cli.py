@@ -231,6 +231,7 @@ def data_phantom(
     """Write the phantom cohort as NIfTI (MNI space) plus participants.tsv."""
     from cdsf_bench.data.phantom import generate_phantom, phantom_settings, write_phantom
     from cdsf_bench.errors import InputError
+    from cdsf_bench.host import cpu_workers
     from cdsf_bench.progress import track
 
     if subjects < 1 or resolution <= 0 or not 0 <= missing_pet < 1:
@@ -248,7 +249,7 @@ def data_phantom(
         missing_pet=missing_pet,
         seed=seed,
     )
-    cohort = generate_phantom(settings, progress=track)
+    cohort = generate_phantom(settings, progress=track, workers=cpu_workers())
     table = write_phantom(cohort, settings, out, progress=track)
     console.print(f"wrote {subjects} subjects to {out} ({table})", highlight=False)
 

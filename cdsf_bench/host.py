@@ -56,3 +56,12 @@ def bf16_supported(device: torch.device) -> bool:
         return torch.cuda.is_bf16_supported()
     flags = cpu_flags()
     return flags["avx512_bf16"] or flags["amx_bf16"]
+
+
+def cpu_workers() -> int:
+    """How many threads CPU-side data work (the phantom's simulation) may use.
+
+    Torch's intra-op thread count, so that ``OMP_NUM_THREADS=1`` shards of a suite, each
+    given one core, keep to it in their data work too.
+    """
+    return max(1, torch.get_num_threads())

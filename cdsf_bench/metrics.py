@@ -168,14 +168,24 @@ def youden_threshold(labels: np.ndarray, probability: np.ndarray) -> float:
 def auc_interval(
     labels: np.ndarray, probability: np.ndarray, replicates: int, seed: int, level: float = 0.95
 ) -> tuple[float, float]:
-    """Percentile bootstrap interval of the AUC, resampling within each class."""
+    """Percentile bootstrap interval of the AUC, resampling within each class.
+
+    Each replicate's AUC is its Mann-Whitney U over the pairs (SciPy, all replicates in one
+    vectorised call): the AUC as ``roc_auc_score`` computes it (ties count a half), without
+    its per-call validation, which cost 7 ms a replicate, 7 s for a default interval.
+    """
     rng = np.random.default_rng(seed)
     positives = np.flatnonzero(labels == 1)
     negatives = np.flatnonzero(labels == 0)
-    aucs = np.empty(replicates)
-    for i in range(replicates):
-        rows = np.concatenate([rng.choice(positives, len(positives)), rng.choice(negatives, len(negatives))])
-        aucs[i] = skm.roc_auc_score(labels[rows], probability[rows])
+    drawn_positives = np.empty((replicates, len(positives)), dtype=np.intp)
+    drawn_negatives = np.empty((replicates, len(negatives)), dtype=np.intp)
+    for i in range(replicates):  # drawn in this order, so every seed keeps its resamples
+        drawn_positives[i] = rng.choice(positives, len(positives))
+        drawn_negatives[i] = rng.choice(negatives, len(negatives))
+    u = stats.mannwhitneyu(
+        probability[drawn_positives], probability[drawn_negatives], axis=1, method="asymptotic"
+    ).statistic
+    aucs = np.asarray(u, dtype=float) / (len(positives) * len(negatives))
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(aucs, [tail, 100 - tail])
     return float(low), float(high)

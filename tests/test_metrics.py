@@ -6,8 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 from skimage.metrics import structural_similarity
+from sklearn.metrics import roc_auc_score
 
-from cdsf_bench.metrics import diagnosis_metrics, synthesis_metrics, youden_threshold
+from cdsf_bench.metrics import auc_interval, diagnosis_metrics, synthesis_metrics, youden_threshold
 
 
 def test_diagnosis_metrics_by_hand():
@@ -19,6 +20,26 @@ def test_diagnosis_metrics_by_hand():
     assert m["bacc"] == pytest.approx(2 / 3)
     assert m["auc"] == pytest.approx(8 / 9)  # 8 of 9 positive-negative pairs ordered right
     assert m["auc_ci_low"] <= m["auc"] <= m["auc_ci_high"]
+
+
+def test_the_bootstrap_interval_is_the_percentiles_of_scikit_learns_resampled_aucs():
+    """The vectorised interval resamples as documented and scores each replicate as roc_auc_score."""
+    rng = np.random.default_rng(5)
+    labels = (rng.random(60) < 0.4).astype(int)
+    probability = np.round(rng.random(60) * 0.6 + 0.3 * labels, 1)  # coarse: many ties
+    draw = np.random.default_rng(9)
+    positives, negatives = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
+    aucs = []
+    for _ in range(300):
+        rows = np.concatenate(
+            [draw.choice(positives, len(positives)), draw.choice(negatives, len(negatives))]
+        )
+        aucs.append(roc_auc_score(labels[rows], probability[rows]))
+    expected = np.percentile(aucs, [2.5, 97.5])
+    np.testing.assert_allclose(auc_interval(labels, probability, 300, seed=9), expected, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(
+        auc_interval(labels, probability, 300, seed=9, level=0.8), np.percentile(aucs, [10, 90]), atol=1e-12
+    )
 
 
 def test_threshold_changes_the_operating_point_not_the_auc():

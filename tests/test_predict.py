@@ -6,8 +6,8 @@ coupling (whose input from the training data, the PET mean, must come from the c
 the same labels, PET sources and probabilities, bit for bit. That holds only because predict
 batches the run's test subjects as the run did (its splits.csv, in order, apart from the rest
 of the cohort): the CPU's convolutions round a subject's result differently in a batch of
-another composition (seen: 2e-7 when predict batched the whole cohort). Refusals exit 2 with a message and leave
-the run folder's bytes unchanged.
+another composition (seen: 2e-7 when predict batched the whole cohort). Refusals exit 2 with
+a message and leave the run folder's bytes unchanged.
 """
 
 from __future__ import annotations

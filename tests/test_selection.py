@@ -33,8 +33,29 @@ def scripted_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("CDSF_BENCH_QUIET", "1")
     monkeypatch.setattr(Trainer, "_validate", validate)
     out = tmp_path / "run"
-    args = ["run", "--synth", "none", "--diag", "mdm", "--coupling", "single", "--preset", "tiny", "--set", "data.subjects=24"]
-    args += ["--set", "evaluate.bootstrap=10", "--set", "train.patience=10", "--epochs", "5", "--out", str(out)]
+    args = [
+        "run",
+        "--synth",
+        "none",
+        "--diag",
+        "mdm",
+        "--coupling",
+        "single",
+        "--preset",
+        "tiny",
+        "--set",
+        "data.subjects=24",
+    ]
+    args += [
+        "--set",
+        "evaluate.bootstrap=10",
+        "--set",
+        "train.patience=10",
+        "--epochs",
+        "5",
+        "--out",
+        str(out),
+    ]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     return out

@@ -130,7 +130,9 @@ class DevicePipeline:
             rows = rows[self.labelled_np[rows]]
         return max(1, len(rows) // self.batch_size)
 
-    def n_eval_batches(self, split: str, subjects: Subjects = "all", groups: Sequence[np.ndarray] = ()) -> int:
+    def n_eval_batches(
+        self, split: str, subjects: Subjects = "all", groups: Sequence[np.ndarray] = ()
+    ) -> int:
         """How many batches ``eval_batches`` yields to this process."""
         return len(self._eval_chunks(split, subjects, groups))
 
@@ -179,7 +181,9 @@ class DevicePipeline:
             return None
         return torch.Generator().manual_seed(_seed(self.seed, stream, epoch, index))
 
-    def eval_batches(self, split: str, subjects: Subjects = "all", groups: Sequence[np.ndarray] = ()) -> Iterator[Batch]:
+    def eval_batches(
+        self, split: str, subjects: Subjects = "all", groups: Sequence[np.ndarray] = ()
+    ) -> Iterator[Batch]:
         """This process's share of ``split`` in order (all of it in a single process).
 
         Each of ``groups`` (cohort rows, in their order) is batched apart from the rest of the
@@ -204,7 +208,9 @@ class DevicePipeline:
         chunks = []
         for part in parts:
             share = part[self.rank :: self.world]
-            chunks += [share[start : start + self.batch_size] for start in range(0, len(share), self.batch_size)]
+            chunks += [
+                share[start : start + self.batch_size] for start in range(0, len(share), self.batch_size)
+            ]
         return chunks
 
     def _batch(self, rows: np.ndarray, generator: torch.Generator | None, with_truth: bool = True) -> Batch:

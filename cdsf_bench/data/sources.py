@@ -40,6 +40,7 @@ from cdsf_bench.data.grid import reference_grid
 from cdsf_bench.data.manifest import read_manifest, select_session
 from cdsf_bench.data.nifti import read_volume, to_grid
 from cdsf_bench.errors import InputError
+from cdsf_bench.host import cpu_workers
 from cdsf_bench.interfaces import Cohort, DataSettings, DataSource
 from cdsf_bench.progress import track
 
@@ -216,7 +217,7 @@ class PhantomSource(DataSource):
         truth = np.empty_like(mri)
         pet = np.zeros_like(mri)
         rows = []
-        for i, subject in enumerate(plan.subjects(progress=track)):
+        for i, subject in enumerate(plan.subjects(progress=track, workers=cpu_workers())):
             mri[i] = normalise_mri(subject.mri, mask)
             truth[i] = normalise_pet(subject.pet, settings.pet_suvr_max)
             if has_pet[i]:

@@ -43,10 +43,16 @@ def memory_format_of(module: nn.Module) -> torch.memory_format:
 
 
 def _space_to_depth(x: Tensor, s: int) -> Tensor:
-    """[B, C, D, H, W] to [B, C*s^3, D/s, H/s, W/s], stored channels-last (one copy)."""
+    """[B, C, D, H, W] to [B, s^3*C, D/s, H/s, W/s], stored channels-last (one copy).
+
+    The new channels are ordered (voxel in block, channel), channel fastest: on a
+    channels-last input each output voxel's channels are then read in runs of s*C contiguous
+    values (a block row's voxels with all their channels), not gathered one value at a time
+    as with the channel slowest, which made this copy 5-6x slower on CPU.
+    """
     b, c, d, h, w = x.shape
-    blocks = x.reshape(b, c, d // s, s, h // s, s, w // s, s).permute(0, 2, 4, 6, 1, 3, 5, 7)
-    return blocks.reshape(b, d // s, h // s, w // s, c * s**3).permute(0, 4, 1, 2, 3)
+    blocks = x.reshape(b, c, d // s, s, h // s, s, w // s, s).permute(0, 2, 4, 6, 3, 5, 7, 1)
+    return blocks.reshape(b, d // s, h // s, w // s, s**3 * c).permute(0, 4, 1, 2, 3)
 
 
 def _depth_to_space(y: Tensor, s: int) -> Tensor:
@@ -60,9 +66,10 @@ def _depth_to_space(y: Tensor, s: int) -> Tensor:
 def _scatter_index(out_channels: int, in_channels: int, k: int, s: int) -> Tensor:
     """Where each entry of the large weight comes from in the flattened original weight.
 
-    Large weight W'[(o, i), (c, j), A] = W[o, c, a] with a = s*A + j - i per axis (i the
-    output voxel within its block, j the input voxel within its block, A the block tap);
-    positions with a outside [0, k) read an appended zero at index numel(W).
+    Large weight W'[(o, i), (j, c), A] = W[o, c, a] with a = s*A + j - i per axis (i the
+    output voxel within its block, j the input voxel within its block, A the block tap; the
+    input channels in :func:`_space_to_depth`'s order); positions with a outside [0, k) read
+    an appended zero at index numel(W).
     """
     taps = -(-(k + s - 1) // s)
     i = torch.arange(s).view(s, 1, 1)
@@ -85,6 +92,7 @@ def _scatter_index(out_channels: int, in_channels: int, k: int, s: int) -> Tenso
     flat = (o * in_channels + c) * k**3 + spatial.unsqueeze(0).unsqueeze(4)  # [O, i.., C, j.., A..]
     zero = out_channels * in_channels * k**3
     index = torch.where(inside.unsqueeze(0).unsqueeze(4), flat, torch.full_like(flat, zero))
+    index = index.permute(0, 1, 2, 3, 5, 6, 7, 4, 8, 9, 10)  # [O, i.., j.., C, A..]
     return index.reshape(out_channels * s**3, in_channels * s**3, taps, taps, taps)
 
 
