@@ -129,9 +129,10 @@ def test_predict_reproduces_the_runs_own_test_predictions_exactly(runs, coupling
     assert (both["probability_run"] == both["probability_predict"]).all()  # bit for bit
     assert (both["prediction_run"] == both["prediction_predict"]).all()
     assert (both["pet_source_run"] == both["pet_source_predict"]).all()
-    # training and validation subjects are predicted too: the whole cohort of the task
+    # training and validation subjects are predicted too: the whole cohort of the task, not the
+    # other diagnoses' subjects that trained the generator unlabelled (data.synthesis_subjects)
     splits = pd.read_csv(run / "splits.csv", dtype={"participant_id": str})
-    assert set(mine["participant_id"]) == set(splits["participant_id"])
+    assert set(mine["participant_id"]) == set(splits.loc[splits["labelled"], "participant_id"])
     assert len(mine) < cfg.resolve(default_registry(), run / "config.toml")["data"]["subjects"]  # CN, AD only
     metrics = json.loads((tmp_path / "p" / "metrics.json").read_text())
     threshold = json.loads((run / "metrics.json").read_text())["selection"]["threshold"]
@@ -141,15 +142,19 @@ def test_predict_reproduces_the_runs_own_test_predictions_exactly(runs, coupling
 
 
 def test_checkpoint_records_the_training_pet_mean(runs):
-    """The one input a coupling takes from the training data: the mean real PET of training."""
+    """The one input a coupling takes from the training data: the mean real PET of training.
+
+    Training is the run's training split, the other diagnoses' unlabelled subjects with PET
+    included (``data.synthesis_subjects = "all_diagnoses"``, the default): their PET is real.
+    """
     run = runs["mean-impute"]
     state = load_torch(run / "checkpoints" / "last.pt")
     config = cfg.resolve(default_registry(), run / "config.toml")
     from cdsf_bench.assemble import load_cohort
-    from cdsf_bench.data.labels import task_cohort
+    from cdsf_bench.data.labels import training_cohort
 
     cohort, _ = load_cohort(config, default_registry())
-    cohort, _ = task_cohort(cohort, config["task"])
+    cohort, _ = training_cohort(cohort, config["task"], config["data"]["synthesis_subjects"])
     splits = pd.read_csv(run / "splits.csv", dtype={"participant_id": str})
     train = set(splits.loc[splits["split"] == "train", "participant_id"])
     rows = np.flatnonzero(cohort.participants["participant_id"].isin(train).to_numpy() & cohort.has_pet)

@@ -30,6 +30,7 @@ from click.testing import CliRunner
 
 from cdsf_bench.bench import regress as rg
 from cdsf_bench.cli import main
+from cdsf_bench.data.labels import UNLABELLED
 from cdsf_bench.data.pipeline import DevicePipeline
 from cdsf_bench.data.splits import Splits
 
@@ -39,12 +40,14 @@ BASELINE = ROOT / "benchmarks" / "baselines" / "ci.toml"
 
 
 def _shuffle_training_labels(monkeypatch: pytest.MonkeyPatch) -> None:
-    """One fixed permutation of the training subjects' labels; validation and test keep theirs."""
+    """One fixed permutation of the labelled training subjects' labels; validation and test keep
+    theirs, and unlabelled training subjects (``data.synthesis_subjects``) stay unlabelled."""
     built = DevicePipeline.__init__
 
     def build(self: DevicePipeline, *args: object, **kwargs: object) -> None:
         built(self, *args, **kwargs)  # type: ignore[arg-type]
         train = torch.from_numpy(self.splits.train).to(self.labels.device)
+        train = train[self.labels[train] != UNLABELLED]
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
         self.labels[train] = self.labels[train[order.to(train.device)]]
 
@@ -110,6 +113,7 @@ def test_the_label_sabotage_permutes_the_training_labels_only(monkeypatch: pytes
     def original(self: DevicePipeline, *args: object, **kwargs: object) -> None:
         self.splits = kwargs["splits"]  # type: ignore[assignment]
         self.labels = torch.tensor([0, 1] * 10)
+        self.labels[[3, 8]] = UNLABELLED  # two unlabelled training subjects
         captured["before"] = self.labels.clone()
 
     monkeypatch.setattr(DevicePipeline, "__init__", original)
@@ -120,5 +124,6 @@ def test_the_label_sabotage_permutes_the_training_labels_only(monkeypatch: pytes
     DevicePipeline.__init__(pipeline, splits=splits)
     before, after = captured["before"], pipeline.labels
     assert torch.equal(after[12:], before[12:])
+    assert after[3] == after[8] == UNLABELLED
     assert sorted(after[:12].tolist()) == sorted(before[:12].tolist())
     assert not torch.equal(after[:12], before[:12])
