@@ -1,7 +1,8 @@
 """Diagnosis and synthesis metrics, computed the same way for every method.
 
 Diagnosis metrics come from scikit-learn. The AUC's 95% interval is a percentile bootstrap
-over test subjects (stratified resampling, so every replicate has both classes).
+over test subjects (stratified resampling, so every replicate has both classes), each
+replicate's AUC computed as SciPy's Mann-Whitney U over its pairs (the same value).
 Synthesis metrics are computed on PET mapped to [0, 1] (the pipeline's [-1, 1] scale
 shifted and halved; 1 corresponds to ``data.pet_suvr_max`` SUVR): MAE and PSNR inside the
 brain mask, SSIM in 3D by scikit-image over the brain's bounding box.
