@@ -37,7 +37,9 @@ G learns from it. The stage selects G (and P) on the validation MAE of G(x), low
 better. Stage 2, "diagnosis", freezes G (evaluation mode, no gradient) and trains D on
 the pairs above with real PET where it exists; prediction uses real PET where it exists
 (``predict_with = "real"``) or G(x) for everyone (``"synthetic"``), and always returns
-G(x) so that synthesis is scored. Unlike CDSF, the diagnosis never shapes G.
+G(x) so that synthesis is scored. A prediction's G(x) is remembered while G's weights stay
+the same (memo.py): the frozen G meets the same validation batches every diagnosis epoch.
+Unlike CDSF, the diagnosis never shapes G.
 
 A synthesiser with its own objective (``training_loss(mri, pet)``, docs/plugins.md; the
 diffusion synthesiser's noise-prediction MSE) is trained on that alone in stage 1,
@@ -88,6 +90,7 @@ from cdsf_plugins.common import (
     selected_stage,
 )
 from cdsf_plugins.diffusion import DiffusionSynthesiser
+from cdsf_plugins.memo import FrozenOutputs
 from cdsf_plugins.unet3d import UNet3D
 
 
@@ -256,6 +259,9 @@ class DecoupledCoupling(DiagnosisCoupling):
         self.optimise_synthesiser = torch.optim.Adam(
             self.synthesiser.parameters(), lr=synthesis_lr, betas=(0.5, 0.999)
         )
+        #: G's predictions, computed once per input while its weights stay as they are (the
+        #: frozen G of the diagnosis stage meets the same validation batches every epoch)
+        self.remembered = FrozenOutputs(self.synthesiser)
 
     def _gan(self) -> tuple[dict[str, torch.nn.Module], dict[str, torch.optim.Optimizer]]:
         modules: dict[str, torch.nn.Module] = {"synthesiser": self.synthesiser}
@@ -319,7 +325,7 @@ class DecoupledCoupling(DiagnosisCoupling):
         """
         if not training:
             with torch.no_grad(), self.context.autocast():
-                synthetic = self.synthesiser(batch.mri).float()
+                synthetic = self.remembered(batch.mri, lambda: self.synthesiser(batch.mri).float())
             pet, sources = fill_pet(batch, real_where(batch, self.predict_with), synthetic, "synthetic")
             return PetChannel(pet, sources, synthetic)
         self.synthesiser.eval()  # frozen in the diagnosis stage: its norms behave as at inference
