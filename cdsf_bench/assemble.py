@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from cdsf_bench import config as cfg
+from cdsf_bench.compiling import compile_in_place
 from cdsf_bench.data.conventions import TASKS
 from cdsf_bench.data.labels import training_cohort
 from cdsf_bench.data.pipeline import DevicePipeline
@@ -153,6 +154,9 @@ class Assembly:
     context: TrainingContext
     coupling: Coupling
     channels_last: bool
+    #: whether the networks were compiled (``precision.compile``), and if asked but not, why
+    compiled: bool = False
+    eager_because: str | None = None
 
 
 def assemble(
@@ -208,8 +212,8 @@ def assemble(
         global_sum=global_sum(cluster),
     )
     coupling = build_method(config, registry, context, channels_last)
+    eager_because = None
     if precision.compile:
-        # in place, so optimisers, checkpoints and state_dict keys stay those of the module
-        for module in coupling.modules().values():
-            module.compile()
-    return Assembly(pipeline, context, coupling, channels_last)
+        eager_because = compile_in_place(coupling.modules().values(), device)
+    compiled = precision.compile and eager_because is None
+    return Assembly(pipeline, context, coupling, channels_last, compiled, eager_because)

@@ -127,6 +127,11 @@ def _execute(
         f"({int((labels == UNLABELLED).sum())} of them unlabelled, training only), {cohort.shape}, "
         f"{cache} ({cohort.extra.get('cache_entry', 'no cache')}), {data_seconds:.1f} s"
     )
+    if assembly.eager_because is not None:
+        folder.log(
+            f"precision.compile: torch.compile cannot compile here ({assembly.eager_because}); "
+            "the networks run without it"
+        )
     folder.write_splits(splits.table(cohort.participants, labels))
     chosen = (method.synth, method.diag, method.coupling)
     plugins = [
@@ -146,6 +151,7 @@ def _execute(
             {
                 "mixed_precision_bf16": assembly.context.mixed_precision,
                 "channels_last_3d": assembly.channels_last,
+                "torch_compile": assembly.compiled,
                 "processes": cluster.world,
             }
         )

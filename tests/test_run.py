@@ -218,6 +218,29 @@ def test_assemble_builds_what_a_run_trains(coupling: str, synth: str, compile_mo
     assert modules
     # compiled in place (compilation itself happens at the first call, not tested here)
     assert all((m._compiled_call_impl is not None) is compile_modules for m in modules)
+    assert (assembly.compiled, assembly.eager_because) == (compile_modules, None)
+
+
+def test_a_machine_that_cannot_compile_runs_eager_and_says_why(monkeypatch, tmp_path: Path):
+    from cdsf_bench import compiling
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("no working C++ compiler\nlong compiler output")
+
+    compiling.compile_blocker.cache_clear()
+    monkeypatch.setattr(compiling.torch, "compile", broken)
+    try:
+        out = tmp_path / "eager"
+        args = ["run", "--synth", "none", "--diag", "mdm", "--preset", "tiny", "--epochs", "1"]
+        args += ["--set", "data.subjects=24", "--set", "evaluate.bootstrap=20"]
+        args += ["--set", "precision.compile=true"]
+        result = CliRunner().invoke(main, [*args, "--out", str(out)])
+    finally:
+        compiling.compile_blocker.cache_clear()
+    assert result.exit_code == 0, result.output
+    log = (out / "log.txt").read_text()
+    assert "torch.compile cannot compile here (RuntimeError: no working C++ compiler)" in log
+    assert json.loads((out / "environment.json").read_text())["torch_compile"] is False
 
 
 def test_withheld_pet_scores_the_test_split_only():

@@ -17,6 +17,8 @@ from typing import Any
 import torch
 
 from cdsf_bench import config as cfg
+from cdsf_bench.compiling import compile_blocker
+from cdsf_bench.errors import InputError
 from cdsf_bench.host import cpu_flags, device_name
 from cdsf_bench.perf.cohort import batch_stream, synthetic_cohort
 from cdsf_bench.perf.harness import Part, load_average, time_interleaved
@@ -121,6 +123,9 @@ def measure(settings: PerfSettings, registry: Registry | None = None) -> dict[st
 
     timed = parts.timed()
     if settings.compile:
+        blocker = compile_blocker(device.type)
+        if blocker is not None:
+            raise InputError(f"--compile: torch.compile cannot compile on this machine ({blocker}).")
         _compile_parts(timed, settings.warmup)
     time_interleaved(timed, device, settings.repeats)
     return _result(run, parts, load_before, deterministic)
