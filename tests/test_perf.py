@@ -90,14 +90,22 @@ def test_shares_and_reference_rates_are_sane(default_run: dict):
     # The shares are ratios of two timings; their size depends on what else the machine runs
     # (a reference matmul timed while another process held the cores made one 47), so this
     # checks what they are, not how large they come out: speed figures are benchmarks' business.
+    from cdsf_bench.host import bf16_supported
+
     rates = default_run["reference_rates"]
     coupling, pipeline = default_run["coupling"], default_run["pipeline"]
-    assert coupling["share_of_bf16_matmul"] == pytest.approx(
-        coupling["gflop_per_s"] / rates["bf16_matmul"]["gflop_per_s"]
-    )
     assert pipeline["share_of_coupling_step"] == pytest.approx(pipeline["median_s"] / coupling["median_s"])
-    assert _positive(coupling["share_of_bf16_matmul"]) and _positive(pipeline["share_of_coupling_step"])
-    for key, dtype in (("bf16_matmul", "bfloat16"), ("fp32_matmul", "float32")):
+    assert _positive(pipeline["share_of_coupling_step"])
+    # bf16 is timed only where it has a hardware path (emulated, it is no reference and takes minutes)
+    timed = {"fp32_matmul": "float32"}
+    if bf16_supported(torch.device("cpu")):
+        timed["bf16_matmul"] = "bfloat16"
+    else:
+        assert rates["bf16_matmul"] is None and coupling["share_of_bf16_matmul"] is None
+    for key, dtype in timed.items():
+        share = coupling["gflop_per_s"] / rates[key]["gflop_per_s"]
+        assert coupling[f"share_of_{key}"] == pytest.approx(share)
+        assert _positive(coupling[f"share_of_{key}"])
         assert rates[key]["dtype"] == dtype
         assert _positive(rates[key]["gflop_per_s"])
         assert rates[key]["best_gflop_per_s"] >= rates[key]["gflop_per_s"]
@@ -109,11 +117,12 @@ def test_shares_and_reference_rates_are_sane(default_run: dict):
 def test_targets_are_reported_with_thresholds(default_run: dict):
     goals = load_benchmark("targets").targets(default_run)
     assert goals["applies"] is False  # 16^3 is not the issue's 64^3
-    for key in (
-        "synthesiser_speedup_vs_fp32_contiguous",
-        "coupling_share_of_bf16_matmul",
-        "pipeline_share_of_coupling_step",
-    ):
+    measured = ["synthesiser_speedup_vs_fp32_contiguous", "pipeline_share_of_coupling_step"]
+    if default_run["reference_rates"]["bf16_matmul"] is None:  # no bf16 hardware: not measurable
+        assert goals["coupling_share_of_bf16_matmul"]["met"] is None
+    else:
+        measured.append("coupling_share_of_bf16_matmul")
+    for key in measured:
         assert _positive(goals[key]["value"])
         assert goals[key]["met"] in (True, False)
 

@@ -74,10 +74,16 @@ def render(result: dict[str, Any], out: Console = console) -> None:
     """Print the measurement as tables, with the settings they were taken under."""
     s = result["settings"]
     out.print(_parts_table(result))
-    rates = result["reference_rates"]
+    rates, coupling = result["reference_rates"], result["coupling"]
+    bf16 = rates["bf16_matmul"]
+    bf16_text = (
+        "bf16 not timed (no bf16 hardware path here)"
+        if bf16 is None
+        else f"bf16 {bf16['gflop_per_s']:.1f} GFLOP/s (step {coupling['share_of_bf16_matmul']:.1%})"
+    )
     out.print(
-        f"reference: {MATMUL_SIDE}^2 matmul bf16 {rates['bf16_matmul']['gflop_per_s']:.1f} GFLOP/s, "
-        f"fp32 {rates['fp32_matmul']['gflop_per_s']:.1f} GFLOP/s; memory: {result['memory']['kind']}",
+        f"reference: {MATMUL_SIDE}^2 matmul {bf16_text}, fp32 {rates['fp32_matmul']['gflop_per_s']:.1f} "
+        f"GFLOP/s (step {coupling['share_of_fp32_matmul']:.1%}); memory: {result['memory']['kind']}",
         highlight=False,
     )
     out.print(
