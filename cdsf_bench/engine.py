@@ -29,18 +29,18 @@ import torch
 
 from cdsf_bench import distributed
 from cdsf_bench.data.pipeline import DevicePipeline
+from cdsf_bench.data.regions import hypometabolism_masks
 from cdsf_bench.distributed import SINGLE_PROCESS, Cluster
 from cdsf_bench.errors import InputError, RunFailed
 from cdsf_bench.interfaces import Batch, Coupling, Prediction, TrainingStage
 from cdsf_bench.metrics import (
     HIGHER_IS_BETTER,
     SELECTION_TIE_BREAK,
-    SEVERITY_COLUMNS,
     SYNTHESIS_KEYS,
     diagnosis_metrics,
-    disease_synthesis_metrics,
+    disease_synthesis_from_table,
     mean_synthesis,
-    regional_uptake,
+    regional_uptake_columns,
     synthesis_metrics,
 )
 from cdsf_bench.progress import make_progress
@@ -82,8 +82,8 @@ def evaluate(
     """Predict ``split`` with the coupling and score diagnosis and (where made) synthesis.
 
     Synthesis is scored against the acquired PET, and with ``score_withheld`` also against
-    the hidden PET of subjects whose PET is "missing" where the source keeps it (the
-    phantom). Only the final test evaluation sets it: selection and early stopping must
+    the hidden PET of subjects whose PET is "missing" where the data source keeps it.
+    Only the final test evaluation sets it: selection and early stopping must
     use what a real cohort has. That evaluation also reads the uptake in the
     hypometabolism regions (per subject in the table, the disease-specific metrics in
     ``synthesis``: ``metrics.disease_synthesis_metrics``). Under torch.distributed each
@@ -96,7 +96,7 @@ def evaluate(
     """
     records: list[dict] = []
     mask = pipeline.brain_mask.cpu().numpy()
-    regions = _hypometabolism_masks(pipeline.affine, mask) if score_withheld else {}
+    regions = hypometabolism_masks(pipeline.affine, mask) if score_withheld else {}
     modules = coupling.modules()
     was_training = {name: m.training for name, m in modules.items()}
     for module in modules.values():
@@ -141,31 +141,8 @@ def evaluate(
     scored = [{key: r[f"synth_{key}"] for key in SYNTHESIS_KEYS} for r in records if "synth_mae" in r]
     synthesis = mean_synthesis(scored)
     if synthesis is not None and score_withheld:  # per-epoch validation stays as it was
-        synthesis.update(_disease_synthesis(table, participants, list(regions)) or {})
+        synthesis.update(disease_synthesis_from_table(table, participants, list(regions)) or {})
     return Evaluation(table, diagnosis, synthesis, synthetic)
-
-
-def _hypometabolism_masks(affine: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
-    """The hypometabolism regions on the cohort's MNI grid, where regional uptake is read."""
-    from cdsf_bench.data.phantom import HYPOMETABOLISM_REGIONS, region_masks
-
-    return region_masks(affine, mask.shape, mask, HYPOMETABOLISM_REGIONS)
-
-
-def _disease_synthesis(table: pd.DataFrame, participants: pd.DataFrame, names: list[str]) -> dict | None:
-    """Disease-specific synthesis metrics from the per-subject regional uptake of ``table``.
-
-    The phantom's latent severities are read here, for scoring only, never for training.
-    """
-    scored = table.dropna(subset=[f"roi_synth_{n}" for n in names]) if names else table.iloc[:0]
-    if scored.empty:
-        return None
-    synthetic = scored[[f"roi_synth_{n}" for n in names]].set_axis(names, axis=1)
-    real = scored[[f"roi_real_{n}" for n in names]].set_axis(names, axis=1)
-    severities = None
-    if all(column in participants.columns for column in SEVERITY_COLUMNS):
-        severities = participants.iloc[scored["row"].to_numpy()][list(SEVERITY_COLUMNS)]
-    return disease_synthesis_metrics(synthetic, real, severities)
 
 
 def _batch_records(
@@ -201,8 +178,7 @@ def _batch_records(
             if withheld_known or has_pet[i]:
                 scores = synthesis_metrics(truth[i], synthetic[i], mask, ssim=with_ssim)
                 record.update({f"synth_{k}": v for k, v in scores.items()})
-                for prefix, volume in (("roi_synth", synthetic[i]), ("roi_real", truth[i])):
-                    record.update({f"{prefix}_{k}": v for k, v in regional_uptake(volume, regions).items()})
+                record.update(regional_uptake_columns(synthetic[i], truth[i], regions))
             if keep_synthetic:
                 record["volume"] = synthetic[i]
         records.append(record)

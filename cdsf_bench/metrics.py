@@ -11,8 +11,9 @@ Disease-specific synthesis metrics read the uptake in the hypometabolism regions
 cingulate, precuneus, angular gyri: spheres around their MNI centres, inside the brain) of
 every scored test subject, from its synthetic and its real PET, on the same [0, 1] scale
 (multiply by ``data.pet_suvr_max`` for SUVR): how far off the regional values are, whether
-they rank subjects as the real ones do, and, on the phantom, how much of PET's own disease
-information (the metabolic severity beyond the structural one) the synthetic PET carries.
+they rank subjects as the real ones do, and, on a cohort with known latent severities, how
+much of PET's own disease information (the metabolic severity beyond the structural one)
+the synthetic PET carries.
 """
 
 from __future__ import annotations
@@ -52,10 +53,11 @@ SYNTHESIS_KEYS = ("psnr", "ssim", "mae")
 #: roi_mae, the mean absolute error of regional uptake over subjects and regions; roi_r,
 #: Pearson's r across subjects of the synthetic and real meta-region uptake (the regions'
 #: mean); pet_specific_r, the partial correlation of the synthetic meta-region's uptake
-#: loss with the metabolic severity given the structural one (phantom only), and
-#: pet_specific_r_real, the same for the real PET: the ceiling.
+#: loss with the metabolic severity given the structural one (only where the data source
+#: provides the latent severities), and pet_specific_r_real, the same for the real PET: the ceiling.
 DISEASE_SYNTHESIS_KEYS = ("roi_mae", "roi_r", "pet_specific_r", "pet_specific_r_real")
-#: The per-subject latent columns the PET-specific correlation needs (the phantom's).
+#: The per-subject latent columns the PET-specific correlation needs, in the participants
+#: table of a data source that knows them; read for scoring only, never for training.
 SEVERITY_COLUMNS = ("severity_structural", "severity_metabolic")
 #: Fewest subjects for which a correlation is reported (NaN below).
 MIN_CORRELATION_SUBJECTS = 4
@@ -237,6 +239,20 @@ def regional_uptake(volume: np.ndarray, masks: Mapping[str, np.ndarray]) -> dict
     return {name: float(unit[np.asarray(mask, dtype=bool)].mean()) for name, mask in masks.items()}
 
 
+def regional_uptake_columns(
+    synthetic: np.ndarray, real: np.ndarray, masks: Mapping[str, np.ndarray]
+) -> dict[str, float]:
+    """One subject's regional uptake of its synthetic and its real PET (:func:`regional_uptake`).
+
+    Keyed ``roi_synth_<region>`` and ``roi_real_<region>``: the per-subject columns of
+    ``predictions.csv`` that :func:`disease_synthesis_from_table` reads back.
+    """
+    out: dict[str, float] = {}
+    for prefix, volume in (("roi_synth", synthetic), ("roi_real", real)):
+        out.update({f"{prefix}_{name}": value for name, value in regional_uptake(volume, masks).items()})
+    return out
+
+
 def partial_correlation(x: np.ndarray, y: np.ndarray, given: np.ndarray) -> float:
     """Pearson's r of ``x`` and ``y`` after regressing each on ``given`` (with an intercept).
 
@@ -273,7 +289,7 @@ def disease_synthesis_metrics(
 
     ``synthetic`` and ``real``: one row per subject, one column per region, regional uptake
     on the [0, 1] scale (:func:`regional_uptake`), rows aligned. ``severities``: the same
-    rows with :data:`SEVERITY_COLUMNS` (the phantom's latents), or None where unknown, when
+    rows with :data:`SEVERITY_COLUMNS` (the latent severities), or None where unknown, when
     the two PET-specific correlations are left out. The meta-region is the regions' mean;
     "uptake loss" is its negative, so a positive PET-specific r means the PET shows the
     metabolic severity beyond what the structural severity explains. None without subjects.
@@ -294,3 +310,24 @@ def disease_synthesis_metrics(
         out["pet_specific_r"] = partial_correlation(-synth_meta, metabolic, structural)
         out["pet_specific_r_real"] = partial_correlation(-real_meta, metabolic, structural)
     return out
+
+
+def disease_synthesis_from_table(
+    table: pd.DataFrame, participants: pd.DataFrame, names: list[str]
+) -> dict[str, float] | None:
+    """:func:`disease_synthesis_metrics` of the subjects of a predictions table with regional uptake.
+
+    ``table`` holds each subject's cohort ``row`` and the columns of
+    :func:`regional_uptake_columns` for the regions ``names``. ``participants`` is the
+    cohort's table; where it has the :data:`SEVERITY_COLUMNS`, the PET-specific correlations
+    are computed too. None without a scored subject.
+    """
+    scored = table.dropna(subset=[f"roi_synth_{n}" for n in names]) if names else table.iloc[:0]
+    if scored.empty:
+        return None
+    synthetic = scored[[f"roi_synth_{n}" for n in names]].set_axis(names, axis=1)
+    real = scored[[f"roi_real_{n}" for n in names]].set_axis(names, axis=1)
+    severities = None
+    if all(column in participants.columns for column in SEVERITY_COLUMNS):
+        severities = participants.iloc[scored["row"].to_numpy()][list(SEVERITY_COLUMNS)]
+    return disease_synthesis_metrics(synthetic, real, severities)

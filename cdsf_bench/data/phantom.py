@@ -4,8 +4,9 @@ The benchmark needs a cohort it can ship, whose ground truth is known (each subj
 disease severities and the PET that was "missing"), and which poses the same questions as
 real data: MRI alone should diagnose imperfectly, real PET should help, and synthetic PET
 should land in between. So the phantom is built from the ICBM152 2009a tissue maps
-(:mod:`cdsf_bench.data.templates`) and a generative model with the effects the literature
-reports, each with an explicit, documented strength (docs/data.md, "The phantom cohort").
+(:mod:`cdsf_bench.data.templates`), the regions of the atlas (:mod:`cdsf_bench.data.regions`)
+and a generative model with the effects the literature reports, each with an explicit,
+documented strength (docs/data.md, "The phantom cohort").
 
 In short, per subject: a diagnosis; two correlated latent severities (structural and
 metabolic, so PET carries information MRI lacks); age and sex with effects that are not
@@ -43,6 +44,7 @@ from scipy import ndimage
 from cdsf_bench.data.conventions import DIAGNOSES
 from cdsf_bench.data.grid import BRAIN_BOX_MM, Grid, reference_grid
 from cdsf_bench.data.nifti import save_nifti
+from cdsf_bench.data.regions import ATROPHY_REGIONS, HYPOMETABOLISM_REGIONS, REFERENCE_REGIONS, REGIONS
 from cdsf_bench.data.templates import Templates, grid_mni_coordinates, load_templates, mni_to_voxel
 from cdsf_bench.errors import ConfigError
 
@@ -71,49 +73,6 @@ Progress = Callable[[Iterable, int, str], Iterable]
 FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 #: Inverse golden ratio: the step of the low-discrepancy sequence that spreads missing PET.
 GOLDEN_STEP = (math.sqrt(5.0) - 1.0) / 2.0
-
-
-@dataclass(frozen=True)
-class Region:
-    """A region as MNI centres (one per hemisphere, or one on the midline) and a size.
-
-    ``sigma_mm`` is the standard deviation of the Gaussian weight an effect gets around
-    each centre; for a reference region it is the radius of the sphere averaged.
-    """
-
-    centres_mm: tuple[tuple[float, float, float], ...]
-    sigma_mm: float
-
-
-def _bilateral(x: float, y: float, z: float) -> tuple[tuple[float, float, float], ...]:
-    return ((-x, y, z), (x, y, z))
-
-
-#: Where the effects act (DESIGN.md section 3). The lateral ventricles' centre is the CSF
-#: centroid measured in the nilearn template, (+-12.5, -16, 16): the design's (+-16, -10,
-#: 18) lies in the white matter next to the ventricles there, and a radial expansion
-#: centred in white matter would push tissue, not grow CSF.
-REGIONS: dict[str, Region] = {
-    "hippocampus": Region(((-26.0, -22.0, -14.0), (28.0, -22.0, -14.0)), 7.0),
-    "entorhinal": Region(_bilateral(24.0, -6.0, -32.0), 6.0),
-    "inferior_temporal": Region(_bilateral(56.0, -30.0, -16.0), 10.0),
-    "posterior_cingulate": Region(((0.0, -50.0, 28.0),), 9.0),
-    "precuneus": Region(((0.0, -64.0, 42.0),), 10.0),
-    "angular": Region(_bilateral(46.0, -62.0, 34.0), 11.0),
-    "ventricles": Region(_bilateral(12.5, -16.0, 16.0), 14.0),
-    "pons": Region(((0.0, -26.0, -34.0),), 8.0),
-    "cerebellum": Region(_bilateral(24.0, -64.0, -40.0), 12.0),
-}
-#: Regions where grey matter is lost with structural severity.
-ATROPHY_REGIONS = ("hippocampus", "entorhinal", "inferior_temporal")
-#: Regions whose uptake falls with metabolic severity.
-HYPOMETABOLISM_REGIONS = ("posterior_cingulate", "precuneus", "angular")
-#: PET reference regions a setting may name; both are spared by the disease model.
-REFERENCE_REGIONS = {
-    "pons": ("pons",),
-    "cerebellum": ("cerebellum",),
-    "cerebellum+pons": ("cerebellum", "pons"),
-}
 #: Regions whose grey matter takes up less FDG than the cerebrum's (settings
 #: ``pet_pons_uptake``, ``pet_cerebellum_uptake``), over a Gaussian this many times wider
 #: than the region, so the reference sphere sits on a plateau of uptake.
@@ -423,27 +382,6 @@ def _anatomy(resolution_mm: float) -> _Anatomy:
     }
     centre = np.array([(lo + hi) / 2 for lo, hi in BRAIN_BOX_MM], dtype=np.float32)
     return _Anatomy(templates, grid, mni, weights, low_uptake, reference_masks, centre)
-
-
-def region_masks(
-    affine: np.ndarray, shape: tuple[int, ...], brain_mask: np.ndarray, names: Iterable[str]
-) -> dict[str, np.ndarray]:
-    """Per region: the brain voxels within ``sigma_mm`` of any of its MNI centres.
-
-    Computed from the affine (voxel to MNI mm), so it holds for any cohort on an MNI grid,
-    real or phantom: the hypometabolism regions' masks are where regional SUVR is read.
-    """
-    index = np.indices(tuple(shape), dtype=np.float64).reshape(3, -1)
-    mm = (np.asarray(affine, dtype=np.float64)[:3, :3] @ index + np.asarray(affine)[:3, 3:4]).T
-    brain = np.asarray(brain_mask, dtype=bool).reshape(-1)
-    out = {}
-    for name in names:
-        region = REGIONS[name]
-        near = np.zeros(len(mm), dtype=bool)
-        for centre in region.centres_mm:
-            near |= ((mm - np.asarray(centre)) ** 2).sum(-1) <= region.sigma_mm**2
-        out[name] = (near & brain).reshape(tuple(shape))
-    return out
 
 
 @functools.lru_cache(maxsize=8)
