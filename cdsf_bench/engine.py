@@ -140,7 +140,7 @@ def evaluate(
     )
     scored = [{key: r[f"synth_{key}"] for key in SYNTHESIS_KEYS} for r in records if "synth_mae" in r]
     synthesis = mean_synthesis(scored)
-    if synthesis is not None and score_withheld:  # per-epoch validation stays as it was
+    if synthesis is not None and score_withheld:  # the test's scoring; per-epoch validation has none
         synthesis.update(disease_synthesis_from_table(table, participants, list(regions)) or {})
     return Evaluation(table, diagnosis, synthesis, synthetic)
 

@@ -1,12 +1,12 @@
 """What ``run`` refuses before it preprocesses a volume; ``data check`` asks the very same.
 
 One function serves both, so that ``data check`` cannot call a cohort sound that ``run``
-then refuses (a 15 CN / 1 AD manifest did exactly that while each kept its own list):
-the source's own row problems, then rows, files, headers and, for the run's task, class
-sizes, fold counts, split sizes, an explicit ``split`` column and the method's needs on
-PET (read from its coupling's declared attributes, so the core names no method), and the
-settings that need files (``evaluate.native_space``). ``data check`` adds the voxel checks,
-which ``run`` meets while preprocessing.
+then refuses. It collects, in order, the source's own row problems, then rows, files,
+headers and, for the run's task, class sizes, fold counts, split sizes, an explicit
+``split`` column and the method's needs on PET (read from its coupling's declared
+attributes, so the core names no method), and the settings that need files
+(``evaluate.native_space``). ``data check`` adds the voxel checks, which ``run`` meets
+while preprocessing.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ for a task's subjects would read every selected volume into RAM at once. Instead
 contiguous ascending range of rows becomes a slice (still a memory map) and any other
 selection a ``RowView``, which reads rows from the map when it is indexed, and all of them
 only when converted to an array (``np.asarray``, as the device pipeline does once). Arrays
-already in memory are indexed as before.
+already in memory are indexed as NumPy indexes them (a copy).
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def take_rows(array: np.ndarray | RowView, rows: np.ndarray) -> np.ndarray:
     """``array[rows]`` along the first axis, without reading a memory map's rows.
 
     A memory map (or a ``RowView``) gives a slice of it when ``rows`` is a contiguous
-    ascending range, else a ``RowView``; any other array is indexed (a copy), as before.
+    ascending range, else a ``RowView``; any other array is indexed by NumPy (a copy).
     The result is typed as an array: a ``RowView`` stands in for one for the operations
     listed on it.
     """
