@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pandas as pd
@@ -44,15 +48,19 @@ def score(learning_rate: float) -> float:
 class StandIn:
     """Replaces ``train_and_validate``: writes the trial's config, reports epochs, returns a score."""
 
-    def __init__(self, fail_above: float | None = None, interrupt_call: int | None = None) -> None:
+    def __init__(
+        self, fail_above: float | None = None, interrupt_call: int | None = None, kill_call: int | None = None
+    ) -> None:
         self.calls = 0
-        self.fail_above, self.interrupt_call = fail_above, interrupt_call
+        self.fail_above, self.interrupt_call, self.kill_call = fail_above, interrupt_call, kill_call
 
     def __call__(self, config, registry, data, folder, metric, *, resume=False, on_epoch=None):
         self.calls += 1
         RunFolder.prepare(RunConfig(config).toml(), folder, "stand-in", resume)
         if self.calls == self.interrupt_call:
             raise KeyboardInterrupt
+        if self.calls == self.kill_call:
+            die()
         lr = config["train"]["learning_rate"]
         if self.fail_above is not None and lr > self.fail_above:
             raise RunFailed(f"loss became nan at learning rate {lr:.3g}")
@@ -149,6 +157,113 @@ def test_a_trial_that_diverges_fails_and_counts(plan, monkeypatch, tmp_path):
     assert summary["trials"]["finished"] == 6 and len(table) == 6
 
 
+def die() -> None:
+    """End this process as a kill does: at once, no handler, no clean-up."""
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def killed_in_child(study: Callable[[], object]) -> None:
+    """Run ``study`` in a forked process that dies mid-way (its stand-ins call ``die``)."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            study()
+        finally:
+            os._exit(3)  # reached only when nothing killed it
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == -signal.SIGKILL, "the child was meant to be killed"
+
+
+#: past TPE_STARTUP (5), so that trials drawn at random and trials TPE models are both resumed
+RESUME_BUDGET = 8
+
+
+def proposals(plan, storage: Path) -> list[tuple[str, float | None, dict[str, Any]]]:
+    """The study's trials as an uninterrupted study holds them: state, value and settings in
+    order, without the trials that were killed or interrupted (each ran again as a later one)."""
+    study = optuna.load_study(
+        study_name=plan.name,
+        storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(storage))),
+    )
+    lost = [t for t in study.trials if t.state.name == "FAIL" and not t.user_attrs.get("counted")]
+    assert lost, "no trial was killed"
+    return [(t.state.name, t.value, t.params) for t in study.trials if t not in lost]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(plan, tmp_path_factory) -> list[tuple[str, float | None, dict[str, Any]]]:
+    out = tmp_path_factory.mktemp("uninterrupted")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tune_study, "train_and_validate", StandIn())
+        patch.setattr(tune_run, "load_study_data", lambda config, registry: None)
+        run_study(plan, default_registry(), out, RESUME_BUDGET, storage=journal(out))
+    study = optuna.load_study(
+        study_name=plan.name,
+        storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal(out)))),
+    )
+    assert {t.state.name for t in study.trials} == {"COMPLETE", "PRUNED"}
+    return [(t.state.name, t.value, t.params) for t in study.trials]
+
+
+def _kill_while_drawing(monkeypatch, plan, trial: int) -> None:
+    """Die between two of the trial's suggestions: some settings drawn, none trained."""
+    calls = iter(range(1, 10**6))
+    kill_at = trial * len(plan.space) + 2
+
+    def suggesting(optuna_trial: optuna.Trial, dim: Any) -> Any:
+        if next(calls) == kill_at:
+            die()
+        return suggest(optuna_trial, dim)
+
+    monkeypatch.setattr(tune_study, "suggest", suggesting)
+
+
+def _kill_before_telling(monkeypatch, plan, trial: int) -> None:
+    """Die after the trial (or, were it pruned, the next complete one) trained, before its result is told."""
+    stand_in = tune_study.train_and_validate
+    recorded = tune_study.json_safe
+
+    def recording(value: Any) -> Any:
+        if stand_in.calls > trial:
+            die()
+        return recorded(value)
+
+    monkeypatch.setattr(tune_study, "json_safe", recording)
+
+
+def _kill_while_training(monkeypatch, plan, trial: int) -> None:
+    monkeypatch.setattr(tune_study, "train_and_validate", StandIn(kill_call=trial + 1))
+
+
+#: where a killed worker dies: each arranges it in the trial given
+KILLS = {"drawing": _kill_while_drawing, "training": _kill_while_training, "telling": _kill_before_telling}
+
+
+@pytest.mark.parametrize(
+    ("kill", "trial"),
+    [("interrupt", 2), ("training", 6), ("drawing", 3), ("telling", 5)],
+)
+def test_a_study_killed_at_any_point_of_a_trial_and_resumed_proposes_what_an_uninterrupted_one_does(
+    plan, stand_in, monkeypatch, tmp_path, uninterrupted, kill, trial
+):
+    storage = journal(tmp_path)
+
+    def study() -> None:
+        run_study(plan, default_registry(), tmp_path, RESUME_BUDGET, storage=storage)
+
+    if kill == "interrupt":
+        monkeypatch.setattr(tune_study, "train_and_validate", StandIn(interrupt_call=trial + 1))
+        with pytest.raises(KeyboardInterrupt):
+            study()
+    else:
+        with monkeypatch.context() as patch:
+            KILLS[kill](patch, plan, trial)
+            killed_in_child(study)
+    monkeypatch.setattr(tune_study, "train_and_validate", StandIn())
+    study()
+    assert proposals(plan, storage) == uninterrupted
+
+
 def _dead_pid() -> int:
     process = subprocess.Popen([sys.executable, "-c", "pass"])
     process.wait()
@@ -198,6 +313,24 @@ def test_an_interrupted_trial_is_queued_again_and_resumed_with_the_study(plan, m
     assert table["note"][1].startswith("killed; re-run as trial 2 (interrupted: KeyboardInterrupt)")
     assert table["train.learning_rate"][2] == table["train.learning_rate"][1]
     assert summary["trials"]["finished"] == 3
+
+
+def test_a_trial_lost_again_after_its_retries_fails_for_good_and_counts(plan, monkeypatch, tmp_path):
+    """Else its place would draw the same settings again at every resume, for ever."""
+    monkeypatch.setattr(tune_run, "load_study_data", lambda config, registry: None)
+    for _ in range(tune_study.MAX_RETRIES + 1):
+        monkeypatch.setattr(tune_study, "train_and_validate", StandIn(interrupt_call=1))
+        with pytest.raises(KeyboardInterrupt):
+            run_study(plan, default_registry(), tmp_path, 2, storage=journal(tmp_path))
+    monkeypatch.setattr(tune_study, "train_and_validate", StandIn())
+    summary = run_study(plan, default_registry(), tmp_path, 2, storage=journal(tmp_path))
+    table = trials(tmp_path)
+    retries = tune_study.MAX_RETRIES
+    assert list(table["state"]) == ["fail"] * (retries + 1) + ["complete"]
+    assert table["note"][retries].startswith(f"killed {retries + 1} times; failed for good")
+    assert table["train.learning_rate"].nunique() == 2  # the next trial drew new settings
+    expected = {"lost": retries, "failed": 1, "complete": 1, "finished": 2}
+    assert summary["trials"] == {**summary["trials"], **expected}
 
 
 def test_a_journal_file_lets_workers_join_one_study(plan, stand_in, tmp_path):

@@ -2,7 +2,7 @@
 
 - ``trials.csv``: one row per trial: number, state, the metric's value, every searched
   setting, epochs trained, seconds, the worker and a note (defaults, pruned, failed, killed
-  and re-run as trial N, resumed);
+  and re-run as trial N, killed too often and failed for good, resumed);
 - ``best.toml``: the best complete trial's full configuration, which ``cdsf-bench run
   --config best.toml`` trains again and then tests (the only step that touches the test split);
 - ``figures/history.png``: the optimisation history;
@@ -27,6 +27,7 @@ from cdsf_bench.results import json_safe, write_csv, write_json, write_text
 from cdsf_bench.run_folder import CONFIG
 from cdsf_bench.tune.plan import StudyPlan
 from cdsf_bench.tune.space import label, plain
+from cdsf_bench.tune.study import MAX_RETRIES, lost
 
 if TYPE_CHECKING:
     import optuna
@@ -56,6 +57,8 @@ def trials_frame(study: optuna.Study, plan: StudyPlan) -> pd.DataFrame:
         note = str(trial.user_attrs.get("note", ""))
         if trial.number in rerun:
             note = f"killed; re-run as trial {rerun[trial.number]}" + (f" ({note})" if note else "")
+        elif trial.state.name == "FAIL" and not trial.user_attrs.get("counted") and not lost(trial):
+            note = f"killed {MAX_RETRIES + 1} times; failed for good" + (f" ({note})" if note else "")
         elif trial.state.name == "FAIL" and not note:
             note = "killed"
         rows.append(

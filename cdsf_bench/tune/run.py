@@ -61,7 +61,7 @@ def run_study(
             status=_best(study, plan),
         )
         while True:
-            for number in reap_stale(study):
+            for number in reap_stale(study, [dim.key for dim in plan.space]):
                 console.print(
                     f"trial {number}: its worker is gone; marked failed and queued again", highlight=False
                 )

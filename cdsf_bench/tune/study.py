@@ -7,17 +7,25 @@ Optuna is imported here and only when a study runs (``require_optuna``): without
   Optuna journal file (``JournalFileBackend``), which workers on a shared filesystem (Slurm
   array tasks) use to join one study. The study's name is its plan's hash, so workers that
   plan the same study join it and a resumed study continues.
-- **Sampler**: TPE, seeded by the study's hash and the number of trials so far, so that one
-  worker's study is repeatable and a study resumed after N trials asks what an uninterrupted
-  one would have. Trial 0 is the method's defaults (where the space holds them).
+- **Sampler**: TPE, seeded by the study's hash and the trial's place in the study
+  (``position``): the trials before it, less those lost (killed or interrupted, each queued
+  again) and those waiting. TPE models the complete, pruned and running trials, and a lost
+  trial is failed before the next is asked, so it changes neither the seed nor the history:
+  a study killed at any point of a trial and resumed asks what an uninterrupted one would
+  have. Trial 0 is the method's defaults (where the space holds them).
 - **Pruner**: the median rule on the per-epoch validation metric of the stages that select on
   it (``Trainer``'s ``on_epoch``), after ``PRUNE_STARTUP`` finished trials and half the epochs.
 - **Budget**: ``trials`` counts finished trials: complete, pruned, or failed on their own
-  merits (a non-finite loss). A worker stops when finished and running trials reach it.
+  merits (a non-finite loss, or lost once more after its retries). A worker stops when
+  finished and running trials reach it.
 - **Killed trials**: every running trial records its worker (host and process) and a
   heartbeat. A trial whose process is gone (same host) or whose heartbeat is older than
-  ``STALE_SECONDS`` is marked failed and queued again with the same settings, up to
-  ``MAX_RETRIES`` times; the retry continues from the killed trial's last checkpoint.
+  ``STALE_SECONDS`` is marked failed and queued again with the same settings; the retry
+  continues from the killed trial's last checkpoint. A trial killed before it drew all its
+  settings trained nothing: its retry is given only what it was given (the defaults) and
+  draws the rest again, from the same seed and history, so it draws what it drew. An
+  interrupted trial is queued again the same way. A trial lost again after ``MAX_RETRIES``
+  retries fails for good and counts towards the budget (``lost``).
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ import socket
 import threading
 import time
 import warnings
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -153,10 +162,10 @@ def open_study(plan: StudyPlan, folder: StudyFolder, storage: Path | None) -> op
     )
 
 
-def sampler(plan: StudyPlan, trials_so_far: int) -> Any:
-    """TPE seeded by the study and the count of its trials: the same history asks the same."""
+def sampler(plan: StudyPlan, place: int) -> Any:
+    """TPE seeded by the study and the next trial's ``position``: the same history asks the same."""
     optuna = require_optuna()
-    digest = hashlib.sha256(f"{plan.hash}:{trials_so_far}".encode()).digest()
+    digest = hashlib.sha256(f"{plan.hash}:{place}".encode()).digest()
     return optuna.samplers.TPESampler(seed=int.from_bytes(digest[:4], "big"), n_startup_trials=TPE_STARTUP)
 
 
@@ -182,6 +191,30 @@ def optuna_params(point: dict[str, Any]) -> dict[str, Any]:
 # -- the budget and killed trials ----------------------------------------------------------
 
 
+def retries_left(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether the trial, were it lost, would be queued again (it ran fewer than ``MAX_RETRIES`` again)."""
+    return int(trial.user_attrs.get("retries", 0)) < MAX_RETRIES
+
+
+def lost(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether the trial failed not on its merits (killed or interrupted) and runs again: it does not count.
+
+    A trial lost once more after ``MAX_RETRIES`` retries fails for good and counts: its
+    settings kill the worker (out of memory, say), and a lost trial's place would draw
+    them again for ever.
+    """
+    return trial.state.name == "FAIL" and not trial.user_attrs.get("counted") and retries_left(trial)
+
+
+def position(study: optuna.Study) -> int:
+    """The next trial's place in the study: the trials an uninterrupted study would hold before it.
+
+    Lost trials ran again as later ones, and a waiting trial is the one about to be asked
+    (the defaults, or a lost trial's retry), so neither takes a place.
+    """
+    return sum(1 for t in study.get_trials(deepcopy=False) if not lost(t) and t.state.name != "WAITING")
+
+
 def counts(study: optuna.Study) -> dict[str, int]:
     """Trials by what they mean for the budget: finished (counted), running, failed and lost."""
     from optuna.trial import TrialState
@@ -193,7 +226,7 @@ def counts(study: optuna.Study) -> dict[str, int]:
         elif trial.state == TrialState.PRUNED:
             out["pruned"] += 1
         elif trial.state == TrialState.FAIL:
-            out["failed" if trial.user_attrs.get("counted") else "lost"] += 1
+            out["lost" if lost(trial) else "failed"] += 1
         elif trial.state == TrialState.RUNNING:
             out["running"] += 1
         else:
@@ -218,17 +251,26 @@ def _process_gone(worker: str) -> bool:
     return False
 
 
-def queue_again(study: optuna.Study, trial: optuna.trial.FrozenTrial | optuna.Trial, origin: int) -> None:
-    """Queue a trial that did not finish on its merits, with its settings, to run in its folder."""
-    retries = int(trial.user_attrs.get("retries", 0))
-    if retries < MAX_RETRIES:
-        marks = {"retry_of": trial.number, "folder_of": origin, "retries": retries + 1}
-        if trial.user_attrs.get("defaults"):
-            marks["defaults"] = True  # still the defaults' trial
-        study.enqueue_trial(trial.params, user_attrs=marks)
+def queue_again(study: optuna.Study, trial: optuna.trial.FrozenTrial, keys: Collection[str]) -> None:
+    """Queue a lost trial again, with its settings, to run in its folder.
+
+    A trial that drew every setting of the space (``keys``) is queued with them; one killed
+    while drawing them is queued with only what it was given, so that its retry draws the
+    rest as it did (a partial draw, fixed, would shift the sampler's random stream).
+    """
+    drawn = set(keys) <= set(trial.params)
+    settings = trial.params if drawn else trial.system_attrs.get("fixed_params", {})
+    marks: dict[str, Any] = {
+        "retry_of": trial.number,
+        "folder_of": int(trial.user_attrs.get("folder_of", trial.number)),
+        "retries": int(trial.user_attrs.get("retries", 0)) + 1,
+    }
+    if trial.user_attrs.get("defaults"):
+        marks["defaults"] = True  # still the defaults' trial
+    study.enqueue_trial(settings, user_attrs=marks)
 
 
-def reap_stale(study: optuna.Study) -> list[int]:
+def reap_stale(study: optuna.Study, keys: Collection[str]) -> list[int]:
     """Fail the running trials whose worker is gone and queue each again (the retry resumes it)."""
     from optuna.trial import TrialState
 
@@ -244,8 +286,8 @@ def reap_stale(study: optuna.Study) -> list[int]:
             continue
         study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
         reaped.append(trial.number)
-        if trial.number not in retried:  # another worker may have reaped it a moment ago
-            queue_again(study, trial, int(trial.user_attrs.get("folder_of", trial.number)))
+        if retries_left(trial) and trial.number not in retried:  # another worker may have just reaped it
+            queue_again(study, trial, keys)
     return reaped
 
 
@@ -349,7 +391,7 @@ def run_trial(
     optuna = require_optuna()
     from optuna.trial import TrialState
 
-    study.sampler = sampler(plan, len(study.get_trials(deepcopy=False)))
+    study.sampler = sampler(plan, position(study))
     trial = study.ask()
     trial.set_user_attr("worker", WORKER)
     trial.set_user_attr("heartbeat", time.time())
@@ -390,7 +432,9 @@ def run_trial(
         # an interrupt, a bad input or a bug: not the trial's fault; it runs again when the study resumes
         trial.set_user_attr("note", f"interrupted: {type(error).__name__}")
         study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-        queue_again(study, trial, origin)
+        told = next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
+        if lost(told):
+            queue_again(study, told, [dim.key for dim in plan.space])
         raise
     trial.set_user_attr("epochs", result.epochs)
     trial.set_user_attr("validation", json_safe(result.validation))
