@@ -51,6 +51,7 @@ from cdsf_bench.results import json_safe, write_json
 from cdsf_bench.run_folder import RunFolder
 from cdsf_bench.tune.plan import StudyPlan
 from cdsf_bench.tune.space import Dimension, label
+from cdsf_bench.tune.storage import open_storage
 from cdsf_bench.tune.trial import StudyData, train_and_validate
 
 if TYPE_CHECKING:
@@ -125,7 +126,12 @@ def claim(folder: StudyFolder, plan: StudyPlan, storage: Path | None) -> None:
     if not folder.record.exists() and folder.path.exists() and any(folder.path.iterdir()):
         raise InputError(f"{folder.path} exists and holds no tuning study; choose another --out.")
     if folder.record.exists():
-        held = json.loads(folder.record.read_text())
+        try:
+            held = dict(json.loads(folder.record.read_text()))
+        except (ValueError, TypeError, OSError) as error:  # not UTF-8, not JSON, not an object
+            raise InputError(
+                f"{folder.record} cannot be read ({error}); restore it, or choose another --out."
+            ) from None
         if held.get("hash") != plan.hash:
             raise InputError(
                 f"{folder.path} holds a different study ({held.get('name')}); its method, settings, space, "
@@ -144,19 +150,19 @@ def claim(folder: StudyFolder, plan: StudyPlan, storage: Path | None) -> None:
 
 
 def open_study(plan: StudyPlan, folder: StudyFolder, storage: Path | None) -> optuna.Study:
-    """Create the plan's study in its storage, or load it to continue."""
+    """Create the plan's study in its storage, or load it to continue.
+
+    A journal's torn last record is dropped first; a damaged storage is refused (exit 2),
+    see :mod:`cdsf_bench.tune.storage`.
+    """
     optuna = require_optuna()
     claim(folder, plan, storage)
-    backend: Any
-    if storage is None:
-        backend = f"sqlite:///{folder.sqlite.resolve()}"
-    else:
-        Path(storage).parent.mkdir(parents=True, exist_ok=True)
-        backend = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(storage)))
     pruner: Any = optuna.pruners.NopPruner()
     if plan.pruner == "median":
         epochs = int(plan.base["train"]["epochs"])
         pruner = optuna.pruners.MedianPruner(n_startup_trials=PRUNE_STARTUP, n_warmup_steps=epochs // 2)
+    path = folder.sqlite if storage is None else Path(storage)
+    backend = open_storage(path, journal=storage is not None)
     return optuna.create_study(
         study_name=plan.name, storage=backend, direction=plan.direction, pruner=pruner, load_if_exists=True
     )
