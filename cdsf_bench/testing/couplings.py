@@ -24,8 +24,8 @@ from cdsf_bench.testing.asserts import SHAPE, as_component, assert_equal, assert
 from cdsf_bench.testing.networks import check_space
 
 #: the training batch: six labelled subjects, three of them with PET, both classes in each half
-HAS_PET = (True, True, True, False, False, False)
-LABELS = (0, 1, 0, 1, 0, 1)
+HAS_PET: tuple[bool, ...] = (True, True, True, False, False, False)
+LABELS: tuple[int, ...] = (0, 1, 0, 1, 0, 1)
 
 
 def check_coupling(
@@ -211,7 +211,7 @@ class _Harness:
         Each is predicted twice, the PET of the subjects without it zero and then noise: a
         coupling must not read it, so the two must agree.
         """
-        layouts = [(HAS_PET, LABELS)]
+        layouts: list[tuple[tuple[bool, ...], tuple[int, ...]]] = [(HAS_PET, LABELS)]
         if self.cls.subjects == "with_pet":
             layouts = [((True,) * 4, (0, 1, 0, 1))]
         else:
