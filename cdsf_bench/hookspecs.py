@@ -9,9 +9,12 @@ implement these hooks exactly as third-party plugins do, and are found through t
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pluggy
 
-from cdsf_bench.interfaces import Component, MethodDefaults
+if TYPE_CHECKING:  # the specifications are read by name; torch is imported by the plugins
+    from cdsf_bench.interfaces import Component, MethodDefaults
 
 PROJECT = "cdsf_bench"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -42,6 +45,9 @@ def cdsf_bench_couplings() -> list[Component]:
 
     A coupling decides how the synthesiser and diagnoser are trained (its stages) and how
     it predicts when PET is missing. Its keyword-only constructor arguments are its settings.
+    A coupling's component may declare a :class:`~cdsf_bench.interfaces.Flag`: the command-line
+    flag (``--NAME``) of ``run``, ``data check`` and ``tune`` that chooses it, as ``--joint``
+    chooses ``--coupling joint``.
     """
 
 

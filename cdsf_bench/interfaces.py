@@ -56,6 +56,20 @@ SearchParam = FloatRange | IntRange | Choice
 
 
 @dataclass(frozen=True)
+class Flag:
+    """A command-line flag that chooses a coupling: ``--NAME`` means ``--coupling COMPONENT``.
+
+    ``run``, ``data check`` and ``tune`` offer one flag per coupling that declares one, with
+    ``help`` as its help text. ``name`` is lowercase letters, digits and dashes, starting
+    with a letter, and must not be an option the command has already (``--data``); two
+    flags on one command line are refused.
+    """
+
+    name: str
+    help: str
+
+
+@dataclass(frozen=True)
 class Component:
     """A named thing a plugin provides: a factory (a function or class) and a description.
 
@@ -64,6 +78,7 @@ class Component:
     ``space`` is the search space of the component's own settings, by parameter name, that
     ``cdsf-bench tune`` samples (the core adds the training settings); settings it leaves
     out keep their value. Leave it empty to have only the training settings tuned.
+    ``flag`` is the command-line flag that chooses the component; couplings only.
     """
 
     name: str
@@ -73,6 +88,7 @@ class Component:
     distribution: str = ""
     version: str = ""
     space: Mapping[str, SearchParam] = field(default_factory=dict, compare=False)
+    flag: Flag | None = None
 
     def parameters(self) -> dict[str, Any]:
         """The factory's settings: its parameters with defaults, less those the core supplies."""

@@ -1,9 +1,12 @@
 """The plugin registry: loads plugins by entry point and finds components by name.
 
 Names are the user interface (as in timm's ``create_model``): an unknown name fails with
-the known names and the closest match. A plugin that fails to import is reported by name
-and does not stop the others. ``CDSF_BENCH_PLUGINS`` (comma-separated entry-point names)
-restricts which plugins load; unset, every installed plugin loads.
+the known names and the closest match. A broken plugin is reported by name (in
+``Registry.failures`` and as a warning) and does not stop the others: one that fails to
+import, whose hook raises, that implements a hook no specification names (a misspelt
+``cdsf_bench_synthesiser``: pluggy's ``check_pending``), or whose component declares a bad
+flag. ``CDSF_BENCH_PLUGINS`` (comma-separated entry-point names) restricts which plugins
+load; unset, every installed plugin loads.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import dataclasses
 import difflib
 import importlib.metadata
 import os
+import re
 import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -21,7 +25,7 @@ import pluggy
 
 from cdsf_bench import hookspecs
 from cdsf_bench.errors import InputError
-from cdsf_bench.interfaces import Component, Coupling, MethodDefaults
+from cdsf_bench.interfaces import Component, Coupling, Flag, MethodDefaults
 
 Kind = Literal["synthesiser", "diagnoser", "coupling", "data_source", "tracker"]
 KINDS: dict[Kind, str] = {
@@ -32,6 +36,8 @@ KINDS: dict[Kind, str] = {
     "tracker": "cdsf_bench_trackers",
 }
 ALLOWLIST_ENV = "CDSF_BENCH_PLUGINS"
+#: what a coupling's flag may be called (``--NAME``)
+FLAG_NAME = re.compile(r"[a-z][a-z0-9-]*")
 
 
 @dataclass
@@ -79,6 +85,10 @@ class Registry:
     def all(self) -> list[tuple[Kind, Component]]:
         return [(kind, c) for kind, comps in self.components.items() for c in comps.values()]
 
+    def coupling_flags(self) -> list[tuple[Flag, Component]]:
+        """Every coupling's command-line flag with its coupling, in the plugins' order."""
+        return [(c.flag, c) for c in self.components.get("coupling", {}).values() if c.flag is not None]
+
 
 def _entry_points() -> list[importlib.metadata.EntryPoint]:
     found = importlib.metadata.entry_points(group=hookspecs.PROJECT)
@@ -100,14 +110,15 @@ def build_registry(extra_plugins: list[object] | None = None) -> Registry:
             module = ep.load()
             manager.register(module, name=ep.name)
         except Exception as error:  # a broken plugin must not stop the others
-            registry.failures[ep.name] = f"{type(error).__name__}: {error}"
-            warnings.warn(f"cdsf-bench plugin '{ep.name}' failed to load: {error}", stacklevel=2)
+            _fail(registry, ep.name, f"{type(error).__name__}: {error}", "failed to load")
             continue
         dist = ep.dist
         origins[id(module)] = (ep.name, dist.name if dist else "", dist.version if dist else "")
     for plugin in extra_plugins or []:
         manager.register(plugin)
         origins[id(plugin)] = (getattr(plugin, "__name__", type(plugin).__name__), "", "")
+    _refuse_unknown_hooks(manager, registry, origins)
+    flags: dict[str, Component] = {}
     for kind, hook_name in KINDS.items():
         registry.components[kind] = {}
         hook = getattr(manager.hook, hook_name)
@@ -116,10 +127,7 @@ def build_registry(extra_plugins: list[object] | None = None) -> Registry:
             try:
                 provided = list(impl.function() or [])
             except Exception as error:  # reported like an import failure; the others go on
-                registry.failures[plugin_name] = f"{hook_name}: {type(error).__name__}: {error}"
-                warnings.warn(
-                    f"cdsf-bench plugin '{plugin_name}' failed in {hook_name}: {error}", stacklevel=2
-                )
+                _fail(registry, plugin_name, f"{hook_name}: {type(error).__name__}: {error}", "failed in")
                 continue
             for comp in provided:
                 if comp.name in registry.components[kind]:
@@ -130,11 +138,71 @@ def build_registry(extra_plugins: list[object] | None = None) -> Registry:
                         stacklevel=2,
                     )
                     continue
-                registry.components[kind][comp.name] = dataclasses.replace(
-                    comp, plugin=plugin_name, distribution=dist, version=version
-                )
+                comp = dataclasses.replace(comp, plugin=plugin_name, distribution=dist, version=version)
+                if comp.flag is not None:
+                    problem = _flag_problem(kind, comp, flags)
+                    if problem:
+                        _fail(registry, plugin_name, problem, "declares a bad flag:")
+                        continue
+                    flags[comp.flag.name] = comp
+                registry.components[kind][comp.name] = comp
     registry.defaults = manager.hook.cdsf_bench_defaults()
     return registry
+
+
+def _fail(registry: Registry, plugin: str, error: str, what: str) -> None:
+    """Record a broken plugin and warn; the registry goes on with the others."""
+    registry.failures[plugin] = error
+    warnings.warn(f"cdsf-bench plugin '{plugin}' {what} {error}", stacklevel=3)
+
+
+def _refuse_unknown_hooks(
+    manager: pluggy.PluginManager, registry: Registry, origins: dict[int, tuple[str, str, str]]
+) -> None:
+    """Unregister, as broken, every plugin implementing a hook that no specification names.
+
+    Pluggy accepts such an implementation silently (it could be a later specification's);
+    here it is a misspelling that would drop the plugin's components without a word.
+    """
+    specified = {name for name in vars(hookspecs) if name.startswith(f"{hookspecs.PROJECT}_")}
+    while True:
+        try:
+            manager.check_pending()
+            return
+        except pluggy.PluginValidationError as error:
+            plugin = error.plugin
+            name = origins.get(id(plugin), (manager.get_name(plugin) or repr(plugin), "", ""))[0]
+            unknown = sorted(
+                caller.name for caller in manager.get_hookcallers(plugin) or [] if not caller.has_spec()
+            )
+            hints = []
+            for hook in unknown:
+                close = difflib.get_close_matches(hook, sorted(specified), n=1)
+                hints.append(f"'{hook}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+            _fail(
+                registry,
+                name,
+                f"implements {', '.join(hints)}, which no hook specification names "
+                f"(known hooks: {', '.join(sorted(specified))})",
+                "is broken:",
+            )
+            manager.unregister(plugin)
+
+
+def _flag_problem(kind: Kind, component: Component, taken: dict[str, Component]) -> str:
+    """Why ``component``'s flag cannot be offered (empty when it can)."""
+    assert component.flag is not None
+    flag = component.flag.name
+    if kind != "coupling":
+        return f"{kind} '{component.name}' declares flag --{flag}; only couplings take flags"
+    if not FLAG_NAME.fullmatch(flag):
+        return (
+            f"coupling '{component.name}' declares flag '{flag}': a flag is lowercase letters, "
+            "digits and dashes, starting with a letter"
+        )
+    if flag in taken:
+        return f"coupling '{component.name}' declares flag --{flag}, taken by coupling '{taken[flag].name}'"
+    return ""
 
 
 @lru_cache(maxsize=1)

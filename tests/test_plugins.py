@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from cdsf_bench import Component, hookimpl
+from cdsf_bench import Component, Flag, hookimpl
 from cdsf_bench.cli import main
 from cdsf_bench.errors import InputError
 from cdsf_bench.registry import build_registry, default_registry
@@ -76,6 +76,59 @@ def test_a_broken_plugin_is_reported_and_does_not_stop_the_others():
         registry = build_registry(extra_plugins=[BrokenPlugin()])
     assert any("boom" in error for error in registry.failures.values())
     assert "ism" in registry.names("synthesiser")
+
+
+class MisspeltPlugin:
+    """A plugin with a misspelt hook (``synthesiser``, not ``synthesisers``) beside a correct one."""
+
+    __name__ = "misspelt"
+
+    @staticmethod
+    @hookimpl
+    def cdsf_bench_synthesiser():
+        return [Component("lost", object, "never registered")]
+
+    @staticmethod
+    @hookimpl
+    def cdsf_bench_diagnosers():
+        return [Component("orphan", object, "of a broken plugin")]
+
+
+def test_a_misspelt_hook_reports_its_plugin_and_the_others_load(monkeypatch):
+    with pytest.warns(UserWarning, match="cdsf-bench plugin 'misspelt' is broken"):
+        registry = build_registry(extra_plugins=[MisspeltPlugin()])
+    error = registry.failures["misspelt"]
+    assert "'cdsf_bench_synthesiser' (did you mean 'cdsf_bench_synthesisers'?)" in error
+    assert "no hook specification" in error
+    assert "orphan" not in registry.names("diagnoser")  # a broken plugin is refused whole
+    assert "ism" in registry.names("synthesiser") and "mdm" in registry.names("diagnoser")
+    monkeypatch.setattr("cdsf_bench.registry.default_registry", lambda: registry)
+    listed = json.loads(CliRunner().invoke(main, ["plugins", "--json"]).output)
+    assert {"plugin": "misspelt", "error": error} in listed["failed"]
+
+
+def _flagged(kind: str, flag: Flag) -> object:
+    class Flagged:
+        __name__ = "flagged"
+
+    hook = {"coupling": "cdsf_bench_couplings", "synthesiser": "cdsf_bench_synthesisers"}[kind]
+    setattr(Flagged, hook, staticmethod(hookimpl(lambda: [Component("flagged", object, "", flag=flag)])))
+    return Flagged()
+
+
+@pytest.mark.parametrize(
+    "kind, flag, message",
+    [
+        ("coupling", Flag("Joint_2", "bad"), "a flag is lowercase letters, digits and dashes"),
+        ("coupling", Flag("joint", "again"), "declares flag --joint, taken by coupling 'joint'"),
+        ("synthesiser", Flag("flagged", "no"), "only couplings take flags"),
+    ],
+)
+def test_a_bad_flag_reports_its_plugin(kind, flag, message):
+    with pytest.warns(UserWarning, match="declares a bad flag"):
+        registry = build_registry(extra_plugins=[_flagged(kind, flag)])
+    assert message in registry.failures["flagged"]
+    assert "flagged" not in registry.names(kind)  # type: ignore[arg-type]
 
 
 def test_allowlist_restricts_loaded_plugins(monkeypatch):

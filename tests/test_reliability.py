@@ -677,7 +677,7 @@ print(json.dumps({"names": names, "imported": imported}))
 
 
 def test_plugin_allowlist_keeps_unlisted_plugins_out(tmp_path):
-    allow = {"CDSF_BENCH_PLUGINS": "data,cdsf"}
+    allow = {"CDSF_BENCH_PLUGINS": "data,trackers"}
     probe = subprocess.run(
         [sys.executable, "-c", _ALLOWLIST_PROBE],
         capture_output=True,
@@ -687,13 +687,25 @@ def test_plugin_allowlist_keeps_unlisted_plugins_out(tmp_path):
     )
     assert probe.returncode == 0, probe.stderr
     found = json.loads(probe.stdout)
-    assert found["names"]["coupling"] == ["joint"] and found["names"]["synthesiser"] == ["ism"]
-    assert "manifest" in found["names"]["data_source"]
-    assert "cdsf_plugins.cdsf" in found["imported"]
-    assert "cdsf_plugins.baselines" not in found["imported"]  # an unlisted plugin is never imported
-    refused = cdsf("run", *TINY, "--synth", "none", "--out", tmp_path / "run", env=allow)
+    assert found["names"]["coupling"] == [] and found["names"]["synthesiser"] == []
+    assert "manifest" in found["names"]["data_source"] and found["names"]["tracker"]
+    assert "cdsf_plugins.trackers" in found["imported"]
+    assert "cdsf_plugins.hooks" not in found["imported"]  # an unlisted plugin is never imported
+    refused = cdsf(
+        "run",
+        *TINY,
+        "--synth",
+        "ism",
+        "--diag",
+        "mdm",
+        "--coupling",
+        "joint",
+        "--out",
+        tmp_path / "run",
+        env=allow,
+    )
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
-    assert "Unknown coupling 'single'" in refused.stderr and "Known couplings: joint." in refused.stderr
+    assert "No installed plugin proposes a default method" in refused.stderr
 
 
 def test_a_coupling_setting_with_a_bad_value_exits_2(tmp_path):

@@ -98,7 +98,6 @@ def registry():
     registry = _registry()
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(cdsf_bench.registry, "default_registry", lambda: registry)
-        patch.setattr(cdsf_bench.cli, "default_registry", lambda: registry)
         yield registry
 
 

@@ -16,12 +16,12 @@ from rich.table import Table
 
 from cdsf_bench.config import PRESETS, SELECTION_METRICS
 from cdsf_bench.data.conventions import TASKS
-from cdsf_bench.options import method_flags, method_options, set_option
+from cdsf_bench.options import MethodCommand, method_flags, method_options, set_option
 from cdsf_bench.progress import console, out
 from cdsf_bench.tune.plan import PRUNERS
 
 
-@click.command("tune")
+@click.command("tune", cls=MethodCommand)
 @method_options
 @click.option(
     "--data", "data_spec", help="phantom (default), a manifest, a CAPS directory or a phantom folder."

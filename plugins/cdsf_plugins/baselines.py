@@ -59,23 +59,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from cdsf_bench import (
-    Batch,
-    Choice,
-    Component,
-    Coupling,
-    FloatRange,
-    IntRange,
-    Prediction,
-    TrainingContext,
-    TrainingStage,
-    hookimpl,
-)
+from cdsf_bench import Batch, Coupling, Prediction, TrainingContext, TrainingStage
 from cdsf_bench.errors import InputError
-from cdsf_bench.interfaces import DiagnoserFactory, PetSource, SearchParam, SynthesiserFactory
+from cdsf_bench.interfaces import DiagnoserFactory, PetSource, SynthesiserFactory
 from cdsf_plugins.common import (
     PREDICT_WITH,
-    WEIGHT_DECAY_SPACE,
     AdversarialCritic,
     check_choice,
     diagnose,
@@ -89,9 +77,7 @@ from cdsf_plugins.common import (
     real_where,
     selected_stage,
 )
-from cdsf_plugins.diffusion import DiffusionSynthesiser
 from cdsf_plugins.memo import FrozenOutputs
-from cdsf_plugins.unet3d import UNet3D
 
 
 class PetChannel(NamedTuple):
@@ -335,91 +321,3 @@ class DecoupledCoupling(DiagnosisCoupling):
             with torch.no_grad(), self.context.autocast():
                 pet[missing] = self.synthesiser(batch.mri[missing]).to(pet.dtype)
         return PetChannel(pet, ["real" if bool(r) else "synthetic" for r in batch.has_pet.tolist()])
-
-
-# Search spaces for ``cdsf-bench tune``, bracketing the defaults as cdsf.py's do. The
-# diagnosis-only couplings have one setting of their own, the diagnoser's weight decay,
-# searched exactly as the joint coupling's; the decoupled GAN's pix2pix settings are searched
-# around pix2pix's values. ``w_adv`` is held fixed: 0 makes the L1-only control, another method.
-
-#: the 3D U-Net: depth and widths, and the normalisation
-UNET_SPACE: dict[str, SearchParam] = {
-    "widths": Choice(((8, 16, 32), (8, 16, 32, 64), (16, 32, 64, 128))),
-    "norm": Choice(("instance", "batch", "group")),
-}
-#: the decoupled coupling: pix2pix's L1 weight and learning rate, its PatchGAN, D's weight decay
-DECOUPLED_SPACE: dict[str, SearchParam] = {
-    "w_l1": FloatRange(10.0, 300.0, log=True),
-    "synthesis_lr": FloatRange(5e-5, 1e-3, log=True),
-    "discriminator_widths": Choice(((8, 16, 32), (16, 32, 64), (32, 64, 128))),
-    "discriminator_norm": Choice(("instance", "batch")),
-    "weight_decay": WEIGHT_DECAY_SPACE,
-}
-#: the diagnosis-only couplings (single, mean-impute, complete-case, oracle)
-DIAGNOSIS_SPACE: dict[str, SearchParam] = {"weight_decay": WEIGHT_DECAY_SPACE}
-
-
-#: the diffusion synthesiser: the U-Net's width and the number of DDIM steps
-DIFFUSION_SPACE: dict[str, SearchParam] = {
-    "channels": Choice(((8, 16, 32), (16, 32, 64), (32, 64, 64))),
-    "sampling_steps": IntRange(10, 50),
-}
-
-
-@hookimpl
-def cdsf_bench_synthesisers() -> list[Component]:
-    return [
-        Component(
-            "unet3d",
-            UNet3D,
-            "pix2pix-style 3D U-Net generator with skip connections, MRI to PET",
-            space=UNET_SPACE,
-        ),
-        Component(
-            "diffusion",
-            DiffusionSynthesiser,
-            "conditional denoising diffusion (MONAI U-Net, DDIM sampling), MRI as condition; "
-            "needs the 'diffusion' extra (MONAI)",
-            space=DIFFUSION_SPACE,
-        ),
-    ]
-
-
-@hookimpl
-def cdsf_bench_couplings() -> list[Component]:
-    # task_induced.py builds on DecoupledCoupling, so it is imported once this module is
-    from cdsf_plugins.task_induced import TASK_INDUCED_SPACE, TaskInducedCoupling
-
-    return [
-        Component(
-            "decoupled",
-            DecoupledCoupling,
-            "two-stage: a pix2pix 3D cGAN imputes missing PET, then the diagnoser",
-            space=DECOUPLED_SPACE,
-        ),
-        Component(
-            "task-induced",
-            TaskInducedCoupling,
-            "two-stage, TPA-GAN's idea: the generator's adversary also diagnoses (real class k vs "
-            "synthetic), then the diagnoser",
-            space=TASK_INDUCED_SPACE,
-        ),
-        Component(
-            "single", SingleModality, "the diagnoser on MRI alone (--synth none)", space=DIAGNOSIS_SPACE
-        ),
-        Component(
-            "mean-impute", MeanImpute, "missing PET replaced by the mean training PET", space=DIAGNOSIS_SPACE
-        ),
-        Component(
-            "complete-case",
-            CompleteCase,
-            "reference: train and test on subjects with real PET only",
-            space=DIAGNOSIS_SPACE,
-        ),
-        Component(
-            "oracle",
-            Oracle,
-            "reference: every subject's real PET, withheld PET included (phantom only)",
-            space=DIAGNOSIS_SPACE,
-        ),
-    ]

@@ -61,29 +61,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from cdsf_bench import (
-    Batch,
-    Choice,
-    Component,
-    Coupling,
-    FloatRange,
-    IntRange,
-    Prediction,
-    TrainingContext,
-    TrainingStage,
-    hookimpl,
-)
-from cdsf_bench.interfaces import (
-    DiagnoserFactory,
-    DiagnoserOutput,
-    Method,
-    MethodDefaults,
-    SearchParam,
-    SynthesiserFactory,
-)
+from cdsf_bench import Batch, Coupling, Prediction, TrainingContext, TrainingStage
+from cdsf_bench.interfaces import DiagnoserFactory, DiagnoserOutput, SynthesiserFactory
 from cdsf_plugins.common import (
     PREDICT_WITH,
-    WEIGHT_DECAY_SPACE,
     AdversarialCritic,
     check_choice,
     diagnose,
@@ -98,8 +79,6 @@ from cdsf_plugins.common import (
     real_where,
     selected_stage,
 )
-from cdsf_plugins.ism import ISM
-from cdsf_plugins.mdm import MDM
 
 SYNTHETIC_PAIRS = ("all", "missing", "cross_fitted")
 MDM_HEADS = ("class", "class_source")
@@ -369,72 +348,3 @@ class JointCoupling(Coupling):
         if len(self.synthesisers) == 1:
             return Prediction(probabilities[0], sources, synthetics[0])
         return Prediction(torch.stack(probabilities).mean(0), sources, torch.stack(synthetics).mean(0))
-
-
-# Search spaces for ``cdsf-bench tune`` (docs/benchmark.md, "Tuning"). Each range brackets
-# the default (which trial 0 of every study tries); loss weights and rates are searched on a
-# log scale, a decade or two either side. Settings that change what the method is are held
-# fixed: the reading of the MDM head, which PET predicts, the diagnostic term on G (a label
-# path, docs/methods.md) and the adversarial term (off; its critic's settings with it).
-
-#: ISM: the depth of its transfer, the two readings of the decoder, the normalisation
-ISM_SPACE: dict[str, SearchParam] = {
-    "n_residual": IntRange(3, 9),
-    "decoder_widths": Choice(((32, 16), (16, 8))),
-    "norm": Choice(("instance", "batch", "group")),
-}
-#: MDM: the scale of its normalised features (the logits' temperature) and its normalisation
-#: (instance norm is left out: it erases the global PET level that carries AD, mdm.py)
-MDM_SPACE: dict[str, SearchParam] = {
-    "feature_scale": FloatRange(4.0, 64.0, log=True),
-    "norm": Choice(("batch", "group")),
-}
-#: the joint coupling: the loss weights against w_cls_real = 1 (the scale the learning rate
-#: sets), G's share of the learning rate, D's weight decay and which subjects give synthetic pairs
-JOINT_SPACE: dict[str, SearchParam] = {
-    "w_voxel": FloatRange(1.0, 100.0, log=True),
-    "w_feature": FloatRange(0.1, 10.0, log=True),
-    "w_cls_synth": FloatRange(0.1, 10.0, log=True),
-    "synthesiser_lr_factor": FloatRange(0.05, 1.0, log=True),
-    "weight_decay": WEIGHT_DECAY_SPACE,
-    "synthetic_pairs": Choice(SYNTHETIC_PAIRS),
-}
-
-
-@hookimpl
-def cdsf_bench_synthesisers() -> list[Component]:
-    return [
-        Component("ism", ISM, "CDSF image synthesis module: 3D ResNet generator, MRI to PET", space=ISM_SPACE)
-    ]
-
-
-@hookimpl
-def cdsf_bench_diagnosers() -> list[Component]:
-    return [
-        Component(
-            "mdm",
-            MDM,
-            "CDSF multi-modal diagnosis module: 3D CNN with L2-normalised spatial features",
-            space=MDM_SPACE,
-        )
-    ]
-
-
-@hookimpl
-def cdsf_bench_couplings() -> list[Component]:
-    return [
-        Component(
-            "joint",
-            JointCoupling,
-            "CDSF collaborative training of synthesiser and diagnoser",
-            space=JOINT_SPACE,
-        )
-    ]
-
-
-@hookimpl
-def cdsf_bench_defaults() -> MethodDefaults:
-    """CDSF is what the benchmark is about: the default run and every report's reference."""
-    return MethodDefaults(
-        method=Method(synth="ism", diag="mdm", coupling="joint"), mri_only_coupling="single"
-    )

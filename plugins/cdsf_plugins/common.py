@@ -18,18 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cdsf_bench import Batch, FloatRange, TrainingContext, TrainingStage
+from cdsf_bench import Batch, TrainingContext, TrainingStage
 from cdsf_bench.interfaces import DiagnoserOutput, PetSource
 from cdsf_plugins.patchgan import PatchGAN3D
 from cdsf_plugins.space_to_depth import memory_format_of
 
 #: which PET a coupling with a synthesiser predicts with, for subjects whose PET is real
 PREDICT_WITH = ("real", "synthetic")
-
-#: the search space of the diagnoser's L2 weight decay (``cdsf-bench tune``), the same in every
-#: coupling, so that no method's diagnoser is searched more widely than another's; two decades
-#: either side of the default 1e-4
-WEIGHT_DECAY_SPACE = FloatRange(1e-6, 1e-2, log=True)
 
 
 def check_choice(setting: str, value: str, allowed: tuple[str, ...]) -> str:

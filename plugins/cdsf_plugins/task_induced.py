@@ -44,9 +44,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from cdsf_bench import Batch, FloatRange, TrainingContext, TrainingStage
-from cdsf_bench.interfaces import DiagnoserFactory, SearchParam, SynthesiserFactory
-from cdsf_plugins.baselines import DECOUPLED_SPACE, DecoupledCoupling
+from cdsf_bench import Batch, TrainingContext, TrainingStage
+from cdsf_bench.interfaces import DiagnoserFactory, SynthesiserFactory
+from cdsf_plugins.baselines import DecoupledCoupling
 from cdsf_plugins.common import diagnose, frozen, has_batch_norm, own_objective
 
 
@@ -183,11 +183,3 @@ class TaskInducedCoupling(DecoupledCoupling):
         self.optimise_synthesiser.step()
         losses = {"A": loss_a, "G": loss_g, **terms_a, **critic, **terms_g}
         return {key: value.detach() for key, value in losses.items()}
-
-
-#: the decoupled baseline's space, plus the task term's weight and A's learning rate
-TASK_INDUCED_SPACE: dict[str, SearchParam] = {
-    **DECOUPLED_SPACE,
-    "w_task": FloatRange(0.1, 10.0, log=True),
-    "task_lr": FloatRange(5e-5, 1e-3, log=True),
-}
