@@ -88,7 +88,9 @@ def average_scalars(values: dict[str, float], cluster: Cluster) -> dict[str, flo
     if not cluster.active or not values:
         return values
     keys = sorted(values)
-    tensor = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+    # nccl reduces CUDA tensors only, gloo host ones
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+    tensor = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
     dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return {k: float(v) / cluster.world for k, v in zip(keys, tensor.tolist(), strict=True)}
 

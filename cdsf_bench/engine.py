@@ -416,11 +416,18 @@ def _improves(value: float, tie: float | None, best: dict, higher: bool, tie_hig
 
 
 def _to_floats(losses: Mapping[str, torch.Tensor]) -> dict[str, float]:
-    """A step's loss tensors as Python floats, with one device synchronisation for them all."""
-    if not losses:
-        return {}
-    values = torch.stack([value.detach().float().reshape(()) for value in losses.values()]).tolist()
-    return dict(zip(losses, values, strict=True))
+    """A step's loss tensors as Python floats, with one device synchronisation for them all.
+
+    A step may return values on the host beside losses on the GPU (a flag made with
+    ``torch.tensor``): the values are read one stack per device, so the GPU's are read in one
+    synchronisation and the host's in none, and tensors of two devices are never stacked.
+    """
+    read: dict[str, float] = {}
+    for device in {value.device for value in losses.values()}:
+        keys = [key for key, value in losses.items() if value.device == device]
+        values = torch.stack([losses[key].detach().float().reshape(()) for key in keys]).tolist()
+        read.update(zip(keys, values, strict=True))
+    return {key: read[key] for key in losses}
 
 
 def _fmt(losses: dict[str, float]) -> str:

@@ -326,7 +326,8 @@ class TrainingContext:
         same number of times (it communicates); ``values`` may be empty. Zero, with no
         gradient, when no process has a value.
         """
-        count = self.global_sum(torch.tensor(float(values.numel()), device=values.device))
+        # filled on the device: a tensor built from a host value would make the host wait
+        count = self.global_sum(torch.full((), float(values.numel()), device=values.device))
         return values.float().sum() * self.world / count.clamp(min=1.0)
 
 

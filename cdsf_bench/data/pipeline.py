@@ -11,6 +11,13 @@ whether the cohort has any. Augmentation also happens on the device, with
 parameters drawn from a CPU generator seeded by (seed, epoch, batch) so that runs are
 reproducible on any device and a resumed run draws what the killed one would have.
 Cohorts larger than the device's memory stay in pinned host memory and are copied per batch.
+
+On a GPU, drawing a training batch never waits for the device: the host sends only the
+batch's row indices and its augmentation parameters (a few hundred bytes), each through
+pinned memory with a non-blocking copy; the gather, the cast from float16 and the
+resampling run on the device, and the per-subject labels and flags live there too. A
+host-resident cohort is gathered into pinned memory and copied the same way. The only
+synchronisation in a training step is then the engine's one read of the step's losses.
 """
 
 from __future__ import annotations
@@ -88,9 +95,10 @@ class DevicePipeline:
         self.mri = hold(cohort.mri)
         self.pet = hold(cohort.pet)
         self.pet_truth = None if cohort.pet_truth is None else hold(cohort.pet_truth)
-        self.has_pet = torch.from_numpy(self.has_pet_np).to(storage)
-        self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(storage)
-        self.labelled = torch.from_numpy(self.labelled_np).to(storage)
+        # per-subject flags and labels are small: on the device whatever holds the volumes
+        self.has_pet = torch.from_numpy(self.has_pet_np).to(device)
+        self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
+        self.labelled = torch.from_numpy(self.labelled_np).to(device)
         self.brain_mask = torch.from_numpy(np.asarray(cohort.brain_mask, dtype=bool)).to(device)
 
     def _fits_on_device(self, cohort: Cohort) -> bool:
@@ -214,25 +222,30 @@ class DevicePipeline:
         return chunks
 
     def _batch(self, rows: np.ndarray, generator: torch.Generator | None, with_truth: bool = True) -> Batch:
+        """The subjects ``rows``, gathered on the device; ``index`` (the rows) stays on the host."""
         index = torch.from_numpy(rows.astype(np.int64))
-        take = index.to(self.mri.device)
+        take = to_device(index, self.device)
 
         def fetch(volumes: torch.Tensor) -> torch.Tensor:
-            return volumes[take].to(self.device, non_blocking=True).float().unsqueeze(1)
+            if volumes.device == self.device:
+                return volumes.index_select(0, take).float().unsqueeze(1)
+            staged = torch.empty((len(index), *volumes.shape[1:]), dtype=volumes.dtype, pin_memory=True)
+            torch.index_select(volumes, 0, index, out=staged)
+            return staged.to(self.device, non_blocking=True).float().unsqueeze(1)
 
         mri, pet = fetch(self.mri), fetch(self.pet)
         pet_truth = None if self.pet_truth is None or not with_truth else fetch(self.pet_truth)
-        has_pet = self.has_pet[take].to(self.device)
+        has_pet = self.has_pet.index_select(0, take)
         if generator is not None:
             mri, pet, pet_truth = self._augment(mri, pet, pet_truth, has_pet, generator)
         return Batch(
             mri=mri,
             pet=pet,
             has_pet=has_pet,
-            label=self.labels[take].to(self.device),
+            label=self.labels.index_select(0, take),
             index=index,
             pet_truth=pet_truth,
-            labelled=self.labelled[take].to(self.device),
+            labelled=self.labelled.index_select(0, take),
         )
 
     def _layout(self, batch: Batch) -> Batch:
@@ -262,7 +275,10 @@ class DevicePipeline:
         angles = (torch.rand(b, 3, generator=generator) * 2 - 1) * math.radians(self.augment["rotate_deg"])
         shift_vox = (torch.rand(b, 3, generator=generator) * 2 - 1) * self.augment["translate_vox"]
         jitter = (torch.rand(b, 2, generator=generator) * 2 - 1) * self.augment["intensity"]
-        theta = _rigid_theta(angles, shift_vox, shape).to(mri.device)
+        # drawn on the host (reproducible on any device), sent in one non-blocking copy
+        theta = _rigid_theta(angles, shift_vox, shape)
+        drawn = to_device(torch.cat([theta.flatten(1), jitter], 1), mri.device)
+        theta, jitter = drawn[:, :12].view(b, 3, 4), drawn[:, 12:]
         volumes = [mri, pet] + ([pet_truth] if pet_truth is not None else [])
         stacked = torch.cat(volumes, dim=1)
         grid = _affine_grid(theta, shape)
@@ -270,8 +286,8 @@ class DevicePipeline:
         moved = (
             F.grid_sample(stacked + 1, grid, mode="bilinear", padding_mode="zeros", align_corners=False) - 1
         )
-        mri = moved[:, :1] * (1 + jitter[:, 0].view(b, 1, 1, 1, 1).to(mri.device))
-        mri = (mri + jitter[:, 1].view(b, 1, 1, 1, 1).to(mri.device)).clamp(-1, 1)
+        mri = moved[:, :1] * (1 + jitter[:, 0].view(b, 1, 1, 1, 1))
+        mri = (mri + jitter[:, 1].view(b, 1, 1, 1, 1)).clamp(-1, 1)
         # a missing PET stays exactly zero, as the interface promises
         pet = moved[:, 1:2] * has_pet.view(b, 1, 1, 1, 1)
         truth = moved[:, 2:3] if pet_truth is not None else None
@@ -285,6 +301,18 @@ class DevicePipeline:
             take = torch.from_numpy(rows[start : start + 64]).to(self.pet.device)
             total += self.pet[take].to(self.device).float().sum(0)
         return (total / max(len(rows), 1)).view(1, 1, *total.shape)
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host ``tensor`` on ``device`` without the host waiting for the device.
+
+    A copy from pageable memory makes the host wait; from pinned memory a non-blocking copy
+    is queued on the stream, and torch's pinned allocator keeps the buffer until it is done.
+    On the CPU the tensor itself.
+    """
+    if device.type == "cpu":
+        return tensor
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 def _concatenate(first: Batch, second: Batch) -> Batch:

@@ -10,6 +10,7 @@ import click
 
 from cdsf_bench.options import set_option
 from cdsf_bench.perf.measure import measure
+from cdsf_bench.perf.parts import MATMUL_SIDE
 from cdsf_bench.perf.render import render, to_json
 from cdsf_bench.perf.settings import DEFAULT_BATCH, DEFAULT_SIZE, PerfSettings
 
@@ -33,6 +34,13 @@ from cdsf_bench.perf.settings import DEFAULT_BATCH, DEFAULT_SIZE, PerfSettings
 @set_option(help="Plugin settings, e.g. synth.NAME.norm=batch.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's, one per core).")
+@click.option(
+    "--matmul-side",
+    type=int,
+    default=MATMUL_SIDE,
+    show_default=True,
+    help="Side of the reference matrix multiplies (a large GPU needs 8192 to reach its peak).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
 def perf_command(
     synth: str | None,
@@ -49,6 +57,7 @@ def perf_command(
     assignments: tuple[str, ...],
     seed: int,
     threads: int | None,
+    matmul_side: int,
     as_json: bool,
 ) -> None:
     """Time one training step of synthesiser, diagnoser and coupling, and the data pipeline.
@@ -76,6 +85,7 @@ def perf_command(
         compile=use_compile,
         seed=seed,
         threads=threads,
+        matmul_side=matmul_side,
         assignments=assignments,
     )
     result = measure(settings)

@@ -120,7 +120,7 @@ def measure(settings: PerfSettings, registry: Registry | None = None) -> dict[st
     # bf16 matrix work without a hardware path (an AVX2 CPU) is emulated, hundreds of times
     # slower than fp32 there: no reference for anything a run does, and minutes to time
     dtypes = [torch.bfloat16, torch.float32] if bf16_supported(device) else [torch.float32]
-    parts.matmuls = [matmul_part(dtype, device) for dtype in dtypes]
+    parts.matmuls = [matmul_part(dtype, device, settings.matmul_side) for dtype in dtypes]
     for part in parts.matmuls:
         part.prepare(device, warmup=2)
 
@@ -328,6 +328,7 @@ def _settings_record(run: _Run, deterministic: bool) -> dict[str, Any]:
         "flops_counted": "convolutions and matrix multiplies, forward + backward (torch.utils.flop_counter)",
         "load_average_after": load_average(),
         "seed": settings.seed,
+        "matmul_side": settings.matmul_side,
     }
 
 

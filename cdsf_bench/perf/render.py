@@ -13,7 +13,6 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from cdsf_bench.perf.parts import MATMUL_SIDE
 from cdsf_bench.progress import console
 from cdsf_bench.results import json_safe
 
@@ -75,6 +74,7 @@ def render(result: dict[str, Any], out: Console = console) -> None:
     s = result["settings"]
     out.print(_parts_table(result))
     rates, coupling = result["reference_rates"], result["coupling"]
+    fp32 = rates["fp32_matmul"]
     bf16 = rates["bf16_matmul"]
     bf16_text = (
         "bf16 not timed (no bf16 hardware path here)"
@@ -82,7 +82,7 @@ def render(result: dict[str, Any], out: Console = console) -> None:
         else f"bf16 {bf16['gflop_per_s']:.1f} GFLOP/s (step {coupling['share_of_bf16_matmul']:.1%})"
     )
     out.print(
-        f"reference: {MATMUL_SIDE}^2 matmul {bf16_text}, fp32 {rates['fp32_matmul']['gflop_per_s']:.1f} "
+        f"reference: {fp32['side']}^2 matmul {bf16_text}, fp32 {fp32['gflop_per_s']:.1f} "
         f"GFLOP/s (step {coupling['share_of_fp32_matmul']:.1%}); memory: {result['memory']['kind']}",
         highlight=False,
     )

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from cdsf_bench import config as cfg
 from cdsf_bench.errors import InputError
+from cdsf_bench.perf.parts import MATMUL_SIDE
 from cdsf_bench.registry import Registry
 
 #: the default volume and batch: the size the project's performance work is stated at
@@ -37,6 +38,8 @@ class PerfSettings:
     compile: bool = False
     seed: int = 0
     threads: int | None = None  # torch CPU threads; None keeps torch's default (one per core)
+    #: side of the reference matrix multiplies; a large GPU needs more than the default to fill it
+    matmul_side: int = MATMUL_SIDE
     assignments: tuple[str, ...] = ()
 
 
@@ -50,6 +53,8 @@ def check(settings: PerfSettings) -> None:
         raise InputError("--repeats must be at least 1 and --warmup at least 0.")
     if settings.threads is not None and settings.threads < 1:
         raise InputError(f"--threads must be at least 1, got {settings.threads}.")
+    if settings.matmul_side < 1:
+        raise InputError(f"--matmul-side must be at least 1, got {settings.matmul_side}.")
 
 
 def resolve_config(settings: PerfSettings, registry: Registry) -> dict:
