@@ -171,8 +171,8 @@ def run(
     flags |= {f"{cfg.TRACK}.{name}": {} for name in track}
     if resume_dir is not None and (assignments or any(v is not None for v in flags.values())):
         raise click.UsageError("--resume continues a run with its own config; give no other settings.")
-    config = cfg.resolve(registry, config_file, assignments, flags)
-    result = execute(config, registry, out=out, resume=resume_dir is not None)
+    run = cfg.resolve(registry, config_file, assignments, flags)
+    result = execute(run, registry, out=out, resume=resume_dir is not None)
     _print_metrics(result.metrics, result.folder)
 
 
@@ -230,6 +230,7 @@ def data_phantom(
 ) -> None:
     """Write the phantom cohort as NIfTI (MNI space) plus participants.tsv."""
     from cdsf_bench.data.phantom import generate_phantom, phantom_settings, write_phantom
+    from cdsf_bench.data.sources import phantom_options
     from cdsf_bench.errors import InputError
     from cdsf_bench.host import cpu_workers
     from cdsf_bench.progress import track
@@ -241,9 +242,9 @@ def data_phantom(
         raise InputError(f"--set '{outside[0]}': 'data phantom' takes data.phantom.* settings only.")
     flags = {"data.subjects": subjects, "data.resolution_mm": resolution, "data.missing_pet": missing_pet}
     flags["data.phantom_seed"] = seed
-    data = cfg.data_settings(cfg.resolve(default_registry(), None, assignments, flags))
+    data = cfg.resolve(default_registry(), None, assignments, flags).data
     settings = phantom_settings(
-        dict(data.phantom),
+        phantom_options(data),
         subjects=subjects,
         resolution_mm=resolution,
         missing_pet=missing_pet,
@@ -279,13 +280,12 @@ def data_check(
     (cdsf_bench/preflight.py), for the method given like run's (default: the plugins'),
     plus every volume's voxels.
     """
-    from cdsf_bench.config import RunConfig
     from cdsf_bench.data.summary import cohort_summary, group_problems
     from cdsf_bench.preflight import preflight
 
     registry = default_registry()
     flags = {"data.spec": spec, "task": task, **method_flags(synth, diag, coupling_flag, coupling)}
-    run = RunConfig(cfg.resolve(registry, None, assignments, flags))
+    run = cfg.resolve(registry, None, assignments, flags)
     checked = preflight(run, registry, task=task is not None, voxels=True)
     where = f"{checked.source.name} {spec}"
     if task is None:

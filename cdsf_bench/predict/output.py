@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from cdsf_bench import config as cfg
 from cdsf_bench.assemble import configure_backends, resolve_device
 from cdsf_bench.data.nifti import to_native
 from cdsf_bench.errors import InputError
@@ -85,7 +84,7 @@ def predict_run(
     path = plan_output(out, run_folder)
     model = load_trained(run_folder, registry)
     config = source_config(model.config, spec, assignments, registry)
-    target = resolve_device(device or model.run.device)
+    target = resolve_device(device or model.config.device)
     configure_backends(target)
     data_started = time.perf_counter()
     application = prepare(model, registry, config, target)
@@ -97,16 +96,16 @@ def predict_run(
     table = application.table(evaluation, PREDICTED)
     folder.write_predictions(table)
     roc_figure(
-        {model.run.method.coupling: (table["label"].to_numpy(), table["probability"].to_numpy())},
+        {model.config.method.coupling: (table["label"].to_numpy(), table["probability"].to_numpy())},
         folder.figure("roc"),
-        f"{model.run.task}: {Path(run_folder).name} on {Path(spec).name or spec}",
+        f"{model.config.task}: {Path(run_folder).name} on {Path(spec).name or spec}",
     )
     metrics = {
         **summary(evaluation),
         "threshold": model.threshold,
-        "task": model.run.task,
-        "method": dict(model.config["method"]),
-        "seed": model.run.seed,
+        "task": model.config.task,
+        "method": dict(model.config.raw["method"]),
+        "seed": model.config.seed,
         "run_folder": str(Path(run_folder).resolve()),
         "data": spec,
     }
@@ -121,8 +120,8 @@ def _record(application: Application, spec: str, assignments: tuple[str, ...], d
     return {
         "run_folder": str(model.folder.resolve()),
         "checkpoint_sha256": hashlib.sha256(checkpoint.read_bytes()).hexdigest(),
-        "method": dict(model.config["method"]),
-        "task": model.run.task,
+        "method": dict(model.config.raw["method"]),
+        "task": model.config.task,
         "threshold": model.threshold,
         "data": {
             "spec": spec,
@@ -134,7 +133,7 @@ def _record(application: Application, spec: str, assignments: tuple[str, ...], d
             "skipped_other_diagnoses": application.skipped,
             "cache_hit": cohort.extra.get("cache_hit"),
         },
-        "data_settings": application.config["data"],
+        "data_settings": application.config.raw["data"],
         "device": str(device),
         "time_utc": utc_stamp(),
     }
@@ -147,7 +146,7 @@ def _synthetic_writer(application: Application, folder: RunFolder):
     the two); a generated cohort (the phantom) on the MNI grid its volumes were made on.
     """
     cohort = application.cohort
-    suvr_max = cfg.RunConfig(application.config).data.pet_suvr_max
+    suvr_max = application.config.data.pet_suvr_max
     ids = cohort.participants["participant_id"].astype(str).to_numpy()
     files = cohort.participants["mri"].astype(str).to_numpy() if "mri" in cohort.participants else None
 
