@@ -65,26 +65,18 @@ class Evaluation:
 
 @dataclass(frozen=True)
 class EvaluationSettings:
-    """What one evaluation predicts and how it scores it.
-
-    ``split`` is predicted; the AUC's bootstrap interval draws ``bootstrap`` resamples seeded
-    by ``seed`` (0: no interval); a subject is classified positive at ``threshold``.
-    ``with_ssim`` computes the (costly) 3D SSIM. ``keep_synthetic`` keeps every synthetic
-    volume in the result. ``score_withheld`` also scores synthesis against the hidden PET of
-    subjects whose PET is "missing" where the source keeps it (the phantom) and reads the
-    uptake in the hypometabolism regions: only the final test evaluation sets it, since
-    selection and early stopping must use what a real cohort has. ``groups`` are rows of the
-    split batched apart from the rest (``DevicePipeline.eval_batches``).
-    """
+    """What one :func:`evaluate` predicts and how it scores it."""
 
     split: str
-    bootstrap: int = 0
+    bootstrap: int = 0  # resamples of the AUC's interval (0: none), drawn from ``seed``
     seed: int = 0
-    threshold: float = 0.5
-    with_ssim: bool = True
-    keep_synthetic: bool = False
+    threshold: float = 0.5  # a subject is classified positive at or above it
+    with_ssim: bool = True  # the (costly) 3D SSIM
+    keep_synthetic: bool = False  # every synthetic volume kept in the result
+    # synthesis also scored against the PET the source withheld (the phantom's), with the uptake
+    # in the hypometabolism regions: the final test only, as selection uses what a real cohort has
     score_withheld: bool = False
-    groups: tuple[np.ndarray, ...] = ()
+    groups: tuple[np.ndarray, ...] = ()  # rows batched apart (``DevicePipeline.eval_batches``)
 
 
 def evaluate(
@@ -98,11 +90,10 @@ def evaluate(
 ) -> Evaluation:
     """Predict a split with the coupling and score diagnosis and (where made) synthesis.
 
-    Synthesis is scored against the acquired PET, and as ``settings`` say also against the
-    withheld PET, with the disease-specific metrics of the hypometabolism regions (per
-    subject in the table, ``metrics.disease_synthesis_metrics`` in ``synthesis``). Under
-    torch.distributed (``cluster``) each process predicts its share and the records are
-    gathered, one per subject.
+    Synthesis is scored against the acquired PET and, as ``settings`` say, the withheld PET
+    (the regional metrics: per subject in the table, ``metrics.disease_synthesis_metrics``
+    in ``synthesis``). Under torch.distributed (``cluster``) each process predicts its share
+    and the records are gathered, one per subject.
 
     ``on_synthetic(row, volume)`` receives each synthetic PET as soon as its batch is
     predicted and the volume is not kept (a large cohort's volumes need not fit in memory);

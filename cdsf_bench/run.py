@@ -1,9 +1,10 @@
-"""One run, top to bottom: data, splits, pipeline, method, training, test, run folder.
+"""One run, top to bottom: the run protocol, then the test, then the run folder's records.
 
-The order is the protocol: the cohort is split by subject before anything is trained, the
-model is selected on validation only, and the test split is predicted exactly once, after
+The order is the protocol (:mod:`cdsf_bench.protocol`: seed, preflight, cohort, split,
+assembly, training): the cohort is split by subject before anything is trained, the model
+is selected on validation only, and the test split is predicted exactly once, after
 training, with the selected model. What is written where is the run folder's business
-(``run_folder.RunFolder``); what trains is built by ``assemble``.
+(``run_folder.RunFolder``).
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ def _execute(
     tracking: Trackers,
     track_name: str | None,
 ) -> RunResult:
+    """``execute`` once the device and the trackers are set up."""
     main = cluster.is_main
     # the folder is checked now and created only once the data are accepted: a refused run leaves none
     planned = RunFolder.plan(run.toml(), out, run.name, resume) if main else None
@@ -105,7 +107,7 @@ def _execute(
 
     steps = len(protocol.earlier_history(folder.path)) if resume else 0
     trainer = protocol.train(
-        assembly, folder, cluster=cluster, resume=resume, on_epoch=EpochTracking(tracking, steps)
+        assembly, folder, cluster=cluster, resume=resume, on_epoch=_EpochTracking(tracking, steps)
     )
     history = trainer.history
     folder.log(f"trained: {len(history)} epochs in {len(trainer.stages)} stage(s)")
@@ -197,7 +199,7 @@ def _start_tracking(
 
 
 @dataclass
-class EpochTracking:
+class _EpochTracking:
     """The trainer's ``on_epoch`` for the trackers: one point per history row.
 
     The step counts epochs over every stage, those a resumed run's checkpoint holds included.

@@ -393,12 +393,12 @@ class _Preprocessing(Exception):
 
 
 def _run_reaches_preprocessing(monkeypatch, *args: object) -> Result:
-    import cdsf_bench.run
+    from cdsf_bench import protocol
 
     def stop(*_args, **_kwargs):
         raise _Preprocessing
 
-    monkeypatch.setattr(cdsf_bench.run, "load_cohort", stop)
+    monkeypatch.setattr(protocol, "load_cohort", stop)
     return invoke("run", *TINY, *args)
 
 

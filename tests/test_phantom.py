@@ -495,7 +495,8 @@ def test_phantom_knobs_reach_data_settings_and_the_cache_key(registry, tmp_path:
 
     config = cfg.resolve(registry, None, ("data.phantom.metabolic_from_structure=1",))
     coerced = phantom_options(config.data)
-    assert coerced == {"metabolic_from_structure": 1.0} and isinstance(coerced["metabolic_from_structure"], float)
+    assert coerced == {"metabolic_from_structure": 1.0}
+    assert isinstance(coerced["metabolic_from_structure"], float)
     file = tmp_path / "config.toml"
     file.write_text(config.toml())
     assert cfg.resolve(registry, file) == config
@@ -520,6 +521,19 @@ def test_bad_phantom_settings_are_refused_naming_the_field(registry, assignment:
 
     with pytest.raises(ConfigError, match=message):
         preflight(cfg.resolve(registry, None, (assignment,)), registry)
+
+
+def test_data_phantom_refuses_bad_options_before_it_writes(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from cdsf_bench.cli import main
+
+    out = tmp_path / "cohort"
+    result = CliRunner().invoke(
+        main, ["data", "phantom", "--out", str(out), "--subjects", "4", "--set", "data.phantom.scenario=easy"]
+    )
+    assert result.exit_code == 2 and "scenario must be one of" in result.output
+    assert not out.exists()
 
 
 def test_phantom_source_builds_the_cohort_the_knobs_describe() -> None:

@@ -39,11 +39,11 @@ class Spy:
 
     @contextlib.contextmanager
     def watching(self):
-        real_assemble, real_evaluate = protocol.assemble, tune_trial.evaluate
+        real_prepare, real_evaluate = tune_trial.prepare, tune_trial.evaluate
 
-        def assemble(*args, **kwargs):
-            assembly = real_assemble(*args, **kwargs)
-            pipeline = assembly.pipeline
+        def prepare(*args, **kwargs):
+            prepared = real_prepare(*args, **kwargs)
+            pipeline = prepared.assembly.pipeline
             self.trials += 1
             self.test_rows |= set(pipeline.rows("test").tolist())
             self.val_rows |= set(pipeline.rows("val").tolist())
@@ -54,14 +54,14 @@ class Spy:
                 return real_batch(rows, *rest, **options)
 
             pipeline._batch = batch  # this pipeline only: what the trial trains and validates on
-            return assembly
+            return prepared
 
         def evaluate(coupling, pipeline, settings, **options):
             self.splits.append(settings.split)
             return real_evaluate(coupling, pipeline, settings, **options)
 
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(protocol, "assemble", assemble)
+            patch.setattr(tune_trial, "prepare", prepare)
             patch.setattr(tune_trial, "evaluate", evaluate)
             yield self
 

@@ -18,7 +18,7 @@ import json
 import math
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -194,7 +194,7 @@ def _run_all(
     resume: bool,
     shard: tuple[int, int] | None,
     table: Path,
-    execute,
+    execute: Callable[..., object],
     trackers: Trackers,
 ) -> list[dict]:
     """Every run in order, the results table rewritten after each; the rows."""
@@ -220,7 +220,7 @@ def _run_all(
 
 
 def _execute_one(
-    execute,
+    execute: Callable[..., object],
     spec: RunSpec,
     config: RunConfig,
     registry: Registry,

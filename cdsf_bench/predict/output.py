@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,7 +140,7 @@ def _record(application: Application, spec: str, assignments: tuple[str, ...], d
     }
 
 
-def _synthetic_writer(application: Application, folder: RunFolder):
+def _synthetic_writer(application: Application, folder: RunFolder) -> Callable[[int, np.ndarray], None]:
     """Where each synthetic PET goes as it is made: the input's own grid and affine.
 
     A file cohort's subject gets it on the grid of its own MRI file (so any viewer overlays

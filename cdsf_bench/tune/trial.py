@@ -18,11 +18,11 @@ from typing import Any
 
 import torch
 
-from cdsf_bench import protocol
 from cdsf_bench.assemble import resolve_device
 from cdsf_bench.engine import EpochCallback, EvaluationSettings, evaluate
 from cdsf_bench.errors import InputError, RunFailed
 from cdsf_bench.metrics import SYNTHESIS_KEYS
+from cdsf_bench.protocol import CohortSplit, load, prepare, train
 from cdsf_bench.registry import Registry
 from cdsf_bench.results import write_json
 from cdsf_bench.run_folder import RunFolder
@@ -36,14 +36,14 @@ VALIDATION = "validation.json"
 class StudyData:
     """What every trial of a study shares: the task's cohort, labels and split, and the device."""
 
-    data: protocol.CohortSplit
+    data: CohortSplit
     device: torch.device
 
 
 def load_study_data(run: RunConfig, registry: Registry) -> StudyData:
     """The cohort and split of ``run`` (the study's base), checked and read as ``run`` reads them."""
     device = resolve_device(run.device)
-    return StudyData(protocol.load(run, registry), device)
+    return StudyData(load(run, registry), device)
 
 
 @dataclass
@@ -74,14 +74,14 @@ def train_and_validate(
     is not a number fails the trial (``RunFailed``).
     """
     run_folder = RunFolder.prepare(run.toml(), folder, run.name, resume)
-    assembly = protocol.prepare(run, registry, study.device, data=study.data).assembly
+    assembly = prepare(run, registry, study.device, data=study.data).assembly
     splits = study.data.splits
     run_folder.log(
         f"trial on {study.data.source}: {len(splits.rows('train'))} training and "
         f"{len(splits.rows('val'))} validation subjects; the test split is not predicted",
         echo=False,
     )
-    trainer = protocol.train(assembly, run_folder, resume=resume, on_epoch=on_epoch, replay=True)
+    trainer = train(assembly, run_folder, resume=resume, on_epoch=on_epoch, replay=True)
     history = trainer.history
     validation = EvaluationSettings("val", with_ssim=metric == "ssim")
     result = evaluate(assembly.coupling, assembly.pipeline, validation)
