@@ -47,6 +47,7 @@ DEFAULTS: dict[str, Any] = {
     "device": "auto",
     # filled from the plugins' cdsf_bench_defaults (registry.method_defaults) when resolving
     "method": {f.name: "" for f in fields(Method)},
+    # data.phantom is a table of any keys here: the phantom source checks it (sources.phantom_options)
     "data": data_defaults(),
     "split": section_defaults(SplitSettings),
     "train": section_defaults(TrainSettings),
