@@ -33,7 +33,7 @@ from cdsf_bench import config as cfg
 from cdsf_bench.assemble import assemble, configure_backends, load_cohort, resolve_device, split_cohort
 from cdsf_bench.data.phantom import phantom_settings, plan_phantom
 from cdsf_bench.data.splits import Splits
-from cdsf_bench.engine import evaluate
+from cdsf_bench.engine import EvaluationSettings, evaluate
 from cdsf_bench.host import cpu_workers, device_name
 from cdsf_bench.perf.harness import load_average
 from cdsf_bench.progress import console
@@ -76,30 +76,25 @@ def time_evaluation(
         "data.phantom_seed": seed,
         **{f"method.{key}": value for key, value in method.items()},
     }
-    config = cfg.resolve(registry, None, (), flags)
-    run = cfg.RunConfig(config)
-    target = resolve_device(run.raw["device"])
+    run = cfg.resolve(registry, None, (), flags)
+    target = resolve_device(run.device)
     configure_backends(target)
-    cohort, _ = load_cohort(config, registry)
+    cohort, _ = load_cohort(run, registry)
     cohort, labels, splits, _ = split_cohort(run, cohort)
     labelled = np.flatnonzero(labels >= 0)
     # every labelled subject is tested; the training split keeps its subjects for the PET mean
     everyone = Splits(splits.train, splits.val, labelled)
-    assembly = assemble(config, registry, cohort, labels, everyone, target)
+    assembly = assemble(run, registry, cohort, labels, everyone, target)
     record: dict[str, Any] = {"tested": int(len(labelled)), "device": str(target)}
 
     def final_test() -> None:
-        evaluate(
-            assembly.coupling,
-            assembly.pipeline,
-            "test",
-            bootstrap=run.evaluate.bootstrap,
-            seed=run.seed,
-            score_withheld=True,
+        settings = EvaluationSettings(
+            "test", bootstrap=run.evaluate.bootstrap, seed=run.seed, score_withheld=True
         )
+        evaluate(assembly.coupling, assembly.pipeline, settings)
 
     def predict_only() -> None:
-        evaluate(assembly.coupling, assembly.pipeline, "test", with_ssim=False)
+        evaluate(assembly.coupling, assembly.pipeline, EvaluationSettings("test", with_ssim=False))
 
     predict_only()  # warm-up: first calls allocate and pick kernels
     record["predict_and_cheap_scores_s"] = _seconds(predict_only)

@@ -137,9 +137,9 @@ def build(kind: str, size: tuple[int, int, int], assignments: tuple[str, ...]) -
     registry = default_registry()
     config = cfg.resolve(registry, None, assignments, {})
     if kind == "synth":
-        name, params = cfg.plugin_settings(config, "synth")
+        name, params = config.plugin("synth")
         return registry.get("synthesiser", name).factory(**params), 1
-    name, params = cfg.plugin_settings(config, "diag")
+    name, params = config.plugin("diag")
     factory = registry.get("diagnoser", name).factory
     return factory(in_channels=2, input_shape=size, num_classes=2, **params), 2
 

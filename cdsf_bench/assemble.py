@@ -12,7 +12,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from cdsf_bench import config as cfg
 from cdsf_bench.compiling import compile_in_place
 from cdsf_bench.data.conventions import TASKS
 from cdsf_bench.data.labels import training_cohort
@@ -24,9 +23,10 @@ from cdsf_bench.errors import InputError
 from cdsf_bench.host import bf16_supported
 from cdsf_bench.interfaces import Cohort, Coupling, DataSource, TrainingContext
 from cdsf_bench.registry import Registry
+from cdsf_bench.settings import RunConfig
 
 
-def split_cohort(run: cfg.RunConfig, cohort: Cohort) -> tuple[Cohort, np.ndarray, Splits, dict]:
+def split_cohort(run: RunConfig, cohort: Cohort) -> tuple[Cohort, np.ndarray, Splits, dict]:
     """The subjects a run keeps, their labels and the subject-level split, leak-checked.
 
     ``run`` and ``tune`` both split here, so a study's trials train and validate on exactly
@@ -64,9 +64,8 @@ def data_source(spec: str, registry: Registry) -> DataSource:
     return detect_source(spec, sources)
 
 
-def load_cohort(config: dict, registry: Registry) -> tuple[Cohort, str]:
-    """Read the cohort named by ``data.spec`` (the ``--data`` option)."""
-    run = cfg.RunConfig(config)
+def load_cohort(run: RunConfig, registry: Registry) -> tuple[Cohort, str]:
+    """Read the cohort named by ``data.spec`` (the ``--data`` option) and its source's name."""
     source = data_source(run.data_spec, registry)
     return source.load(run.data_spec, run.data), source.name
 
@@ -79,12 +78,14 @@ def place(module: torch.nn.Module, device: torch.device, channels_last: bool) ->
     return module
 
 
-def build_method(config: dict, registry: Registry, context: TrainingContext, channels_last: bool) -> Coupling:
+def build_method(
+    run: RunConfig, registry: Registry, context: TrainingContext, channels_last: bool
+) -> Coupling:
     """Instantiate the coupling with factories for the chosen synthesiser and diagnoser."""
     device = context.device
-    synth_name, synth_params = cfg.plugin_settings(config, "synth")
-    diag_name, diag_params = cfg.plugin_settings(config, "diag")
-    coupling_name, coupling_params = cfg.plugin_settings(config, "coupling")
+    synth_name, synth_params = run.plugin("synth")
+    diag_name, diag_params = run.plugin("diag")
+    coupling_name, coupling_params = run.plugin("coupling")
     coupling_class = registry.coupling_class(coupling_name)
     needs = coupling_class.needs_synthesiser
     if synth_name == "none" and needs is True:
@@ -160,7 +161,7 @@ class Assembly:
 
 
 def assemble(
-    config: dict,
+    run: RunConfig,
     registry: Registry,
     cohort: Cohort,
     labels: np.ndarray,
@@ -169,7 +170,7 @@ def assemble(
     cluster: Cluster = SINGLE_PROCESS,
     train_pet_mean: torch.Tensor | None = None,
 ) -> Assembly:
-    """Build the pipeline, context and coupling of a run from its config.
+    """Build the pipeline, context and coupling of a run from its configuration.
 
     The one place where they are put together, so that ``cdsf-bench perf`` times exactly
     what ``cdsf-bench run`` trains (same precision, layout, augmentation, volumes drawn),
@@ -177,7 +178,6 @@ def assemble(
     cohort passes the ``train_pet_mean`` of its own training data (from its checkpoint)
     instead of the mean of the cohort's training split.
     """
-    run = cfg.RunConfig(config)
     precision, train = run.precision, run.train
     mixed = precision.mixed and bf16_supported(device)
     channels_last = precision.channels_last
@@ -211,7 +211,7 @@ def assemble(
         world=cluster.world,
         global_sum=global_sum(cluster),
     )
-    coupling = build_method(config, registry, context, channels_last)
+    coupling = build_method(run, registry, context, channels_last)
     eager_because = None
     if precision.compile:
         eager_because = compile_in_place(coupling.modules().values(), device)

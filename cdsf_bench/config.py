@@ -1,33 +1,44 @@
 """Run configuration: defaults < preset < TOML file < ``--set`` < explicit flags.
 
 A configuration is plain data (nested dicts of TOML values); nothing in it is ever
-evaluated as code. The resolved configuration, with every plugin setting filled in, is
-written to the run folder as ``config.toml`` so ``cdsf-bench run --config RUN/config.toml``
-repeats the run.
+evaluated as code. :func:`resolve` merges the layers, checks every key and type against the
+defaults (derived from the settings types of :mod:`cdsf_bench.settings`) and the chosen
+plugins' parameters, and returns the :class:`~cdsf_bench.settings.RunConfig` that every
+command then passes on. Its ``raw`` data, with every plugin setting filled in, is written to
+the run folder as ``config.toml``, so ``cdsf-bench run --config RUN/config.toml`` repeats
+the run.
 """
 
 from __future__ import annotations
 
 import copy
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import tomli_w
-
 from cdsf_bench.data.conventions import TASKS
 from cdsf_bench.data.labels import SYNTHESIS_SUBJECTS
 from cdsf_bench.errors import ConfigError
-from cdsf_bench.interfaces import DataSettings, Method, SelectionMetric
+from cdsf_bench.interfaces import Method
 from cdsf_bench.registry import Registry
+from cdsf_bench.settings import (
+    TRACK,
+    AugmentSettings,
+    EvaluateSettings,
+    PrecisionSettings,
+    RunConfig,
+    SplitSettings,
+    TrainSettings,
+    check_against,
+    data_defaults,
+    section_defaults,
+    type_ok,
+)
 
 PRESETS = ("quick", "paper", "tiny", "ci")
 PLUGIN_SECTIONS = {"synth": "synthesiser", "diag": "diagnoser", "coupling": "coupling"}
-#: the trackers a run reports to, one table of settings each (``--track NAME``,
-#: ``--set track.NAME.KEY=VALUE``); absent from a run that tracks nothing, so its config is unchanged
-TRACK = "track"
 
 DEFAULTS: dict[str, Any] = {
     "preset": "quick",
@@ -35,35 +46,14 @@ DEFAULTS: dict[str, Any] = {
     "task": "ad_cn",
     "device": "auto",
     # filled from the plugins' cdsf_bench_defaults (registry.method_defaults) when resolving
-    "method": {"synth": "", "diag": "", "coupling": ""},
-    # data.phantom is a table of phantom settings here, (name, value) pairs in DataSettings;
-    # synthesis_subjects is not a source's setting (not in DataSettings, nor the cache key):
-    # which subjects train, the task's or also every other diagnosis's with PET (data/labels.py;
-    # "all_diagnoses" by the rule of benchmarks/suites/cdsf-synthesis-defaults.toml, docs/methods.md)
-    "data": {
-        "spec": "phantom",
-        **{f.name: f.default for f in fields(DataSettings)},
-        "phantom": {},
-        "synthesis_subjects": "all_diagnoses",
-    },
-    "split": {"val": 0.2, "test": 0.2, "folds": 0, "fold": 0},
-    "train": {
-        "epochs": 25,
-        "batch_size": 4,
-        "learning_rate": 1e-3,
-        "patience": 8,
-        "select_on": "auc",
-    },
-    "augment": {"enabled": True, "rotate_deg": 3.0, "translate_vox": 1.0, "intensity": 0.05},
-    "precision": {"mixed": True, "channels_last": True, "compile": False},
-    # native_space: also write each test subject's synthetic PET on its own MRI's grid (file cohorts);
-    # phantom_test_subjects: test on a fresh phantom cohort of this many subjects (0: the test split)
-    "evaluate": {
-        "bootstrap": 1000,
-        "save_synthetic": True,
-        "native_space": False,
-        "phantom_test_subjects": 0,
-    },
+    "method": {f.name: "" for f in fields(Method)},
+    # data.phantom is a table of any keys here: the phantom source checks it (sources.phantom_options)
+    "data": data_defaults(),
+    "split": section_defaults(SplitSettings),
+    "train": section_defaults(TrainSettings),
+    "augment": section_defaults(AugmentSettings),
+    "precision": section_defaults(PrecisionSettings),
+    "evaluate": section_defaults(EvaluateSettings),
     "synth": {},
     "diag": {},
     "coupling": {},
@@ -127,54 +117,13 @@ def _assign(config: dict, keys: list[str], value: Any) -> None:
     node[keys[-1]] = value
 
 
-def _type_ok(default: Any, value: Any) -> bool:
-    if default is None:
-        return True
-    if isinstance(default, bool):
-        return isinstance(value, bool)
-    if isinstance(default, float):
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if isinstance(default, tuple | list):
-        return isinstance(value, list | tuple)
-    return isinstance(value, type(default))
-
-
-def _coerce(default: Any, value: Any) -> Any:
-    if isinstance(default, float) and isinstance(value, int):
-        return float(value)
-    if isinstance(default, tuple):
-        return tuple(value)
-    return value
-
-
-def _check_against(defaults: dict, given: dict, where: str) -> dict:
-    """Check keys and types of ``given`` against ``defaults``; return the merged section."""
-    out = dict(defaults)
-    for key, value in given.items():
-        path = f"{where}.{key}" if where else key
-        if key not in defaults:
-            close = [k for k in defaults if k.startswith(key[:3])]
-            hint = f" Did you mean {', '.join(close)}?" if close else ""
-            raise ConfigError(
-                f"Unknown setting '{path}'.{hint} Known keys in [{where or 'top level'}]: "
-                f"{', '.join(sorted(defaults))}."
-            )
-        if not _type_ok(defaults[key], value):
-            raise ConfigError(
-                f"Setting '{path}' must be {type(defaults[key]).__name__} "
-                f"(like {defaults[key]!r}), got {value!r}."
-            )
-        out[key] = _coerce(defaults[key], value)
-    return out
-
-
 def resolve(
     registry: Registry,
     config_file: Path | None = None,
     assignments: tuple[str, ...] = (),
     flags: dict[str, Any] | None = None,
-    base: dict | None = None,
-) -> dict:
+    base: RunConfig | None = None,
+) -> RunConfig:
     """Resolve the full run configuration and validate every key and type against defaults.
 
     ``base``, a configuration already resolved (a run's), takes the config file's place:
@@ -185,7 +134,7 @@ def resolve(
         # a config file's relative data path is read from the file's folder first
         layers.append(_absolute_data_spec(read_toml(config_file), Path(config_file).parent))
     if base is not None:
-        layers.append(copy.deepcopy(base))
+        layers.append(copy.deepcopy(base.raw))
     set_layer: dict = {}
     for text in assignments:
         keys, value = parse_assignment(text)
@@ -218,8 +167,8 @@ def resolve(
                 f"Setting '{key}' is a section, not a value (got {value!r}); set its keys instead, "
                 f"e.g. --set {key}.{next(iter(default))}=... (known keys: {', '.join(sorted(default))})."
             )
-        resolved[key] = _check_against(default, value, key) if isinstance(default, dict) else value
-        if not isinstance(default, dict) and not _type_ok(default, value):
+        resolved[key] = check_against(default, value, key) if isinstance(default, dict) else value
+        if not isinstance(default, dict) and not type_ok(default, value):
             raise ConfigError(f"Setting '{key}' must be {type(default).__name__}, got {value!r}.")
     unknown = set(merged) - set(DEFAULTS) - {TRACK}
     if unknown:
@@ -241,11 +190,11 @@ def resolve(
         own = given.get(name, {})
         if not isinstance(own, dict):
             raise ConfigError(f"[{section}.{name}] must be a table of settings.")
-        resolved[section] = {name: _check_against(component.parameters(), own, f"{section}.{name}")}
+        resolved[section] = {name: check_against(component.parameters(), own, f"{section}.{name}")}
     tracked = resolve_trackers(registry, merged.get(TRACK, {}))
     if tracked:
         resolved[TRACK] = tracked
-    return resolved
+    return RunConfig(resolved)
 
 
 def resolve_trackers(registry: Registry, given: Any, where: str = TRACK) -> dict[str, dict[str, Any]]:
@@ -264,7 +213,7 @@ def resolve_trackers(registry: Registry, given: Any, where: str = TRACK) -> dict
         component = registry.get("tracker", name)
         if not isinstance(own, dict):
             raise ConfigError(f"[{where}.{name}] must be a table of settings, got {own!r}.")
-        resolved[name] = _check_against(component.parameters(), own, f"{where}.{name}")
+        resolved[name] = check_against(component.parameters(), own, f"{where}.{name}")
     return resolved
 
 
@@ -329,171 +278,3 @@ def _validate_values(config: dict) -> None:
         )
     if data["max_offset_mm"] < 0:
         raise ConfigError("data.max_offset_mm must be 0 (no registration check) or a distance in mm.")
-    if data["phantom"]:
-        data["phantom"] = _phantom_options(data)
-
-
-def _phantom_options(data: dict) -> dict:
-    """Check ``data.phantom.*`` against the phantom's settings: names, types, then ranges.
-
-    Returns the options with their types coerced (an integer for a float setting). The
-    cohort settings ``[data]`` holds itself (subjects, missing_pet ...) are refused here.
-    """
-    from cdsf_bench.data.phantom import COHORT_SETTINGS, PhantomSettings, phantom_settings
-
-    given = data["phantom"]
-    known = {f.name: f.default for f in fields(PhantomSettings) if f.name not in COHORT_SETTINGS}
-    owned = sorted(set(given) & set(COHORT_SETTINGS))
-    if owned:
-        raise ConfigError(
-            f"Setting 'data.phantom.{owned[0]}' is set as '{COHORT_SETTINGS[owned[0]]}', not data.phantom.*."
-        )
-    checked = _check_against(known, given, "data.phantom")
-    options = {key: checked[key] for key in given}
-    try:
-        phantom_settings(
-            options,
-            subjects=data["subjects"],
-            resolution_mm=data["resolution_mm"],
-            missing_pet=data["missing_pet"],
-            missing_mechanism=data["missing_mechanism"],
-            seed=data["phantom_seed"],
-        ).validate()
-    except ConfigError as error:
-        raise ConfigError(f"data.phantom: {error}.") from None
-    return options
-
-
-def data_settings(config: dict) -> DataSettings:
-    """The ``[data]`` section as :class:`DataSettings` (the spec itself excluded)."""
-    values = {f.name: config["data"][f.name] for f in fields(DataSettings)}
-
-    def frozen(value: Any) -> Any:  # TOML arrays become tuples: DataSettings is hashable
-        return tuple(frozen(v) for v in value) if isinstance(value, list | tuple) else value
-
-    values["phantom"] = tuple(sorted((k, frozen(v)) for k, v in dict(values["phantom"]).items()))
-    return DataSettings(**values)
-
-
-def plugin_settings(config: dict, section: str) -> tuple[str, dict]:
-    """The chosen component's name and its settings for ``section`` (synth, diag, coupling)."""
-    name = config["method"][section]
-    return name, dict(config[section].get(name, {}))
-
-
-def to_toml(config: dict) -> str:
-    """Serialise a resolved configuration (tuples become arrays)."""
-
-    def plain(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {k: plain(v) for k, v in value.items()}
-        if isinstance(value, tuple | list):
-            return [plain(v) for v in value]
-        return value
-
-    return tomli_w.dumps(plain(config))
-
-
-# -- typed access ----------------------------------------------------------------------------
-# A resolved configuration stays plain data (it is what config.toml holds); code reads it
-# through these views, so a misspelt key or a wrong type is a type checker's error, not a
-# KeyError in the middle of a run.
-
-
-@dataclass(frozen=True)
-class SplitSettings:
-    val: float
-    test: float
-    folds: int
-    fold: int
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    epochs: int
-    batch_size: int
-    learning_rate: float
-    patience: int  # 0: no early stopping
-    select_on: SelectionMetric
-
-
-@dataclass(frozen=True)
-class PrecisionSettings:
-    mixed: bool
-    channels_last: bool
-    compile: bool
-
-
-@dataclass(frozen=True)
-class EvaluateSettings:
-    bootstrap: int
-    save_synthetic: bool
-    native_space: bool
-    phantom_test_subjects: int
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """Typed read access to a resolved configuration (``raw`` is what ``resolve`` returned)."""
-
-    raw: dict[str, Any]
-
-    @property
-    def seed(self) -> int:
-        return int(self.raw["seed"])
-
-    @property
-    def task(self) -> str:
-        return str(self.raw["task"])
-
-    @property
-    def device(self) -> str:
-        return str(self.raw["device"])
-
-    @property
-    def method(self) -> Method:
-        return Method(**self.raw["method"])
-
-    @property
-    def data_spec(self) -> str:
-        return str(self.raw["data"]["spec"])
-
-    @property
-    def data(self) -> DataSettings:
-        return data_settings(self.raw)
-
-    @property
-    def synthesis_subjects(self) -> str:
-        return str(self.raw["data"]["synthesis_subjects"])
-
-    @property
-    def split(self) -> SplitSettings:
-        return SplitSettings(**self.raw["split"])
-
-    @property
-    def train(self) -> TrainSettings:
-        return TrainSettings(**self.raw["train"])
-
-    @property
-    def augment(self) -> dict[str, Any]:
-        return dict(self.raw["augment"])
-
-    @property
-    def precision(self) -> PrecisionSettings:
-        return PrecisionSettings(**self.raw["precision"])
-
-    @property
-    def evaluate(self) -> EvaluateSettings:
-        return EvaluateSettings(**self.raw["evaluate"])
-
-    @property
-    def track(self) -> dict[str, dict[str, Any]]:
-        """The selected trackers' settings by name (empty: the run is tracked nowhere)."""
-        return dict(self.raw.get(TRACK, {}))
-
-    def plugin(self, section: str) -> tuple[str, dict[str, Any]]:
-        """The chosen component's name and settings for ``synth``, ``diag`` or ``coupling``."""
-        return plugin_settings(self.raw, section)
-
-    def toml(self) -> str:
-        return to_toml(self.raw)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,37 +63,46 @@ class Evaluation:
     synthetic: dict[int, np.ndarray] = field(default_factory=dict)  # cohort row -> volume
 
 
+@dataclass(frozen=True)
+class EvaluationSettings:
+    """What one :func:`evaluate` predicts and how it scores it."""
+
+    split: str
+    bootstrap: int = 0  # resamples of the AUC's interval (0: none), drawn from ``seed``
+    seed: int = 0
+    threshold: float = 0.5  # a subject is classified positive at or above it
+    with_ssim: bool = True  # the (costly) 3D SSIM
+    keep_synthetic: bool = False  # every synthetic volume kept in the result
+    # synthesis also scored against the PET the source withheld (the phantom's), with the uptake
+    # in the hypometabolism regions: the final test only, as selection uses what a real cohort has
+    score_withheld: bool = False
+    groups: tuple[np.ndarray, ...] = ()  # rows batched apart (``DevicePipeline.eval_batches``)
+
+
 def evaluate(
     coupling: Coupling,
     pipeline: DevicePipeline,
-    split: str,
+    settings: EvaluationSettings,
     *,
-    bootstrap: int = 0,
-    seed: int = 0,
-    with_ssim: bool = True,
-    keep_synthetic: bool = False,
-    score_withheld: bool = False,
     cluster: Cluster = SINGLE_PROCESS,
-    threshold: float = 0.5,
     on_synthetic: Callable[[int, np.ndarray], None] | None = None,
     progress: Callable[[Iterable[Batch], int, str], Iterable[Batch]] | None = None,
-    groups: Sequence[np.ndarray] = (),
 ) -> Evaluation:
-    """Predict ``split`` with the coupling and score diagnosis and (where made) synthesis.
+    """Predict a split with the coupling and score diagnosis and (where made) synthesis.
 
-    Synthesis is scored against the acquired PET, and with ``score_withheld`` also against
-    the hidden PET of subjects whose PET is "missing" where the data source keeps it.
-    Only the final test evaluation sets it: selection and early stopping must
-    use what a real cohort has. That evaluation also reads the uptake in the
-    hypometabolism regions (per subject in the table, the disease-specific metrics in
-    ``synthesis``: ``metrics.disease_synthesis_metrics``). Under torch.distributed each
-    process predicts its share and the records are gathered, one per subject.
+    Synthesis is scored against the acquired PET and, as ``settings`` say, also against the
+    hidden PET of subjects whose PET is "missing", where the data source keeps it: only the
+    final test asks for that, since selection and early stopping use what a real cohort has.
+    That evaluation also reads the uptake in the hypometabolism regions (per subject in the
+    table, ``metrics.disease_synthesis_metrics`` in ``synthesis``). Under torch.distributed
+    (``cluster``) each process predicts its share and the records are gathered, one per subject.
 
     ``on_synthetic(row, volume)`` receives each synthetic PET as soon as its batch is
     predicted and the volume is not kept (a large cohort's volumes need not fit in memory);
     ``progress`` wraps the batch loop as ``progress(batches, count, label)`` (a progress bar).
-    ``groups`` are rows of the split batched apart from the rest (``DevicePipeline.eval_batches``).
     """
+    split, score_withheld, with_ssim = settings.split, settings.score_withheld, settings.with_ssim
+    threshold, groups = settings.threshold, settings.groups
     records: list[dict] = []
     mask = pipeline.brain_mask.cpu().numpy()
     regions = hypometabolism_masks(pipeline.affine, mask) if score_withheld else {}
@@ -105,7 +114,7 @@ def evaluate(
     if progress is not None:
         count = pipeline.n_eval_batches(split, coupling.subjects, groups)
         batches = progress(batches, count, f"predicting {split}")
-    keep = keep_synthetic or on_synthetic is not None
+    keep = settings.keep_synthetic or on_synthetic is not None
     with torch.no_grad():
         for batch in batches:
             prediction = coupling.predict(batch)
@@ -134,8 +143,8 @@ def evaluate(
         table["label"].to_numpy(),
         table["probability"].to_numpy(),
         threshold=threshold,
-        bootstrap=bootstrap,
-        seed=seed,
+        bootstrap=settings.bootstrap,
+        seed=settings.seed,
         has_pet=table["has_pet"].to_numpy(bool),
     )
     scored = [{key: r[f"synth_{key}"] for key in SYNTHESIS_KEYS} for r in records if "synth_mae" in r]
@@ -357,7 +366,9 @@ class Trainer:
 
     def _validate(self, stage: TrainingStage) -> dict[str, float]:
         with_ssim = stage.select_on == "ssim"
-        result = evaluate(self.coupling, self.pipeline, "val", with_ssim=with_ssim, cluster=self.cluster)
+        result = evaluate(
+            self.coupling, self.pipeline, EvaluationSettings("val", with_ssim=with_ssim), cluster=self.cluster
+        )
         out = {f"val_{k}": result.diagnosis[k] for k in ("auc", "bacc", "mcc", "brier")}
         if result.synthesis is not None:
             out.update(

@@ -407,6 +407,14 @@ class DataSource(ABC):
     def load(self, spec: str, settings: DataSettings) -> Cohort:
         """Read the cohort; raise ``cdsf_bench.errors.InputError`` naming the bad file or field."""
 
+    def check_settings(self, settings: DataSettings) -> None:
+        """Raise ``cdsf_bench.errors.ConfigError`` naming a setting this source cannot use.
+
+        The preflight asks it before anything is read, so that a bad setting costs nothing;
+        it reads no file. A source without settings of its own accepts any.
+        """
+        return None
+
     def subject_table(self, spec: str, settings: DataSettings) -> tuple[pd.DataFrame, list] | None:
         """The subject table behind a file-based cohort and problems found while building it.
 

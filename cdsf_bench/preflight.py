@@ -1,12 +1,12 @@
 """What ``run`` refuses before it preprocesses a volume; ``data check`` asks the very same.
 
 One function serves both, so that ``data check`` cannot call a cohort sound that ``run``
-then refuses. It collects, in order, the source's own row problems, then rows, files,
-headers and, for the run's task, class sizes, fold counts, split sizes, an explicit
-``split`` column and the method's needs on PET (read from its coupling's declared
-attributes, so the core names no method), and the settings that need files
-(``evaluate.native_space``). ``data check`` adds the voxel checks, which ``run`` meets
-while preprocessing.
+then refuses: first the source's check of its own settings (``DataSource.check_settings``:
+the phantom's options), then the source's own row problems, then rows, files, headers
+and, for the run's task, class sizes, fold counts, split sizes, an explicit ``split``
+column and the method's needs on PET (read from its coupling's declared attributes, so the
+core names no method), and the settings that need files (``evaluate.native_space``).
+``data check`` adds the voxel checks, which ``run`` meets while preprocessing.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from dataclasses import dataclass
 import pandas as pd
 
 from cdsf_bench.assemble import data_source
-from cdsf_bench.config import RunConfig
 from cdsf_bench.data.check import Needs, Problem, check_table
 from cdsf_bench.data.sources import raise_problems
 from cdsf_bench.interfaces import DataSource
 from cdsf_bench.registry import Registry
+from cdsf_bench.settings import RunConfig
 
 
 def method_needs(run: RunConfig, registry: Registry) -> Needs:
@@ -31,6 +31,13 @@ def method_needs(run: RunConfig, registry: Registry) -> Needs:
         pet_in_every_class=coupling.subjects == "with_pet",
         pet_truth=coupling.needs_pet_truth,
     )
+
+
+def checked_source(run: RunConfig, registry: Registry) -> DataSource:
+    """The source that reads the run's data, once it has accepted its settings (reads nothing)."""
+    source = data_source(run.data_spec, registry)
+    source.check_settings(run.data)
+    return source
 
 
 @dataclass(frozen=True)
@@ -52,7 +59,7 @@ def preflight(
     ``voxels`` adds the checks that read every volume (NaN, all-zero, SUVR, registration).
     """
     spec = run.data_spec
-    source = data_source(spec, registry)
+    source = checked_source(run, registry)
     found = source.subject_table(spec, run.data)
     table, problems = (None, []) if found is None else (found[0], list(found[1]))
     if table is not None:

@@ -1,9 +1,10 @@
-"""One run, top to bottom: data, splits, pipeline, method, training, test, run folder.
+"""One run, top to bottom: the run protocol, then the test, then the run folder's records.
 
-The order is the protocol: the cohort is split by subject before anything is trained, the
-model is selected on validation only, and the test split is predicted exactly once, after
+The order is the protocol (:mod:`cdsf_bench.protocol`: seed, preflight, cohort, split,
+assembly, training): the cohort is split by subject before anything is trained, the model
+is selected on validation only, and the test split is predicted exactly once, after
 training, with the selected model. What is written where is the run folder's business
-(``run_folder.RunFolder``); what trains is built by ``assemble``.
+(``run_folder.RunFolder``).
 """
 
 from __future__ import annotations
@@ -17,28 +18,20 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cdsf_bench import distributed
-from cdsf_bench.assemble import (
-    assemble,
-    configure_backends,
-    load_cohort,
-    resolve_device,
-    split_cohort,
-)
-from cdsf_bench.config import TRACK, RunConfig
+from cdsf_bench import distributed, protocol
+from cdsf_bench.assemble import Assembly, resolve_device
 from cdsf_bench.data.labels import UNLABELLED
 from cdsf_bench.data.nifti import to_native
 from cdsf_bench.data.pipeline import DevicePipeline
-from cdsf_bench.data.sources import PhantomSource
-from cdsf_bench.engine import Evaluation, Trainer, evaluate
+from cdsf_bench.engine import Evaluation, EvaluationSettings, Trainer, evaluate
 from cdsf_bench.figures import learning_curves, roc_figure, slice_montage
-from cdsf_bench.interfaces import Cohort, Coupling
+from cdsf_bench.interfaces import Cohort, Coupling, TrainingStage
 from cdsf_bench.metrics import youden_threshold
 from cdsf_bench.predict.apply import HELD_OUT, HeldOut, predict_held_out, prediction_table, summary
-from cdsf_bench.preflight import refuse_early
 from cdsf_bench.registry import Registry
 from cdsf_bench.results import environment
 from cdsf_bench.run_folder import RunFolder
+from cdsf_bench.settings import TRACK, RunConfig
 from cdsf_bench.tracking import Trackers, final_metrics, flatten, open_trackers, run_artefacts
 
 #: subjects shown in the slice montage
@@ -52,7 +45,7 @@ class RunResult:
 
 
 def execute(
-    config: dict,
+    run: RunConfig,
     registry: Registry,
     out: Path | None = None,
     resume: bool = False,
@@ -67,7 +60,6 @@ def execute(
     ``[track]``; ``track_name`` names the run there (default: the run folder's name).
     """
     started = time.perf_counter()
-    run = RunConfig(config)
     cluster = distributed.from_environment()
     device = distributed.start(cluster, resolve_device(run.device))
     try:
@@ -94,45 +86,78 @@ def _execute(
     tracking: Trackers,
     track_name: str | None,
 ) -> RunResult:
+    """``execute`` once the device and the trackers are set up."""
     main = cluster.is_main
-    method = run.method
-    name = f"{method.synth}-{method.diag}-{method.coupling}"
     # the folder is checked now and created only once the data are accepted: a refused run leaves none
-    planned = RunFolder.plan(run.toml(), out, name, resume) if main else None
+    planned = RunFolder.plan(run.toml(), out, run.name, resume) if main else None
     path = distributed.broadcast_object(planned, cluster)
-    torch.manual_seed(run.seed)
-    np.random.seed(run.seed % 2**32)
-    configure_backends(device)
-
-    refuse_early(run, registry)  # rows, files, headers, the task: before any volume is read
-    data_started = time.perf_counter()
-    if not main:
-        distributed.barrier(cluster)  # rank 0 fills the cache first; the others then read it
-    cohort, source_name = load_cohort(run.raw, registry)
+    prepared = protocol.prepare(run, registry, device, cluster)
+    data, assembly = prepared.data, prepared.assembly
     if main:
-        distributed.barrier(cluster)
-    data_seconds = time.perf_counter() - data_started
-    cohort, labels, splits, leak = split_cohort(run, cohort)
-
-    assembly = assemble(run.raw, registry, cohort, labels, splits, device, cluster)
-    pipeline, coupling = assembly.pipeline, assembly.coupling
-    if main:
-        RunFolder.prepare(run.toml(), path, name, resume)
+        RunFolder.prepare(run.toml(), path, run.name, resume)
     distributed.barrier(cluster)
     folder = RunFolder(path, writes=main)
+    _log_start(folder, run, prepared, device, cluster)
+    folder.write_splits(data.splits.table(data.cohort.participants, data.labels))
+    if main:
+        env = _environment(run, registry, assembly, device, cluster)
+        folder.write_environment(env)
+        _start_tracking(tracking, track_name, run, folder, env)
+    folder.write_data(protocol.data_record(run, data, assembly))
+
+    steps = len(protocol.earlier_history(folder.path)) if resume else 0
+    trainer = protocol.train(
+        assembly, folder, cluster=cluster, resume=resume, on_epoch=_EpochTracking(tracking, steps)
+    )
+    history = trainer.history
+    folder.log(f"trained: {len(history)} epochs in {len(trainer.stages)} stage(s)")
+
+    test, threshold = _test(run, assembly, cluster)
+    held_out = None
+    if run.evaluate.phantom_test_subjects and main:  # inference only, from the checkpoint just written
+        held_out = predict_held_out(folder.path, run, threshold, registry, device)
+        folder.log(f"held-out phantom cohort: {held_out.subjects} subjects, seed {held_out.phantom_seed}")
+    metrics = _metrics(run, trainer, assembly.pipeline, assembly.coupling, test, threshold, held_out)
+    if main:
+        _write_test_outputs(folder, run, data.cohort, history, test, held_out)
+        folder.write_metrics(metrics)
+        wall = round(time.perf_counter() - started, 2)
+        folder.write_timing(wall, round(data.seconds, 2))
+    folder.log(f"test: {_summary(metrics)}", echo=False)  # the console gets the table instead
+    folder.log(f"finished in {time.perf_counter() - started:.1f} s")
+    tracking.finish(final_metrics(metrics), run_artefacts(folder.path))  # rank 0's trackers only
+    return RunResult(folder.path, metrics)
+
+
+def _log_start(
+    folder: RunFolder,
+    run: RunConfig,
+    prepared: protocol.Prepared,
+    device: torch.device,
+    cluster: distributed.Cluster,
+) -> None:
+    """log.txt's first lines: where the run is, what it read, how long that took."""
+    data, assembly = prepared.data, prepared.assembly
+    cohort = data.cohort
     folder.log(f"run folder {folder.path}; device {device}; seed {run.seed}; processes {cluster.world}")
     cache = "read from the cache" if cohort.extra.get("cache_hit") else "preprocessed and cached"
     folder.log(
-        f"data: {source_name} ({cohort.source}), {len(cohort)} subjects "
-        f"({int((labels == UNLABELLED).sum())} of them unlabelled, training only), {cohort.shape}, "
-        f"{cache} ({cohort.extra.get('cache_entry', 'no cache')}), {data_seconds:.1f} s"
+        f"data: {data.source} ({cohort.source}), {len(cohort)} subjects "
+        f"({int((data.labels == UNLABELLED).sum())} of them unlabelled, training only), {cohort.shape}, "
+        f"{cache} ({cohort.extra.get('cache_entry', 'no cache')}), {data.seconds:.1f} s"
     )
     if assembly.eager_because is not None:
         folder.log(
             f"precision.compile: torch.compile cannot compile here ({assembly.eager_because}); "
             "the networks run without it"
         )
-    folder.write_splits(splits.table(cohort.participants, labels))
+
+
+def _environment(
+    run: RunConfig, registry: Registry, assembly: Assembly, device: torch.device, cluster: distributed.Cluster
+) -> dict[str, Any]:
+    """environment.json: versions, device, the chosen components' plugins and how the networks run."""
+    method = run.method
     chosen = (method.synth, method.diag, method.coupling)
     plugins = [
         {
@@ -145,96 +170,69 @@ def _execute(
         for kind, c in registry.all()
         if c.name in chosen
     ]
-    if main:
-        env = environment(device, plugins)
-        env.update(
-            {
-                "mixed_precision_bf16": assembly.context.mixed_precision,
-                "channels_last_3d": assembly.channels_last,
-                "torch_compile": assembly.compiled,
-                "processes": cluster.world,
-            }
-        )
-        folder.write_environment(env)
-        tags = {
-            **run.raw["method"],
-            "task": run.task,
-            "seed": run.seed,
-            "git_commit": env.get("git_commit"),
-            "run_folder": str(folder.path.resolve()),
-        }
-        # the trackers' own settings are no parameter of the run (a URI may hold a token)
-        params = flatten({key: value for key, value in run.raw.items() if key != TRACK})
-        tracking.start(track_name or folder.path.name, params, tags, folder.path)
-    folder.write_data(
+    env = environment(device, plugins)
+    env.update(
         {
-            "source": source_name,
-            "description": cohort.source,
-            # the cohort's own seed (a suite's replicate seed unless it pins one); None: not the phantom
-            "phantom_seed": run.data.phantom_seed if source_name == PhantomSource.name else None,
-            "split": {
-                "seed": run.seed,
-                "folds": run.split.folds,
-                "fold": run.split.fold if run.split.folds else None,
-            },
-            "shape": list(cohort.shape),
-            "affine": np.asarray(cohort.affine).tolist(),
-            "subjects": {name: int(len(splits.rows(name))) for name in ("train", "val", "test")},
-            "with_pet": {
-                name: int(cohort.has_pet[splits.rows(name)].sum()) for name in ("train", "val", "test")
-            },
-            # training subjects whose label no loss reads (data/labels.py); never in val or test
-            "unlabelled": {
-                name: int((labels[splits.rows(name)] == UNLABELLED).sum())
-                for name in ("train", "val", "test")
-            },
-            "synthesis_subjects": run.synthesis_subjects,
-            "leak_check": leak,
-            "fingerprints": pipeline.fingerprint(),
-            "cache_hit": cohort.extra.get("cache_hit"),
-            "cache_entry": cohort.extra.get("cache_entry"),
-            "load_seconds": round(data_seconds, 2),
+            "mixed_precision_bf16": assembly.context.mixed_precision,
+            "channels_last_3d": assembly.channels_last,
+            "torch_compile": assembly.compiled,
+            "processes": cluster.world,
         }
     )
+    return env
 
-    def track_epoch(_stage: object, row: dict[str, Any]) -> None:
-        # the step counts epochs over every stage: one point per history row
+
+def _start_tracking(
+    tracking: Trackers, track_name: str | None, run: RunConfig, folder: RunFolder, env: dict[str, Any]
+) -> None:
+    """Open the tracked run: the settings as parameters, the method and provenance as tags."""
+    tags = {
+        **run.raw["method"],
+        "task": run.task,
+        "seed": run.seed,
+        "git_commit": env.get("git_commit"),
+        "run_folder": str(folder.path.resolve()),
+    }
+    # the trackers' own settings are no parameter of the run (a URI may hold a token)
+    params = flatten({key: value for key, value in run.raw.items() if key != TRACK})
+    tracking.start(track_name or folder.path.name, params, tags, folder.path)
+
+
+@dataclass
+class _EpochTracking:
+    """The trainer's ``on_epoch`` for the trackers: one point per history row.
+
+    The step counts epochs over every stage, those a resumed run's checkpoint holds included.
+    """
+
+    tracking: Trackers
+    step: int = 0
+
+    def __call__(self, _stage: TrainingStage, row: dict[str, Any]) -> None:
         values = {k: v for k, v in row.items() if k.startswith(("train_", "val_"))}
-        tracking.log_epoch(len(trainer.history) - 1, values)
+        self.tracking.log_epoch(self.step, values)
+        self.step += 1
 
-    trainer = Trainer(coupling, pipeline, folder, cluster=cluster, on_epoch=track_epoch)
-    history = trainer.fit(resume=resume)
-    folder.log(f"trained: {len(history)} epochs in {len(trainer.stages)} stage(s)")
 
-    # the operating point is chosen on validation with the selected model, never on test
-    validation = evaluate(coupling, pipeline, "val", with_ssim=False, cluster=cluster)
+def _test(run: RunConfig, assembly: Assembly, cluster: distributed.Cluster) -> tuple[Evaluation, float]:
+    """The test split, predicted once, at the operating point chosen on validation.
+
+    The threshold is chosen with the selected model on validation, never on test; the
+    withheld PET scores the test split and nothing else.
+    """
+    coupling, pipeline = assembly.coupling, assembly.pipeline
+    validation = evaluate(coupling, pipeline, EvaluationSettings("val", with_ssim=False), cluster=cluster)
     chosen_on = validation.predictions
     threshold = youden_threshold(chosen_on["label"].to_numpy(), chosen_on["probability"].to_numpy())
-    test = evaluate(
-        coupling,
-        pipeline,
+    settings = EvaluationSettings(
         "test",
         bootstrap=run.evaluate.bootstrap,
         seed=run.seed,
-        keep_synthetic=True,
-        score_withheld=True,  # the hidden PET scores the test split and nothing else
-        cluster=cluster,
         threshold=threshold,
+        keep_synthetic=True,
+        score_withheld=True,
     )
-    held_out = None
-    if run.evaluate.phantom_test_subjects and main:  # inference only, from the checkpoint just written
-        held_out = predict_held_out(folder.path, run.raw, threshold, registry, device)
-        folder.log(f"held-out phantom cohort: {held_out.subjects} subjects, seed {held_out.phantom_seed}")
-    metrics = _metrics(run, trainer, pipeline, coupling, test, threshold, held_out)
-    if main:
-        _write_test_outputs(folder, run, cohort, history, test, held_out)
-        folder.write_metrics(metrics)
-        wall = round(time.perf_counter() - started, 2)
-        folder.write_timing(wall, round(data_seconds, 2))
-    folder.log(f"test: {_summary(metrics)}", echo=False)  # the console gets the table instead
-    folder.log(f"finished in {time.perf_counter() - started:.1f} s")
-    tracking.finish(final_metrics(metrics), run_artefacts(folder.path))  # rank 0's trackers only
-    return RunResult(folder.path, metrics)
+    return evaluate(coupling, pipeline, settings, cluster=cluster), threshold
 
 
 def _summary(metrics: dict[str, Any]) -> str:

@@ -96,8 +96,8 @@ def test_suite_runs_in_stable_order_with_paired_assignments(suite_file):
     ]
     assert [r.seed for r in runs] == [0, 0, 1, 1]
     config = runs[0].resolve(default_registry())
-    assert config["seed"] == 0 and config["train"]["epochs"] == 1 and config["data"]["subjects"] == 24
-    assert config["preset"] == "tiny"
+    assert config.seed == 0 and config.train.epochs == 1 and config.data.subjects == 24
+    assert config.raw["preset"] == "tiny"
 
 
 def test_folds_set_split_and_keep_the_seed(tmp_path):
@@ -109,7 +109,7 @@ def test_folds_set_split_and_keep_the_seed(tmp_path):
     runs = load_suite(path).runs()
     assert [r.folder.as_posix() for r in runs] == [f"ad_cn/fold-{f}/a" for f in range(3)]
     config = runs[2].resolve(default_registry())
-    assert (config["split"]["folds"], config["split"]["fold"], config["seed"]) == (3, 2, 7)
+    assert (config.split.folds, config.split.fold, config.seed) == (3, 2, 7)
 
 
 @pytest.mark.parametrize(
@@ -194,7 +194,7 @@ def test_a_failed_run_is_recorded_and_the_suite_goes_on(suite_file, tmp_path, mo
     import cdsf_bench.run
 
     def fake_execute(config, registry, out, resume=False):
-        if config["method"]["coupling"] == "joint" and config["seed"] == 0:
+        if config.method.coupling == "joint" and config.seed == 0:
             raise RunFailed("Loss 'G' became nan")
         out.mkdir(parents=True)
         metrics = {"diagnosis": dict.fromkeys(DIAGNOSIS_KEYS, 0.5), "synthesis": None, "n": {"test": 3}}
@@ -582,7 +582,7 @@ def test_scenarios_expand_runs_into_their_own_folders_and_settings(tmp_path):
     assert runs[0].folder.as_posix() == "easy/ad_cn/seed-0/m"
     assert runs[-1].folder.as_posix() == "hard/ad_cn/seed-2/r"
     config = runs[-1].resolve(default_registry())
-    assert config["data"]["phantom"] == {"scenario": "independent", "severity_sd": 0.5}
+    assert config.raw["data"]["phantom"] == {"scenario": "independent", "severity_sd": 0.5}
     assert [c.kind for c in suite.checks] == [
         "beats",
         "not_beats",
@@ -720,4 +720,4 @@ def test_the_validation_suite_parses_and_checks_every_scenario():
     assert scenarios == ["independent", "default", "predictable"]
     assert {c.scenario for c in suite.checks} == set(scenarios)
     configs = {spec.scenario: spec.resolve(registry) for spec in suite.runs()}
-    assert configs["independent"]["data"]["phantom"] == {"scenario": "independent"}
+    assert configs["independent"].raw["data"]["phantom"] == {"scenario": "independent"}

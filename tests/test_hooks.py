@@ -81,9 +81,9 @@ def test_hook_cdsf_bench_defaults():
     assert method.coupling in registry.components["coupling"]
     assert registry.components["coupling"][defaults.mri_only_coupling].factory.needs_synthesiser is not True
     resolved = config.resolve(registry)
-    assert resolved["method"] == {"synth": method.synth, "diag": method.diag, "coupling": method.coupling}
+    assert resolved.raw["method"] == {"synth": method.synth, "diag": method.diag, "coupling": method.coupling}
     mri_only = config.resolve(registry, flags={"method.synth": "none"})
-    assert mri_only["method"]["coupling"] == defaults.mri_only_coupling
+    assert mri_only.method.coupling == defaults.mri_only_coupling
 
 
 def test_without_a_default_method_the_user_is_told_to_name_one():

@@ -22,6 +22,7 @@ from cdsf_bench.data.pipeline import DevicePipeline
 from cdsf_bench.data.splits import make_splits
 from cdsf_bench.interfaces import Batch, Cohort
 from cdsf_bench.registry import default_registry
+from cdsf_bench.settings import AugmentSettings
 from cdsf_plugins.cdsf import JointCoupling
 from cdsf_plugins.common import positive_probability
 from cdsf_plugins.ism import ISM
@@ -168,8 +169,8 @@ def test_every_coupling_trains_on_a_cohort_with_unlabelled_subjects(name: str):
     registry = default_registry()
     coupling_class = registry.coupling_class(name)
     pipe = DevicePipeline(
-        cohort, labels, splits, device=torch.device("cpu"), seed=0, batch_size=4, augment={"enabled": False},
-        train_with_pet_truth=coupling_class.needs_pet_truth,
+        cohort, labels, splits, device=torch.device("cpu"), seed=0, batch_size=4,
+        augment=AugmentSettings(enabled=False), train_with_pet_truth=coupling_class.needs_pet_truth,
     )  # fmt: skip
     synth = registry.get("synthesiser", "ism").factory
     diag = registry.get("diagnoser", "mdm").factory

@@ -20,6 +20,7 @@ from cdsf_bench.data.splits import Splits, make_splits
 from cdsf_bench.data.summary import cohort_summary
 from cdsf_bench.errors import InputError, RunFailed
 from cdsf_bench.interfaces import Cohort
+from cdsf_bench.settings import AugmentSettings
 
 SHAPE = (8, 8, 8)
 #: a cohort of every diagnosis in a shuffled order (CN and AD make task ad_cn)
@@ -178,7 +179,7 @@ def _rows(batches) -> list[np.ndarray]:
 def test_labelled_batches_are_the_same_whether_unlabelled_subjects_come_along(augment: bool):
     cohort = _cohort(labelled=[i % 3 != 1 for i in range(len(DIAGNOSES))])
     kept, labels = training_cohort(cohort, "ad_cn", "all_diagnoses")
-    settings = {"enabled": augment, "rotate_deg": 5.0, "translate_vox": 1.0, "intensity": 0.05}
+    settings = AugmentSettings(enabled=augment, rotate_deg=5.0, translate_vox=1.0, intensity=0.05)
     pipe = _pipeline(kept, labels, augment=settings)
     unlabelled = set(np.flatnonzero(labels == UNLABELLED)) & set(pipe.splits.train)
     required = list(pipe.train_batches(2, "all", "required"))
@@ -203,7 +204,7 @@ def test_with_every_subject_labelled_every_way_of_drawing_is_the_same():
     cohort = _cohort()
     kept, labels = training_cohort(cohort, "ad_cn")
     pipe = _pipeline(
-        kept, labels, augment={"enabled": True, "rotate_deg": 5.0, "translate_vox": 1.0, "intensity": 0.05}
+        kept, labels, augment=AugmentSettings(enabled=True, rotate_deg=5.0, translate_vox=1.0, intensity=0.05)
     )
     assert np.array_equal(pipe.train_order(3, labelled=True), pipe.train_order(3, labelled=None))
     draws = [

@@ -222,16 +222,16 @@ def test_config_stores_the_data_path_absolute(tmp_path, monkeypatch):
     manifest = _cohort(data, ("CN", "AD") * 2)
     monkeypatch.chdir(data)
     given = cfg.resolve(registry, None, (), {"data.spec": manifest.name})
-    assert given["data"]["spec"] == str(manifest)
+    assert given.raw["data"]["spec"] == str(manifest)
     caps = cfg.resolve(registry, None, (f"data.spec={data.name}::{manifest.name}",), {})
-    assert caps["data"]["spec"] == f"{data.name}::{manifest}"  # no such CAPS folder here: kept as given
-    assert cfg.resolve(registry, None, (), {})["data"]["spec"] == "phantom"
+    assert caps.raw["data"]["spec"] == f"{data.name}::{manifest}"  # no such CAPS folder here: kept as given
+    assert cfg.resolve(registry, None, (), {}).data_spec == "phantom"
     # a config file's relative path is read from the file's folder, wherever the command runs
     (data / "run.toml").write_text('[data]\nspec = "cohort.csv"\n')
     monkeypatch.chdir(tmp_path)
     from_file = cfg.resolve(registry, data / "run.toml")
-    assert from_file["data"]["spec"] == str(manifest)
-    assert tomllib.loads(cfg.to_toml(from_file))["data"]["spec"] == str(manifest)
+    assert from_file.raw["data"]["spec"] == str(manifest)
+    assert tomllib.loads(from_file.toml())["data"]["spec"] == str(manifest)
     assert absolute_spec("phantom", tmp_path) == "phantom"
 
 
@@ -393,12 +393,12 @@ class _Preprocessing(Exception):
 
 
 def _run_reaches_preprocessing(monkeypatch, *args: object) -> Result:
-    import cdsf_bench.run
+    from cdsf_bench import protocol
 
     def stop(*_args, **_kwargs):
         raise _Preprocessing
 
-    monkeypatch.setattr(cdsf_bench.run, "load_cohort", stop)
+    monkeypatch.setattr(protocol, "load_cohort", stop)
     return invoke("run", *TINY, *args)
 
 

@@ -466,16 +466,21 @@ def test_phantom_knobs_reach_data_settings_and_the_cache_key(registry, tmp_path:
 
     assignments = ("data.phantom.scenario=independent", "data.phantom.severity_correlation=0.9")
     config = cfg.resolve(registry, None, assignments)
-    data = cfg.data_settings(config)
+    data = config.data
     assert data.phantom == (("scenario", "independent"), ("severity_correlation", 0.9))
-    assert settings_fingerprint(data) != settings_fingerprint(cfg.data_settings(cfg.resolve(registry)))
-    assert cfg.data_settings(cfg.resolve(registry)).phantom == ()
+    assert settings_fingerprint(data) != settings_fingerprint(cfg.resolve(registry).data)
+    assert cfg.resolve(registry).data.phantom == ()
     hash(data)  # a frozen, hashable settings object
-    # an integer for a float setting is coerced; the file written to the run folder resolves again
+    # the phantom source coerces an integer for a float setting; the file written to the run
+    # folder resolves again
+    from cdsf_bench.data.sources import phantom_options
+
     config = cfg.resolve(registry, None, ("data.phantom.metabolic_from_structure=1",))
-    assert config["data"]["phantom"] == {"metabolic_from_structure": 1.0}
+    coerced = phantom_options(config.data)
+    assert coerced == {"metabolic_from_structure": 1.0}
+    assert isinstance(coerced["metabolic_from_structure"], float)
     file = tmp_path / "config.toml"
-    file.write_text(cfg.to_toml(config))
+    file.write_text(config.toml())
     assert cfg.resolve(registry, file) == config
 
 
@@ -492,10 +497,25 @@ def test_phantom_knobs_reach_data_settings_and_the_cache_key(registry, tmp_path:
     ],
 )
 def test_bad_phantom_settings_are_refused_naming_the_field(registry, assignment: str, message: str) -> None:
+    """The preflight asks the phantom source, before anything is read."""
     from cdsf_bench import config as cfg
+    from cdsf_bench.preflight import preflight
 
     with pytest.raises(ConfigError, match=message):
-        cfg.resolve(registry, None, (assignment,))
+        preflight(cfg.resolve(registry, None, (assignment,)), registry)
+
+
+def test_data_phantom_refuses_bad_options_before_it_writes(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from cdsf_bench.cli import main
+
+    out = tmp_path / "cohort"
+    result = CliRunner().invoke(
+        main, ["data", "phantom", "--out", str(out), "--subjects", "4", "--set", "data.phantom.scenario=easy"]
+    )
+    assert result.exit_code == 2 and "scenario must be one of" in result.output
+    assert not out.exists()
 
 
 def test_phantom_source_builds_the_cohort_the_knobs_describe() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import torch
@@ -10,8 +12,9 @@ from cdsf_bench.data.pipeline import DevicePipeline
 from cdsf_bench.data.rows import RowView
 from cdsf_bench.data.splits import make_splits
 from cdsf_bench.interfaces import Cohort
+from cdsf_bench.settings import AugmentSettings
 
-AUGMENT = {"enabled": True, "rotate_deg": 5.0, "translate_vox": 1.0, "intensity": 0.05}
+AUGMENT = AugmentSettings(enabled=True, rotate_deg=5.0, translate_vox=1.0, intensity=0.05)
 
 
 def _cohort(n: int = 30, shape=(12, 12, 12)) -> tuple[Cohort, np.ndarray]:
@@ -75,7 +78,7 @@ def test_subset_of_a_memory_mapped_cohort_stays_on_disk_with_the_same_values(tmp
             device=torch.device("cpu"),
             seed=0,
             batch_size=4,
-            augment={**AUGMENT, "enabled": True},
+            augment=replace(AUGMENT, enabled=True),
         )
         for c in (mapped, cohort)
     ]
@@ -97,7 +100,7 @@ def _pipeline(seed: int = 0, augment=None, batch_size: int = 4) -> DevicePipelin
         device=torch.device("cpu"),
         seed=seed,
         batch_size=batch_size,
-        augment=augment or {**AUGMENT, "enabled": False},
+        augment=augment or replace(AUGMENT, enabled=False),
     )
 
 
@@ -145,7 +148,7 @@ def test_augmentation_moves_mri_and_pet_together():
         device=torch.device("cpu"),
         seed=0,
         batch_size=4,
-        augment={**AUGMENT, "intensity": 0.0},
+        augment=replace(AUGMENT, intensity=0.0),
     )
     batch = next(iter(pipe.train_batches(0)))
     original = torch.from_numpy(cohort.mri[batch.index.numpy()]).float().unsqueeze(1)

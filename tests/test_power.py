@@ -172,11 +172,11 @@ def test_phantom_replicates_draw_their_own_cohorts_unless_pinned(tmp_path):
     registry = default_registry()
     suite = load_suite(_suite(tmp_path, "seeds = [3, 4]"))
     assert suite.cohorts == PER_REPLICATE and suite.canonical()["cohorts"] == PER_REPLICATE
-    assert [spec.resolve(registry)["data"]["phantom_seed"] for spec in suite.runs()] == [3, 4]
+    assert [spec.resolve(registry).data.phantom_seed for spec in suite.runs()] == [3, 4]
     assert suite_from_canonical(suite.canonical()).hash == suite.hash
     pinned = load_suite(_suite(tmp_path, "seeds = [3, 4]", '[settings]\n"data.phantom_seed" = 9'))
     assert pinned.cohorts == SHARED and "cohorts" not in pinned.canonical()
-    assert [spec.resolve(registry)["data"]["phantom_seed"] for spec in pinned.runs()] == [9, 9]
+    assert [spec.resolve(registry).data.phantom_seed for spec in pinned.runs()] == [9, 9]
     # a suite folder recorded before cohorts existed was run on one cohort: it rebuilds so
     legacy = {k: v for k, v in suite.canonical().items() if k != "cohorts"}
     assert suite_from_canonical(legacy).cohorts == SHARED
@@ -202,8 +202,8 @@ def test_repeated_kfold_suites_expand_seeds_times_folds(tmp_path):
         f"ad_cn/seed-{s}-fold-{k}/a" for s in (0, 1) for k in range(3)
     ]
     config = runs[4].resolve(default_registry())
-    assert (config["seed"], config["split"]["folds"], config["split"]["fold"]) == (1, 3, 1)
-    assert config["data"]["phantom_seed"] == 1  # the folds of a repeat share its cohort
+    assert (config.seed, config.split.folds, config.split.fold) == (1, 3, 1)
+    assert config.data.phantom_seed == 1  # the folds of a repeat share its cohort
     with pytest.raises(InputError, match="not both"):
         load_suite(_suite(tmp_path, "seeds = [0, 1]\nseed = 2\nfolds = 3"))
 

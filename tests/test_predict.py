@@ -133,7 +133,7 @@ def test_predict_reproduces_the_runs_own_test_predictions_exactly(runs, coupling
     # other diagnoses' subjects that trained the generator unlabelled (data.synthesis_subjects)
     splits = pd.read_csv(run / "splits.csv", dtype={"participant_id": str})
     assert set(mine["participant_id"]) == set(splits.loc[splits["labelled"], "participant_id"])
-    assert len(mine) < cfg.resolve(default_registry(), run / "config.toml")["data"]["subjects"]  # CN, AD only
+    assert len(mine) < cfg.resolve(default_registry(), run / "config.toml").data.subjects  # CN, AD only
     metrics = json.loads((tmp_path / "p" / "metrics.json").read_text())
     threshold = json.loads((run / "metrics.json").read_text())["selection"]["threshold"]
     assert metrics["threshold"] == threshold
@@ -154,7 +154,7 @@ def test_checkpoint_records_the_training_pet_mean(runs):
     from cdsf_bench.data.labels import training_cohort
 
     cohort, _ = load_cohort(config, default_registry())
-    cohort, _ = training_cohort(cohort, config["task"], config["data"]["synthesis_subjects"])
+    cohort, _ = training_cohort(cohort, config.task, config.synthesis_subjects)
     splits = pd.read_csv(run / "splits.csv", dtype={"participant_id": str})
     train = set(splits.loc[splits["split"] == "train", "participant_id"])
     rows = np.flatnonzero(cohort.participants["participant_id"].isin(train).to_numpy() & cohort.has_pet)

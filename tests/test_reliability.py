@@ -657,7 +657,7 @@ def test_resume_refuses_a_hostile_checkpoint(tmp_path):
         {"preset": "tiny", "train.epochs": 1},
     )
     (run / "checkpoints").mkdir(parents=True)
-    (run / "config.toml").write_text(cfg.to_toml(config))
+    (run / "config.toml").write_text(config.toml())
     marker = tmp_path / "payload-ran"
     torch.save({"stage_index": 0, "next_epoch": 1, "hook": _Payload(marker)}, run / "checkpoints" / "last.pt")
     assert_refused(

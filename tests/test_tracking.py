@@ -286,9 +286,9 @@ def test_tracker_names_and_settings_are_checked(registry, tmp_path):
     assert unknown.exit_code == 2 and "Did you mean 'mlflow'" in unknown.output
     setting = invoke("run", *TINY, "--out", tmp_path / "b", "--set", "track.mlflow.url=x")
     assert setting.exit_code == 2 and "track.mlflow.url" in setting.output
-    assert "track" not in cfg.resolve(registry)  # an untracked run's config.toml is unchanged
+    assert "track" not in cfg.resolve(registry).raw  # an untracked run's config.toml is unchanged
     tracked = cfg.resolve(registry, assignments=("track.mlflow.uri=sqlite:///x.db",))
-    assert tracked["track"] == {"mlflow": {"uri": "sqlite:///x.db", "experiment": "cdsf-bench"}}
+    assert tracked.track == {"mlflow": {"uri": "sqlite:///x.db", "experiment": "cdsf-bench"}}
 
 
 def test_runs_nest_and_a_run_that_raised_is_closed_as_failed():

@@ -20,6 +20,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
+from cdsf_bench import protocol
 from cdsf_bench.cli import main
 from cdsf_bench.tune import trial as tune_trial
 
@@ -38,11 +39,11 @@ class Spy:
 
     @contextlib.contextmanager
     def watching(self):
-        real_assemble, real_evaluate = tune_trial.assemble, tune_trial.evaluate
+        real_prepare, real_evaluate = tune_trial.prepare, tune_trial.evaluate
 
-        def assemble(*args, **kwargs):
-            assembly = real_assemble(*args, **kwargs)
-            pipeline = assembly.pipeline
+        def prepare(*args, **kwargs):
+            prepared = real_prepare(*args, **kwargs)
+            pipeline = prepared.assembly.pipeline
             self.trials += 1
             self.test_rows |= set(pipeline.rows("test").tolist())
             self.val_rows |= set(pipeline.rows("val").tolist())
@@ -53,14 +54,14 @@ class Spy:
                 return real_batch(rows, *rest, **options)
 
             pipeline._batch = batch  # this pipeline only: what the trial trains and validates on
-            return assembly
+            return prepared
 
-        def evaluate(coupling, pipeline, split, **options):
-            self.splits.append(split)
-            return real_evaluate(coupling, pipeline, split, **options)
+        def evaluate(coupling, pipeline, settings, **options):
+            self.splits.append(settings.split)
+            return real_evaluate(coupling, pipeline, settings, **options)
 
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(tune_trial, "assemble", assemble)
+            patch.setattr(tune_trial, "prepare", prepare)
             patch.setattr(tune_trial, "evaluate", evaluate)
             yield self
 
@@ -158,7 +159,7 @@ def test_a_killed_trial_is_failed_and_its_retry_continues_its_checkpoint(tmp_pat
     worker.kill()  # SIGKILL mid-trial: no handler runs, the trial stays "running" in the storage
     worker.wait()
     assert checkpoint.exists(), "the worker ended before its first epoch was checkpointed"
-    assert len(tune_trial.earlier_history(out / "trials" / "0000")) == 1  # killed after one of two epochs
+    assert len(protocol.earlier_history(out / "trials" / "0000")) == 1  # killed after one of two epochs
 
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output

@@ -21,7 +21,7 @@ from cdsf_bench.cli import main
 from cdsf_bench.errors import InputError
 from cdsf_bench.registry import build_registry, default_registry
 from cdsf_bench.tune.plan import plan_study
-from cdsf_bench.tune.space import default_point, setting_value
+from cdsf_bench.tune.space import default_point
 
 #: every built-in method, as the quick suite names them
 METHODS = [
@@ -98,14 +98,14 @@ def test_settings_given_with_set_leave_the_space_and_keep_their_value():
     keys = [dim.key for dim in plan.space]
     assert "coupling.decoupled.w_l1" not in keys and "coupling.decoupled.synthesis_lr" in keys
     config = plan.trial_config({"coupling.decoupled.synthesis_lr": 1e-4})
-    assert setting_value(config, "coupling.decoupled.w_l1") == 50.0
-    assert setting_value(config, "coupling.decoupled.w_adv") == 0.0
-    assert setting_value(config, "coupling.decoupled.synthesis_lr") == 1e-4
+    assert config.setting("coupling.decoupled.w_l1") == 50.0
+    assert config.setting("coupling.decoupled.w_adv") == 0.0
+    assert config.setting("coupling.decoupled.synthesis_lr") == 1e-4
 
 
 def test_a_diagnosis_metric_also_selects_the_epoch():
     plan = plan_study(default_registry(), assignments=("preset=tiny",), metric="bacc")
-    assert plan.base["train"]["select_on"] == "bacc" and plan.direction == "maximize"
+    assert plan.base.train.select_on == "bacc" and plan.direction == "maximize"
     assert plan_study(default_registry(), assignments=("preset=tiny",), metric="mae").direction == "minimize"
     with pytest.raises(InputError, match="disagree"):
         plan_study(default_registry(), assignments=("preset=tiny", "train.select_on=auc"), metric="mcc")

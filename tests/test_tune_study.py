@@ -25,7 +25,6 @@ import pytest
 from click.testing import CliRunner
 
 from cdsf_bench.cli import main
-from cdsf_bench.config import RunConfig
 from cdsf_bench.errors import InputError, RunFailed
 from cdsf_bench.interfaces import TrainingStage
 from cdsf_bench.registry import default_registry
@@ -56,12 +55,12 @@ class StandIn:
 
     def __call__(self, config, registry, data, folder, metric, *, resume=False, on_epoch=None):
         self.calls += 1
-        RunFolder.prepare(RunConfig(config).toml(), folder, "stand-in", resume)
+        RunFolder.prepare(config.toml(), folder, "stand-in", resume)
         if self.calls == self.interrupt_call:
             raise KeyboardInterrupt
         if self.calls == self.kill_call:
             die()
-        lr = config["train"]["learning_rate"]
+        lr = config.train.learning_rate
         if self.fail_above is not None and lr > self.fail_above:
             raise RunFailed(f"loss became nan at learning rate {lr:.3g}")
         value = score(lr)
@@ -125,8 +124,8 @@ def test_the_best_config_is_the_best_trials_and_run_reads_it(plan, stand_in, tmp
     from cdsf_bench import config as cfg
 
     resolved = cfg.resolve(default_registry(), tmp_path / "best.toml")
-    assert RunConfig(resolved).toml() == trial_config  # what run --config best.toml trains
-    assert resolved["train"]["learning_rate"] == pytest.approx(best["train.learning_rate"])
+    assert resolved.toml() == trial_config  # what run --config best.toml trains
+    assert resolved.train.learning_rate == pytest.approx(best["train.learning_rate"])
     assert (tmp_path / "figures" / "history.png").stat().st_size > 1000
     assert json.loads((tmp_path / "summary.json").read_text()) == summary
 

@@ -28,6 +28,7 @@ from cdsf_bench.figures import plt, save_figure
 from cdsf_bench.progress import console
 from cdsf_bench.registry import Registry
 from cdsf_bench.run_folder import METRICS
+from cdsf_bench.settings import RunConfig
 
 #: the folder of the prediction folders, and the table of their results, in a suite folder
 EXTERNAL = "external"
@@ -46,14 +47,14 @@ def external_name(shard: tuple[int, int] | None) -> str:
     return EXTERNAL_RESULTS if shard is None else f"external.shard-{shard[0]}-of-{shard[1]}.csv"
 
 
-def check_external(suite: Suite, configs: list[dict], registry: Registry) -> None:
+def check_external(suite: Suite, configs: list[RunConfig], registry: Registry) -> None:
     """Before any run: the external cohort's settings resolve for every run, and its source exists."""
-    from cdsf_bench.assemble import data_source
     from cdsf_bench.predict.apply import source_config
+    from cdsf_bench.preflight import checked_source
 
     for config in configs:
         resolved = source_config(config, suite.test_data, suite.test_assignments, registry)
-        data_source(resolved["data"]["spec"], registry)
+        checked_source(resolved, registry)
 
 
 def predict_external(spec: RunSpec, suite: Suite, registry: Registry, out: Path, run_done: bool) -> dict:

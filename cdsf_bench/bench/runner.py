@@ -18,7 +18,7 @@ import json
 import math
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from cdsf_bench.metrics import DIAGNOSIS_KEYS, DISEASE_SYNTHESIS_KEYS, SYNTHESIS
 from cdsf_bench.progress import console, make_progress
 from cdsf_bench.registry import Registry
 from cdsf_bench.results import source_commit, write_csv, write_json
+from cdsf_bench.settings import RunConfig
 from cdsf_bench.tracking import NO_TRACKERS, Trackers, flatten, open_trackers
 
 SUITE_FILE = "suite.json"
@@ -187,13 +188,13 @@ def _suite_trackers(suite: Suite, registry: Registry, extra: Mapping[str, Mappin
 def _run_all(
     suite: Suite,
     runs: list[RunSpec],
-    configs: list[dict],
+    configs: list[RunConfig],
     registry: Registry,
     out: Path,
     resume: bool,
     shard: tuple[int, int] | None,
     table: Path,
-    execute,
+    execute: Callable[..., object],
     trackers: Trackers,
 ) -> list[dict]:
     """Every run in order, the results table rewritten after each; the rows."""
@@ -219,9 +220,9 @@ def _run_all(
 
 
 def _execute_one(
-    execute,
+    execute: Callable[..., object],
     spec: RunSpec,
-    config: dict,
+    config: RunConfig,
     registry: Registry,
     out: Path,
     budget: TuningBudget | None = None,

@@ -46,6 +46,7 @@ from cdsf_bench.bench.tuning import TuningBudget, budget_from_canonical, parse_b
 from cdsf_bench.data.conventions import TASKS
 from cdsf_bench.errors import ConfigError, InputError
 from cdsf_bench.registry import Registry
+from cdsf_bench.settings import RunConfig
 
 SUITE_FIELDS = (
     "name",
@@ -128,10 +129,15 @@ class RunSpec:
         path = Path(self.task) / self.replicate / self.method.slug
         return Path(self.scenario) / path if self.scenario else path
 
-    def resolve(self, registry: Registry) -> dict:
-        """The run's full configuration; errors name the method and replicate."""
+    def resolve(self, registry: Registry) -> RunConfig:
+        """The run's full configuration, its data settings accepted by their source; errors name
+        the method and replicate."""
+        from cdsf_bench.preflight import checked_source  # the training stack, once runs are resolved
+
         try:
-            return cfg.resolve(registry, None, self.assignments)
+            config = cfg.resolve(registry, None, self.assignments)
+            checked_source(config, registry)
+            return config
         except ConfigError as error:
             raise InputError(
                 f"Suite '{self.suite}', method '{self.method.name}' ({self.task}, {self.replicate}): {error}"

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from cdsf_bench.config import SELECTION_METRICS
 from cdsf_bench.errors import CdsfBenchError, InputError, RunFailed
 from cdsf_bench.registry import Registry
+from cdsf_bench.settings import RunConfig
 from cdsf_bench.tune.plan import PRUNERS, StudyPlan, plan_study
 
 if TYPE_CHECKING:
@@ -90,7 +91,7 @@ def plan_for(spec: RunSpec, registry: Registry, budget: TuningBudget) -> StudyPl
         raise InputError(f"{where}, tuning: {error}") from None
 
 
-def tuned_config(spec: RunSpec, registry: Registry, out: Path, budget: TuningBudget) -> dict:
+def tuned_config(spec: RunSpec, registry: Registry, out: Path, budget: TuningBudget) -> RunConfig:
     """Tune one run of a suite (or finish its study) and return its best trial's configuration.
 
     A study in which no trial completed fails the run (``RunFailed``): the suite records it

@@ -30,6 +30,7 @@ def data_phantom(
 ) -> None:
     """Write the phantom cohort as NIfTI (MNI space) plus participants.tsv."""
     from cdsf_bench.data.phantom import generate_phantom, phantom_settings, write_phantom
+    from cdsf_bench.data.sources import phantom_options
     from cdsf_bench.errors import InputError
     from cdsf_bench.host import cpu_workers
     from cdsf_bench.progress import track
@@ -42,9 +43,9 @@ def data_phantom(
         raise InputError(f"--set '{outside[0]}': 'data phantom' takes data.phantom.* settings only.")
     flags = {"data.subjects": subjects, "data.resolution_mm": resolution, "data.missing_pet": missing_pet}
     flags["data.phantom_seed"] = seed
-    data = cfg.data_settings(cfg.resolve(default_registry(), None, assignments, flags))
+    data = cfg.resolve(default_registry(), None, assignments, flags).data
     settings = phantom_settings(
-        dict(data.phantom),
+        phantom_options(data),
         subjects=subjects,
         resolution_mm=resolution,
         missing_pet=missing_pet,
@@ -80,14 +81,13 @@ def data_check(
     (cdsf_bench/preflight.py), for the method given like run's (default: the plugins'),
     plus every volume's voxels.
     """
-    from cdsf_bench.config import RunConfig
     from cdsf_bench.data.summary import cohort_summary, group_problems
     from cdsf_bench.preflight import preflight
     from cdsf_bench.registry import default_registry
 
     registry = default_registry()
     flags = {"data.spec": spec, "task": task, **method_flags(synth, diag, coupling_flag, coupling)}
-    run = RunConfig(cfg.resolve(registry, None, assignments, flags))
+    run = cfg.resolve(registry, None, assignments, flags)
     checked = preflight(run, registry, task=task is not None, voxels=True)
     where = f"{checked.source.name} {spec}"
     if task is None:

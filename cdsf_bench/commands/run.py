@@ -97,8 +97,8 @@ def run(
     flags |= {f"{cfg.TRACK}.{name}": {} for name in track}
     if resume_dir is not None and (assignments or any(v is not None for v in flags.values())):
         raise click.UsageError("--resume continues a run with its own config; give no other settings.")
-    config = cfg.resolve(registry, config_file, assignments, flags)
-    result = execute(config, registry, out=out, resume=resume_dir is not None)
+    run = cfg.resolve(registry, config_file, assignments, flags)
+    result = execute(run, registry, out=out, resume=resume_dir is not None)
     _print_metrics(result.metrics, result.folder)
 
 

@@ -35,6 +35,7 @@ from cdsf_bench.data.labels import UNLABELLED
 from cdsf_bench.data.splits import SPLITS, Splits
 from cdsf_bench.errors import RunFailed
 from cdsf_bench.interfaces import Batch, Cohort
+from cdsf_bench.settings import AugmentSettings
 
 Subjects = Literal["all", "with_pet"]
 Labels = Literal["required", "where_known", "unused"]
@@ -61,7 +62,7 @@ class DevicePipeline:
         device: torch.device,
         seed: int,
         batch_size: int,
-        augment: dict,
+        augment: AugmentSettings,
         channels_last: bool = False,
         shard: tuple[int, int] = (0, 1),
         train_with_pet_truth: bool = True,
@@ -185,7 +186,7 @@ class DevicePipeline:
             yield batch if self.world == 1 else batch.take(slice(self.rank, None, self.world))
 
     def _augmenter(self, stream: str, epoch: int, index: int) -> torch.Generator | None:
-        if not self.augment.get("enabled", True):
+        if not self.augment.enabled:
             return None
         return torch.Generator().manual_seed(_seed(self.seed, stream, epoch, index))
 
@@ -272,9 +273,9 @@ class DevicePipeline:
         """
         b = mri.shape[0]
         shape = mri.shape[2:]
-        angles = (torch.rand(b, 3, generator=generator) * 2 - 1) * math.radians(self.augment["rotate_deg"])
-        shift_vox = (torch.rand(b, 3, generator=generator) * 2 - 1) * self.augment["translate_vox"]
-        jitter = (torch.rand(b, 2, generator=generator) * 2 - 1) * self.augment["intensity"]
+        angles = (torch.rand(b, 3, generator=generator) * 2 - 1) * math.radians(self.augment.rotate_deg)
+        shift_vox = (torch.rand(b, 3, generator=generator) * 2 - 1) * self.augment.translate_vox
+        jitter = (torch.rand(b, 2, generator=generator) * 2 - 1) * self.augment.intensity
         # drawn on the host (reproducible on any device), sent in one non-blocking copy
         theta = _rigid_theta(angles, shift_vox, shape)
         drawn = to_device(torch.cat([theta.flatten(1), jitter], 1), mri.device)

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -39,10 +40,11 @@ from cdsf_bench.data.conventions import normalise_mri, normalise_pet
 from cdsf_bench.data.grid import reference_grid
 from cdsf_bench.data.manifest import read_manifest, select_session
 from cdsf_bench.data.nifti import read_volume, to_grid
-from cdsf_bench.errors import InputError
+from cdsf_bench.errors import ConfigError, InputError
 from cdsf_bench.host import cpu_workers
 from cdsf_bench.interfaces import Cohort, DataSettings, DataSource
 from cdsf_bench.progress import track
+from cdsf_bench.settings import check_against
 
 MANIFEST_SUFFIXES = (".csv", ".tsv", ".txt")
 #: Separates a CAPS directory from its diagnosis TSV in ``--data CAPS::LABELS.tsv``.
@@ -181,6 +183,42 @@ def absolute_spec(spec: str, *bases: Path) -> str:
     return CAPS_TSV_SEPARATOR.join(resolved)
 
 
+def phantom_options(settings: DataSettings) -> dict[str, Any]:
+    """``data.phantom.*`` checked against the phantom's settings: names, types, then ranges.
+
+    The one check of the phantom's options: the preflight asks it (through
+    :meth:`PhantomSource.check_settings`), the source before it generates a cohort, and
+    ``cdsf-bench data phantom`` before it writes one. Returns the options with their types
+    coerced (a float for an integer given to a float setting). The cohort settings that
+    ``[data]`` holds itself (subjects, missing_pet ...) are refused as options.
+    """
+    from cdsf_bench.data.phantom import COHORT_SETTINGS, PhantomSettings, phantom_settings
+
+    given = dict(settings.phantom)
+    if not given:
+        return {}
+    known = {f.name: f.default for f in fields(PhantomSettings) if f.name not in COHORT_SETTINGS}
+    owned = sorted(set(given) & set(COHORT_SETTINGS))
+    if owned:
+        raise ConfigError(
+            f"Setting 'data.phantom.{owned[0]}' is set as '{COHORT_SETTINGS[owned[0]]}', not data.phantom.*."
+        )
+    checked = check_against(known, given, "data.phantom")
+    options = {key: checked[key] for key in given}
+    try:
+        phantom_settings(
+            options,
+            subjects=settings.subjects,
+            resolution_mm=settings.resolution_mm,
+            missing_pet=settings.missing_pet,
+            missing_mechanism=settings.missing_mechanism,
+            seed=settings.phantom_seed,
+        ).validate()
+    except ConfigError as error:
+        raise ConfigError(f"data.phantom: {error}.") from None
+    return options
+
+
 class PhantomSource(DataSource):
     """The built-in synthetic cohort, generated from the data settings."""
 
@@ -189,6 +227,9 @@ class PhantomSource(DataSource):
 
     def detect(self, spec: str) -> bool:
         return spec.strip().lower() == "phantom"
+
+    def check_settings(self, settings: DataSettings) -> None:
+        phantom_options(settings)
 
     def load(self, spec: str, settings: DataSettings) -> Cohort:
         key = cohort_key({"kind": "phantom", "settings": settings_fingerprint(settings)})
@@ -201,7 +242,7 @@ class PhantomSource(DataSource):
 
         plan = plan_phantom(
             phantom_settings(
-                dict(settings.phantom),
+                phantom_options(settings),
                 subjects=settings.subjects,
                 resolution_mm=settings.resolution_mm,
                 missing_pet=settings.missing_pet,

@@ -16,7 +16,6 @@ from typing import Any
 
 import torch
 
-from cdsf_bench import config as cfg
 from cdsf_bench.compiling import compile_blocker
 from cdsf_bench.errors import InputError
 from cdsf_bench.host import cpu_flags, device_name
@@ -34,6 +33,7 @@ from cdsf_bench.perf.parts import (
 )
 from cdsf_bench.perf.settings import COMPILE_EXTRA_WARMUP, PerfSettings, check, resolve_config
 from cdsf_bench.registry import Registry, default_registry
+from cdsf_bench.settings import RunConfig
 
 #: a 1-minute load average above this share of the cores means other processes compete
 BUSY_LOAD_SHARE = 0.75
@@ -57,7 +57,7 @@ class _Run:
 
     settings: PerfSettings
     registry: Registry
-    config: dict
+    config: RunConfig
     device: torch.device
     mixed: bool
 
@@ -96,7 +96,7 @@ def measure(settings: PerfSettings, registry: Registry | None = None) -> dict[st
     load_before = load_average()
     registry = registry or default_registry()
     config = resolve_config(settings, registry)
-    device = resolve_device(config["device"])
+    device = resolve_device(config.device)
     run = _Run(settings, registry, config, device, settings.bf16 and bf16_supported(device))
     if settings.threads is not None:
         torch.set_num_threads(settings.threads)
@@ -141,7 +141,7 @@ def _pipeline_part(run: _Run, pipeline: Any) -> Part:
         partial(next, batch_stream(pipeline)),
         run.settings.batch,
         {
-            "augment": bool(run.config["augment"].get("enabled", True)),
+            "augment": run.config.augment.enabled,
             "volumes_per_subject": 3 if pipeline.train_with_pet_truth else 2,
         },
         count=False,
@@ -169,7 +169,7 @@ def _synth_parts(run: _Run, mri: torch.Tensor, pet: torch.Tensor) -> tuple[Part 
     from cdsf_bench.assemble import place
 
     settings, device, mixed = run.settings, run.device, run.mixed
-    synth_name, synth_params = cfg.plugin_settings(run.config, "synth")
+    synth_name, synth_params = run.config.plugin("synth")
     if synth_name == "none":
         return None, None
     plain = not mixed and not settings.channels_last and not settings.compile
@@ -207,7 +207,7 @@ def _diag_part(run: _Run, mri: torch.Tensor, pet: torch.Tensor) -> Part:
     from cdsf_bench.assemble import place
 
     settings, device, mixed = run.settings, run.device, run.mixed
-    diag_name, diag_params = cfg.plugin_settings(run.config, "diag")
+    diag_name, diag_params = run.config.plugin("diag")
     factory = run.registry.get("diagnoser", diag_name).factory
     module = place(
         factory(in_channels=2, input_shape=run.size, num_classes=2, **diag_params),
@@ -254,7 +254,7 @@ def _result(run: _Run, parts: _Parts, load_before: list[float] | None, determini
     assert parts.diag is not None
     result["diagnoser"] = parts.diag.summary()
     stages = [part.summary() for part in parts.stages]
-    result["coupling"] = {**stages[0], "name": run.config["method"]["coupling"], "stages": stages}
+    result["coupling"] = {**stages[0], "name": run.config.method.coupling, "stages": stages}
     result["synthesiser_fp32_reference"] = _reference_summary(result["synthesiser"], parts.reference)
     rates = {part.name: matmul_summary(part) for part in parts.matmuls}
     result["reference_rates"] = {
@@ -308,8 +308,8 @@ def _settings_record(run: _Run, deterministic: bool) -> dict[str, Any]:
         "batch": settings.batch,
         "repeats": settings.repeats,
         "warmup": settings.warmup + (COMPILE_EXTRA_WARMUP if settings.compile else 0),
-        "method": dict(config["method"]),
-        "plugin_settings": {s: config[s] for s in ("synth", "diag", "coupling")},
+        "method": dict(config.raw["method"]),
+        "plugin_settings": {s: config.raw[s] for s in ("synth", "diag", "coupling")},
         "bf16_requested": settings.bf16,
         "bf16_autocast": run.mixed,
         "channels_last_3d": settings.channels_last,

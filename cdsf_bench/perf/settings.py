@@ -13,6 +13,7 @@ from cdsf_bench import config as cfg
 from cdsf_bench.errors import InputError
 from cdsf_bench.perf.parts import MATMUL_SIDE
 from cdsf_bench.registry import Registry
+from cdsf_bench.settings import RunConfig
 
 #: the default volume and batch: the size the project's performance work is stated at
 DEFAULT_SIZE = (64, 64, 64)
@@ -57,7 +58,7 @@ def check(settings: PerfSettings) -> None:
         raise InputError(f"--matmul-side must be at least 1, got {settings.matmul_side}.")
 
 
-def resolve_config(settings: PerfSettings, registry: Registry) -> dict:
+def resolve_config(settings: PerfSettings, registry: Registry) -> RunConfig:
     """The run configuration these settings stand for (defaults, --set, method names).
 
     Unnamed methods are left to ``config.resolve``, which takes them from the plugins'

@@ -14,7 +14,6 @@ the preprocessing may not.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,12 +26,13 @@ import torch
 from cdsf_bench import config as cfg
 from cdsf_bench.assemble import Assembly, load_cohort
 from cdsf_bench.data.labels import task_cohort
-from cdsf_bench.engine import Evaluation, evaluate
+from cdsf_bench.engine import Evaluation, EvaluationSettings, evaluate
 from cdsf_bench.interfaces import Batch, Cohort
 from cdsf_bench.predict.settings import check_data_assignments
 from cdsf_bench.predict.trained import TrainedModel, load_trained, rebuild
 from cdsf_bench.registry import Registry
 from cdsf_bench.run_folder import RunFolder
+from cdsf_bench.settings import RunConfig
 
 #: The held-out phantom cohort's seed is the training cohort's plus this: disjoint from every
 #: seed a user gives (below 2**31), and so from every training cohort of a suite's replicates.
@@ -41,7 +41,7 @@ HELD_OUT_SEED_OFFSET = 2**31
 HELD_OUT = "held_out"
 
 
-def source_config(base: dict[str, Any], spec: str, assignments: tuple[str, ...], registry: Registry) -> dict:
+def source_config(base: RunConfig, spec: str, assignments: tuple[str, ...], registry: Registry) -> RunConfig:
     """The run's configuration reading the cohort ``spec`` with the data ``assignments`` on top.
 
     The run's own held-out phantom cohort (``evaluate.phantom_test_subjects``) is no part of
@@ -52,17 +52,15 @@ def source_config(base: dict[str, Any], spec: str, assignments: tuple[str, ...],
     return cfg.resolve(registry, None, assignments, flags=flags, base=base)
 
 
-def held_out_config(config: dict[str, Any]) -> dict[str, Any]:
+def held_out_config(run: RunConfig) -> RunConfig:
     """The run's phantom settings with ``evaluate.phantom_test_subjects`` subjects and a disjoint seed.
 
     Same generative model, missing-PET rate and grid as the training cohort; only the
     cohort's size and its seed (``HELD_OUT_SEED_OFFSET`` above the training seed) differ.
     """
-    run = cfg.RunConfig(config)
-    held = copy.deepcopy(config)
-    held["data"]["subjects"] = run.evaluate.phantom_test_subjects
-    held["data"]["phantom_seed"] = run.data.phantom_seed + HELD_OUT_SEED_OFFSET
-    return held
+    return run.with_data(
+        subjects=run.evaluate.phantom_test_subjects, phantom_seed=run.data.phantom_seed + HELD_OUT_SEED_OFFSET
+    )
 
 
 @dataclass
@@ -70,7 +68,7 @@ class Application:
     """A trained model rebuilt for one cohort, every check passed: what remains is to predict."""
 
     model: TrainedModel
-    config: dict[str, Any]  # the run's, reading this cohort
+    config: RunConfig  # the run's, reading this cohort
     cohort: Cohort  # the task's subjects of the cohort
     labels: np.ndarray
     source: str  # the data source's name
@@ -87,18 +85,21 @@ class Application:
         progress: Callable[[Iterable[Batch], int, str], Iterable[Batch]] | None = None,
     ) -> Evaluation:
         """Every subject the method predicts, scored as the run's test split was."""
-        run = cfg.RunConfig(self.config)
-        return evaluate(
-            self.assembly.coupling,
-            self.assembly.pipeline,
+        run = self.config
+        settings = EvaluationSettings(
             "test",
             bootstrap=run.evaluate.bootstrap,
             seed=run.seed,
-            score_withheld=True,
             threshold=self.model.threshold,
+            score_withheld=True,
+            groups=self.groups,
+        )
+        return evaluate(
+            self.assembly.coupling,
+            self.assembly.pipeline,
+            settings,
             on_synthetic=on_synthetic,
             progress=progress,
-            groups=self.groups,
         )
 
     def table(self, evaluation: Evaluation, split: str) -> pd.DataFrame:
@@ -116,16 +117,14 @@ def prediction_table(predictions: pd.DataFrame, cohort: Cohort, split: str | Non
     return table.drop(columns=["row"])
 
 
-def prepare(
-    model: TrainedModel, registry: Registry, config: dict[str, Any], device: torch.device
-) -> Application:
+def prepare(model: TrainedModel, registry: Registry, config: RunConfig, device: torch.device) -> Application:
     """Read the cohort ``config`` names and rebuild ``model`` for it; every refusal happens here."""
     cohort, source = load_cohort(config, registry)
-    task = model.run.task
+    task = model.config.task
     everyone = len(cohort)
     cohort, labels = task_cohort(cohort, task)
     assembly = rebuild(model, registry, cohort, labels, device)
-    groups = (run_test_rows(model, cohort),) if config["data"] == model.config["data"] else ()
+    groups = (run_test_rows(model, cohort),) if config.raw["data"] == model.config.raw["data"] else ()
     return Application(model, config, cohort, labels, source, assembly, everyone - len(cohort), groups)
 
 
@@ -160,7 +159,7 @@ class HeldOut:
 
 
 def predict_held_out(
-    folder: Path, config: dict[str, Any], threshold: float, registry: Registry, device: torch.device
+    folder: Path, run: RunConfig, threshold: float, registry: Registry, device: torch.device
 ) -> HeldOut:
     """Predict the held-out phantom cohort with the model the run in ``folder`` just selected.
 
@@ -170,8 +169,8 @@ def predict_held_out(
     from cdsf_bench.progress import track
 
     model = load_trained(folder, registry, threshold=threshold)
-    held = held_out_config(config)
+    held = held_out_config(run)
     application = prepare(model, registry, held, device)
     evaluation = application.predict(progress=track)
-    data = cfg.RunConfig(held).data
+    data = held.data
     return HeldOut(evaluation, application.table(evaluation, HELD_OUT), data.subjects, data.phantom_seed)

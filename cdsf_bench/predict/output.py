@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from cdsf_bench import config as cfg
 from cdsf_bench.assemble import configure_backends, resolve_device
 from cdsf_bench.data.nifti import to_native
 from cdsf_bench.errors import InputError
@@ -85,7 +85,7 @@ def predict_run(
     path = plan_output(out, run_folder)
     model = load_trained(run_folder, registry)
     config = source_config(model.config, spec, assignments, registry)
-    target = resolve_device(device or model.run.device)
+    target = resolve_device(device or model.config.device)
     configure_backends(target)
     data_started = time.perf_counter()
     application = prepare(model, registry, config, target)
@@ -97,16 +97,16 @@ def predict_run(
     table = application.table(evaluation, PREDICTED)
     folder.write_predictions(table)
     roc_figure(
-        {model.run.method.coupling: (table["label"].to_numpy(), table["probability"].to_numpy())},
+        {model.config.method.coupling: (table["label"].to_numpy(), table["probability"].to_numpy())},
         folder.figure("roc"),
-        f"{model.run.task}: {Path(run_folder).name} on {Path(spec).name or spec}",
+        f"{model.config.task}: {Path(run_folder).name} on {Path(spec).name or spec}",
     )
     metrics = {
         **summary(evaluation),
         "threshold": model.threshold,
-        "task": model.run.task,
-        "method": dict(model.config["method"]),
-        "seed": model.run.seed,
+        "task": model.config.task,
+        "method": dict(model.config.raw["method"]),
+        "seed": model.config.seed,
         "run_folder": str(Path(run_folder).resolve()),
         "data": spec,
     }
@@ -121,8 +121,8 @@ def _record(application: Application, spec: str, assignments: tuple[str, ...], d
     return {
         "run_folder": str(model.folder.resolve()),
         "checkpoint_sha256": hashlib.sha256(checkpoint.read_bytes()).hexdigest(),
-        "method": dict(model.config["method"]),
-        "task": model.run.task,
+        "method": dict(model.config.raw["method"]),
+        "task": model.config.task,
         "threshold": model.threshold,
         "data": {
             "spec": spec,
@@ -134,20 +134,20 @@ def _record(application: Application, spec: str, assignments: tuple[str, ...], d
             "skipped_other_diagnoses": application.skipped,
             "cache_hit": cohort.extra.get("cache_hit"),
         },
-        "data_settings": application.config["data"],
+        "data_settings": application.config.raw["data"],
         "device": str(device),
         "time_utc": utc_stamp(),
     }
 
 
-def _synthetic_writer(application: Application, folder: RunFolder):
+def _synthetic_writer(application: Application, folder: RunFolder) -> Callable[[int, np.ndarray], None]:
     """Where each synthetic PET goes as it is made: the input's own grid and affine.
 
     A file cohort's subject gets it on the grid of its own MRI file (so any viewer overlays
     the two); a generated cohort (the phantom) on the MNI grid its volumes were made on.
     """
     cohort = application.cohort
-    suvr_max = cfg.RunConfig(application.config).data.pet_suvr_max
+    suvr_max = application.config.data.pet_suvr_max
     ids = cohort.participants["participant_id"].astype(str).to_numpy()
     files = cohort.participants["mri"].astype(str).to_numpy() if "mri" in cohort.participants else None
 

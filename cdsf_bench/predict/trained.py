@@ -31,6 +31,7 @@ from cdsf_bench.interfaces import Cohort
 from cdsf_bench.registry import Registry
 from cdsf_bench.results import load_torch
 from cdsf_bench.run_folder import CONFIG, METRICS, RunFolder
+from cdsf_bench.settings import RunConfig
 
 
 @dataclass(frozen=True)
@@ -38,13 +39,9 @@ class TrainedModel:
     """A trained run as ``predict`` needs it: config, operating point, checkpoint."""
 
     folder: Path
-    config: dict[str, Any]  # the run's resolved configuration
+    config: RunConfig  # the run's resolved configuration
     threshold: float  # the validation-chosen operating point of the run
     state: dict[str, Any]  # the checkpoint: every stage's selected modules, the training PET mean
-
-    @property
-    def run(self) -> cfg.RunConfig:
-        return cfg.RunConfig(self.config)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -143,12 +140,12 @@ def rebuild(
             f"The cohort is on a grid of shape {cohort.shape}, but the model of {model.folder} was trained "
             f"on {model.shape}; it must be preprocessed as the run's data were (data.resolution_mm)."
         )
-    run = model.run
+    run = model.config
     torch.manual_seed(run.seed)  # as the run did before building: any parameter a stage left untouched
     rows = np.arange(len(cohort))
     everyone = Splits(train=rows[:0], val=rows[:0], test=rows)
     assembly = assemble(
-        model.config, registry, cohort, labels, everyone, device, train_pet_mean=model.state["train_pet_mean"]
+        run, registry, cohort, labels, everyone, device, train_pet_mean=model.state["train_pet_mean"]
     )
     stages = assembly.coupling.stages()
     checkpoint = RunFolder(model.folder).checkpoint_path

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.markup import escape
@@ -19,6 +20,9 @@ from cdsf_bench.data.conventions import TASKS
 from cdsf_bench.options import MethodCommand, method_flags, method_options, set_option
 from cdsf_bench.progress import console, out
 from cdsf_bench.tune.plan import PRUNERS
+
+if TYPE_CHECKING:
+    from cdsf_bench.settings import RunConfig
 
 
 @click.command("tune", cls=MethodCommand)
@@ -128,9 +132,7 @@ def tune_command(
     _print_summary(summary, plan.base, folder)
 
 
-def _print_summary(summary: dict, base: dict, folder: Path) -> None:
-    from cdsf_bench.tune.space import setting_value
-
+def _print_summary(summary: dict, base: RunConfig, folder: Path) -> None:
     counts = summary["trials"]
     best = summary["best"]
     metric = summary["metric"]
@@ -140,7 +142,7 @@ def _print_summary(summary: dict, base: dict, folder: Path) -> None:
     table.add_column("best", justify="right")
     settings = best["settings"] if best else {}
     for key, value in settings.items():
-        table.add_row(key, _text(setting_value(base, key)), _text(value))
+        table.add_row(key, _text(base.setting(key)), _text(value))
     if best:
         table.add_row(f"validation {metric}", _text(summary["defaults_value"]), _text(best["value"]))
     out.print(table)

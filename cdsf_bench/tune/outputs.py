@@ -153,7 +153,7 @@ def summary(
         {
             "study": plan.name,
             "hash": plan.hash,
-            "method": dict(plan.base["method"]),
+            "method": dict(plan.base.raw["method"]),
             "metric": plan.metric,
             "direction": plan.direction,
             "budget": budget,

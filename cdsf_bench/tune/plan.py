@@ -19,6 +19,7 @@ from cdsf_bench import config as cfg
 from cdsf_bench.errors import InputError
 from cdsf_bench.metrics import HIGHER_IS_BETTER, SYNTHESIS_KEYS
 from cdsf_bench.registry import Registry
+from cdsf_bench.settings import RunConfig
 from cdsf_bench.tune.space import Dimension, Resolver, assignment, fixed_keys, study_space
 
 PRUNERS = ("median", "none")
@@ -28,7 +29,7 @@ PRUNERS = ("median", "none")
 class StudyPlan:
     """A study's definition; ``resolve`` gives the base configuration with extra assignments."""
 
-    base: dict[str, Any]
+    base: RunConfig
     space: tuple[Dimension, ...]
     metric: str
     pruner: str
@@ -40,13 +41,12 @@ class StudyPlan:
 
     @property
     def method(self) -> str:
-        method = self.base["method"]
-        return f"{method['synth']}-{method['diag']}-{method['coupling']}"
+        return self.base.name
 
     def canonical(self) -> dict[str, Any]:
         """Everything that decides the study's trials (what the hash covers)."""
         return {
-            "base": cfg.RunConfig(self.base).toml(),
+            "base": self.base.toml(),
             "space": [dim.canonical() for dim in self.space],
             "metric": self.metric,
             "pruner": self.pruner,
@@ -62,7 +62,7 @@ class StudyPlan:
         """The study's name in its storage: the method and the start of the hash."""
         return f"{self.method}-{self.hash[:12]}"
 
-    def trial_config(self, values: dict[str, Any]) -> dict[str, Any]:
+    def trial_config(self, values: dict[str, Any]) -> RunConfig:
         """The full configuration of a trial that takes ``values`` (dotted key -> value)."""
         return self.resolve(tuple(assignment(key, value) for key, value in values.items()))
 
@@ -87,25 +87,25 @@ def plan_study(
     if pruner not in PRUNERS:
         raise InputError(f"--pruner {pruner!r} is not one of {', '.join(PRUNERS)}.")
     given = cfg.resolve(registry, config_file, assignments, flags)
-    chosen = metric or str(given["train"]["select_on"])
+    chosen = metric or given.train.select_on
     if chosen not in cfg.SELECTION_METRICS:
         raise InputError(f"--metric {chosen!r} is not one of {', '.join(cfg.SELECTION_METRICS)}.")
     fixed = fixed_keys(assignments, flags)
     select: tuple[str, ...] = ()
     if chosen not in SYNTHESIS_KEYS:
-        if "train.select_on" in fixed and given["train"]["select_on"] != chosen:
+        if "train.select_on" in fixed and given.train.select_on != chosen:
             raise InputError(
-                f"--metric {chosen} and train.select_on = {given['train']['select_on']} disagree: a trial "
+                f"--metric {chosen} and train.select_on = {given.train.select_on} disagree: a trial "
                 "is scored by the metric that selects its epoch. Give one of them."
             )
         select = (f"train.select_on={chosen}",)
-    elif given["method"]["synth"] == "none":
+    elif given.method.synth == "none":
         raise InputError(
-            f"--metric {chosen} is a synthesis metric, and method {given['method']['coupling']} (--synth "
+            f"--metric {chosen} is a synthesis metric, and method {given.method.coupling} (--synth "
             "none) synthesises nothing; choose auc, bacc or mcc."
         )
 
-    def resolve(extra: tuple[str, ...]) -> dict[str, Any]:
+    def resolve(extra: tuple[str, ...]) -> RunConfig:
         return cfg.resolve(registry, config_file, (*assignments, *select, *extra), flags)
 
     base = resolve(())

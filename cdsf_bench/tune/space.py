@@ -26,6 +26,7 @@ from cdsf_bench import config as cfg
 from cdsf_bench.errors import ConfigError, InputError
 from cdsf_bench.interfaces import Choice, FloatRange, IntRange, SearchParam
 from cdsf_bench.registry import Registry
+from cdsf_bench.settings import RunConfig, to_toml
 
 #: sections of the core whose settings a study may search (besides the chosen components')
 TUNABLE_SECTIONS = ("train", "augment")
@@ -36,7 +37,7 @@ RANGE_FIELDS = {"low", "high", "log"}
 CHOICE_FIELDS = {"values"}
 
 #: resolves the study's base configuration with extra ``KEY=VALUE`` assignments
-Resolver = Callable[[tuple[str, ...]], dict]
+Resolver = Callable[[tuple[str, ...]], RunConfig]
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,7 @@ def label(value: Any) -> str | int | float | bool:
     return json.dumps(plain(value)) if isinstance(value, list | tuple) else value
 
 
-def training_space(config: dict) -> dict[str, SearchParam]:
+def training_space(config: RunConfig) -> dict[str, SearchParam]:
     """The core's dimensions, searched for every method alike.
 
     The learning rate spans [1e-4, 1e-2] on a log scale, the default 1e-3 in its middle.
@@ -85,14 +86,14 @@ def training_space(config: dict) -> dict[str, SearchParam]:
     stop), so a trial may stop early or train to the end. The epochs stay fixed: they are
     one trial's budget, the same for every method. A run of one epoch has no patience to tune.
     """
-    epochs = cfg.RunConfig(config).train.epochs
+    epochs = config.train.epochs
     space: dict[str, SearchParam] = {"learning_rate": FloatRange(1e-4, 1e-2, log=True)}
     if epochs >= 2:
         space["patience"] = IntRange(max(1, epochs // 4), epochs)
     return space
 
 
-def declared_space(config: dict, registry: Registry) -> list[Dimension]:
+def declared_space(config: RunConfig, registry: Registry) -> list[Dimension]:
     """The core's training dimensions and every chosen component's own declared space.
 
     A plugin that declares a dimension for a parameter its factory does not take is broken:
@@ -100,7 +101,7 @@ def declared_space(config: dict, registry: Registry) -> list[Dimension]:
     """
     dims = [Dimension(f"train.{key}", param, "the core") for key, param in training_space(config).items()]
     for section, kind in cfg.PLUGIN_SECTIONS.items():
-        name = config["method"][section]
+        name = config.plugin(section)[0]
         if section == "synth" and name == "none":
             continue
         component = registry.get(kind, name)  # type: ignore[arg-type]
@@ -116,7 +117,7 @@ def declared_space(config: dict, registry: Registry) -> list[Dimension]:
     return dims
 
 
-def read_space_file(path: Path, config: dict) -> list[Dimension]:
+def read_space_file(path: Path, config: RunConfig) -> list[Dimension]:
     """The dimensions of a space file: one table per setting, ``low``/``high``/``log`` or ``values``.
 
     Either form works: ``"coupling.joint.w_voxel" = { low = 1.0, high = 100.0, log = true }``
@@ -145,7 +146,7 @@ def _leaves(node: dict, prefix: str, origin: str) -> Iterable[tuple[str, dict]]:
             yield from _leaves(value, dotted + ".", origin)
 
 
-def _param_from_table(key: str, table: dict, config: dict, origin: str) -> SearchParam:
+def _param_from_table(key: str, table: dict, config: RunConfig, origin: str) -> SearchParam:
     where = f"{origin}: '{key}'"
     unknown = sorted(set(table) - RANGE_FIELDS - CHOICE_FIELDS)
     if unknown:
@@ -164,7 +165,7 @@ def _param_from_table(key: str, table: dict, config: dict, origin: str) -> Searc
     low, high, log = table["low"], table["high"], table.get("log", False)
     if not isinstance(log, bool):
         raise InputError(f"{where}: log must be true or false, got {log!r}.")
-    default = setting_value(config, key)
+    default = config.setting(key)
     if default is None:  # not a setting: check_space says so, with the settings that are
         return FloatRange(low, high, log)
     if isinstance(default, bool) or not isinstance(default, int | float):
@@ -181,31 +182,21 @@ def _param_from_table(key: str, table: dict, config: dict, origin: str) -> Searc
     return FloatRange(low, high, log)
 
 
-def setting_value(config: dict, key: str) -> Any:
-    """The value of dotted ``key`` in a resolved config (``None`` where there is none)."""
-    node: Any = config
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
-def tunable_keys(config: dict) -> list[str]:
+def tunable_keys(config: RunConfig) -> list[str]:
     """Every setting a study may search for this configuration's method."""
     keys = [
         f"{section}.{name}"
         for section in TUNABLE_SECTIONS
-        for name in config[section]
+        for name in config.raw[section]
         if f"{section}.{name}" not in HELD
     ]
     for section in cfg.PLUGIN_SECTIONS:
-        for component, settings in config[section].items():
+        for component, settings in config.raw[section].items():
             keys += [f"{section}.{component}.{name}" for name in settings]
     return keys
 
 
-def check_space(dims: list[Dimension], config: dict, resolve: Resolver) -> None:
+def check_space(dims: list[Dimension], config: RunConfig, resolve: Resolver) -> None:
     """Refuse a dimension whose setting, range or values cannot be searched; name it and why."""
     tunable = tunable_keys(config)
     seen: set[str] = set()
@@ -267,7 +258,7 @@ def _probe_values(param: SearchParam) -> tuple[Any, ...]:
 
 def assignment(key: str, value: Any) -> str:
     """``KEY=VALUE`` as ``--set`` takes it (the value as TOML text)."""
-    return f"{key}={cfg.to_toml({'v': plain(value)}).strip().removeprefix('v = ')}"
+    return f"{key}={to_toml({'v': plain(value)}).strip().removeprefix('v = ')}"
 
 
 def fixed_keys(assignments: Iterable[str], flags: Mapping[str, Any] | None = None) -> set[str]:
@@ -277,7 +268,7 @@ def fixed_keys(assignments: Iterable[str], flags: Mapping[str, Any] | None = Non
 
 
 def study_space(
-    config: dict, registry: Registry, resolve: Resolver, fixed: set[str], space_file: Path | None = None
+    config: RunConfig, registry: Registry, resolve: Resolver, fixed: set[str], space_file: Path | None = None
 ) -> list[Dimension]:
     """The checked space of a study: the declared one less the fixed settings, or a file's.
 
@@ -307,11 +298,11 @@ def study_space(
     return dims
 
 
-def default_point(dims: list[Dimension], config: dict) -> dict[str, Any]:
+def default_point(dims: list[Dimension], config: RunConfig) -> dict[str, Any]:
     """Each dimension's value in ``config`` where the space holds it (the defaults' trial)."""
     point = {}
     for dim in dims:
-        value = setting_value(config, dim.key)
+        value = config.setting(dim.key)
         match dim.param:
             case Choice(values):
                 if label(value) in [label(v) for v in values]:

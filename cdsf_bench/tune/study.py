@@ -49,6 +49,7 @@ from cdsf_bench.interfaces import Choice, FloatRange, IntRange, TrainingStage
 from cdsf_bench.registry import Registry
 from cdsf_bench.results import json_safe, write_json
 from cdsf_bench.run_folder import RunFolder
+from cdsf_bench.settings import RunConfig
 from cdsf_bench.tune.plan import StudyPlan
 from cdsf_bench.tune.space import Dimension, label
 from cdsf_bench.tune.storage import open_storage
@@ -159,7 +160,7 @@ def open_study(plan: StudyPlan, folder: StudyFolder, storage: Path | None) -> op
     claim(folder, plan, storage)
     pruner: Any = optuna.pruners.NopPruner()
     if plan.pruner == "median":
-        epochs = int(plan.base["train"]["epochs"])
+        epochs = plan.base.train.epochs
         pruner = optuna.pruners.MedianPruner(n_startup_trials=PRUNE_STARTUP, n_warmup_steps=epochs // 2)
     path = folder.sqlite if storage is None else Path(storage)
     backend = open_storage(path, journal=storage is not None)
@@ -373,16 +374,14 @@ class Outcome:
     seconds: float
 
 
-def _trial_folder(path: Path, config: dict) -> bool:
+def _trial_folder(path: Path, config: RunConfig) -> bool:
     """Make ``path`` ready for a trial of ``config``; whether the trial resumes a checkpoint there.
 
     A retry continues its killed trial's checkpoint when the folder holds this very config;
     anything else left there (a kill before the first epoch ended) is cleared.
     """
-    from cdsf_bench.config import RunConfig
-
     folder = RunFolder(path)
-    same = folder.config_path.exists() and folder.config_path.read_text() == RunConfig(config).toml()
+    same = folder.config_path.exists() and folder.config_path.read_text() == config.toml()
     if same and folder.checkpoint_path.exists():
         return True
     if path.exists():

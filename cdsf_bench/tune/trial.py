@@ -1,8 +1,9 @@
 """One trial: train a configuration on the training split and score it on validation.
 
-A trial is what ``run`` does up to the test and nothing after: the same preflight, cohort,
-subject-level split (leak-checked), assembly, engine and selection on validation; then the
-selected model predicts the validation split once more for the trial's score. The test
+A trial follows the run protocol (:mod:`cdsf_bench.protocol`) up to the test and nothing
+after: the same preflight, cohort, subject-level split (leak-checked), seeding, assembly,
+engine and selection on validation; then the selected model predicts the validation split
+once more for the trial's score. The test
 split is never predicted or scored here (``evaluate`` is only ever asked for "val"), so a
 study may read every number a trial writes. The cohort and split are loaded once per study
 (:class:`StudyData`): a study never searches a data, split or seed setting.
@@ -15,20 +16,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from cdsf_bench.assemble import assemble, configure_backends, load_cohort, resolve_device, split_cohort
-from cdsf_bench.config import RunConfig
-from cdsf_bench.data.splits import Splits
-from cdsf_bench.engine import EpochCallback, Trainer, evaluate
+from cdsf_bench.assemble import resolve_device
+from cdsf_bench.engine import EpochCallback, EvaluationSettings, evaluate
 from cdsf_bench.errors import InputError, RunFailed
-from cdsf_bench.interfaces import Cohort
 from cdsf_bench.metrics import SYNTHESIS_KEYS
-from cdsf_bench.preflight import refuse_early
+from cdsf_bench.protocol import CohortSplit, load, prepare, train
 from cdsf_bench.registry import Registry
-from cdsf_bench.results import load_torch, write_json
+from cdsf_bench.results import write_json
 from cdsf_bench.run_folder import RunFolder
+from cdsf_bench.settings import RunConfig
 
 #: a finished trial's validation scores, in its folder
 VALIDATION = "validation.json"
@@ -38,21 +36,14 @@ VALIDATION = "validation.json"
 class StudyData:
     """What every trial of a study shares: the task's cohort, labels and split, and the device."""
 
-    cohort: Cohort
-    labels: np.ndarray
-    splits: Splits
+    data: CohortSplit
     device: torch.device
-    source: str
 
 
-def load_study_data(config: dict, registry: Registry) -> StudyData:
-    """The cohort and split of ``config`` (the study's base), checked as ``run`` checks them."""
-    run = RunConfig(config)
+def load_study_data(run: RunConfig, registry: Registry) -> StudyData:
+    """The cohort and split of ``run`` (the study's base), checked and read as ``run`` reads them."""
     device = resolve_device(run.device)
-    refuse_early(run, registry)
-    cohort, source = load_cohort(config, registry)
-    cohort, labels, splits, _ = split_cohort(run, cohort)
-    return StudyData(cohort, labels, splits, device, source)
+    return StudyData(load(run, registry), device)
 
 
 @dataclass
@@ -65,53 +56,39 @@ class TrialResult:
     selections: list[dict[str, Any]]
 
 
-def earlier_history(folder: Path) -> list[dict[str, Any]]:
-    """The epochs a killed trial's checkpoint holds, which its retry continues from."""
-    path = RunFolder(folder).checkpoint_path
-    return list(load_torch(path)["history"]) if path.exists() else []
-
-
 def train_and_validate(
-    config: dict,
+    run: RunConfig,
     registry: Registry,
-    data: StudyData,
+    study: StudyData,
     folder: Path,
     metric: str,
     *,
     resume: bool = False,
     on_epoch: EpochCallback | None = None,
 ) -> TrialResult:
-    """Train ``config`` into the run folder ``folder`` and score its selected model on validation.
+    """Train ``run`` into the run folder ``folder`` and score its selected model on validation.
 
     ``resume`` continues a killed trial from its checkpoint (the folder's config must be
     this one), first showing ``on_epoch`` the epochs the checkpoint holds. A metric the
     method's validation does not produce is the user's error (``InputError``); a score that
     is not a number fails the trial (``RunFailed``).
     """
-    run = RunConfig(config)
-    method = run.method
-    name = f"{method.synth}-{method.diag}-{method.coupling}"
-    run_folder = RunFolder.prepare(run.toml(), folder, name, resume)
-    torch.manual_seed(run.seed)
-    np.random.seed(run.seed % 2**32)
-    configure_backends(data.device)
-    assembly = assemble(config, registry, data.cohort, data.labels, data.splits, data.device)
+    run_folder = RunFolder.prepare(run.toml(), folder, run.name, resume)
+    assembly = prepare(run, registry, study.device, data=study.data).assembly
+    splits = study.data.splits
     run_folder.log(
-        f"trial on {data.source}: {len(data.splits.rows('train'))} training and "
-        f"{len(data.splits.rows('val'))} validation subjects; the test split is not predicted",
+        f"trial on {study.data.source}: {len(splits.rows('train'))} training and "
+        f"{len(splits.rows('val'))} validation subjects; the test split is not predicted",
         echo=False,
     )
-    trainer = Trainer(assembly.coupling, assembly.pipeline, run_folder, on_epoch=on_epoch)
-    if resume and on_epoch is not None:  # the epochs the checkpoint holds, as if they ran now
-        stages = {stage.name: stage for stage in trainer.stages}
-        for row in earlier_history(folder):
-            on_epoch(stages[row["stage"]], row)
-    history = trainer.fit(resume=resume)
-    result = evaluate(assembly.coupling, assembly.pipeline, "val", with_ssim=metric == "ssim")
+    trainer = train(assembly, run_folder, resume=resume, on_epoch=on_epoch, replay=True)
+    history = trainer.history
+    validation = EvaluationSettings("val", with_ssim=metric == "ssim")
+    result = evaluate(assembly.coupling, assembly.pipeline, validation)
     scores = {**result.diagnosis, **(result.synthesis or {})}
     if metric not in scores:
         raise InputError(
-            f"--metric {metric}: method {name} reports no {metric} on validation"
+            f"--metric {metric}: method {run.name} reports no {metric} on validation"
             + (
                 " (synthesis metrics need a synthesiser and validation subjects with acquired PET)."
                 if metric in SYNTHESIS_KEYS

@@ -1,0 +1,260 @@
+"""The typed settings of a run: one frozen dataclass per configuration section.
+
+A resolved configuration is plain data (nested dicts of TOML values, what config.toml
+holds); code reads it through :class:`RunConfig`, so a misspelt key or a wrong type is a
+type checker's error, not a KeyError in the middle of a run. Each section's defaults are
+the field defaults of its type (``[data]``'s those of
+:class:`~cdsf_bench.interfaces.DataSettings`): the resolver's table of defaults
+(``config.DEFAULTS``) is derived from them, in field order, which is the key order of
+config.toml. :func:`check_against` is the one check of a table of settings against its
+defaults (names, types, coercion), for the core's sections, the plugins' and the data
+sources' own.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, fields
+from typing import Any
+
+import tomli_w
+
+from cdsf_bench.errors import ConfigError
+from cdsf_bench.interfaces import DataSettings, Method, SelectionMetric
+
+#: the trackers a run reports to, one table of settings each (``--track NAME``,
+#: ``--set track.NAME.KEY=VALUE``); absent from a run that tracks nothing, so its config is unchanged
+TRACK = "track"
+#: ``data.spec``: what ``--data`` names where nothing is given
+DATA_SPEC = "phantom"
+#: ``data.synthesis_subjects``: which subjects train the synthesiser, the task's or also every
+#: other diagnosis's with PET (data/labels.py); "all_diagnoses" by the rule of
+#: benchmarks/suites/cdsf-synthesis-defaults.toml (docs/methods.md). Not a source's setting:
+#: neither in DataSettings nor in the cache key.
+SYNTHESIS_SUBJECTS = "all_diagnoses"
+
+
+@dataclass(frozen=True)
+class SplitSettings:
+    """``[split]``: the subject-level hold-out split, or one fold of a cross-validation."""
+
+    val: float = 0.2
+    test: float = 0.2
+    folds: int = 0  # 0: a single hold-out split
+    fold: int = 0
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """``[train]``: what every stage of training is given."""
+
+    epochs: int = 25
+    batch_size: int = 4
+    learning_rate: float = 1e-3
+    patience: int = 8  # 0: no early stopping
+    select_on: SelectionMetric = "auc"
+
+
+@dataclass(frozen=True)
+class AugmentSettings:
+    """``[augment]``: the random rigid motion and intensity jitter of training batches."""
+
+    enabled: bool = True
+    rotate_deg: float = 3.0
+    translate_vox: float = 1.0
+    intensity: float = 0.05
+
+
+@dataclass(frozen=True)
+class PrecisionSettings:
+    """``[precision]``: bf16 autocast, channels-last-3D memory and torch.compile."""
+
+    mixed: bool = True
+    channels_last: bool = True
+    compile: bool = False
+
+
+@dataclass(frozen=True)
+class EvaluateSettings:
+    """``[evaluate]``: how the test split is scored and what of it is written."""
+
+    bootstrap: int = 1000
+    save_synthetic: bool = True
+    # also write each test subject's synthetic PET on its own MRI's grid (file cohorts)
+    native_space: bool = False
+    # test on a fresh phantom cohort of this many subjects (0: the test split)
+    phantom_test_subjects: int = 0
+
+
+def section_defaults(settings: type) -> dict[str, Any]:
+    """A settings type's defaults as a config section, in field order."""
+    return {f.name: f.default for f in fields(settings)}
+
+
+def data_defaults() -> dict[str, Any]:
+    """``[data]``: the spec, every :class:`DataSettings` field and ``synthesis_subjects``.
+
+    ``data.phantom`` is a table of phantom settings here, (name, value) pairs in DataSettings.
+    """
+    return {
+        "spec": DATA_SPEC,
+        **section_defaults(DataSettings),
+        "phantom": {},
+        "synthesis_subjects": SYNTHESIS_SUBJECTS,
+    }
+
+
+def type_ok(default: Any, value: Any) -> bool:
+    """Whether ``value`` may stand where ``default`` is (an integer may stand for a float)."""
+    if default is None:
+        return True
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if isinstance(default, tuple | list):
+        return isinstance(value, list | tuple)
+    return isinstance(value, type(default))
+
+
+def _coerce(default: Any, value: Any) -> Any:
+    if isinstance(default, float) and isinstance(value, int):
+        return float(value)
+    if isinstance(default, tuple):
+        return tuple(value)
+    return value
+
+
+def check_against(defaults: dict[str, Any], given: dict[str, Any], where: str) -> dict[str, Any]:
+    """Check keys and types of ``given`` against ``defaults``; return the merged section."""
+    out = dict(defaults)
+    for key, value in given.items():
+        path = f"{where}.{key}" if where else key
+        if key not in defaults:
+            close = [k for k in defaults if k.startswith(key[:3])]
+            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            raise ConfigError(
+                f"Unknown setting '{path}'.{hint} Known keys in [{where or 'top level'}]: "
+                f"{', '.join(sorted(defaults))}."
+            )
+        if not type_ok(defaults[key], value):
+            raise ConfigError(
+                f"Setting '{path}' must be {type(defaults[key]).__name__} "
+                f"(like {defaults[key]!r}), got {value!r}."
+            )
+        out[key] = _coerce(defaults[key], value)
+    return out
+
+
+def to_toml(config: dict[str, Any]) -> str:
+    """Serialise a resolved configuration (tuples become arrays)."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, tuple | list):
+            return [plain(v) for v in value]
+        return value
+
+    return tomli_w.dumps(plain(config))
+
+
+def _frozen(value: Any) -> Any:
+    """TOML arrays as tuples, so that settings built of them are hashable."""
+    return tuple(_frozen(v) for v in value) if isinstance(value, list | tuple) else value
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A resolved configuration (``config.resolve``'s result) and typed read access to it.
+
+    ``raw`` is the plain data that config.toml holds and that layers are merged into; every
+    reader goes through the properties.
+    """
+
+    raw: dict[str, Any]
+
+    @property
+    def seed(self) -> int:
+        return int(self.raw["seed"])
+
+    @property
+    def task(self) -> str:
+        return str(self.raw["task"])
+
+    @property
+    def device(self) -> str:
+        return str(self.raw["device"])
+
+    @property
+    def method(self) -> Method:
+        return Method(**self.raw["method"])
+
+    @property
+    def name(self) -> str:
+        """The method as a run folder is named by default: ``SYNTH-DIAG-COUPLING``."""
+        method = self.method
+        return f"{method.synth}-{method.diag}-{method.coupling}"
+
+    @property
+    def data_spec(self) -> str:
+        return str(self.raw["data"]["spec"])
+
+    @property
+    def data(self) -> DataSettings:
+        """The ``[data]`` section as :class:`DataSettings` (the spec itself excluded)."""
+        values = {f.name: self.raw["data"][f.name] for f in fields(DataSettings)}
+        values["phantom"] = tuple(sorted((k, _frozen(v)) for k, v in dict(values["phantom"]).items()))
+        return DataSettings(**values)
+
+    @property
+    def synthesis_subjects(self) -> str:
+        return str(self.raw["data"]["synthesis_subjects"])
+
+    @property
+    def split(self) -> SplitSettings:
+        return SplitSettings(**self.raw["split"])
+
+    @property
+    def train(self) -> TrainSettings:
+        return TrainSettings(**self.raw["train"])
+
+    @property
+    def augment(self) -> AugmentSettings:
+        return AugmentSettings(**self.raw["augment"])
+
+    @property
+    def precision(self) -> PrecisionSettings:
+        return PrecisionSettings(**self.raw["precision"])
+
+    @property
+    def evaluate(self) -> EvaluateSettings:
+        return EvaluateSettings(**self.raw["evaluate"])
+
+    @property
+    def track(self) -> dict[str, dict[str, Any]]:
+        """The selected trackers' settings by name (empty: the run is tracked nowhere)."""
+        return dict(self.raw.get(TRACK, {}))
+
+    def plugin(self, section: str) -> tuple[str, dict[str, Any]]:
+        """The chosen component's name and settings for ``synth``, ``diag`` or ``coupling``."""
+        name = self.raw["method"][section]
+        return name, dict(self.raw[section].get(name, {}))
+
+    def setting(self, key: str) -> Any:
+        """The value of the dotted ``key`` (``coupling.joint.w_voxel``); ``None`` where there is none."""
+        node: Any = self.raw
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return None
+            node = node[part]
+        return node
+
+    def with_data(self, **values: Any) -> RunConfig:
+        """This configuration with ``[data]`` settings replaced (values already checked)."""
+        raw = copy.deepcopy(self.raw)
+        raw["data"].update(values)
+        return RunConfig(raw)
+
+    def toml(self) -> str:
+        return to_toml(self.raw)
