@@ -334,7 +334,7 @@ def _trial_folder(path: Path, config: dict) -> bool:
     from cdsf_bench.config import RunConfig
 
     folder = RunFolder(path)
-    same = folder.config_path.exists() and folder.config_path.read_text() == RunConfig(config).toml()
+    same = folder.config_path.exists() and folder.config_text() == RunConfig(config).toml()
     if same and folder.checkpoint_path.exists():
         return True
     if path.exists():

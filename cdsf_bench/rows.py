@@ -1,11 +1,14 @@
 """Rows of a cohort's volumes without reading them: what ``Cohort.subset`` returns for a cached cohort.
 
+It sits beside ``interfaces`` at the bottom of the import graph (it imports NumPy only), so
+the plugin contract can use it without importing the data layer.
+
 A cached cohort's volumes are memory maps (``cdsf_bench.data.cache``); fancy indexing them
 for a task's subjects would read every selected volume into RAM at once. Instead a
 contiguous ascending range of rows becomes a slice (still a memory map) and any other
 selection a ``RowView``, which reads rows from the map when it is indexed, and all of them
 only when converted to an array (``np.asarray``, as the device pipeline does once). Arrays
-already in memory are indexed as before.
+already in memory are indexed (a copy).
 """
 
 from __future__ import annotations
@@ -58,7 +61,7 @@ def take_rows(array: np.ndarray | RowView, rows: np.ndarray) -> np.ndarray:
     """``array[rows]`` along the first axis, without reading a memory map's rows.
 
     A memory map (or a ``RowView``) gives a slice of it when ``rows`` is a contiguous
-    ascending range, else a ``RowView``; any other array is indexed (a copy), as before.
+    ascending range, else a ``RowView``; any other array is indexed (a copy).
     The result is typed as an array: a ``RowView`` stands in for one for the operations
     listed on it.
     """
