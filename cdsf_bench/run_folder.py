@@ -119,7 +119,7 @@ class RunFolder:
     # -- paths ---------------------------------------------------------------------------
 
     # A RunFolder of a relative path gives relative paths: a suite folder's inventory of its
-    # runs' files (``RunFolder(Path(run_folder)).predictions_path.as_posix()``).
+    # runs' files (``RunFolder(Path(run_folder)).predictions_path().as_posix()``).
 
     @property
     def config_path(self) -> Path:
@@ -160,7 +160,7 @@ class RunFolder:
 
     # -- readers -------------------------------------------------------------------------
     # A file a person may have deleted or edited is refused with an InputError naming it;
-    # a file only some runs write (older runs, exports) reads as empty when it is absent.
+    # a record a copied or exported folder may lack (environment, timing) reads as empty.
 
     def config_text(self) -> str:
         """config.toml as the run wrote it (the text ``run --config`` repeats)."""
