@@ -34,7 +34,6 @@ LAYERS: tuple[tuple[str, frozenset[str], frozenset[str]], ...] = (
                 "cdsf_bench.interfaces",
                 "cdsf_bench.hookspecs",
                 "cdsf_bench.rows",
-                "cdsf_bench.metrics",
                 "cdsf_bench.results",
                 "cdsf_bench.figures",
                 "cdsf_bench.progress",
@@ -53,7 +52,11 @@ LAYERS: tuple[tuple[str, frozenset[str], frozenset[str]], ...] = (
         ),
         frozenset({"cdsf_bench.presets"}),
     ),
-    ("engine", frozenset({"cdsf_bench.engine", "cdsf_bench.assemble", "cdsf_bench.preflight"}), frozenset()),
+    (
+        "engine",
+        frozenset({"cdsf_bench.engine", "cdsf_bench.assemble", "cdsf_bench.preflight", "cdsf_bench.metrics"}),
+        frozenset(),
+    ),
     (
         "workflows",
         frozenset({"cdsf_bench.run", "cdsf_bench.options"}),
