@@ -20,6 +20,8 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
+from cdsf_bench.rows import take_rows
+
 #: constructor arguments the core supplies itself; they are not user settings
 CORE_ARGUMENTS = frozenset(
     {"self", "in_channels", "input_shape", "num_classes", "context", "build_synthesiser", "build_diagnoser"}
@@ -178,10 +180,8 @@ class Cohort:
         """The cohort restricted to ``rows`` (for a task's classes), arrays shared where possible.
 
         Memory-mapped volumes (a cached cohort) stay on disk: a slice or a lazy row view
-        (``cdsf_bench.data.rows.take_rows``), read when the pipeline converts them.
+        (``cdsf_bench.rows.take_rows``), read when the pipeline converts them.
         """
-        from cdsf_bench.data.rows import take_rows
-
         return Cohort(
             participants=self.participants.iloc[rows].reset_index(drop=True),
             mri=take_rows(self.mri, rows),

@@ -1,8 +1,11 @@
-"""The run folder: the one place that knows its layout and writes its files.
+"""The run folder: the one place that knows its layout, writes its files and reads them back.
 
 Everything a run leaves behind is written through :class:`RunFolder`, atomically (see
-``results.atomic_write``), so a reader (``report``, ``regress``, a person) finds either the
-previous complete file or the new one. The layout::
+``results.atomic_write``), so a reader finds either the previous complete file or the new
+one; and every reader of a run (``report``, ``regress``, ``export``, ``predict``, suites,
+``run --resume``, tuning) goes through it too, so no other module names a file of the
+layout. A run's files inside an exported results folder or a suite folder are read the same
+way (``RunFolder(suite_folder / run_folder)``). The layout::
 
     config.toml        the resolved configuration (``run --config`` repeats the run)
     log.txt            timestamped log lines
@@ -27,6 +30,7 @@ the test outputs of a run folder, plus ``prediction.json``, and written through 
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -36,14 +40,29 @@ import numpy as np
 import pandas as pd
 from rich.markup import escape
 
+from cdsf_bench import config as cfg
 from cdsf_bench.data.nifti import save_nifti
-from cdsf_bench.errors import InputError
+from cdsf_bench.errors import ConfigError, InputError
 from cdsf_bench.progress import console
+from cdsf_bench.registry import Registry
 from cdsf_bench.results import remove_leftover_temporaries, utc_stamp, write_csv, write_json, write_text
 
 CONFIG = "config.toml"
-METRICS = "metrics.json"
+LOG = "log.txt"
+SPLITS = "splits.csv"
+ENVIRONMENT = "environment.json"
+DATA = "data.json"
+HISTORY = "history.csv"
+CHECKPOINTS = "checkpoints"
 CHECKPOINT = "last.pt"
+FAILURE = "failure.json"
+METRICS = "metrics.json"
+PREDICTIONS = "predictions.csv"
+TEST_SPLIT_PREDICTIONS = "predictions_test_split.csv"
+PREDICTION_RECORD = "prediction.json"
+TIMING = "timing.json"
+FIGURES = "figures"
+SYNTH = "synth"
 
 
 class RunFolder:
@@ -99,21 +118,99 @@ class RunFolder:
 
     # -- paths ---------------------------------------------------------------------------
 
+    # A RunFolder of a relative path gives relative paths: a suite folder's inventory of its
+    # runs' files (``RunFolder(Path(run_folder)).predictions_path().as_posix()``).
+
     @property
     def config_path(self) -> Path:
         return self.path / CONFIG
 
     @property
     def checkpoint_path(self) -> Path:
-        return self.path / "checkpoints" / CHECKPOINT
+        return self.path / CHECKPOINTS / CHECKPOINT
 
     @property
     def failure_path(self) -> Path:
-        return self.path / "failure.json"
+        return self.path / FAILURE
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / METRICS
+
+    @property
+    def environment_path(self) -> Path:
+        return self.path / ENVIRONMENT
+
+    def predictions_path(self, *, test_split: bool = False) -> Path:
+        """predictions.csv; with ``test_split``, the test split's table of a run whose
+        predictions.csv holds its held-out cohort's."""
+        return self.path / (TEST_SPLIT_PREDICTIONS if test_split else PREDICTIONS)
 
     @property
     def finished(self) -> bool:
-        return (self.path / METRICS).exists()
+        """A run is finished when its metrics.json exists: it is written last."""
+        return self.metrics_path.exists()
+
+    def figure(self, name: str) -> Path:
+        return self.path / FIGURES / f"{name}.png"
+
+    def synthetic_pet_path(self, participant: str, native: bool = False) -> Path:
+        space = "_space-T1w" if native else ""
+        return self.path / SYNTH / f"{participant}{space}_desc-synthetic_pet.nii.gz"
+
+    # -- readers -------------------------------------------------------------------------
+    # A file a person may have deleted or edited is refused with an InputError naming it;
+    # a record a copied or exported folder may lack (environment, timing) reads as empty.
+
+    def config_text(self) -> str:
+        """config.toml as the run wrote it (the text ``run --config`` repeats)."""
+        if not self.config_path.is_file():
+            raise InputError(f"{self.path} is not a cdsf-bench run folder: it has no {CONFIG}.")
+        return self.config_path.read_text()
+
+    def config(self, registry: Registry) -> dict[str, Any]:
+        """config.toml resolved and validated against the installed plugins."""
+        self.config_text()  # refuses a folder without one
+        try:
+            return cfg.resolve(registry, self.config_path)
+        except ConfigError as error:
+            raise InputError(
+                f"{self.config_path} cannot be read by this version of cdsf-bench ({error}); "
+                "use the version that wrote it, or run it again."
+            ) from None
+
+    def metrics(self) -> dict[str, Any]:
+        """metrics.json of a finished run."""
+        if not self.finished:
+            raise InputError(
+                f"The run in {self.path} has not finished ({METRICS} is missing), so it has no test "
+                "metrics, selected model or operating point yet; finish it with "
+                f"'cdsf-bench run --resume {self.path}'."
+            )
+        return self._read_json(self.metrics_path)
+
+    def environment(self) -> dict[str, Any]:
+        """environment.json; empty for a folder copied without it."""
+        return self._read_json(self.environment_path) if self.environment_path.exists() else {}
+
+    def timing(self) -> dict[str, Any]:
+        """timing.json (wall and data seconds); empty for a run that recorded none."""
+        path = self.path / TIMING
+        return self._read_json(path) if path.exists() else {}
+
+    def predictions(self, *, test_split: bool = False) -> pd.DataFrame:
+        """The per-subject predictions (see :meth:`predictions_path`), participant ids as text."""
+        path = self.predictions_path(test_split=test_split)
+        if not path.is_file():
+            raise InputError(f"Run folder {self.path} has no {path.name}.")
+        return self._read_csv(path, dtype={"participant_id": str})
+
+    def splits(self) -> pd.DataFrame:
+        """splits.csv: every subject's split, participant ids as written (no value read as missing)."""
+        path = self.path / SPLITS
+        if not path.is_file():
+            raise InputError(f"Run folder {self.path} has no {SPLITS}.")
+        return self._read_csv(path, dtype={"participant_id": str}, keep_default_na=False)
 
     def test_participants(self) -> list[str]:
         """The participant ids of the run's test split, in the order the run predicted them.
@@ -121,18 +218,27 @@ class RunFolder:
         Empty for a folder without splits.csv (copied without it): only the batching order of a
         later prediction depends on it, so its absence is no reason to refuse one.
         """
-        path = self.path / "splits.csv"
-        if not path.exists():
+        if not (self.path / SPLITS).exists():
             return []
-        table = pd.read_csv(path, dtype={"participant_id": str}, keep_default_na=False)
+        table = self.splits()
         return table.loc[table["split"] == "test", "participant_id"].tolist()
 
-    def figure(self, name: str) -> Path:
-        return self.path / "figures" / f"{name}.png"
+    @staticmethod
+    def _read_json(path: Path) -> dict[str, Any]:
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise InputError(f"{path} cannot be read: {error}. It is damaged; run again.") from None
+        if not isinstance(record, dict):
+            raise InputError(f"{path} holds no JSON object; it is damaged.")
+        return record
 
-    def synthetic_pet_path(self, participant: str, native: bool = False) -> Path:
-        space = "_space-T1w" if native else ""
-        return self.path / "synth" / f"{participant}{space}_desc-synthetic_pet.nii.gz"
+    @staticmethod
+    def _read_csv(path: Path, **options: Any) -> pd.DataFrame:
+        try:
+            return pd.read_csv(path, **options)
+        except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+            raise InputError(f"{path} is not a readable CSV table: {error}.") from None
 
     # -- writers -------------------------------------------------------------------------
 
@@ -140,7 +246,7 @@ class RunFolder:
         """Append a timestamped line to log.txt and, with ``echo``, show it on the console."""
         if not self.writes:
             return
-        with open(self.path / "log.txt", "a") as handle:
+        with open(self.path / LOG, "a") as handle:
             handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
         if echo:  # a plain line: rich's log table would pad every line to the console's width
             console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {escape(message)}", highlight=False)
@@ -154,34 +260,33 @@ class RunFolder:
             write_csv(self.path / name, frame)
 
     def write_splits(self, table: pd.DataFrame) -> None:
-        self._csv("splits.csv", table)
+        self._csv(SPLITS, table)
 
     def write_environment(self, record: dict[str, Any]) -> None:
-        self._json("environment.json", record)
+        self._json(ENVIRONMENT, record)
 
     def write_data(self, record: dict[str, Any]) -> None:
-        self._json("data.json", record)
+        self._json(DATA, record)
 
     def write_history(self, rows: list[dict[str, Any]]) -> None:
-        self._csv("history.csv", pd.DataFrame(rows))
+        self._csv(HISTORY, pd.DataFrame(rows))
 
     def write_failure(self, record: dict[str, Any]) -> None:
-        self._json(self.failure_path.name, record)
+        self._json(FAILURE, record)
 
     def write_predictions(self, table: pd.DataFrame, *, test_split: bool = False) -> None:
-        """predictions.csv; with ``test_split``, the test split's table of a run whose
-        predictions.csv holds its held-out cohort's."""
-        self._csv("predictions_test_split.csv" if test_split else "predictions.csv", table)
+        """The per-subject predictions (see :meth:`predictions_path`)."""
+        self._csv(self.predictions_path(test_split=test_split).name, table)
 
     def write_prediction_record(self, record: dict[str, Any]) -> None:
         """prediction.json: what a prediction folder applied to what."""
-        self._json("prediction.json", record)
+        self._json(PREDICTION_RECORD, record)
 
     def write_metrics(self, metrics: dict[str, Any]) -> None:
         self._json(METRICS, metrics)
 
     def write_timing(self, wall_seconds: float, data_seconds: float) -> None:
-        self._json("timing.json", {"wall_seconds": wall_seconds, "data_seconds": data_seconds})
+        self._json(TIMING, {"wall_seconds": wall_seconds, "data_seconds": data_seconds})
 
     def write_synthetic_pet(
         self, participant: str, suvr: np.ndarray, affine: np.ndarray, *, mni: bool

@@ -25,9 +25,11 @@ from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 from support import load_benchmark
 
 from cdsf_bench.bench.report import choose_reference
-from cdsf_bench.bench.runner import COLUMNS, results_frame, run_suite
+from cdsf_bench.bench.runner import run_suite
 from cdsf_bench.bench.stats import delong_test, paired_bootstrap_bacc, t_interval
-from cdsf_bench.bench.suite import load_suite, parse_shard, shard_runs
+from cdsf_bench.bench.suite import parse_shard, shard_runs
+from cdsf_bench.bench.suite_file import load_suite
+from cdsf_bench.bench.table import COLUMNS, results_frame
 from cdsf_bench.cli import main
 from cdsf_bench.errors import InputError, RunFailed
 from cdsf_bench.interfaces import Method
@@ -633,7 +635,8 @@ def test_check_and_scenario_errors_name_the_field(tmp_path, change, message):
 def _constructed_results(tmp_path: Path):
     """A suite folder with made-up runs: under 'easy' M ranks the test subjects perfectly and
     R by chance; under 'hard' both by chance; pet_specific_r as each check expects."""
-    from cdsf_bench.bench.runner import claim_folder, result_row, write_csv
+    from cdsf_bench.bench.runner import claim_folder, write_csv
+    from cdsf_bench.bench.table import result_row
 
     suite = _checked_suite(tmp_path)
     out = tmp_path / "out"
@@ -672,7 +675,7 @@ def _constructed_results(tmp_path: Path):
 
 def test_checks_evaluate_on_constructed_results(tmp_path):
     from cdsf_bench.bench.checks import evaluate_checks
-    from cdsf_bench.bench.report import load_results
+    from cdsf_bench.bench.table import load_results
 
     suite, out = _constructed_results(tmp_path)
     outcomes = evaluate_checks(out, load_results(out), suite.checks)
@@ -711,7 +714,7 @@ def test_report_prints_the_checks_table(tmp_path):
 
 def test_the_validation_suite_parses_and_checks_every_scenario():
     """benchmarks/suites/validation.toml: every run resolves and each scenario has checks."""
-    from cdsf_bench.bench.suite import check_components
+    from cdsf_bench.bench.suite_file import check_components
 
     suite = load_suite(Path(__file__).parent.parent / "benchmarks" / "suites" / "validation.toml")
     registry = default_registry()

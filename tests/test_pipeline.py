@@ -9,9 +9,9 @@ import pandas as pd
 import torch
 
 from cdsf_bench.data.pipeline import DevicePipeline
-from cdsf_bench.data.rows import RowView
 from cdsf_bench.data.splits import make_splits
 from cdsf_bench.interfaces import Cohort
+from cdsf_bench.rows import RowView
 from cdsf_bench.settings import AugmentSettings
 
 AUGMENT = AugmentSettings(enabled=True, rotate_deg=5.0, translate_vox=1.0, intensity=0.05)

@@ -19,7 +19,8 @@ from sklearn.calibration import calibration_curve
 from cdsf_bench.bench.answers import Design, answers, design_of
 from cdsf_bench.bench.sizing import Components, half_width, plan
 from cdsf_bench.bench.stats import holm, minimal_detectable_difference, t_interval
-from cdsf_bench.bench.suite import PER_REPLICATE, SHARED, load_suite, suite_from_canonical
+from cdsf_bench.bench.suite import PER_REPLICATE, SHARED, suite_from_canonical
+from cdsf_bench.bench.suite_file import load_suite
 from cdsf_bench.data.splits import make_splits
 from cdsf_bench.errors import InputError
 from cdsf_bench.metrics import diagnosis_metrics, expected_calibration_error, subgroup_metrics

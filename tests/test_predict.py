@@ -449,7 +449,7 @@ TEST_SETTINGS = (
     ],
 )
 def test_bad_test_data_is_refused_when_the_suite_is_read(tmp_path, old, new, message):
-    from cdsf_bench.bench.suite import load_suite
+    from cdsf_bench.bench.suite_file import load_suite
 
     assert old in EXTERNAL_SUITE
     path = tmp_path / "suite.toml"
@@ -459,7 +459,7 @@ def test_bad_test_data_is_refused_when_the_suite_is_read(tmp_path, old, new, mes
 
 
 def test_test_settings_without_test_data_are_refused(tmp_path):
-    from cdsf_bench.bench.suite import load_suite
+    from cdsf_bench.bench.suite_file import load_suite
 
     path = tmp_path / "suite.toml"
     path.write_text(EXTERNAL_SUITE.replace('test_data = "phantom"\n', ""))
@@ -468,7 +468,8 @@ def test_test_settings_without_test_data_are_refused(tmp_path):
 
 
 def test_external_data_is_part_of_the_suites_identity(tmp_path):
-    from cdsf_bench.bench.suite import load_suite, suite_from_canonical
+    from cdsf_bench.bench.suite import suite_from_canonical
+    from cdsf_bench.bench.suite_file import load_suite
 
     path = tmp_path / "suite.toml"
     path.write_text(EXTERNAL_SUITE)

@@ -24,7 +24,7 @@ from click.testing import CliRunner
 import cdsf_bench.cli
 import cdsf_bench.registry
 from cdsf_bench import config as cfg
-from cdsf_bench.bench.suite import load_suite
+from cdsf_bench.bench.suite_file import load_suite
 from cdsf_bench.distributed import Cluster
 from cdsf_bench.errors import InputError
 from cdsf_bench.hookspecs import hookimpl

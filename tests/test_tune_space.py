@@ -16,7 +16,7 @@ import torch
 from click.testing import CliRunner
 
 from cdsf_bench import Choice, Component, IntRange, hookimpl
-from cdsf_bench.bench.suite import load_suite
+from cdsf_bench.bench.suite_file import load_suite
 from cdsf_bench.cli import main
 from cdsf_bench.errors import InputError
 from cdsf_bench.registry import build_registry, default_registry

@@ -14,8 +14,8 @@ differences into one answer per comparison and metric (AUC, balanced accuracy):
 - a verdict: "better" or "worse" when the Holm-adjusted p is below 0.05, otherwise "no
   difference detectable at this power", which is not a claim that the methods are equal.
 
-A results folder written before the split sizes were recorded (no ``n_train`` column) has
-no design to read: the report then leaves the answers out and renders as it always did.
+A results folder whose runs did not record their split sizes (no ``n_train`` column) has
+no design to read: its report has no answers and plain t intervals.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -68,8 +69,8 @@ class Design:
         )
 
 
-def design_of(suite: dict, runs: pd.DataFrame) -> Design | None:
-    """The design of the finished runs of one scenario and task; None for an older folder.
+def design_of(suite: dict[str, Any], runs: pd.DataFrame) -> Design | None:
+    """The design of the finished runs of one scenario and task; None without split sizes.
 
     ``suite`` is the suite.json's canonical definition. n_train counts the subjects the
     model learnt from, validation included (it chose the epoch): the subjects outside the

@@ -15,6 +15,7 @@ This module holds the check type, the validation of ``[[checks]]`` tables (calle
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,8 +61,8 @@ class Check:
         return {f: getattr(self, f) for f in CHECK_FIELDS}
 
 
-def checks_from_canonical(content: dict) -> tuple[Check, ...]:
-    """The checks of a suite's canonical content (``Suite.canonical``; none for an older suite)."""
+def checks_from_canonical(content: dict[str, Any]) -> tuple[Check, ...]:
+    """The checks of a suite's canonical content (``Suite.canonical``; none without ``checks``)."""
     return tuple(Check(**check) for check in content.get("checks", []))
 
 
@@ -70,7 +71,7 @@ def parse_checks(
     names: list[str],
     tasks: tuple[str, ...],
     scenario_names: list[str],
-    fail,
+    fail: Callable[[str], Exception],
 ) -> tuple[Check, ...]:
     """``[[checks]]``: every field checked against the suite's method names, tasks and scenarios."""
     from cdsf_bench.metrics import DIAGNOSIS_KEYS, DISEASE_SYNTHESIS_KEYS, SYNTHESIS_KEYS
@@ -206,7 +207,7 @@ def evaluate_checks(
     """Every check of the suite on its finished runs (results as ``report.load_results`` reads them).
 
     ``ratios``: per (scenario, task), the n_test / n_train that corrects the t interval of
-    replicates sharing one cohort; missing (an older folder, independent cohorts): 0.
+    replicates sharing one cohort; missing (no split sizes recorded, or independent cohorts): 0.
     """
     done = results[results["status"] == "done"]
     ratios = ratios or {}

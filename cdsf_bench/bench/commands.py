@@ -39,8 +39,10 @@ def bench(
 ) -> None:
     """Run every method of SUITE_FILE on every task and seed (or fold); write results.csv and the report."""
     from cdsf_bench.bench.report import print_summary, write_report
-    from cdsf_bench.bench.runner import results_name, run_suite
-    from cdsf_bench.bench.suite import check_components, load_suite, parse_shard
+    from cdsf_bench.bench.runner import run_suite
+    from cdsf_bench.bench.suite import parse_shard
+    from cdsf_bench.bench.suite_file import check_components, load_suite
+    from cdsf_bench.bench.table import results_name
     from cdsf_bench.registry import default_registry
 
     suite = load_suite(suite_file)
@@ -96,7 +98,8 @@ def merge(shards: tuple[Path, ...], out: Path, no_report: bool) -> None:
 )
 def report(folder: Path, fmt: str, reference: str | None) -> None:
     """Write report.md / report.html for a suite folder: summaries, paired tests and figures."""
-    from cdsf_bench.bench.report import load_results, print_summary, write_report
+    from cdsf_bench.bench.report import print_summary, write_report
+    from cdsf_bench.bench.table import load_results
     from cdsf_bench.registry import default_registry
 
     default = None if reference is not None else default_method(default_registry())
@@ -172,8 +175,10 @@ def power(
     test-sampling variance, then per number of independent replicates the fewest test
     subjects (of the task, per replicate) whose paired 95% interval reaches --half-width.
     """
-    from cdsf_bench.bench.report import choose_reference, comparisons, groups, load_results
+    from cdsf_bench.bench.inputs import groups
+    from cdsf_bench.bench.report import choose_reference, comparisons
     from cdsf_bench.bench.sizing import components, plan
+    from cdsf_bench.bench.table import load_results
     from cdsf_bench.registry import default_registry
 
     if not 0 < half_width < 1:

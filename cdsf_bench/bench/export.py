@@ -5,7 +5,7 @@ of the results needs, so committing it whole is out of the question; committing 
 report leaves a folder that ``report`` cannot regenerate, and numbers nobody can recheck.
 The export keeps exactly what ``report`` and ``regress`` read: the suite-level files, and
 per finished run its metrics.json (``regress`` on a run folder) and the files the report
-reads (:func:`cdsf_bench.bench.report.report_inputs`: predictions, environment, the
+reads (:func:`cdsf_bench.bench.inputs.report_inputs`: predictions, environment, the
 montage it shows). ``report`` on the export writes report.md byte for byte as the source.
 """
 
@@ -14,14 +14,14 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from cdsf_bench.bench.report import load_results, report_inputs
-from cdsf_bench.bench.runner import SUITE_FILE
+from cdsf_bench.bench.inputs import report_inputs
+from cdsf_bench.bench.table import RESULTS_FILE, SUITE_FILE, load_results
 from cdsf_bench.errors import InputError
-from cdsf_bench.run_folder import METRICS
+from cdsf_bench.run_folder import RunFolder
 
 #: suite-level files kept when present: the tables, the record of the suite, the report
 SUITE_FILES = (
-    "results.csv",
+    RESULTS_FILE,
     SUITE_FILE,
     "comparisons.csv",
     "checks.csv",
@@ -49,7 +49,8 @@ def export_results(source: Path, dest: Path) -> list[str]:
         raise InputError(f"{dest} is the suite folder itself; export into a new folder.")
     runs = report_inputs(source)  # refuses a folder lacking what the report needs
     done = load_results(source).query("status == 'done'")["run_folder"]
-    metrics = [f"{run}/{METRICS}" for run in done if (source / run / METRICS).is_file()]
+    finished = [RunFolder(Path(run)).metrics_path for run in done]
+    metrics = [path.as_posix() for path in finished if (source / path).is_file()]
     suite = [name for name in SUITE_FILES if (source / name).is_file()]
     figures = sorted(
         path.relative_to(source).as_posix() for path in (source / FIGURES).glob("*.png") if path.is_file()

@@ -20,14 +20,14 @@ import numpy as np
 import pandas as pd
 
 from cdsf_bench.bench.render import Block, Figure, Heading, Paragraph, Table
-from cdsf_bench.bench.runner import result_row, results_frame
 from cdsf_bench.bench.stats import interval_text, mean_sd
 from cdsf_bench.bench.suite import RunSpec, Suite
+from cdsf_bench.bench.table import result_row, results_frame, suite_record
 from cdsf_bench.errors import InputError
 from cdsf_bench.figures import plt, save_figure
 from cdsf_bench.progress import console
 from cdsf_bench.registry import Registry
-from cdsf_bench.run_folder import METRICS
+from cdsf_bench.run_folder import RunFolder
 from cdsf_bench.settings import RunConfig
 
 #: the folder of the prediction folders, and the table of their results, in a suite folder
@@ -65,7 +65,7 @@ def predict_external(spec: RunSpec, suite: Suite, registry: Registry, out: Path,
     folder = root / spec.folder
     if not run_done:
         return result_row(spec, root, "failed", "the run did not finish, so there is no model to test")
-    if (folder / METRICS).is_file():
+    if RunFolder(folder).finished:
         return result_row(spec, root, "done")
     if folder.exists():  # a prediction killed before its metrics.json: redo it (inference only)
         shutil.rmtree(folder)
@@ -83,7 +83,7 @@ def external_frame(out: Path, suite: Suite) -> pd.DataFrame:
     """``external.csv`` rebuilt from the prediction folders (merging shards), in the suite's order."""
     root = Path(out) / EXTERNAL
     rows = [
-        result_row(spec, root, "done" if (root / spec.folder / METRICS).is_file() else "missing")
+        result_row(spec, root, "done" if RunFolder(root / spec.folder).finished else "missing")
         for spec in suite.runs()
     ]
     return results_frame(rows)
@@ -115,9 +115,8 @@ def external_inputs(folder: Path) -> list[str]:
     if external is None:
         return []
     done = external[external["status"] == "done"]
-    wanted = [
-        f"{EXTERNAL}/{run}/{name}" for run in done["run_folder"] for name in ("predictions.csv", METRICS)
-    ]
+    runs = [RunFolder(Path(EXTERNAL) / run) for run in done["run_folder"]]
+    wanted = [path.as_posix() for run in runs for path in (run.predictions_path(), run.metrics_path)]
     missing = [name for name in wanted if not (Path(folder) / name).is_file()]
     if missing:
         raise InputError(
@@ -129,8 +128,6 @@ def external_inputs(folder: Path) -> list[str]:
 
 def external_source(folder: Path) -> str:
     """The external cohort as the suite names it: its spec and settings."""
-    from cdsf_bench.bench.header import suite_record
-
     given = suite_record(Path(folder)).get("suite", {}).get("test_data", {})
     settings = ", ".join(f"{key} = {value}" for key, value in given.get("settings", {}).items())
     return f"{given.get('spec', '?')}" + (f" ({settings})" if settings else "")

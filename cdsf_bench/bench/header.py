@@ -7,18 +7,16 @@ committed results folder is byte for byte the one committed.
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from cdsf_bench.bench.render import Block, Bullets, Heading, Paragraph
-from cdsf_bench.bench.runner import SUITE_FILE
 from cdsf_bench.bench.suite import PER_REPLICATE
-
-#: a run's environment record, relative to its folder
-ENVIRONMENT = "environment.json"
+from cdsf_bench.bench.table import suite_record
+from cdsf_bench.run_folder import RunFolder
 
 
 def run_dates(folder: Path, done: pd.DataFrame) -> str:
@@ -26,8 +24,7 @@ def run_dates(folder: Path, done: pd.DataFrame) -> str:
     a report re-rendered from a committed folder must be byte for byte the one committed."""
     stamps = []
     for run_folder in done["run_folder"]:
-        path = folder / run_folder / ENVIRONMENT
-        stamp = json.loads(path.read_text()).get("time_utc") if path.exists() else None
+        stamp = RunFolder(folder / run_folder).environment().get("time_utc")
         if stamp:
             stamps.append(datetime.fromisoformat(stamp).astimezone(UTC))
     if not stamps:
@@ -36,11 +33,12 @@ def run_dates(folder: Path, done: pd.DataFrame) -> str:
     return f"runs started {first}" + (f" to {last}" if last != first else "")
 
 
-def _environment(folder: Path, done: pd.DataFrame) -> dict:
+def _environment(folder: Path, done: pd.DataFrame) -> dict[str, Any]:
+    """The environment record of the first finished run that kept one."""
     for run_folder in done["run_folder"]:
-        path = folder / run_folder / ENVIRONMENT
-        if path.exists():
-            return json.loads(path.read_text())
+        run = RunFolder(folder / run_folder)
+        if run.environment_path.exists():
+            return run.environment()
     return {}
 
 
@@ -48,8 +46,7 @@ def _commit_line(folder: Path, done: pd.DataFrame) -> str:
     """The source commit of the runs; several are listed with their run counts (a merged suite)."""
     counts: dict[str, int] = {}
     for run_folder in done["run_folder"]:
-        path = folder / run_folder / ENVIRONMENT
-        env = json.loads(path.read_text()) if path.exists() else {}
+        env = RunFolder(folder / run_folder).environment()
         commit = env.get("git_commit") or "not recorded (not a git checkout)"
         if env.get("git_uncommitted_changes"):
             commit += " with uncommitted changes"
@@ -57,12 +54,6 @@ def _commit_line(folder: Path, done: pd.DataFrame) -> str:
     if len(counts) <= 1:
         return f"Commit: {next(iter(counts), 'not recorded')}"
     return "Commits: " + "; ".join(f"{c} ({n} run{'s' * (n != 1)})" for c, n in counts.items())
-
-
-def suite_record(folder: Path) -> dict:
-    """The suite folder's suite.json (empty without one)."""
-    path = folder / SUITE_FILE
-    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def header_blocks(folder: Path, results: pd.DataFrame, done: pd.DataFrame, reference: str) -> list[Block]:

@@ -26,11 +26,12 @@ from typing import cast
 import pandas as pd
 import tomli_w
 
-from cdsf_bench.bench.runner import RESULTS_FILE
+from cdsf_bench.bench.table import RESULTS_FILE
 from cdsf_bench.config import read_toml
 from cdsf_bench.errors import InputError
 from cdsf_bench.metrics import DIAGNOSIS_KEYS, HIGHER_IS_BETTER, SYNTHESIS_KEYS
 from cdsf_bench.results import write_json, write_text
+from cdsf_bench.run_folder import METRICS, RunFolder
 
 SPEC_KEYS = ("value", "direction", "abs_tol", "rel_tol")
 DIRECTIONS = ("higher", "lower")
@@ -71,8 +72,9 @@ def _finite(value: object) -> float | None:
 def read_current(path: Path) -> Current:
     """Metric values of a run folder, a results.csv, or a suite folder holding results.csv."""
     path = Path(path)
-    if path.is_dir() and (path / "metrics.json").exists():
-        metrics = json.loads((path / "metrics.json").read_text())
+    run = RunFolder(path)
+    if path.is_dir() and run.finished:
+        metrics = run.metrics()
         method = metrics["method"]
         run_key = f"{method['synth']}+{method['diag']}+{method['coupling']}"
         recorded = {**metrics.get("diagnosis", {}), **(metrics.get("synthesis") or {})}
@@ -81,7 +83,7 @@ def read_current(path: Path) -> Current:
     table = path / RESULTS_FILE if path.is_dir() else path
     if not table.is_file():
         raise InputError(
-            f"{path} is neither a run folder (with metrics.json), a results.csv, nor a suite folder "
+            f"{path} is neither a run folder (with {METRICS}), a results.csv, nor a suite folder "
             f"holding {RESULTS_FILE}."
         )
     try:

@@ -15,8 +15,10 @@ to ``checks.csv``; a suite with ``test_data`` gets an external-validation sectio
 (:mod:`cdsf_bench.bench.external`). Where the runs recorded their split sizes, the report
 also answers each comparison (:mod:`cdsf_bench.bench.answers`: the design's t-test, Holm,
 the minimal detectable difference and a verdict; ``answers.csv``) and the intervals follow
-the design; an older folder renders as it was written. A tuned suite's report states the
-budget and each method's chosen settings (:mod:`cdsf_bench.bench.tuning_report`).
+the design; a folder without split sizes gets no answers and plain t intervals. A tuned
+suite's report states the budget and each method's chosen settings
+(:mod:`cdsf_bench.bench.tuning_report`). What the report reads, and in which order, is
+:mod:`cdsf_bench.bench.inputs`.
 """
 
 from __future__ import annotations
@@ -43,33 +45,38 @@ from cdsf_bench.bench.checks import (
     checks_from_canonical,
     evaluate_checks,
 )
-from cdsf_bench.bench.external import EXTERNAL, external_inputs, external_runs, shift_blocks
+from cdsf_bench.bench.external import EXTERNAL, external_runs, shift_blocks
 from cdsf_bench.bench.figures import pooled_roc, strip_plot, synthesis_bars
-from cdsf_bench.bench.header import ENVIRONMENT, header_blocks, suite_record
+from cdsf_bench.bench.header import header_blocks
+from cdsf_bench.bench.inputs import (
+    groups,
+    in_group,
+    method_order,
+    montage_path,
+    montage_runs,
+    require_run_files,
+    synthesising_methods,
+)
 from cdsf_bench.bench.render import Block, Figure, Heading, Paragraph, Table, to_html, to_markdown
-from cdsf_bench.bench.runner import RESULTS_FILE
 from cdsf_bench.bench.stats import (
     BOOTSTRAP_REPLICATES,
     compare_replicate,
     interval_text,
     mean_sd,
-    read_predictions,
     replicate_of,
 )
-from cdsf_bench.bench.tuning_report import summary_path, tuning_blocks
+from cdsf_bench.bench.table import load_results, suite_record
+from cdsf_bench.bench.tuning_report import tuning_blocks
 from cdsf_bench.errors import InputError
 from cdsf_bench.interfaces import Method
 from cdsf_bench.metrics import CALIBRATION_KEYS, DISEASE_SYNTHESIS_KEYS, SUBGROUP_KEYS, SYNTHESIS_KEYS
 from cdsf_bench.progress import console
 from cdsf_bench.results import write_csv, write_text
+from cdsf_bench.run_folder import RunFolder
 
 #: diagnosis metrics summarised per method (per-run AUC intervals stay in results.csv)
 SUMMARY_METRICS = ("auc", "bacc", "acc", "sen", "spe", "f1", "mcc")
 FORMATS = ("md", "html")
-#: per run, what the report reads: the test predictions (required), the environment (header)
-#: and the montage (the first finished run of each synthesising method), run-folder relative
-PREDICTIONS = "predictions.csv"
-MONTAGE = "figures/montage.png"
 TESTS_NOTE = (
     "AUC differences: DeLong's test for two correlated ROC curves (DeLong et al., Biometrics 1988), "
     "two-sided, one p-value per replicate. Balanced-accuracy differences: paired bootstrap over test "
@@ -105,35 +112,6 @@ DISEASE_NOTE = (
     "information beyond MRI's structural severity that the generator recovered; pet_specific_r_real: "
     "the same for the real PET, the ceiling (phantom only)."
 )
-
-
-def load_results(folder: Path) -> pd.DataFrame:
-    path = Path(folder) / RESULTS_FILE
-    if not path.exists():
-        raise InputError(
-            f"{folder} has no {RESULTS_FILE}; give a folder written by 'cdsf-bench bench' "
-            "(for shards, run 'cdsf-bench merge' first)."
-        )
-    results = pd.read_csv(path, keep_default_na=False, na_values=[""])
-    if "scenario" not in results.columns:  # a table written before suites had scenarios
-        results.insert(1, "scenario", "")
-    scenario = results["scenario"].astype(object)
-    results["scenario"] = scenario.where(scenario.notna(), "").astype(str)
-    return results
-
-
-def groups(results: pd.DataFrame) -> list[tuple[str, str]]:
-    """(scenario, task) pairs in the suite's order; the scenario is "" without scenarios."""
-    return list(dict.fromkeys(zip(results["scenario"], results["task"], strict=True)))
-
-
-def _in_group(frame: pd.DataFrame, scenario: str, task: str) -> pd.DataFrame:
-    return frame[(frame["scenario"] == scenario) & (frame["task"] == task)]
-
-
-def method_order(results: pd.DataFrame) -> list[str]:
-    """Methods in the suite's order (their first appearance in results.csv)."""
-    return list(dict.fromkeys(results["method"]))
 
 
 def choose_reference(results: pd.DataFrame, requested: str | None, default: Method | None = None) -> str:
@@ -188,7 +166,7 @@ def _summary_tables(done: pd.DataFrame, methods: list[str]) -> list[Block]:
         Heading(3, "Diagnosis (test split, mean ± sd over replicates)"),
         Table(("method", "runs", *(m.upper() for m in SUMMARY_METRICS)), tuple(rows)),
     ]
-    synthesising = _synthesising(done, methods)
+    synthesising = synthesising_methods(done, methods)
     if synthesising:
         rows = [
             (m, *(mean_sd(done.loc[done["method"] == m, k], 4) for k in SYNTHESIS_KEYS)) for m in synthesising
@@ -198,7 +176,7 @@ def _summary_tables(done: pd.DataFrame, methods: list[str]) -> list[Block]:
             Table(("method", *(k.upper() for k in SYNTHESIS_KEYS)), tuple(rows)),
         ]
     calibration = [k for k in (*CALIBRATION_KEYS, *SUBGROUP_KEYS) if k in done.columns]
-    if calibration and done[calibration].notna().any().any():  # absent in older folders
+    if calibration and done[calibration].notna().any().any():  # a section only where recorded
         rows = [(m, *(mean_sd(done.loc[done["method"] == m, k]) for k in calibration)) for m in methods]
         blocks += [
             Heading(3, "Calibration and PET subgroups (test split, mean ± sd over replicates)"),
@@ -255,58 +233,6 @@ def _comparison_table(
     ]
 
 
-def _synthesising(done: pd.DataFrame, methods: list[str]) -> list[str]:
-    return [m for m in methods if done.loc[done["method"] == m, "ssim"].notna().any()]
-
-
-def _montage_runs(done: pd.DataFrame, synthesising: list[str]) -> list[tuple[str, pd.Series]]:
-    """The run whose montage shows each synthesising method: its first finished one."""
-    return [(m, done[done["method"] == m].iloc[0]) for m in synthesising]
-
-
-def missing_run_files(folder: Path, done: pd.DataFrame) -> list[Path]:
-    """The required per-run files (predictions.csv) that the finished runs lack."""
-    paths = [Path(folder) / run_folder / PREDICTIONS for run_folder in done["run_folder"]]
-    return [path for path in paths if not path.is_file()]
-
-
-def require_run_files(folder: Path, done: pd.DataFrame) -> None:
-    """Refuse, naming the file, a folder whose finished runs lack what the report reads."""
-    missing = missing_run_files(folder, done)
-    if missing:
-        listed = ", ".join(str(path) for path in missing[:3]) + (
-            f" and {len(missing) - 3} more" if len(missing) > 3 else ""
-        )
-        raise InputError(
-            f"{folder} cannot be reported: {len(missing)} finished run(s) lack {PREDICTIONS} ({listed}). "
-            "The report pairs methods on each run's test predictions; a results folder that should "
-            "re-render keeps them (make one with 'cdsf-bench export SUITE_FOLDER DEST')."
-        )
-
-
-def report_inputs(folder: Path) -> list[str]:
-    """Every run file the report of ``folder`` reads, relative to the folder, that exists.
-
-    What a committed results folder keeps so that ``report`` re-renders it: each finished
-    run's predictions and environment, and the montage the report shows per method.
-    """
-    folder = Path(folder)
-    results = load_results(folder)
-    done = results[results["status"] == "done"]
-    require_run_files(folder, done)
-    wanted = [f"{r}/{name}" for r in done["run_folder"] for name in (PREDICTIONS, ENVIRONMENT)]
-    wanted += [summary_path(r) for r in results["run_folder"]]  # a tuned suite's studies
-    for scenario, task in groups(results):
-        task_done = _in_group(done, scenario, task)
-        methods = method_order(_in_group(results, scenario, task))
-        wanted += [
-            f"{run['run_folder']}/{MONTAGE}"
-            for _, run in _montage_runs(task_done, _synthesising(task_done, methods))
-        ]
-    wanted += external_inputs(folder)
-    return [name for name in dict.fromkeys(wanted) if (folder / name).is_file()]
-
-
 def _figures(folder: Path, task: str, done: pd.DataFrame, methods: list[str]) -> list[Block]:
     figures = folder / "figures"
     blocks: list[Block] = []
@@ -314,7 +240,7 @@ def _figures(folder: Path, task: str, done: pd.DataFrame, methods: list[str]) ->
     for method in methods:
         runs = done[done["method"] == method]["run_folder"]
         if len(runs):
-            pooled = pd.concat([read_predictions(folder, r) for r in runs])
+            pooled = pd.concat([RunFolder(folder / r).predictions() for r in runs])
             curves[method] = (pooled["label"].to_numpy(), pooled["probability"].to_numpy())
     pooled_roc(curves, figures / f"{task}_roc.png", task)
     blocks.append(
@@ -324,7 +250,7 @@ def _figures(folder: Path, task: str, done: pd.DataFrame, methods: list[str]) ->
     blocks.append(
         Figure(f"figures/{task}_strip.png", f"{task}: AUC and balanced accuracy per replicate (bar: mean)")
     )
-    synthesising = _synthesising(done, methods)
+    synthesising = synthesising_methods(done, methods)
     if synthesising:
         synthesis_bars(
             done[done["method"].isin(synthesising)], synthesising, figures / f"{task}_synthesis.png", task
@@ -332,8 +258,8 @@ def _figures(folder: Path, task: str, done: pd.DataFrame, methods: list[str]) ->
         blocks.append(
             Figure(f"figures/{task}_synthesis.png", f"{task}: synthesis quality, mean ± sd over replicates")
         )
-    for method, first in _montage_runs(done, synthesising):
-        montage = folder / first["run_folder"] / MONTAGE
+    for method, first in montage_runs(done, synthesising):
+        montage = montage_path(folder / first["run_folder"])
         if montage.exists():
             slug = Path(first["run_folder"]).name
             target = figures / f"{task}_montage_{slug}.png"
@@ -366,7 +292,7 @@ def build_report(
     designs: dict[tuple[str, str], Design] = {}
     paired_of: dict[tuple[str, str], pd.DataFrame] = {}
     for scenario, task in groups(results):
-        task_done = _in_group(done, scenario, task)
+        task_done = in_group(done, scenario, task)
         if len(task_done):
             paired_of[scenario, task] = comparisons(folder, task_done, reference)
             design = design_of(suite, task_done)
@@ -381,8 +307,8 @@ def build_report(
     blocks += answers_blocks(found, designs, reference) + answers_figure(found, Path(folder), reference)
     blocks += tuning_blocks(folder, results, suite.get("tune"))
     for scenario, task in groups(results):
-        task_done = _in_group(done, scenario, task)
-        methods = method_order(_in_group(results, scenario, task))
+        task_done = in_group(done, scenario, task)
+        methods = method_order(in_group(results, scenario, task))
         blocks.append(Heading(2, f"Scenario {scenario}, task {task}" if scenario else f"Task {task}"))
         if task_done.empty:
             blocks.append(Paragraph("No run of this task finished."))
@@ -444,10 +370,10 @@ def print_summary(results: pd.DataFrame) -> None:
         results = results.assign(scenario="")
     done = results[results["status"] == "done"]
     for scenario, task in groups(results):
-        methods = method_order(_in_group(results, scenario, task))
+        methods = method_order(in_group(results, scenario, task))
         label = f"{scenario} {task}" if scenario else task
         title = label
-        for block in _summary_tables(_in_group(done, scenario, task), methods):
+        for block in _summary_tables(in_group(done, scenario, task), methods):
             if isinstance(block, Heading):
                 title = f"{label}: {block.text}"
             elif isinstance(block, Table):

@@ -15,7 +15,6 @@ each of its runs a child of it (:mod:`cdsf_bench.tracking`).
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import time
 from collections.abc import Callable, Mapping
@@ -24,48 +23,19 @@ from typing import Any
 
 import pandas as pd
 
+from cdsf_bench.bench import external
+from cdsf_bench.bench.budget import TuningBudget
 from cdsf_bench.bench.suite import RunSpec, Suite, shard_runs, suite_from_canonical
-from cdsf_bench.bench.tuning import TuningBudget
+from cdsf_bench.bench.table import RESULTS_FILE, SUITE_FILE, result_row, results_frame, results_name
+from cdsf_bench.bench.tuning import plan_for, tuned_config
 from cdsf_bench.config import resolve_trackers
 from cdsf_bench.errors import InputError, RunFailed
-from cdsf_bench.metrics import DIAGNOSIS_KEYS, DISEASE_SYNTHESIS_KEYS, SYNTHESIS_KEYS
 from cdsf_bench.progress import console, make_progress
 from cdsf_bench.registry import Registry
 from cdsf_bench.results import source_commit, write_csv, write_json
+from cdsf_bench.run_folder import RunFolder
 from cdsf_bench.settings import RunConfig
 from cdsf_bench.tracking import NO_TRACKERS, Trackers, flatten, open_trackers
-
-SUITE_FILE = "suite.json"
-RESULTS_FILE = "results.csv"
-IDENTITY_COLUMNS = (
-    "suite",
-    "scenario",
-    "task",
-    "seed",
-    "fold",
-    "method",
-    "synth",
-    "diag",
-    "coupling",
-    "status",
-)
-#: the synthesis columns: image metrics, then the disease-specific ones
-SYNTHESIS_COLUMNS = (*SYNTHESIS_KEYS, *DISEASE_SYNTHESIS_KEYS)
-#: the subjects a run tested, trained and selected on (the corrected t-test reads the ratio)
-SPLIT_SIZES = ("n_test", "n_train", "n_val")
-COLUMNS = (
-    *IDENTITY_COLUMNS,
-    *DIAGNOSIS_KEYS,
-    *SYNTHESIS_COLUMNS,
-    *SPLIT_SIZES,
-    "wall_seconds",
-    "run_folder",
-    "error",
-)
-
-
-def results_name(shard: tuple[int, int] | None) -> str:
-    return RESULTS_FILE if shard is None else f"results.shard-{shard[0]}-of-{shard[1]}.csv"
 
 
 def claim_folder(suite: Suite, out: Path) -> None:
@@ -80,42 +50,6 @@ def claim_folder(suite: Suite, out: Path) -> None:
             )
         return
     write_json(existing, {"name": suite.name, "hash": suite.hash, "suite": suite.canonical()})
-
-
-def result_row(spec: RunSpec, out: Path, status: str, error: str = "") -> dict:
-    """One results.csv row for a run, read from its run folder when it finished."""
-    folder = out / spec.folder
-    row: dict = {
-        "suite": spec.suite,
-        "scenario": spec.scenario,
-        "task": spec.task,
-        "seed": spec.seed,
-        "fold": spec.fold,
-        "method": spec.method.name,
-        "synth": spec.method.synth,
-        "diag": spec.method.diag,
-        "coupling": spec.method.coupling,
-        "status": status,
-        **dict.fromkeys((*DIAGNOSIS_KEYS, *SYNTHESIS_COLUMNS, *SPLIT_SIZES, "wall_seconds"), math.nan),
-        "run_folder": spec.folder.as_posix(),
-        "error": error,
-    }
-    if status == "done":
-        metrics = json.loads((folder / "metrics.json").read_text())
-        row.update({k: metrics["diagnosis"].get(k) for k in DIAGNOSIS_KEYS})
-        row.update({k: (metrics.get("synthesis") or {}).get(k, math.nan) for k in SYNTHESIS_COLUMNS})
-        row.update({f"n_{name}": metrics.get("n", {}).get(name) for name in ("test", "train", "val")})
-        timing = folder / "timing.json"
-        if timing.exists():
-            row["wall_seconds"] = json.loads(timing.read_text()).get("wall_seconds")
-    return row
-
-
-def results_frame(rows: list[dict]) -> pd.DataFrame:
-    frame = pd.DataFrame(rows, columns=list(COLUMNS))
-    # "" for a suite without scenarios (a merged shard table reads it back as missing)
-    frame["scenario"] = frame["scenario"].astype(object).where(frame["scenario"].notna(), "").astype(str)
-    return frame.astype({"seed": "Int64", "fold": "Int64", **dict.fromkeys(SPLIT_SIZES, "Int64")})
 
 
 def run_suite(
@@ -138,7 +72,6 @@ def run_suite(
         runs = shard_runs(runs, *shard)
     configs = [spec.resolve(registry) for spec in runs]  # every config error before any compute
     if suite.tune is not None:  # and every study's space and metric (cdsf_bench.bench.tuning)
-        from cdsf_bench.bench.tuning import plan_for
         from cdsf_bench.tune.study import require_optuna
 
         require_optuna()
@@ -151,8 +84,6 @@ def run_suite(
                 f"{out} already holds run folder(s) of this suite ({', '.join(taken[:3])}"
                 f"{', ...' if len(taken) > 3 else ''}); continue them with --resume or choose another --out."
             )
-    from cdsf_bench.bench import external
-
     if suite.test_data:
         external.check_external(suite, configs, registry)
     trackers = _suite_trackers(suite, registry, track or {})
@@ -188,7 +119,7 @@ def _suite_trackers(suite: Suite, registry: Registry, extra: Mapping[str, Mappin
 def _run_all(
     suite: Suite,
     runs: list[RunSpec],
-    configs: list[RunConfig],
+    configs: list[dict[str, Any]],
     registry: Registry,
     out: Path,
     resume: bool,
@@ -196,17 +127,15 @@ def _run_all(
     table: Path,
     execute: Callable[..., object],
     trackers: Trackers,
-) -> list[dict]:
+) -> list[dict[str, Any]]:
     """Every run in order, the results table rewritten after each; the rows."""
-    from cdsf_bench.bench import external
-
-    rows: list[dict] = []
-    external_rows: list[dict] = []
+    rows: list[dict[str, Any]] = []
+    external_rows: list[dict[str, Any]] = []
     with make_progress() as progress:
         task = progress.add_task(f"suite {suite.name}", total=len(runs), status="")
         for spec, config in zip(runs, configs, strict=True):
             progress.update(task, status=f"{spec.task} {spec.replicate} {spec.method.name}")
-            if resume and (out / spec.folder / "metrics.json").exists():
+            if resume and RunFolder(out / spec.folder).finished:
                 rows.append(result_row(spec, out, "done"))
             else:
                 rows.append(_execute_one(execute, spec, config, registry, out, suite.tune, trackers))
@@ -227,17 +156,15 @@ def _execute_one(
     out: Path,
     budget: TuningBudget | None = None,
     trackers: Trackers = NO_TRACKERS,
-) -> dict:
+) -> dict[str, Any]:
     """Run one spec (tuned first, with a budget); a failed run becomes a 'failed' row instead of
     stopping the suite. With trackers, the run is tracked as a child of the suite's run."""
     folder = out / spec.folder
     tracking = {"trackers": trackers, "track_name": spec.folder.as_posix()} if trackers else {}
     started = time.perf_counter()
-    continuing = (folder / "config.toml").exists()
+    continuing = RunFolder(folder).config_path.exists()
     try:
         if budget is not None:
-            from cdsf_bench.bench.tuning import tuned_config
-
             config = tuned_config(spec, registry, out, budget)
         execute(config, registry, out=folder, resume=continuing, **tracking)
     except RunFailed as error:
@@ -255,8 +182,6 @@ def merge_shards(out: Path, sources: list[Path]) -> pd.DataFrame:
     run that no shard reports gets a row with status 'missing'. External predictions are
     copied with their runs and ``external.csv`` is rebuilt from them.
     """
-    from cdsf_bench.bench import external
-
     recorded = []
     for source in sources:
         path = source / SUITE_FILE

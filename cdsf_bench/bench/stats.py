@@ -32,6 +32,7 @@ from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestPower
 
 from cdsf_bench.errors import InputError
+from cdsf_bench.run_folder import RunFolder
 
 #: paired-bootstrap replicates per comparison of two runs
 BOOTSTRAP_REPLICATES = 2000
@@ -238,15 +239,10 @@ def replicate_of(run_folder: str) -> str:
     return Path(run_folder).parent.as_posix()
 
 
-def read_predictions(folder: Path, run_folder: str) -> pd.DataFrame:
-    """A run's predictions.csv (``folder``: the suite folder)."""
-    return pd.read_csv(folder / run_folder / "predictions.csv", dtype={"participant_id": str})
-
-
 def compare_replicate(folder: Path, run: pd.Series, reference: pd.Series) -> dict:
     """DeLong and paired-bootstrap tests of one run against the reference run of its replicate."""
-    mine = read_predictions(folder, run["run_folder"])
-    theirs = read_predictions(folder, reference["run_folder"])
+    mine = RunFolder(folder / run["run_folder"]).predictions()
+    theirs = RunFolder(folder / reference["run_folder"]).predictions()
     paired = mine.merge(theirs, on="participant_id", suffixes=("", "_ref"))
     if not (paired["label"] == paired["label_ref"]).all():
         raise InputError(f"Runs {run['run_folder']} and {reference['run_folder']} disagree on test labels.")

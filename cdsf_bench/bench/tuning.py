@@ -1,7 +1,8 @@
 """Tuned suites: every method tuned with the same budget inside every replicate, then tested.
 
-A suite's ``[tune]`` table (:class:`TuningBudget`, parsed when the suite is loaded, part of
-its hash) gives every method of every replicate the same number of trials.
+A suite's ``[tune]`` table (:class:`~cdsf_bench.bench.budget.TuningBudget`, parsed when the
+suite is loaded, part of its hash) gives every method of every replicate the same number of
+trials.
 
 For each run of a suite with a ``[tune]`` table (a task, a replicate, a method), a study is
 planned from exactly the assignments that configure the run, so the replicate's seed fixes
@@ -15,66 +16,17 @@ beside the run folders, and resume with the suite.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
-from cdsf_bench.config import SELECTION_METRICS
+from cdsf_bench.bench.budget import TuningBudget
+from cdsf_bench.bench.suite import RunSpec
 from cdsf_bench.errors import CdsfBenchError, InputError, RunFailed
 from cdsf_bench.registry import Registry
 from cdsf_bench.settings import RunConfig
-from cdsf_bench.tune.plan import PRUNERS, StudyPlan, plan_study
-
-if TYPE_CHECKING:
-    from cdsf_bench.bench.suite import RunSpec
+from cdsf_bench.tune.plan import StudyPlan, plan_study
 
 #: the folder of a suite's studies, relative to the suite's folder
 TUNING = "tuning"
-BUDGET_FIELDS = ("trials", "metric", "pruner")
-
-
-@dataclass(frozen=True)
-class TuningBudget:
-    """Every method of every replicate gets ``trials`` trials, scored by ``metric`` on validation.
-
-    ``metric`` None means each run's ``train.select_on``.
-    """
-
-    trials: int
-    metric: str | None = None
-    pruner: str = "median"
-
-    def canonical(self) -> dict[str, Any]:
-        return {"trials": self.trials, "metric": self.metric, "pruner": self.pruner}
-
-
-def parse_budget(given: Any, fail: Callable[[str], Exception]) -> TuningBudget | None:
-    """The suite's ``[tune]`` table, or None for an untuned suite; ``fail`` names the file."""
-    if given is None:
-        return None
-    if not isinstance(given, dict):
-        raise fail("field 'tune' must be a table: [tune] trials = 8 (metric, pruner optional).")
-    unknown = sorted(set(given) - set(BUDGET_FIELDS))
-    if unknown:
-        raise fail(f"[tune] has unknown field(s) {', '.join(unknown)}; it has {', '.join(BUDGET_FIELDS)}.")
-    trials = given.get("trials")
-    if not isinstance(trials, int) or isinstance(trials, bool) or trials < 1:
-        raise fail(
-            f"[tune] trials must be an integer of at least 1 (the trials of every method), got {trials!r}."
-        )
-    metric = given.get("metric")
-    if metric is not None and metric not in SELECTION_METRICS:
-        raise fail(f"[tune] metric must be one of {', '.join(SELECTION_METRICS)}, got {metric!r}.")
-    pruner = given.get("pruner", "median")
-    if pruner not in PRUNERS:
-        raise fail(f"[tune] pruner must be one of {', '.join(PRUNERS)}, got {pruner!r}.")
-    return TuningBudget(trials, metric, pruner)
-
-
-def budget_from_canonical(content: dict[str, Any] | None) -> TuningBudget | None:
-    """Rebuild the budget from a suite's canonical form (suite.json)."""
-    return None if content is None else TuningBudget(**content)
 
 
 def tuning_folder(out: Path, spec: RunSpec) -> Path:

@@ -77,6 +77,7 @@ def run(
     """Train and evaluate one method; write a self-contained run folder."""
     from cdsf_bench.registry import default_registry
     from cdsf_bench.run import execute
+    from cdsf_bench.run_folder import RunFolder
 
     if nproc and nproc > 1 and "WORLD_SIZE" not in os.environ:
         sys.exit(_torchrun(nproc))
@@ -84,7 +85,7 @@ def run(
     registry = default_registry()
     flags = method_flags(synth, diag, coupling_flag, coupling)
     if resume_dir is not None:
-        config_file = resume_dir / "config.toml"
+        config_file = RunFolder(resume_dir).config_path
         out = resume_dir
     flags |= {
         "data.spec": data_spec,

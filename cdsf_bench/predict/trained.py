@@ -26,7 +26,7 @@ from cdsf_bench import config as cfg
 from cdsf_bench.assemble import Assembly, assemble
 from cdsf_bench.data.splits import Splits
 from cdsf_bench.engine import CHECKPOINT_FORMAT
-from cdsf_bench.errors import ConfigError, InputError
+from cdsf_bench.errors import InputError
 from cdsf_bench.interfaces import Cohort
 from cdsf_bench.registry import Registry
 from cdsf_bench.results import load_torch
@@ -60,42 +60,28 @@ def load_trained(folder: Path, registry: Registry, threshold: float | None = Non
     if not folder.is_dir():
         raise InputError(f"Run folder {folder} {'is not a folder' if folder.exists() else 'does not exist'}.")
     paths = RunFolder(folder)
-    if not paths.config_path.is_file():
-        raise InputError(f"{folder} is not a cdsf-bench run folder: it has no {CONFIG}.")
+    paths.config_text()  # refuses a folder that is not a run
     if threshold is None:
-        threshold = _threshold(folder / METRICS)
+        threshold = _threshold(paths)
     if not paths.checkpoint_path.is_file():
         raise InputError(
             f"Run folder {folder} has no weights: {paths.checkpoint_path} is missing (a run keeps it; "
             "an exported results folder does not). Apply a run folder that still holds its checkpoint."
         )
-    try:
-        config = cfg.resolve(registry, paths.config_path)
-    except ConfigError as error:
-        raise InputError(
-            f"{paths.config_path} cannot be read by this version of cdsf-bench ({error}); "
-            "apply it with the version that trained it, or train again."
-        ) from None
+    config = paths.config(registry)
     state = load_torch(paths.checkpoint_path)  # tensors and plain containers only (weights_only)
     _check_checkpoint(state, paths.checkpoint_path)
     return TrainedModel(folder, config, float(threshold), state)
 
 
-def _threshold(path: Path) -> float:
-    import json
-
-    if not path.is_file():
-        raise InputError(
-            f"The run in {path.parent} has not finished ({path.name} is missing), so it has no selected "
-            f"model and no operating point yet; finish it with 'cdsf-bench run --resume {path.parent}'."
-        )
+def _threshold(folder: RunFolder) -> float:
     try:
-        value = json.loads(path.read_text())["selection"]["threshold"]
+        value = folder.metrics()["selection"]["threshold"]
         return float(value)
     except (ValueError, KeyError, TypeError) as error:
         raise InputError(
-            f"{path} has no operating point (selection.threshold): {type(error).__name__} {error}. "
-            "It was not written by a finished cdsf-bench run."
+            f"{folder.metrics_path} has no operating point (selection.threshold): {type(error).__name__} "
+            f"{error}. It was not written by a finished cdsf-bench run."
         ) from None
 
 

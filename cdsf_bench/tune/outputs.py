@@ -24,7 +24,7 @@ import pandas as pd
 from cdsf_bench.figures import save_figure
 from cdsf_bench.interfaces import Choice
 from cdsf_bench.results import json_safe, write_csv, write_json, write_text
-from cdsf_bench.run_folder import CONFIG
+from cdsf_bench.run_folder import RunFolder
 from cdsf_bench.tune.plan import StudyPlan
 from cdsf_bench.tune.space import label, plain
 from cdsf_bench.tune.study import MAX_RETRIES, lost
@@ -193,13 +193,13 @@ def write_outputs(
         history_figure(frame, plan, folder.figure, defaults)
     best = best_trial(study)
     if best is not None:
-        source = folder.trial(int(best.user_attrs.get("folder_of", best.number))) / CONFIG
+        source = RunFolder(folder.trial(int(best.user_attrs.get("folder_of", best.number))))
         header = (
             f"# Best trial of study {plan.name}: trial {best.number}, validation {plan.metric} "
             f"{best.value:.4f}\n# (trained on the training split, scored on validation; the test split "
             "was not predicted).\n# Train it again and test it once: cdsf-bench run --config best.toml\n"
         )
-        write_text(folder.best_config, header + source.read_text())
+        write_text(folder.best_config, header + source.config_text())
     record = summary(study, plan, folder, budget, counts)
     write_json(folder.summary, record)
     return record

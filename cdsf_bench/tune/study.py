@@ -381,7 +381,7 @@ def _trial_folder(path: Path, config: RunConfig) -> bool:
     anything else left there (a kill before the first epoch ended) is cleared.
     """
     folder = RunFolder(path)
-    same = folder.config_path.exists() and folder.config_path.read_text() == config.toml()
+    same = folder.config_path.exists() and folder.config_text() == config.toml()
     if same and folder.checkpoint_path.exists():
         return True
     if path.exists():

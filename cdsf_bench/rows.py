@@ -1,5 +1,8 @@
 """Rows of a cohort's volumes without reading them: what ``Cohort.subset`` returns for a cached cohort.
 
+It sits beside ``interfaces`` at the bottom of the import graph (it imports NumPy only), so
+the plugin contract can use it without importing the data layer.
+
 A cached cohort's volumes are memory maps (``cdsf_bench.data.cache``); fancy indexing them
 for a task's subjects would read every selected volume into RAM at once. Instead a
 contiguous ascending range of rows becomes a slice (still a memory map) and any other
