@@ -46,6 +46,7 @@ from cdsf_bench.errors import ConfigError, InputError
 from cdsf_bench.progress import console
 from cdsf_bench.registry import Registry
 from cdsf_bench.results import remove_leftover_temporaries, utc_stamp, write_csv, write_json, write_text
+from cdsf_bench.settings import RunConfig
 
 CONFIG = "config.toml"
 LOG = "log.txt"
@@ -168,7 +169,7 @@ class RunFolder:
             raise InputError(f"{self.path} is not a cdsf-bench run folder: it has no {CONFIG}.")
         return self.config_path.read_text()
 
-    def config(self, registry: Registry) -> dict[str, Any]:
+    def config(self, registry: Registry) -> RunConfig:
         """config.toml resolved and validated against the installed plugins."""
         self.config_text()  # refuses a folder without one
         try:

@@ -40,6 +40,7 @@ LAYERS: tuple[tuple[str, frozenset[str], frozenset[str]], ...] = (
                 "cdsf_bench.host",
                 "cdsf_bench.distributed",
                 "cdsf_bench.compiling",
+                "cdsf_bench.settings",
             }
         ),
         frozenset(),
@@ -59,10 +60,22 @@ LAYERS: tuple[tuple[str, frozenset[str], frozenset[str]], ...] = (
     ),
     (
         "workflows",
-        frozenset({"cdsf_bench.run", "cdsf_bench.options"}),
-        frozenset({"cdsf_bench.tune", "cdsf_bench.bench", "cdsf_bench.predict", "cdsf_bench.perf"}),
+        frozenset({"cdsf_bench.protocol", "cdsf_bench.run", "cdsf_bench.options"}),
+        frozenset(
+            {
+                "cdsf_bench.tune",
+                "cdsf_bench.bench",
+                "cdsf_bench.predict",
+                "cdsf_bench.perf",
+                "cdsf_bench.testing",
+            }
+        ),
     ),
-    ("command line", frozenset({"cdsf_bench.cli", "cdsf_bench.__main__"}), frozenset()),
+    (
+        "command line",
+        frozenset({"cdsf_bench.cli", "cdsf_bench.__main__"}),
+        frozenset({"cdsf_bench.commands"}),
+    ),
 )
 #: what a plugin may import of the core: the package's own exports, the contract, the hooks,
 #: the errors a plugin raises and the tracker protocol

@@ -119,7 +119,7 @@ def _suite_trackers(suite: Suite, registry: Registry, extra: Mapping[str, Mappin
 def _run_all(
     suite: Suite,
     runs: list[RunSpec],
-    configs: list[dict[str, Any]],
+    configs: list[RunConfig],
     registry: Registry,
     out: Path,
     resume: bool,

@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from cdsf_bench import config as cfg
 from cdsf_bench.assemble import Assembly, assemble
 from cdsf_bench.data.splits import Splits
 from cdsf_bench.engine import CHECKPOINT_FORMAT
@@ -30,7 +29,7 @@ from cdsf_bench.errors import InputError
 from cdsf_bench.interfaces import Cohort
 from cdsf_bench.registry import Registry
 from cdsf_bench.results import load_torch
-from cdsf_bench.run_folder import CONFIG, METRICS, RunFolder
+from cdsf_bench.run_folder import RunFolder
 from cdsf_bench.settings import RunConfig
 
 
