@@ -239,3 +239,35 @@ def test_a_table_that_is_no_regular_utf8_file_is_refused_at_once(special: str, t
     assert result.returncode == 2, output
     assert "Traceback" not in output
     assert expected in output and str(path.name) in output
+
+
+def test_data_phantom_never_writes_into_an_existing_dataset(tmp_path: Path) -> None:
+    """A BIDS dataset's own participants.tsv is never replaced by ``data phantom --out``."""
+    dataset = tmp_path / "bids"
+    dataset.mkdir()
+    (dataset / "participants.tsv").write_text("participant_id\tage\nsub-01\t70\n")
+    before = _tree(tmp_path)
+    args = ["data", "phantom", "--out", str(dataset), "--subjects", "4", "--resolution", "8"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
+    assert "exists and is not empty" in result.output and "bids" in result.output
+    assert _tree(tmp_path) == before
+
+
+def test_a_failed_phantom_write_leaves_no_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cohort is written into a staging folder, moved into place only once complete."""
+    from cdsf_bench.data import phantom
+
+    written: list[Path] = []
+
+    def fail_on_the_third(image: nib.Nifti1Image, path: Path) -> None:
+        if len(written) == 2:
+            raise OSError(28, "No space left on device")
+        written.append(path)
+        nib.save(image, str(path))
+
+    monkeypatch.setattr(phantom, "save_nifti", fail_on_the_third)
+    settings = phantom.phantom_settings({}, subjects=3, resolution_mm=8.0, missing_pet=0.5, seed=0)
+    with pytest.raises(OSError):
+        phantom.write_phantom(phantom.generate_phantom(settings), settings, tmp_path / "out")
+    assert written and not any(tmp_path.iterdir()), list(tmp_path.iterdir())
