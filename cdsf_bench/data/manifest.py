@@ -26,6 +26,7 @@ import pandas as pd
 from cdsf_bench.data.check import Problem, format_problems, table_problems
 from cdsf_bench.data.conventions import DIAGNOSES
 from cdsf_bench.errors import InputError
+from cdsf_bench.textfiles import TABLE_LIMIT, check_regular_file
 
 REQUIRED = ("participant_id", "diagnosis", "mri")
 #: Other names people give the columns; the key is the name the table uses.
@@ -62,6 +63,17 @@ def _separator(path: Path) -> str:
         return "\t" if "\t" in sample else ","
 
 
+def _refuse_repeated_columns(path: Path, separator: str, what: str) -> None:
+    """A header naming a column twice (case and space ignored), read before pandas, which
+    would rename the second one (``age.1``) and so hide the repeat."""
+    with path.open(encoding="utf-8-sig", errors="replace", newline="") as handle:
+        header = next(csv.reader(handle, delimiter=separator), [])
+    names = [name.strip().lower() for name in header]
+    repeated = sorted({name for name in names if name and names.count(name) > 1})
+    if repeated:
+        raise InputError(f"{what} {path} repeats the columns {repeated}; give each column once.")
+
+
 def read_table_file(path: Path, what: str) -> pd.DataFrame:
     """Read a CSV / TSV as strings, column names lower-cased and aliases resolved.
 
@@ -69,12 +81,11 @@ def read_table_file(path: Path, what: str) -> pd.DataFrame:
     zeros; numbers are restored later for the extra columns only.
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{what} {path} does not exist; check the path.")
+    check_regular_file(path, what, TABLE_LIMIT)
+    separator = _separator(path)
+    _refuse_repeated_columns(path, separator, what)
     try:
-        table = pd.read_csv(
-            path, sep=_separator(path), dtype=str, keep_default_na=False, encoding="utf-8-sig"
-        )
+        table = pd.read_csv(path, sep=separator, dtype=str, keep_default_na=False, encoding="utf-8-sig")
     except pd.errors.EmptyDataError as error:
         raise InputError(
             f"{what} {path} is empty; it needs a header row ({', '.join(REQUIRED)}, ...) "
@@ -91,9 +102,6 @@ def read_table_file(path: Path, what: str) -> pd.DataFrame:
             raise InputError(f"{what} {path} has columns {present} that all mean {name!r}; keep one of them.")
         if present and present[0] != name:
             table = table.rename(columns={present[0]: name})
-    duplicated = sorted({c for c in table.columns if list(table.columns).count(c) > 1})
-    if duplicated:
-        raise InputError(f"{what} {path} repeats the columns {duplicated}; give each column once.")
     table = table.apply(lambda column: column.str.strip())
     if table.empty:
         raise InputError(f"{what} {path} has a header but no subjects; add one row per subject.")

@@ -2,8 +2,11 @@
 
 Real inputs come from people's disks and pipelines, so every way a file can be wrong is
 turned into an ``InputError`` that names the file and its role before any model sees it.
-Header facts (dimensions, affine) are checked before the voxel data are read, so a file
-that claims billions of voxels is refused without trying to allocate them.
+Header facts (dimensions, data type, scaling, affine) are checked before the voxel data are
+read, so a file whose header claims more memory than the budget is refused without trying to
+allocate it: the budget counts the bytes that reading would allocate (float32 voxels, the data
+as stored, and nibabel's float64 scaling where the header scales), not the voxels, and is
+settable with ``CDSF_BENCH_MAX_VOLUME_MB`` (default :data:`DEFAULT_VOLUME_MB`).
 
 Real data are expected to be in MNI152 space already (Clinica's ``t1-linear`` and
 ``pet-linear`` outputs, or any equivalent affine registration): this module only
@@ -13,6 +16,7 @@ reorients and resamples onto the grid, it does not register.
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import struct
 import uuid
@@ -33,8 +37,10 @@ from cdsf_bench.errors import InputError
 
 #: Largest size of any axis we accept: a 0.1 mm whole-brain volume is about 2000 voxels wide.
 MAX_AXIS = 2048
-#: Largest voxel count we accept (4 GB of float32); anything bigger is a corrupt header.
-MAX_VOXELS = 1_000_000_000
+#: The memory one volume may take while it is read, in MiB, unless CDSF_BENCH_MAX_VOLUME_MB says
+#: otherwise: a scaled int16 1 mm whole-head T1 (256^3 voxels) takes about 224 MiB to read.
+DEFAULT_VOLUME_MB = 2048
+VOLUME_BUDGET_ENV = "CDSF_BENCH_MAX_VOLUME_MB"
 GZIP_MAGIC = b"\x1f\x8b"
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -79,6 +85,8 @@ def _open(path: Path, role: str) -> nibabel.Nifti1Image:
             head = handle.read(2)
     except OSError as error:
         raise InputError(f"{role} file {path} cannot be read ({error}); check its permissions.") from error
+    if not head:
+        raise InputError(f"{role} file {path} is empty (0 bytes); re-export or re-download it.")
     if name.endswith(".gz") and head != GZIP_MAGIC:
         raise InputError(
             f"{role} file {path} is named .gz but is not gzip-compressed; "
@@ -95,16 +103,63 @@ def _open(path: Path, role: str) -> nibabel.Nifti1Image:
     return image
 
 
+def volume_budget_bytes() -> int:
+    """The byte budget of one volume: ``CDSF_BENCH_MAX_VOLUME_MB`` MiB, else the default."""
+    given = os.environ.get(VOLUME_BUDGET_ENV, "").strip()
+    if not given:
+        return DEFAULT_VOLUME_MB * 2**20
+    try:
+        megabytes = float(given)
+    except ValueError:
+        megabytes = float("nan")
+    if not (math.isfinite(megabytes) and megabytes > 0):
+        raise InputError(
+            f"{VOLUME_BUDGET_ENV}={given!r} is not a positive number of MiB; unset it or fix it."
+        )
+    return int(megabytes * 2**20)
+
+
+def _reading_bytes(voxels: int, stored: np.dtype, scaled: bool) -> int:
+    """What reading a volume allocates: the data as stored, float64 if nibabel applies the
+    header's scaling, and the float32 copy this module keeps."""
+    return voxels * (stored.itemsize + (8 if scaled else 0) + 4)
+
+
+def _check_header_data(header: nibabel.Nifti1Header, path: Path, role: str) -> None:
+    """Refuse data types and scalings that cannot be a scan, and volumes beyond the budget."""
+    stored = np.dtype(header.get_data_dtype())
+    if stored.fields is not None or stored.kind not in "biuf":
+        kind = "RGB / structured" if stored.fields is not None else stored.name
+        raise InputError(
+            f"{role} file {path} stores {kind} voxels; give a single-channel real-valued (integer or "
+            "float) volume, e.g. convert it with nibabel or fslmaths."
+        )
+    slope, intercept = header.get_slope_inter()
+    for name, value in (("scl_slope", slope), ("scl_inter", intercept)):
+        if value is not None and not math.isfinite(float(value)):
+            raise InputError(
+                f"{role} file {path} has a header {name} of {value}, not a finite number; "
+                "fix the header's scaling (or re-export the file)."
+            )
+    shape = tuple(int(n) for n in header.get_data_shape())
+    if any(n > MAX_AXIS for n in shape):
+        raise InputError(
+            f"{role} file {path} has a header claiming dimensions {shape}, beyond {MAX_AXIS} per axis; "
+            "the header is corrupt, re-export the file."
+        )
+    scaled = (slope is not None and slope != 1.0) or (intercept is not None and intercept != 0.0)
+    needed = _reading_bytes(math.prod(shape), stored, scaled)
+    budget = volume_budget_bytes()
+    if needed > budget:
+        raise InputError(
+            f"{role} file {path} claims dimensions {shape} of {stored.name}, which would take "
+            f"{needed / 2**20:.0f} MiB to read, over the budget of {budget / 2**20:.0f} MiB a volume; "
+            f"if the file is right, raise {VOLUME_BUDGET_ENV}, else re-export it."
+        )
+
+
 def _spatial_shape(shape: tuple[int, ...], path: Path, role: str) -> tuple[int, int, int]:
     """The 3D shape, after dropping trailing singleton axes (a 4D file with one frame)."""
-    if (
-        any(int(n) > MAX_AXIS for n in shape)
-        or int(np.prod([int(n) for n in shape], dtype=np.float64)) > MAX_VOXELS
-    ):
-        raise InputError(
-            f"{role} file {path} has a header claiming dimensions {tuple(int(n) for n in shape)}, beyond "
-            f"{MAX_AXIS} per axis or {MAX_VOXELS:.0e} voxels; the header is corrupt, re-export the file."
-        )
     dims = [int(n) for n in shape]
     while len(dims) > 3 and dims[-1] == 1:
         dims.pop()
@@ -123,6 +178,7 @@ def _spatial_shape(shape: tuple[int, ...], path: Path, role: str) -> tuple[int, 
 def _open_checked(path: Path, role: str) -> tuple[nibabel.Nifti1Image, HeaderInfo]:
     """The lazily opened image and its checked header, so reading data opens the file once."""
     image = _open(path, role)
+    _check_header_data(image.header, path, role)
     shape = _spatial_shape(image.header.get_data_shape(), path, role)
     affine = np.asarray(image.affine, dtype=np.float64)
     if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
@@ -148,13 +204,20 @@ def read_volume(path: str | Path, role: str) -> nibabel.Nifti1Image:
     image, info = _open_checked(path, role)
     try:
         # astype copies, so no memory map onto the file outlives this function
-        data = np.asarray(image.dataobj).astype(np.float32, copy=True)
+        with np.errstate(over="ignore"):  # a scaling beyond float32 is reported below, by name
+            data = np.asarray(image.dataobj).astype(np.float32, copy=True)
     except (*_READ_ERRORS, gzip.BadGzipFile) as error:
         raise InputError(
             f"{role} file {path} is truncated or damaged ({error}); re-export or re-download it."
         ) from error
     data = data.reshape(info.shape)
     bad = int(data.size - np.count_nonzero(np.isfinite(data)))
+    if bad and _scaling_overflows(image):
+        slope, intercept = image.header.get_slope_inter()
+        raise InputError(
+            f"{role} file {path} has finite stored voxels that its header scaling (scl_slope {slope}, "
+            f"scl_inter {intercept}) takes beyond the float32 range in {bad} voxels; fix the scaling."
+        )
     if bad:
         raise InputError(
             f"{role} file {path} has {bad} NaN or infinite voxels; "
@@ -164,9 +227,23 @@ def read_volume(path: str | Path, role: str) -> nibabel.Nifti1Image:
         raise InputError(
             f"{role} file {path} is all zeros; the preprocessing that wrote it failed, re-run it."
         )
+    if float(data.min()) == float(data.max()):
+        raise InputError(
+            f"{role} file {path} has the same value ({float(data.flat[0]):g}) in every voxel, no image; "
+            "the preprocessing that wrote it failed, re-run it."
+        )
     header = image.header.copy()
     header.set_data_dtype(np.float32)
     return nibabel.Nifti1Image(data, info.affine, header)
+
+
+def _scaling_overflows(image: nibabel.Nifti1Image) -> bool:
+    """Whether the stored voxels are finite although the scaled ones are not."""
+    get_unscaled = getattr(image.dataobj, "get_unscaled", None)
+    if get_unscaled is None:
+        return False
+    stored = np.asarray(get_unscaled())
+    return stored.dtype.kind in "iu" or bool(np.all(np.isfinite(stored)))
 
 
 def save_nifti(image: nibabel.Nifti1Image, path: Path) -> None:

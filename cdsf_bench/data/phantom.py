@@ -47,6 +47,7 @@ from cdsf_bench.data.nifti import save_nifti
 from cdsf_bench.data.regions import ATROPHY_REGIONS, HYPOMETABOLISM_REGIONS, REFERENCE_REGIONS, REGIONS
 from cdsf_bench.data.templates import Templates, grid_mni_coordinates, load_templates, mni_to_voxel
 from cdsf_bench.errors import ConfigError
+from cdsf_bench.staging import staged_folder
 
 #: Bumped whenever the files ``write_phantom`` writes change meaning or layout
 #: (2: the ``labelled`` column).
@@ -854,10 +855,18 @@ def write_phantom(
     PET is available, ``sub-NNNN/sub-NNNN_desc-hidden_pet.nii.gz`` (the ground truth for
     scoring synthesis) where it is withheld. The TSV doubles as a manifest: its ``mri``,
     ``pet`` and ``pet_truth`` columns are paths relative to ``out_dir``, and ``pet`` is
-    empty where PET is withheld. Returns the TSV's path.
+    empty where PET is withheld. Returns the TSV's path. The folder must be new or empty (a
+    BIDS dataset's own ``participants.tsv`` is never replaced), and appears only once complete.
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with staged_folder(out_dir, "Phantom output folder") as staging:
+        _write_phantom_files(cohort, settings, staging, progress)
+    return out_dir / "participants.tsv"
+
+
+def _write_phantom_files(
+    cohort: PhantomCohort, settings: PhantomSettings, out_dir: Path, progress: Progress | None
+) -> None:
     table = cohort.participants.copy()
     n = len(table)
     mri_paths, pet_paths, truth_paths = [], [], []
@@ -896,4 +905,3 @@ def write_phantom(
         "subjects_with_pet": int(np.sum(cohort.has_pet)),
     }
     (out_dir / "phantom.json").write_text(json.dumps(meta, indent=2) + "\n")
-    return tsv
