@@ -41,6 +41,9 @@ LAYERS: tuple[tuple[str, frozenset[str], frozenset[str]], ...] = (
                 "cdsf_bench.distributed",
                 "cdsf_bench.compiling",
                 "cdsf_bench.settings",
+                "cdsf_bench.safe_names",
+                "cdsf_bench.staging",
+                "cdsf_bench.textfiles",
             }
         ),
         frozenset(),
