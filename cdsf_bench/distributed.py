@@ -132,7 +132,7 @@ def synchronise(
             optimiser._cdsf_bench_averaged = True  # type: ignore[attr-defined]
 
 
-def _average_gradients(cluster: Cluster):
+def _average_gradients(cluster: Cluster) -> Callable[[torch.optim.Optimizer, Any, Any], None]:
     """A step pre-hook that averages gradients over processes.
 
     A parameter that has no gradient on any process keeps none (the optimiser then skips
@@ -141,7 +141,7 @@ def _average_gradients(cluster: Cluster):
     call ``step()`` on every process, even when their local loss had nothing to learn from.
     """
 
-    def hook(optimiser: torch.optim.Optimizer, _args, _kwargs) -> None:
+    def hook(optimiser: torch.optim.Optimizer, _args: Any, _kwargs: Any) -> None:
         parameters = [p for group in optimiser.param_groups for p in group["params"]]
         if not parameters:
             return

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from rich.progress import Progress
 
 from cdsf_bench import distributed
 from cdsf_bench.data.pipeline import DevicePipeline
@@ -286,7 +287,9 @@ class Trainer:
                 self._run_stage(index, stage, first_epoch, best, progress)
         return self.history
 
-    def _run_stage(self, index: int, stage: TrainingStage, first_epoch: int, best: dict, progress) -> None:
+    def _run_stage(
+        self, index: int, stage: TrainingStage, first_epoch: int, best: dict, progress: Progress
+    ) -> None:
         higher = HIGHER_IS_BETTER[stage.select_on]
         tie_break = SELECTION_TIE_BREAK.get(stage.select_on)
         tie_higher = HIGHER_IS_BETTER[tie_break] if tie_break is not None else True

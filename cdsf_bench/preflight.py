@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import pandas as pd
 
 from cdsf_bench.assemble import data_source
-from cdsf_bench.data.check import Needs, Problem, check_table
+from cdsf_bench.data.check import Needs, check_table
+from cdsf_bench.data.problems import Problem
 from cdsf_bench.data.sources import raise_problems
 from cdsf_bench.interfaces import DataSource
 from cdsf_bench.registry import Registry

@@ -15,8 +15,8 @@ from typing import Any
 
 import pandas as pd
 
-from cdsf_bench.data.check import Problem
 from cdsf_bench.data.manifest import normalise_rows, read_table_file, require_columns, session_name
+from cdsf_bench.data.problems import Problem
 from cdsf_bench.errors import InputError
 
 #: Space of Clinica's t1-linear and pet-linear outputs.

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import nibabel
@@ -19,8 +18,10 @@ import numpy as np
 import pandas as pd
 
 from cdsf_bench.data.conventions import DIAGNOSES, TASKS
+from cdsf_bench.data.identities import ROLES, shared_file_problems, unsafe_id_problems
 from cdsf_bench.data.labels import labelled_flags, unreadable_labelled
 from cdsf_bench.data.nifti import HeaderInfo, inspect_header, read_volume
+from cdsf_bench.data.problems import Problem
 from cdsf_bench.data.registration import (
     MIN_COVERAGE,
     coverage,
@@ -32,34 +33,9 @@ from cdsf_bench.data.splits import MIN_PER_CLASS, SPLITS
 from cdsf_bench.errors import InputError
 from cdsf_bench.interfaces import DataSettings
 from cdsf_bench.progress import track
-from cdsf_bench.safe_names import unsafe_reason
 
 #: A PET whose 99th percentile exceeds this many times ``pet_suvr_max`` is not in SUVR units.
 SUVR_FACTOR = 4.0
-#: Volume columns, their role in messages.
-ROLES = {"mri": "MRI", "pet": "PET", "pet_truth": "PET"}
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong with the input: whose it is, which file (or "") and how to fix it."""
-
-    subject: str
-    file: str
-    message: str
-
-    def __str__(self) -> str:
-        where = " ".join(part for part in (self.subject, f"({self.file})" if self.file else "") if part)
-        return f"{where}: {self.message}" if where else self.message
-
-
-def format_problems(problems: Iterable[Problem], limit: int = 50) -> str:
-    """A bulleted list for an error message, cut after ``limit`` lines with a count of the rest."""
-    problems = list(problems)
-    lines = [f"  - {problem}" for problem in problems[:limit]]
-    if len(problems) > limit:
-        lines.append(f"  ... and {len(problems) - limit} more")
-    return "\n".join(lines)
 
 
 def table_problems(table: pd.DataFrame) -> list[Problem]:
@@ -115,49 +91,7 @@ def table_problems(table: pd.DataFrame) -> list[Problem]:
         for participant, path in zip(ids, table["mri"].fillna("").astype(str), strict=True):
             if not path:
                 problems.append(Problem(participant, "", "has no MRI path; every subject needs an MRI."))
-    return problems + _unsafe_id_problems(table) + shared_file_problems(table)
-
-
-def _unsafe_id_problems(table: pd.DataFrame) -> list[Problem]:
-    """Ids that cannot become a file name as they are (``safe_names``): they name files a run
-    writes, so an id like ``../x`` would write outside the run folder."""
-    problems: list[Problem] = []
-    for column in ("participant_id", "session_id"):
-        if column not in table.columns:
-            continue
-        for row, value in enumerate(table[column].fillna("").astype(str), start=1):
-            reason = unsafe_reason(value) if value.strip() else None
-            if reason is not None:
-                problems.append(
-                    Problem(f"row {row}", "", f"{column} {reason}; use letters, digits, '-', '_' and '.'.")
-                )
-    return problems
-
-
-def shared_file_problems(table: pd.DataFrame) -> list[Problem]:
-    """One file in two places: an MRI or PET listed for two subjects, or a subject's PET that
-    is an MRI file. The splits' leak check compares subjects; this compares the files, so the
-    same scan cannot sit in training and test under two ids (paths compared once resolved)."""
-    seen: dict[str, tuple[str, str]] = {}
-    problems: list[Problem] = []
-    for row in table.to_dict("records"):
-        participant = str(row.get("participant_id", ""))
-        for column in ("mri", "pet"):
-            value = row.get(column)
-            path = "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
-            if not path:
-                continue
-            key = os.path.realpath(path)
-            if key in seen:
-                other, other_column = seen[key]
-                if (other, other_column) == (participant, column):
-                    continue  # a repeated row: reported as a duplicate participant
-                whose = "its own" if other == participant else f"{other}'s"
-                message = f"its {ROLES[column]} is the same file as {whose} {ROLES[other_column]}"
-                problems.append(Problem(participant, path, f"{message}; give each scan once."))
-            else:
-                seen[key] = (participant, column)
-    return problems
+    return problems + unsafe_id_problems(table) + shared_file_problems(table)
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cdsf_bench.data.check import Problem, format_problems, table_problems
+from cdsf_bench.data.check import table_problems
 from cdsf_bench.data.conventions import DIAGNOSES
+from cdsf_bench.data.problems import Problem, format_problems
 from cdsf_bench.errors import InputError
 from cdsf_bench.textfiles import TABLE_LIMIT, check_regular_file
 

@@ -29,9 +29,7 @@ from cdsf_bench.data.cache import (
 from cdsf_bench.data.caps import scan_caps
 from cdsf_bench.data.check import (
     ROLES,
-    Problem,
     file_problems,
-    format_problems,
     missing_file_problems,
     registration_problem,
     table_problems,
@@ -40,6 +38,7 @@ from cdsf_bench.data.conventions import normalise_mri, normalise_pet
 from cdsf_bench.data.grid import reference_grid
 from cdsf_bench.data.manifest import read_manifest, select_session
 from cdsf_bench.data.nifti import read_volume, to_grid
+from cdsf_bench.data.problems import Problem, format_problems
 from cdsf_bench.errors import ConfigError, InputError
 from cdsf_bench.host import cpu_workers
 from cdsf_bench.interfaces import Cohort, DataSettings, DataSource

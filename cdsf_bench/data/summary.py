@@ -14,9 +14,9 @@ from collections.abc import Iterable
 
 import pandas as pd
 
-from cdsf_bench.data.check import Problem
 from cdsf_bench.data.conventions import DIAGNOSES, TASKS
 from cdsf_bench.data.labels import labelled_flags
+from cdsf_bench.data.problems import Problem
 
 #: Subjects named per group of problems before "and N more".
 SHOWN_SUBJECTS = 8

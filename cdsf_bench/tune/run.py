@@ -10,6 +10,7 @@ study (resumed with no trials left) rewrites its outputs and trains nothing.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.markup import escape
 
@@ -28,6 +29,9 @@ from cdsf_bench.tune.study import (
     run_trial,
 )
 from cdsf_bench.tune.trial import StudyData, load_study_data
+
+if TYPE_CHECKING:
+    import optuna
 
 
 def run_study(
@@ -92,7 +96,7 @@ def run_study(
     return record
 
 
-def _best(study, plan: StudyPlan) -> str:
+def _best(study: optuna.Study, plan: StudyPlan) -> str:
     best = best_trial(study)
     return (
         "no trial complete yet"

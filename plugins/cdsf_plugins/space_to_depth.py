@@ -21,7 +21,7 @@ reference. On CUDA, cuDNN has no such waste, so the layer is always the plain co
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -105,7 +105,7 @@ class SpaceToDepthConv3d(nn.Conv3d):
     convolution. ``always=True`` uses the reformulation wherever it applies (benchmarks).
     """
 
-    def __init__(self, *args, factor: int = 2, always: bool = False, **kwargs) -> None:
+    def __init__(self, *args: Any, factor: int = 2, always: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.factor = factor
         self.always = always
