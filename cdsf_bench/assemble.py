@@ -55,6 +55,10 @@ def resolve_device(name: str) -> torch.device:
         raise InputError(
             "--device cuda was asked for, but torch sees no CUDA device; use --device cpu or auto."
         )
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise InputError(
+            f"--device {name}: torch sees {torch.cuda.device_count()} CUDA device(s), numbered from 0."
+        )
     return device
 
 

@@ -9,6 +9,7 @@ commands (``cdsf-bench --help``) imports none of them, and so neither torch nor 
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import sys
@@ -112,15 +113,49 @@ class Cli(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except CdsfBenchError as error:
+        except (CdsfBenchError, OSError, UnicodeDecodeError, MemoryError) as error:
             if os.environ.get(DEBUG_ENV) == "1":
                 raise
             # escaped: messages name sections like [train] and paths that rich would read as markup
-            console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
-            sys.exit(error.exit_code)
+            console.print(f"[bold red]error:[/] {escape(_message(error))}", highlight=False, soft_wrap=True)
+            sys.exit(error.exit_code if isinstance(error, CdsfBenchError) else 2)
         except KeyboardInterrupt:
             console.print("[yellow]interrupted[/]; a run can be continued with --resume RUN_DIR")
             sys.exit(130)
+
+
+#: what to do about an operating-system error, by its errno
+_OS_ADVICE = {
+    errno.ENOSPC: "the disk is full: free space there, or write elsewhere (--out, CDSF_BENCH_CACHE)",
+    errno.EDQUOT: "the disk quota is used up: free space there, or write elsewhere",
+    errno.EROFS: "that file system is read-only: choose a folder you can write (--out)",
+    errno.EACCES: "permission denied: choose a path you may read or write",
+    errno.EPERM: "operation not permitted: choose a path you may read or write",
+    errno.ENOTDIR: "a part of that path is a file, not a folder: check the path",
+    errno.EISDIR: "that path is a folder where a file was expected: check the path",
+    errno.ENOENT: "it does not exist: check the path",
+}
+
+
+def _message(error: BaseException) -> str:
+    """The one paragraph a user reads for an error that is theirs to fix.
+
+    The project's errors carry their own message; errors of the machine (a full disk, a
+    read-only folder, a file that is not UTF-8, memory) are named with the path they hit and
+    what to do, in this one place, whichever command met them.
+    """
+    if isinstance(error, CdsfBenchError):
+        return str(error)
+    if isinstance(error, OSError):
+        where = " -> ".join(str(name) for name in (error.filename, error.filename2) if name) or "a file"
+        advice = _OS_ADVICE.get(error.errno or 0, "check the path and the machine")
+        return f"{where}: {error.strerror or error}; {advice}."
+    if isinstance(error, UnicodeDecodeError):
+        return f"a file is not UTF-8 text ({error}); save it as UTF-8."
+    return (
+        "out of memory: lower data.subjects, data.resolution_mm's detail (a larger voxel size) or "
+        "train.batch_size, or use a machine with more memory."
+    )
 
 
 @click.group(cls=Cli, context_settings={"help_option_names": ["-h", "--help"]})

@@ -12,6 +12,7 @@ the run.
 from __future__ import annotations
 
 import copy
+import re
 import tomllib
 from dataclasses import fields
 from importlib import resources
@@ -20,8 +21,9 @@ from typing import Any
 
 from cdsf_bench.data.conventions import TASKS
 from cdsf_bench.data.labels import SYNTHESIS_SUBJECTS
-from cdsf_bench.errors import ConfigError
-from cdsf_bench.interfaces import Method
+from cdsf_bench.errors import ConfigError, InputError
+from cdsf_bench.interfaces import DataSettings, Method
+from cdsf_bench.ranges import MAX_SEED, Range, check_section, check_value
 from cdsf_bench.registry import Registry
 from cdsf_bench.settings import (
     TRACK,
@@ -36,6 +38,7 @@ from cdsf_bench.settings import (
     section_defaults,
     type_ok,
 )
+from cdsf_bench.textfiles import read_text
 
 PRESETS = ("quick", "paper", "tiny", "ci")
 PLUGIN_SECTIONS = {"synth": "synthesiser", "diag": "diagnoser", "coupling": "coupling"}
@@ -59,6 +62,18 @@ DEFAULTS: dict[str, Any] = {
     "coupling": {},
 }
 SELECTION_METRICS = ("auc", "bacc", "mcc", "ssim", "psnr", "mae")
+#: the sections whose settings types declare their values' ranges
+SECTION_TYPES: dict[str, type] = {
+    "data": DataSettings,
+    "split": SplitSettings,
+    "train": TrainSettings,
+    "augment": AugmentSettings,
+    "evaluate": EvaluateSettings,
+}
+SEED_RANGE = Range(0, MAX_SEED)
+DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
+#: how deep a configuration's tables may nest (the deepest setting, data.phantom.*, is 3)
+MAX_DEPTH = 8
 
 
 def _merge(base: dict, overlay: dict, where: str = "") -> dict:
@@ -73,17 +88,36 @@ def _merge(base: dict, overlay: dict, where: str = "") -> dict:
     return out
 
 
-def read_toml(path: Path) -> dict:
-    """Read a TOML file, turning syntax errors into a message with the file and line."""
+def read_toml(path: Path, what: str = "Config file") -> dict:
+    """Read a TOML file (a regular UTF-8 file of at most ``textfiles.CONFIG_LIMIT`` bytes, its
+    tables at most :data:`MAX_DEPTH` deep), turning syntax errors into a message with the
+    file and line."""
     try:
-        with open(path, "rb") as handle:
-            return tomllib.load(handle)
-    except FileNotFoundError:
-        raise ConfigError(f"Config file {path} does not exist.") from None
+        text = read_text(Path(path), what)
+    except InputError as error:
+        raise ConfigError(str(error)) from None
+    try:
+        table = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"Config file {path} is not valid TOML: {error}. Fix the syntax there.") from None
-    except OSError as error:
-        raise ConfigError(f"Config file {path} cannot be read: {error}.") from None
+        raise ConfigError(f"{what} {path} is not valid TOML: {error}. Fix the syntax there.") from None
+    _refuse_deep(table, f"{what} {path}")
+    return table
+
+
+def _refuse_deep(table: dict, where: str) -> None:
+    """Tables nested deeper than :data:`MAX_DEPTH` name no setting (and would exhaust the
+    merge's recursion): refused by name, walked without recursion."""
+    stack: list[tuple[dict, int, str]] = [(table, 1, "")]
+    while stack:
+        node, depth, key = stack.pop()
+        if depth > MAX_DEPTH:
+            raise ConfigError(
+                f"{where}: '{key.lstrip('.')[:80]}' nests tables {depth} deep; settings are at most "
+                f"{MAX_DEPTH} deep (e.g. data.phantom.scenario)."
+            )
+        stack += [
+            (value, depth + 1, f"{key}.{name}") for name, value in node.items() if isinstance(value, dict)
+        ]
 
 
 def preset(name: str) -> dict:
@@ -101,6 +135,11 @@ def parse_assignment(text: str) -> tuple[list[str], Any]:
     keys = [k for k in key.strip().split(".") if k]
     if not keys:
         raise ConfigError(f"--set '{text}' has an empty key.")
+    if len(keys) > MAX_DEPTH:
+        raise ConfigError(
+            f"--set '{text[:80]}...' names a key {len(keys)} levels deep; "
+            f"settings are at most {MAX_DEPTH} deep."
+        )
     try:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
     except tomllib.TOMLDecodeError:
@@ -237,44 +276,38 @@ def default_config(registry: Registry) -> dict[str, Any]:
 
 
 def _validate_values(config: dict) -> None:
+    """Every value against its declared range (``cdsf_bench.ranges``), then the rules that tie
+    settings together; the first failure is raised, naming the setting."""
+    check_value("seed", config["seed"], SEED_RANGE)
+    for section, settings in SECTION_TYPES.items():
+        check_section(settings, config[section], section)
     if config["task"] not in TASKS:
         raise ConfigError(f"Unknown task '{config['task']}'; choose one of {', '.join(TASKS)}.")
-    if config["device"] not in ("auto", "cpu", "cuda") and not str(config["device"]).startswith("cuda:"):
-        raise ConfigError(f"Unknown device '{config['device']}'; choose auto, cpu or cuda.")
+    if not DEVICE.fullmatch(str(config["device"])):
+        raise ConfigError(
+            f"Unknown device '{config['device']}'; choose auto, cpu, cuda or cuda:N (N = 0, 1, ...)."
+        )
     train = config["train"]
     if train["select_on"] not in SELECTION_METRICS:
         raise ConfigError(
             f"train.select_on '{train['select_on']}' is not one of {', '.join(SELECTION_METRICS)}."
         )
-    for key in ("epochs", "batch_size"):
-        if train[key] < 1:
-            raise ConfigError(f"train.{key} must be at least 1, got {train[key]}.")
     split = config["split"]
-    if not (0 < split["val"] < 1 and 0 < split["test"] < 1 and split["val"] + split["test"] < 1):
+    if not split["val"] + split["test"] < 1:
         raise ConfigError("split.val and split.test must be in (0, 1) and sum to less than 1.")
-    if split["folds"] == 1 or split["folds"] < 0:
+    if split["folds"] == 1:
         raise ConfigError("split.folds must be 0 (a single hold-out split) or at least 2.")
     if split["folds"] and not 0 <= split["fold"] < split["folds"]:
         raise ConfigError(f"split.fold must be in 0..{split['folds'] - 1}, got {split['fold']}.")
     data = config["data"]
     held_out = config["evaluate"]["phantom_test_subjects"]
-    if held_out < 0:
-        raise ConfigError(
-            f"evaluate.phantom_test_subjects must be 0 (test on the test split) or more, got {held_out}."
-        )
     if held_out and data["spec"].strip().lower() != "phantom":
         raise ConfigError(
             "evaluate.phantom_test_subjects draws a fresh test cohort from the phantom's generative model; "
             f"the data here are {data['spec']!r}, not the phantom. Set it to 0."
         )
-    if not data["resolution_mm"] > 0:
-        raise ConfigError("data.resolution_mm must be positive.")
-    if not 0 <= data["missing_pet"] < 1:
-        raise ConfigError("data.missing_pet must be in [0, 1).")
     if data["synthesis_subjects"] not in SYNTHESIS_SUBJECTS:
         raise ConfigError(
             f"data.synthesis_subjects must be one of {', '.join(SYNTHESIS_SUBJECTS)}, "
             f"got {data['synthesis_subjects']!r}."
         )
-    if data["max_offset_mm"] < 0:
-        raise ConfigError("data.max_offset_mm must be 0 (no registration check) or a distance in mm.")

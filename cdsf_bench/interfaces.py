@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
+from cdsf_bench.ranges import MAX_SEED, within
 from cdsf_bench.rows import take_rows
 
 #: constructor arguments the core supplies itself; they are not user settings
@@ -133,19 +134,23 @@ class DataSettings:
     Everything here is part of the cache key: change any of it and the cache is rebuilt.
     """
 
-    resolution_mm: float = 4.0
-    subjects: int = 200  # phantom only
-    missing_pet: float = 0.5  # phantom only
+    # the grid's voxel size: below 1 mm no benchmark fits in memory; above 16 mm no brain is left
+    resolution_mm: float = field(default=4.0, metadata=within(1.0, 16.0))
+    subjects: int = field(default=200, metadata=within(1, 1_000_000))  # phantom only
+    missing_pet: float = field(default=0.5, metadata=within(0.0, 1.0, high_open=True))  # phantom only
     missing_mechanism: str = "mcar"  # phantom only: "mcar" or "class"
-    phantom_seed: int = 0  # phantom only: the cohort's seed, independent of the run's seed
+    # phantom only: the cohort's seed, independent of the run's seed
+    phantom_seed: int = field(default=0, metadata=within(0, MAX_SEED))
     # phantom only: the ``data.phantom.*`` generative settings (scenario, severity_correlation,
     # ...; docs/data.md) as sorted (name, value) pairs, so that they are in the cache key
     phantom: tuple[tuple[str, Any], ...] = ()
     session: str = ""  # CAPS: the session to read (empty: each participant's first)
     tracer: str = "18FFDG"  # CAPS: the PET tracer entity
     suvr_reference: str = ""  # CAPS: the SUVR reference region entity (empty: any)
-    pet_suvr_max: float = 2.5  # PET SUVR mapped to +1 (0 SUVR to -1)
-    max_offset_mm: float = 12.0  # files: refuse a brain this far from the MNI template's (0: no check)
+    # PET SUVR mapped to +1 (0 SUVR to -1)
+    pet_suvr_max: float = field(default=2.5, metadata=within(0.0, 100.0, low_open=True))
+    # files: refuse a brain this far from the MNI template's (0: no check)
+    max_offset_mm: float = field(default=12.0, metadata=within(0.0, 1000.0))
     cache_dir: str = ""  # empty: $CDSF_BENCH_CACHE or ~/.cache/cdsf-bench
 
 

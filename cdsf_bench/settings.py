@@ -14,13 +14,14 @@ sources' own.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import tomli_w
 
 from cdsf_bench.errors import ConfigError
 from cdsf_bench.interfaces import DataSettings, Method, SelectionMetric
+from cdsf_bench.ranges import check_finite, within
 
 #: the trackers a run reports to, one table of settings each (``--track NAME``,
 #: ``--set track.NAME.KEY=VALUE``); absent from a run that tracks nothing, so its config is unchanged
@@ -38,20 +39,20 @@ SYNTHESIS_SUBJECTS = "all_diagnoses"
 class SplitSettings:
     """``[split]``: the subject-level hold-out split, or one fold of a cross-validation."""
 
-    val: float = 0.2
-    test: float = 0.2
-    folds: int = 0  # 0: a single hold-out split
-    fold: int = 0
+    val: float = field(default=0.2, metadata=within(0.0, 1.0, low_open=True, high_open=True))
+    test: float = field(default=0.2, metadata=within(0.0, 1.0, low_open=True, high_open=True))
+    folds: int = field(default=0, metadata=within(0, 1000))  # 0: a single hold-out split
+    fold: int = field(default=0, metadata=within(0, 999))
 
 
 @dataclass(frozen=True)
 class TrainSettings:
     """``[train]``: what every stage of training is given."""
 
-    epochs: int = 25
-    batch_size: int = 4
-    learning_rate: float = 1e-3
-    patience: int = 8  # 0: no early stopping
+    epochs: int = field(default=25, metadata=within(1, 100_000))
+    batch_size: int = field(default=4, metadata=within(1, 4096))
+    learning_rate: float = field(default=1e-3, metadata=within(0.0, 10.0, low_open=True))
+    patience: int = field(default=8, metadata=within(0, 100_000))  # 0: no early stopping
     select_on: SelectionMetric = "auc"
 
 
@@ -60,9 +61,9 @@ class AugmentSettings:
     """``[augment]``: the random rigid motion and intensity jitter of training batches."""
 
     enabled: bool = True
-    rotate_deg: float = 3.0
-    translate_vox: float = 1.0
-    intensity: float = 0.05
+    rotate_deg: float = field(default=3.0, metadata=within(0.0, 45.0))
+    translate_vox: float = field(default=1.0, metadata=within(0.0, 16.0))
+    intensity: float = field(default=0.05, metadata=within(0.0, 1.0, high_open=True))
 
 
 @dataclass(frozen=True)
@@ -78,12 +79,12 @@ class PrecisionSettings:
 class EvaluateSettings:
     """``[evaluate]``: how the test split is scored and what of it is written."""
 
-    bootstrap: int = 1000
+    bootstrap: int = field(default=1000, metadata=within(0, 1_000_000))
     save_synthetic: bool = True
     # also write each test subject's synthetic PET on its own MRI's grid (file cohorts)
     native_space: bool = False
     # test on a fresh phantom cohort of this many subjects (0: the test split)
-    phantom_test_subjects: int = 0
+    phantom_test_subjects: int = field(default=0, metadata=within(0, 1_000_000))
 
 
 def section_defaults(settings: type) -> dict[str, Any]:
@@ -142,6 +143,7 @@ def check_against(defaults: dict[str, Any], given: dict[str, Any], where: str) -
                 f"Setting '{path}' must be {type(defaults[key]).__name__} "
                 f"(like {defaults[key]!r}), got {value!r}."
             )
+        check_finite(path, value, defaults[key])
         out[key] = _coerce(defaults[key], value)
     return out
 

@@ -12,7 +12,7 @@ import os
 import struct
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -271,3 +271,146 @@ def test_a_failed_phantom_write_leaves_no_folder(tmp_path: Path, monkeypatch: py
     with pytest.raises(OSError):
         phantom.write_phantom(phantom.generate_phantom(settings), settings, tmp_path / "out")
     assert written and not any(tmp_path.iterdir()), list(tmp_path.iterdir())
+
+
+def _deep_key() -> str:
+    return "a" + ".b" * 3000
+
+
+#: settings that must be refused before anything is read or written: (arguments, words named)
+SETTING_CASES = {
+    "seed-2**70": (["--seed", str(2**70)], ("'seed'", "[0, 4294967295]")),
+    "seed-negative": (["--seed", "-1"], ("'seed'",)),
+    "lr-1e300": (["--set", "train.learning_rate=1e300"], ("train.learning_rate", "(0, 10]")),
+    "lr-negative": (["--set", "train.learning_rate=-0.1"], ("train.learning_rate",)),
+    "resolution-inf": (["--set", "data.resolution_mm=inf"], ("data.resolution_mm", "finite")),
+    "resolution-0.05": (["--set", "data.resolution_mm=0.05"], ("data.resolution_mm", "[1, 16]")),
+    "resolution-200": (["--set", "data.resolution_mm=200"], ("data.resolution_mm", "[1, 16]")),
+    "rotate-nan": (["--set", "augment.rotate_deg=nan"], ("augment.rotate_deg", "finite")),
+    "suvr-max-negative": (["--set", "data.pet_suvr_max=-1"], ("data.pet_suvr_max",)),
+    "suvr-max-zero": (["--set", "data.pet_suvr_max=0"], ("data.pet_suvr_max",)),
+    "plugin-weight-nan": (["--set", "coupling.joint.w_voxel=nan"], ("coupling.joint.w_voxel", "finite")),
+    "epochs-zero": (["--epochs", "0"], ("train.epochs",)),
+    "bootstrap-negative": (["--set", "evaluate.bootstrap=-5"], ("evaluate.bootstrap",)),
+    "device-cuda-abc": (["--device", "cuda:abc"], ("'cuda:abc'", "cuda:N")),
+    "deep-set-key": (["--set", f"{_deep_key()}=1"], ("3001 levels deep",)),
+    "two-coupling-flags": (["--joint", "--decoupled"], ("--joint", "--decoupled")),
+}
+
+
+@pytest.mark.parametrize("case", list(SETTING_CASES), ids=list(SETTING_CASES))
+def test_run_refuses_a_setting_out_of_range_before_writing(
+    case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CDSF_BENCH_DEBUG", raising=False)
+    monkeypatch.chdir(tmp_path)
+    args, expected = SETTING_CASES[case]
+    result = CliRunner().invoke(main, ["run", "--preset", "tiny", *args, "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit), f"not refused through the CLI: {result.exc_info}"
+    message = " ".join(result.output.split())
+    for word in expected:
+        assert word in message, f"{word!r} not named in:\n{result.output}"
+    assert not any(tmp_path.iterdir()), "a refused run wrote files"
+
+
+def _config_file(kind: str, folder: Path) -> Path:
+    path = folder / "config.toml"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "latin-1":
+        path.write_bytes('[train]\nnote = "caf\xe9"\n'.encode("latin-1"))
+    elif kind == "deep-tables":
+        path.write_text(f"{_deep_key()} = 1\n")
+    elif kind == "dev-zero":
+        return Path("/dev/zero")
+    return path
+
+
+CONFIG_CASES = {
+    "fifo": "not a regular file",
+    "dev-zero": "not a regular file",
+    "latin-1": "not UTF-8 text",
+    "deep-tables": "nests tables 9 deep",
+}
+
+
+@pytest.mark.parametrize("kind", list(CONFIG_CASES), ids=list(CONFIG_CASES))
+def test_a_config_file_that_cannot_be_one_is_refused_at_once(kind: str, tmp_path: Path) -> None:
+    """A FIFO would block the reader forever and /dev/zero never ends: a subprocess with a time
+    limit, so that a hang fails the test instead of stopping the suite."""
+    path = _config_file(kind, tmp_path)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cdsf_bench.cli",
+            "run",
+            "--config",
+            str(path),
+            "--out",
+            str(tmp_path / "run"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "CDSF_BENCH_QUIET": "1", "CDSF_BENCH_DEBUG": "0"},
+        cwd=tmp_path,
+    )
+    output = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode == 2, output
+    assert "Traceback" not in output
+    assert CONFIG_CASES[kind] in output and path.name in output
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_bom_at_the_start_of_a_config_is_read(tmp_path: Path) -> None:
+    """Editors on Windows write a byte-order mark; it is no syntax error."""
+    from cdsf_bench.config import read_toml
+
+    path = tmp_path / "bom.toml"
+    path.write_bytes(b"\xef\xbb\xbf[train]\nepochs = 3\n")
+    assert read_toml(path) == {"train": {"epochs": 3}}
+
+
+@pytest.fixture
+def small_filesystem(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
+    """Mount small tmpfs file systems (as root only): a full disk and a read-only one."""
+    mounted: list[Path] = []
+
+    def mount(options: str) -> Path:
+        point = tmp_path / f"fs{len(mounted)}"
+        point.mkdir()
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)], capture_output=True
+        )
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip() or 'not root'})")
+        mounted.append(point)
+        return point
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small file system needs root")
+    yield mount
+    for point in mounted:
+        subprocess.run(["umount", str(point)], check=False)
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [("size=96k", "the disk is full"), ("ro,size=64k", "read-only")],
+    ids=["full-disk", "read-only"],
+)
+def test_a_full_or_read_only_disk_is_a_message_not_a_traceback(
+    options: str,
+    expected: str,
+    small_filesystem: Callable[[str], Path],
+    tiny_args: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("CDSF_BENCH_DEBUG", raising=False)
+    out = small_filesystem(options) / "run"
+    result = CliRunner().invoke(main, ["run", *tiny_args, "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit), f"a traceback: {result.exc_info}"
+    assert expected in " ".join(result.output.split()) and str(out.parent) in result.output

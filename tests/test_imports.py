@@ -44,6 +44,7 @@ LAYERS: tuple[tuple[str, frozenset[str], frozenset[str]], ...] = (
                 "cdsf_bench.safe_names",
                 "cdsf_bench.staging",
                 "cdsf_bench.textfiles",
+                "cdsf_bench.ranges",
             }
         ),
         frozenset(),
