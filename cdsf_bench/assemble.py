@@ -82,6 +82,23 @@ def place(module: torch.nn.Module, device: torch.device, channels_last: bool) ->
     return module
 
 
+def method_mismatch(run: RunConfig, registry: Registry) -> str | None:
+    """Why the run's synthesiser and coupling cannot go together (its coupling declares whether
+    it trains a synthesiser), or None; ``data check`` reports what ``run`` would refuse."""
+    synth_name, coupling_name = run.method.synth, run.method.coupling
+    needs = registry.coupling_class(coupling_name).needs_synthesiser
+    if synth_name == "none" and needs is True:
+        defaults = registry.method_defaults()
+        return (
+            f"Coupling '{coupling_name}' trains a synthesiser; --synth none is single-modality. "
+            f"Choose a synthesiser (--synth {defaults.method.synth}) or the coupling "
+            f"'{defaults.mri_only_coupling}'."
+        )
+    if synth_name != "none" and needs is False:
+        return f"Coupling '{coupling_name}' uses no synthesiser; pass --synth none."
+    return None
+
+
 def build_method(
     run: RunConfig, registry: Registry, context: TrainingContext, channels_last: bool
 ) -> Coupling:
@@ -91,16 +108,9 @@ def build_method(
     diag_name, diag_params = run.plugin("diag")
     coupling_name, coupling_params = run.plugin("coupling")
     coupling_class = registry.coupling_class(coupling_name)
-    needs = coupling_class.needs_synthesiser
-    if synth_name == "none" and needs is True:
-        defaults = registry.method_defaults()
-        raise InputError(
-            f"Coupling '{coupling_name}' trains a synthesiser; --synth none is single-modality. "
-            f"Choose a synthesiser (--synth {defaults.method.synth}) or the coupling "
-            f"'{defaults.mri_only_coupling}'."
-        )
-    if synth_name != "none" and needs is False:
-        raise InputError(f"Coupling '{coupling_name}' uses no synthesiser; pass --synth none.")
+    mismatch = method_mismatch(run, registry)
+    if mismatch is not None:
+        raise InputError(mismatch)
     if coupling_class.needs_pet_truth and not context.has_pet_truth:
         raise InputError(
             f"Coupling '{coupling_name}' needs every subject's real PET, which this data does not have "

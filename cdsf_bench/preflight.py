@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from cdsf_bench.assemble import data_source
+from cdsf_bench.assemble import data_source, method_mismatch
 from cdsf_bench.data.check import Needs, check_table
 from cdsf_bench.data.problems import Problem
 from cdsf_bench.data.sources import raise_problems
@@ -86,6 +86,9 @@ def preflight(
                 "CAPS directory or a phantom folder, or set evaluate.native_space = false.",
             )
         )
+    mismatch = method_mismatch(run, registry) if task else None
+    if mismatch is not None:
+        problems.append(Problem("", "", mismatch))
     return Preflight(source, table, problems)
 
 

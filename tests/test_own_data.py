@@ -140,7 +140,9 @@ def test_storage_variants_and_own_pet_grids_are_read(tmp_path, settings):
     for i in range(1, 6):  # the same anatomy whatever the storage (uint8 loses a little to rounding)
         assert np.abs(mri[i] - mri[0]).mean() < 0.02, rows[i]["mri"]
     result = invoke("data", "check", manifest)
-    assert result.exit_code == 0, result.output
+    # six subjects are too few to split at 0.2 / 0.2, and nothing else is wrong: every file is read
+    problems = _problem_lines(result.output)
+    assert problems and all(line.startswith("- task ad_cn has") for line in problems), result.output
 
 
 def test_an_lps_copy_gives_the_same_cohort_arrays(tmp_path, settings):
@@ -266,18 +268,18 @@ def test_sessions_are_selected_in_a_manifest(tmp_path):
 
 def test_data_check_summarises_and_groups_without_splitting_paths(tmp_path):
     deep = tmp_path / ("a folder with a long name " * 3).strip()
-    manifest = _cohort(deep, ("CN", "AD", "CN", "AD", "CN", "AD"))
+    manifest = _cohort(deep, ("CN", "AD") * 5)
     result = invoke("data", "check", manifest)
     assert result.exit_code == 0, result.output
-    assert "6 subjects, no problems found" in result.stdout
-    assert "CN 3 (2 with PET, 1 without)" in result.stdout and "AD 3 (2 with PET, 1 without)" in result.stdout
-    assert "task ad_cn: 6 subjects" in result.stdout
+    assert "10 subjects, no problems found" in result.stdout
+    assert "CN 5 (3 with PET, 2 without)" in result.stdout and "AD 5 (3 with PET, 2 without)" in result.stdout
+    assert "task ad_cn: 10 subjects" in result.stdout
     table = pd.read_csv(manifest)
     table["mri"] = [str(deep / f"gone-{i}.nii.gz") for i in range(len(table))]
     table.to_csv(manifest, index=False)
     result = invoke("data", "check", manifest)
     assert result.exit_code == 2
-    assert "6 subjects (sub-00, sub-01, sub-02, sub-03, sub-04, sub-05) have this problem" in result.stdout
+    assert "10 subjects (sub-00, sub-01, sub-02, sub-03, sub-04, sub-05" in result.stdout
     assert result.stdout.count("does not exist") == 1  # one example, not six paragraphs
     assert str(deep / "gone-0.nii.gz") in result.stdout  # the path in one piece, off a terminal
 
@@ -418,11 +420,21 @@ def test_data_check_and_run_refuse_15_cn_and_1_ad_alike(tmp_path, monkeypatch):
         "- task ad_cn has 1 AD subject(s); it needs at least 3 per class so that a stratified train / "
         "validation / test split can put one in each split. Add subjects or choose another task."
     ]
-    assert "checked as 'run --task ad_cn' would, for method" in checked.output
-    unchecked = invoke("data", "check", manifest)  # without --task it says what it left out
-    assert unchecked.exit_code == 0
-    assert "not checked: whether a task can be split" in unchecked.output
-    assert "add --task ad_cn" in unchecked.output
+    assert "checked as 'run' would, for task ad_cn and method" in checked.output
+    default = invoke("data", "check", manifest)  # without --task: run's own task, named
+    assert default.exit_code == 2 and _problem_lines(default.output) == lines
+    assert "for task ad_cn (the default; --task for another)" in default.output
+
+
+def test_data_check_refuses_the_method_run_refuses(tmp_path, monkeypatch):
+    manifest = _cohort(tmp_path, ("CN", "AD") * 5)
+    checked = invoke("data", "check", manifest, "--synth", "none", "--joint")
+    refused = _run_reaches_preprocessing(
+        monkeypatch, "--data", manifest, "--synth", "none", "--joint", "--out", tmp_path / "run"
+    )
+    assert checked.exit_code == 2 and refused.exit_code == 2, (checked.output, refused.output)
+    assert "trains a synthesiser; --synth none is single-modality" in checked.output
+    assert "trains a synthesiser; --synth none is single-modality" in refused.output
 
 
 def test_data_check_applies_runs_split_settings_and_method_needs(tmp_path, monkeypatch):
@@ -440,7 +452,7 @@ def test_data_check_applies_runs_split_settings_and_method_needs(tmp_path, monke
     assert checked.exit_code == 2 and refused.exit_code == 2, (checked.output, refused.output)
     assert _problem_lines(checked.output) == _problem_lines(refused.output)
     assert "0 AD subject(s) with PET" in checked.output
-    assert "for method none + " in checked.output and "complete-case coupling)" in checked.output
+    assert "method none + " in checked.output and "complete-case coupling)" in checked.output
 
 
 def test_a_feasible_manifest_passes_data_check_and_runs_checks(tmp_path, monkeypatch):
