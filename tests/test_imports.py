@@ -43,6 +43,7 @@ LAYERS: tuple[tuple[str, frozenset[str], frozenset[str]], ...] = (
                 "cdsf_bench.settings",
                 "cdsf_bench.safe_names",
                 "cdsf_bench.staging",
+                "cdsf_bench.locking",
                 "cdsf_bench.textfiles",
             }
         ),
