@@ -116,6 +116,8 @@ def _execute_locked(
     main = cluster.is_main
     prepared = protocol.prepare(run, registry, device, cluster)
     data, assembly = prepared.data, prepared.assembly
+    if resume:
+        protocol.check_resumable(assembly, RunFolder(path, writes=False))
     if main:
         RunFolder.prepare(run.toml(), path, resume)
     distributed.barrier(cluster)

@@ -59,7 +59,15 @@ LAYERS: tuple[tuple[str, frozenset[str], frozenset[str]], ...] = (
     ),
     (
         "engine",
-        frozenset({"cdsf_bench.engine", "cdsf_bench.assemble", "cdsf_bench.preflight", "cdsf_bench.metrics"}),
+        frozenset(
+            {
+                "cdsf_bench.engine",
+                "cdsf_bench.checkpoints",
+                "cdsf_bench.assemble",
+                "cdsf_bench.preflight",
+                "cdsf_bench.metrics",
+            }
+        ),
         frozenset(),
     ),
     (

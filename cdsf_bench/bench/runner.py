@@ -43,7 +43,12 @@ def claim_folder(suite: Suite, out: Path) -> None:
     """Record the suite in ``out/suite.json``, refusing a folder that holds another suite."""
     existing = out / SUITE_FILE
     if existing.exists():
-        recorded = json.loads(existing.read_text())
+        try:
+            recorded = dict(json.loads(existing.read_text()))
+        except (ValueError, TypeError, OSError) as error:  # not UTF-8, not JSON, not an object
+            raise InputError(
+                f"{existing} cannot be read ({error}); restore it, or use another --out."
+            ) from None
         if recorded.get("hash") != suite.hash:
             raise InputError(
                 f"{out} holds runs of a different suite ('{recorded.get('name')}', hash "
