@@ -44,6 +44,23 @@ def check_format(state: Any, path: Path) -> None:
         raise InputError(f"Checkpoint {path} holds a stage without its modules; it is damaged.")
 
 
+def check_finite(state: dict[str, Any], path: Path) -> None:
+    """Refuse a checkpoint whose selected weights are not all finite: nothing it predicts would be."""
+    for index, saved in enumerate(state["stages"]):
+        for name, module in saved["modules"].items():
+            for key, value in module.items():
+                if (
+                    isinstance(value, torch.Tensor)
+                    and value.is_floating_point()
+                    and not value.isfinite().all()
+                ):
+                    raise InputError(
+                        f"Checkpoint {path} holds weights that are not finite (stage {index}, module "
+                        f"'{name}', {key}); the run that wrote it diverged or the file was damaged. "
+                        "Train the run again."
+                    )
+
+
 def describe(stages: Sequence[tuple[str | None, list[str]]]) -> str:
     """Stages as a person reads them: "stage 'synthesis' (modules synth), stage 'diagnosis' (...)"."""
     parts = [

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from cdsf_bench.assemble import Assembly, assemble
-from cdsf_bench.checkpoints import check_format, load_modules
+from cdsf_bench.checkpoints import check_finite, check_format, load_modules
 from cdsf_bench.data.splits import Splits
 from cdsf_bench.errors import InputError
 from cdsf_bench.interfaces import Cohort
@@ -94,6 +94,7 @@ def _check_checkpoint(state: Any, path: Path) -> None:
             f"{len(stages)}); "
             f"finish the run with 'cdsf-bench run --resume {path.parent.parent}'."
         )
+    check_finite(state, path)
 
 
 def rebuild(
