@@ -23,6 +23,7 @@ way (``RunFolder(suite_folder / run_folder)``). The layout::
                        evaluate.native_space also *_space-T1w_* on each subject's MRI grid)
     predictions_test_split.csv   with evaluate.phantom_test_subjects: the test split's predictions,
                        predictions.csv then holding the held-out cohort's
+    .cdsf-bench.lock   while a process writes the folder: its lock (``RunFolder.lock``), naming it
 
 A prediction folder (``cdsf-bench predict``, ``cdsf_bench.predict.output``) is laid out like
 the test outputs of a run folder, plus ``prediction.json``, and written through this class too.
