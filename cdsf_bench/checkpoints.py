@@ -23,6 +23,8 @@ from cdsf_bench.interfaces import TrainingStage
 #: The checkpoint layout; bumped when a reader of older checkpoints would misread them
 #: (2: ``format`` and ``train_pet_mean`` recorded, so a finished run can be applied to new data).
 CHECKPOINT_FORMAT = 2
+#: what every checkpoint of this format holds besides its format, PET mean and stages
+LAYOUT = ("stage_index", "next_epoch", "best", "history", "selections", "torch_rng")
 
 
 def check_format(state: Any, path: Path) -> None:
@@ -42,6 +44,9 @@ def check_format(state: Any, path: Path) -> None:
         )
     if not all(isinstance(stage, dict) and isinstance(stage.get("modules"), dict) for stage in stages):
         raise InputError(f"Checkpoint {path} holds a stage without its modules; it is damaged.")
+    lacking = [key for key in LAYOUT if key not in state]
+    if lacking:
+        raise InputError(f"Checkpoint {path} lacks {', '.join(lacking)}; it is damaged.")
 
 
 def check_finite(state: dict[str, Any], path: Path) -> None:

@@ -50,6 +50,7 @@ from cdsf_bench.locking import folder_lock, is_lock_file
 from cdsf_bench.progress import console
 from cdsf_bench.registry import Registry
 from cdsf_bench.results import remove_leftover_temporaries, utc_stamp, write_csv, write_json, write_text
+from cdsf_bench.safe_names import safe_component
 from cdsf_bench.settings import RunConfig
 
 CONFIG = "config.toml"
@@ -181,8 +182,11 @@ class RunFolder:
         return self.path / FIGURES / f"{name}.png"
 
     def synthetic_pet_path(self, participant: str, native: bool = False) -> Path:
+        """synth/<participant>[_space-T1w]_desc-synthetic_pet.nii.gz; an id that is not one safe
+        path component (``cdsf_bench.safe_names``) is refused, so the file lies inside the folder."""
         space = "_space-T1w" if native else ""
-        return self.path / SYNTH / f"{participant}{space}_desc-synthetic_pet.nii.gz"
+        name = safe_component(participant, "participant_id")
+        return self.path / SYNTH / f"{name}{space}_desc-synthetic_pet.nii.gz"
 
     # -- readers -------------------------------------------------------------------------
     # A file a person may have deleted or edited is refused with an InputError naming it;

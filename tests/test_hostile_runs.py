@@ -66,6 +66,10 @@ def _old_format(state: dict) -> None:
     del state["format"]
 
 
+def _no_history(state: dict) -> None:
+    del state["history"]
+
+
 def _shrunk_weights(state: dict) -> None:
     modules = state["stages"][0]["modules"]
     name = next(iter(modules))
@@ -126,6 +130,8 @@ CASES = [
     Case("resume-other-modules", _edit_checkpoint(_modules_renamed), RESUME, ("last.pt", "other_")),
     Case("predict-other-modules", _edit_checkpoint(_modules_renamed), PREDICT, ("last.pt", "other_")),
     Case("resume-old-format", _edit_checkpoint(_old_format), RESUME, ("last.pt", "another version")),
+    Case("resume-damaged-layout", _edit_checkpoint(_no_history), RESUME, ("last.pt", "lacks history")),
+    Case("predict-damaged-layout", _edit_checkpoint(_no_history), PREDICT, ("last.pt", "lacks history")),
     Case("resume-other-shape", _edit_checkpoint(_shrunk_weights), RESUME, ("last.pt", "weights do not fit")),
     Case(
         "predict-other-shape", _edit_checkpoint(_shrunk_weights), PREDICT, ("last.pt", "weights do not fit")

@@ -99,9 +99,10 @@ def predict_run(
         application = prepare(model, registry, config, target)
         data_seconds = time.perf_counter() - data_started
         with staged_folder(path, "--out") as staging:
-            metrics = _write(application, RunFolder(staging), spec, assignments, target, Path(run_folder))
-            RunFolder(staging).write_timing(round(time.perf_counter() - started, 2), round(data_seconds, 2))
-            RunFolder(staging).write_metrics(metrics)
+            folder = RunFolder(staging)
+            metrics = _write(application, folder, spec, assignments, target, Path(run_folder))
+            folder.write_timing(round(time.perf_counter() - started, 2), round(data_seconds, 2))
+            folder.write_metrics(metrics)
     return PredictionResult(path, metrics)
 
 
