@@ -11,7 +11,8 @@ with every module, optimiser and scheduler, the best state so far, the history a
 batch order and augmentation depend only on (seed, epoch), so a resumed run continues
 exactly where the killed one would have gone. The checkpoint a finished run leaves holds the
 selected modules and the training PET mean, everything ``cdsf-bench predict`` needs to
-rebuild the trained model (``cdsf_bench.predict.trained``); ``format`` says which layout it is.
+rebuild the trained model (``cdsf_bench.predict.trained``); ``format`` says which layout it is
+(``cdsf_bench.checkpoints``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import torch
 from rich.progress import Progress
 
 from cdsf_bench import distributed
+from cdsf_bench.checkpoints import CHECKPOINT_FORMAT, check_format, load_modules
 from cdsf_bench.data.pipeline import DevicePipeline
 from cdsf_bench.data.regions import hypometabolism_masks
 from cdsf_bench.distributed import SINGLE_PROCESS, Cluster
@@ -49,9 +51,6 @@ from cdsf_bench.results import load_torch, save_torch
 from cdsf_bench.run_folder import RunFolder
 
 SYNTHESIS_SELECTION = ("ssim", "psnr", "mae")
-#: The checkpoint layout; bumped when a reader of older checkpoints would misread them
-#: (2: ``format`` and ``train_pet_mean`` recorded, so a finished run can be applied to new data).
-CHECKPOINT_FORMAT = 2
 
 
 @dataclass
@@ -243,6 +242,7 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "stages": [
                 {
+                    "name": s.name,
                     "modules": {k: m.state_dict() for k, m in s.modules.items()},
                     "optimisers": {k: o.state_dict() for k, o in s.optimisers.items()},
                     "schedulers": {k: sc.state_dict() for k, sc in s.schedulers.items()},
@@ -252,9 +252,11 @@ class Trainer:
         }
 
     def _restore(self, state: dict) -> None:
+        """Continue from a checkpoint of this run's method (else an InputError naming both, see
+        ``cdsf_bench.checkpoints``)."""
+        check_format(state, self.folder.checkpoint_path)
+        load_modules(self.stages, state, self.folder.checkpoint_path)
         for stage, saved in zip(self.stages, state["stages"], strict=True):
-            for key, module in stage.modules.items():
-                module.load_state_dict(saved["modules"][key])
             for key, optimiser in stage.optimisers.items():
                 optimiser.load_state_dict(saved["optimisers"][key])
             for key, scheduler in stage.schedulers.items():

@@ -28,6 +28,7 @@ import torch
 
 from cdsf_bench import distributed
 from cdsf_bench.assemble import Assembly, assemble, configure_backends, load_cohort, split_cohort
+from cdsf_bench.checkpoints import check_format, load_modules
 from cdsf_bench.data.labels import UNLABELLED
 from cdsf_bench.data.sources import PhantomSource
 from cdsf_bench.data.splits import Splits
@@ -103,6 +104,19 @@ def earlier_history(folder: Path) -> list[dict[str, Any]]:
     """The epochs that the checkpoint in ``folder`` holds, which a resumed training continues."""
     path = RunFolder(folder).checkpoint_path
     return list(load_torch(path)["history"]) if path.exists() else []
+
+
+def check_resumable(assembly: Assembly, folder: RunFolder) -> None:
+    """Refuse a checkpoint the run cannot continue (another method's, another version's, damaged)
+    before a file of the run folder is written; the trainer reads it again to continue.
+
+    A folder without a checkpoint (killed before its first epoch ended) starts over.
+    """
+    path = folder.checkpoint_path
+    if path.exists():
+        state = load_torch(path)
+        check_format(state, path)
+        load_modules(assembly.coupling.stages(), state, path)
 
 
 def train(

@@ -9,6 +9,7 @@ training, with the selected model. What is written where is the run folder's bus
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,13 +89,37 @@ def _execute(
 ) -> RunResult:
     """``execute`` once the device and the trackers are set up."""
     main = cluster.is_main
-    # the folder is checked now and created only once the data are accepted: a refused run leaves none
-    planned = RunFolder.plan(run.toml(), out, run.name, resume) if main else None
-    path = distributed.broadcast_object(planned, cluster)
+    planned = RunFolder.place(out, run.name) if main else None
+    # rank 0 writes, so rank 0 alone holds the folder's lock, for the whole run
+    with RunFolder.lock(planned) if planned is not None else contextlib.nullcontext():
+        if planned is not None:
+            RunFolder.plan(run.toml(), planned, resume)
+        path = distributed.broadcast_object(planned, cluster)
+        return _execute_locked(run, registry, path, resume, cluster, device, started, tracking, track_name)
+
+
+def _execute_locked(
+    run: RunConfig,
+    registry: Registry,
+    path: Path,
+    resume: bool,
+    cluster: distributed.Cluster,
+    device: torch.device,
+    started: float,
+    tracking: Trackers,
+    track_name: str | None,
+) -> RunResult:
+    """``execute`` once the folder is planned (and locked by rank 0).
+
+    The folder's files are written only once the data are accepted: a refused run leaves none.
+    """
+    main = cluster.is_main
     prepared = protocol.prepare(run, registry, device, cluster)
     data, assembly = prepared.data, prepared.assembly
+    if resume:
+        protocol.check_resumable(assembly, RunFolder(path, writes=False))
     if main:
-        RunFolder.prepare(run.toml(), path, run.name, resume)
+        RunFolder.prepare(run.toml(), path, resume)
     distributed.barrier(cluster)
     folder = RunFolder(path, writes=main)
     _log_start(folder, run, prepared, device, cluster)

@@ -23,6 +23,7 @@ way (``RunFolder(suite_folder / run_folder)``). The layout::
                        evaluate.native_space also *_space-T1w_* on each subject's MRI grid)
     predictions_test_split.csv   with evaluate.phantom_test_subjects: the test split's predictions,
                        predictions.csv then holding the held-out cohort's
+    .cdsf-bench.lock   while a process writes the folder: its lock (``RunFolder.lock``), naming it
 
 A prediction folder (``cdsf-bench predict``, ``cdsf_bench.predict.output``) is laid out like
 the test outputs of a run folder, plus ``prediction.json``, and written through this class too.
@@ -30,8 +31,10 @@ the test outputs of a run folder, plus ``prediction.json``, and written through 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +46,11 @@ from rich.markup import escape
 from cdsf_bench import config as cfg
 from cdsf_bench.data.nifti import save_nifti
 from cdsf_bench.errors import ConfigError, InputError
+from cdsf_bench.locking import folder_lock, is_lock_file
 from cdsf_bench.progress import console
 from cdsf_bench.registry import Registry
 from cdsf_bench.results import remove_leftover_temporaries, utc_stamp, write_csv, write_json, write_text
+from cdsf_bench.safe_names import safe_component
 from cdsf_bench.settings import RunConfig
 
 CONFIG = "config.toml"
@@ -75,20 +80,38 @@ class RunFolder:
 
     # -- creation ------------------------------------------------------------------------
 
+    @staticmethod
+    def place(out: Path | None, name: str) -> Path:
+        """The folder a run writes: ``out``, by default ``runs/<UTC>-<name>``."""
+        return Path(out) if out is not None else Path("runs") / f"{utc_stamp()}-{name}"
+
+    @staticmethod
+    @contextlib.contextmanager
+    def lock(path: Path) -> Iterator[None]:
+        """Hold the run folder's lock (``cdsf_bench.locking``) while its run writes it.
+
+        Taken before the folder's contents are judged, so a run that is still alive is named
+        as such (not offered to ``--resume``); the folder it creates is removed again when
+        the run is refused before it wrote a file.
+        """
+        if path.exists() and not path.is_dir():
+            raise InputError(f"Output folder {path} is a file, not a folder; choose another --out.")
+        with folder_lock(path, "Run folder", hint="choose another --out"):
+            yield
+
     @classmethod
-    def plan(cls, config_text: str, out: Path | None, name: str, resume: bool) -> Path:
-        """The folder a run will write (default ``runs/<UTC>-<name>``), checked but not created.
+    def plan(cls, config_text: str, path: Path, resume: bool) -> Path:
+        """Check the folder a run will write (``place``); nothing is written here.
 
         A folder is reused only to resume the same configuration; anything else there is
-        refused before a file is written, so no earlier run is ever overwritten. Nothing is
-        created here: a run refused by its data checks leaves no folder behind.
+        refused before a file is written, so no earlier run is ever overwritten. Its lock
+        file is no content of the folder.
         """
-        path = out or Path("runs") / f"{utc_stamp()}-{name}"
         folder = cls(path)
         existing = folder.config_path
         if path.exists() and not path.is_dir():
             raise InputError(f"Output folder {path} is a file, not a folder; choose another --out.")
-        if path.exists() and any(path.iterdir()):
+        if path.exists() and any(not is_lock_file(p) for p in path.iterdir()):
             if not existing.exists():
                 raise InputError(
                     f"Output folder {path} exists and is not a cdsf-bench run; choose another --out."
@@ -107,9 +130,12 @@ class RunFolder:
         return path
 
     @classmethod
-    def prepare(cls, config_text: str, out: Path | None, name: str, resume: bool) -> RunFolder:
-        """Create the folder ``plan`` names (checking it again) and write its config.toml."""
-        path = cls.plan(config_text, out, name, resume)
+    def prepare(cls, config_text: str, path: Path, resume: bool) -> RunFolder:
+        """Create the folder (checking it again, see ``plan``) and write its config.toml.
+
+        The caller holds the folder's ``lock`` for as long as it writes the folder.
+        """
+        cls.plan(config_text, path, resume)
         folder = cls(path)
         path.mkdir(parents=True, exist_ok=True)
         if resume:
@@ -156,8 +182,11 @@ class RunFolder:
         return self.path / FIGURES / f"{name}.png"
 
     def synthetic_pet_path(self, participant: str, native: bool = False) -> Path:
+        """synth/<participant>[_space-T1w]_desc-synthetic_pet.nii.gz; an id that is not one safe
+        path component (``cdsf_bench.safe_names``) is refused, so the file lies inside the folder."""
         space = "_space-T1w" if native else ""
-        return self.path / SYNTH / f"{participant}{space}_desc-synthetic_pet.nii.gz"
+        name = safe_component(participant, "participant_id")
+        return self.path / SYNTH / f"{name}{space}_desc-synthetic_pet.nii.gz"
 
     # -- readers -------------------------------------------------------------------------
     # A file a person may have deleted or edited is refused with an InputError naming it;

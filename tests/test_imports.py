@@ -43,6 +43,7 @@ LAYERS: tuple[tuple[str, frozenset[str], frozenset[str]], ...] = (
                 "cdsf_bench.settings",
                 "cdsf_bench.safe_names",
                 "cdsf_bench.staging",
+                "cdsf_bench.locking",
                 "cdsf_bench.textfiles",
                 "cdsf_bench.ranges",
             }
@@ -59,7 +60,15 @@ LAYERS: tuple[tuple[str, frozenset[str], frozenset[str]], ...] = (
     ),
     (
         "engine",
-        frozenset({"cdsf_bench.engine", "cdsf_bench.assemble", "cdsf_bench.preflight", "cdsf_bench.metrics"}),
+        frozenset(
+            {
+                "cdsf_bench.engine",
+                "cdsf_bench.checkpoints",
+                "cdsf_bench.assemble",
+                "cdsf_bench.preflight",
+                "cdsf_bench.metrics",
+            }
+        ),
         frozenset(),
     ),
     (

@@ -246,7 +246,7 @@ def _changed_network(run: Path) -> None:
         (lambda run: (run / "config.toml").unlink(), "is not a cdsf-bench run folder"),
         (_old_format, "was written by another version of cdsf-bench"),
         (_hostile, "cannot be loaded safely"),
-        (_changed_network, "does not fit the method"),
+        (_changed_network, "weights do not fit"),
     ],
     ids=["no-weights", "unfinished", "not-a-run", "old-checkpoint", "pickled-object", "changed-network"],
 )

@@ -55,7 +55,7 @@ class StandIn:
 
     def __call__(self, config, registry, data, folder, metric, *, resume=False, on_epoch=None):
         self.calls += 1
-        RunFolder.prepare(config.toml(), folder, "stand-in", resume)
+        RunFolder.prepare(config.toml(), folder, resume)
         if self.calls == self.interrupt_call:
             raise KeyboardInterrupt
         if self.calls == self.kill_call:
@@ -391,3 +391,24 @@ def test_tune_json_prints_the_summary(plan, stand_in, tmp_path):
     }
     table = CliRunner().invoke(main, ["tune", "--preset", "tiny", "--trials", "2", "--out", str(tmp_path)])
     assert table.exit_code == 0 and "best.toml" in table.stdout and "budget 2" in table.stdout
+
+
+def test_a_trial_folder_a_live_worker_trains_is_refused_and_run_once_it_is_gone(plan, stand_in, tmp_path):
+    out = tmp_path / "study"
+    run_study(plan, default_registry(), out, 1, storage=journal(out))
+    script = (
+        "import sys, time\nfrom pathlib import Path\nfrom cdsf_bench.run_folder import RunFolder\n"
+        "with RunFolder.lock(Path(sys.argv[1])):\n    print('locked', flush=True)\n    time.sleep(600)\n"
+    )
+    trial = StudyFolder(out).trial(1)
+    holder = subprocess.Popen([sys.executable, "-c", script, str(trial)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        with pytest.raises(InputError, match=f"process {holder.pid} on host"):
+            run_study(plan, default_registry(), out, 2, storage=journal(out))
+    finally:
+        holder.kill()
+        holder.wait()
+    summary = run_study(plan, default_registry(), out, 2, storage=journal(out))
+    assert summary["trials"]["finished"] == 2
+    assert (trial / "config.toml").is_file()

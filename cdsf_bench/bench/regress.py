@@ -74,12 +74,7 @@ def read_current(path: Path) -> Current:
     path = Path(path)
     run = RunFolder(path)
     if path.is_dir() and run.finished:
-        metrics = run.metrics()
-        method = metrics["method"]
-        run_key = f"{method['synth']}+{method['diag']}+{method['coupling']}"
-        recorded = {**metrics.get("diagnosis", {}), **(metrics.get("synthesis") or {})}
-        finite = {k: v for k, v in recorded.items() if _finite(v) is not None}
-        return Current({run_key: finite}, {}, str(path))
+        return _read_run(run)
     table = path / RESULTS_FILE if path.is_dir() else path
     if not table.is_file():
         raise InputError(
@@ -105,12 +100,38 @@ def read_current(path: Path) -> Current:
     for group, part in results.groupby("key", sort=False):
         key = cast(str, group)  # the method's display name (task/name when there are several tasks)
         done = part[part["status"] == "done"]
-        means = done[columns].astype(float).mean()
+        try:
+            means = done[columns].apply(pd.to_numeric, errors="raise").mean()
+        except (TypeError, ValueError) as error:
+            raise InputError(
+                f"{table}: a metric column holds text ({error}); is it a cdsf-bench results.csv?"
+            ) from None
         values[key] = {cast(str, c): float(v) for c, v in means.items() if math.isfinite(v)}
         unfinished = part.loc[part["status"] != "done", "run_folder"].tolist()
         if unfinished:
             failed[key] = unfinished
     return Current(values, failed, str(table))
+
+
+def _read_run(run: RunFolder) -> Current:
+    """The metrics of one finished run, keyed ``synth+diag+coupling``; a metrics.json lacking what
+    a finished run writes is refused naming the file and the keys."""
+    metrics = run.metrics()
+    method = metrics.get("method")
+    lacking = sorted({"synth", "diag", "coupling"} - set(method)) if isinstance(method, dict) else ["method"]
+    if not isinstance(metrics.get("diagnosis"), dict):
+        lacking.append("diagnosis")
+    if not isinstance(metrics.get("synthesis") or {}, dict):
+        lacking.append("synthesis")
+    if lacking or not isinstance(method, dict):
+        raise InputError(
+            f"{run.metrics_path} lacks {', '.join(lacking)} (or holds no table there); it was not "
+            "written by a finished cdsf-bench run of this version. Run it again."
+        )
+    run_key = f"{method['synth']}+{method['diag']}+{method['coupling']}"
+    recorded = {**metrics["diagnosis"], **(metrics.get("synthesis") or {})}
+    finite = {k: v for k, v in recorded.items() if _finite(v) is not None}
+    return Current({run_key: finite}, {}, str(run.path))
 
 
 def load_baseline(path: Path, need_values: bool = True) -> dict[str, dict[str, dict]]:

@@ -30,6 +30,7 @@ from cdsf_bench.bench.table import RESULTS_FILE, SUITE_FILE, result_row, results
 from cdsf_bench.bench.tuning import plan_for, tuned_config
 from cdsf_bench.config import resolve_trackers
 from cdsf_bench.errors import InputError, RunFailed
+from cdsf_bench.locking import folder_lock, lock_name
 from cdsf_bench.progress import console, make_progress
 from cdsf_bench.registry import Registry
 from cdsf_bench.results import source_commit, write_csv, write_json
@@ -42,7 +43,12 @@ def claim_folder(suite: Suite, out: Path) -> None:
     """Record the suite in ``out/suite.json``, refusing a folder that holds another suite."""
     existing = out / SUITE_FILE
     if existing.exists():
-        recorded = json.loads(existing.read_text())
+        try:
+            recorded = dict(json.loads(existing.read_text()))
+        except (ValueError, TypeError, OSError) as error:  # not UTF-8, not JSON, not an object
+            raise InputError(
+                f"{existing} cannot be read ({error}); restore it, or use another --out."
+            ) from None
         if recorded.get("hash") != suite.hash:
             raise InputError(
                 f"{out} holds runs of a different suite ('{recorded.get('name')}', hash "
@@ -65,6 +71,9 @@ def run_suite(
 
     With ``resume``, a run whose folder holds metrics.json is not repeated and a run with a
     checkpoint continues from it. Without it, existing run folders of this shard are refused.
+    While it runs, the process holds the lock of its results table in ``out`` (another process
+    running the same suite or shard there is refused, exit 2) and each run the lock of its
+    own run folder (``RunFolder.lock``).
     ``track`` adds trackers (name -> settings) to the suite's own ``[track]``.
     """
     runs = suite.runs()
@@ -77,33 +86,36 @@ def run_suite(
         require_optuna()
         for spec in runs:
             plan_for(spec, registry, suite.tune)
-    if not resume:
-        taken = [str(spec.folder) for spec in runs if (out / spec.folder).exists()]
-        if taken:
-            raise InputError(
-                f"{out} already holds run folder(s) of this suite ({', '.join(taken[:3])}"
-                f"{', ...' if len(taken) > 3 else ''}); continue them with --resume or choose another --out."
-            )
-    if suite.test_data:
-        external.check_external(suite, configs, registry)
-    trackers = _suite_trackers(suite, registry, track or {})
-    out.mkdir(parents=True, exist_ok=True)
-    claim_folder(suite, out)
-    from cdsf_bench.run import execute  # torch-heavy; imported when runs are about to start
+    # one writer per results table: the shards of one suite share its folder, each run its own lock
+    table_lock = out / lock_name(results_name(shard))
+    with folder_lock(out, "Suite folder", lock_file=table_lock, hint="choose another --out"):
+        if not resume:
+            taken = [str(spec.folder) for spec in runs if (out / spec.folder).exists()]
+            if taken:
+                raise InputError(
+                    f"{out} already holds run folder(s) of this suite ({', '.join(taken[:3])}"
+                    f"{', ...' if len(taken) > 3 else ''}); continue them with --resume or choose another "
+                    "--out."
+                )
+        if suite.test_data:
+            external.check_external(suite, configs, registry)
+        trackers = _suite_trackers(suite, registry, track or {})
+        claim_folder(suite, out)
+        from cdsf_bench.run import execute  # torch-heavy; imported when runs are about to start
 
-    table = out / results_name(shard)
-    tags = {"suite": suite.name, "suite_hash": suite.hash, "git_commit": source_commit()}
-    if shard is not None:
-        tags["shard"] = f"{shard[0]}/{shard[1]}"
-    trackers.start(suite.name, flatten(suite.canonical()), tags, out)
-    try:
-        rows = _run_all(suite, runs, configs, registry, out, resume, shard, table, execute, trackers)
-    except BaseException:
-        trackers.abandon(0)
-        raise
-    failed = sum(row["status"] != "done" for row in rows)
-    trackers.finish({"runs_done": len(rows) - failed, "runs_failed": failed}, [out / SUITE_FILE, table])
-    return results_frame(rows)
+        table = out / results_name(shard)
+        tags = {"suite": suite.name, "suite_hash": suite.hash, "git_commit": source_commit()}
+        if shard is not None:
+            tags["shard"] = f"{shard[0]}/{shard[1]}"
+        trackers.start(suite.name, flatten(suite.canonical()), tags, out)
+        try:
+            rows = _run_all(suite, runs, configs, registry, out, resume, shard, table, execute, trackers)
+        except BaseException:
+            trackers.abandon(0)
+            raise
+        failed = sum(row["status"] != "done" for row in rows)
+        trackers.finish({"runs_done": len(rows) - failed, "runs_failed": failed}, [out / SUITE_FILE, table])
+        return results_frame(rows)
 
 
 def _suite_trackers(suite: Suite, registry: Registry, extra: Mapping[str, Mapping[str, Any]]) -> Trackers:

@@ -15,7 +15,11 @@ A prediction folder has the test-output part of a run folder's layout
     metrics.json       diagnosis metrics over the subjects' labels, synthesis scores where real PET
                        (or the phantom's withheld PET) is known; written last
 
-The run folder is only read, and nothing is written before every check has passed.
+The run folder is only read. The prediction folder is written into a staging folder beside
+it and moved into place only when complete (``cdsf_bench.staging``): a prediction that fails
+(NaN weights, a full disk) leaves nothing that blocks running it again. While it runs, the
+process holds a lock beside the folder (``cdsf_bench.locking``): a second prediction into the
+same ``--out`` is refused, naming the first.
 """
 
 from __future__ import annotations
@@ -34,12 +38,14 @@ from cdsf_bench.assemble import configure_backends, resolve_device
 from cdsf_bench.data.nifti import to_native
 from cdsf_bench.errors import InputError
 from cdsf_bench.figures import roc_figure
+from cdsf_bench.locking import folder_lock, lock_name
 from cdsf_bench.predict.apply import Application, prepare, source_config, summary
 from cdsf_bench.predict.trained import load_trained
 from cdsf_bench.progress import track
 from cdsf_bench.registry import Registry
 from cdsf_bench.results import utc_stamp
 from cdsf_bench.run_folder import RunFolder
+from cdsf_bench.staging import staged_folder
 
 #: The ``split`` column of predict's predictions.csv: the subjects came from the cohort given.
 PREDICTED = "predicted"
@@ -83,15 +89,33 @@ def predict_run(
     """Apply the trained model of ``run_folder`` to the cohort ``spec`` and write ``out``."""
     started = time.perf_counter()
     path = plan_output(out, run_folder)
-    model = load_trained(run_folder, registry)
-    config = source_config(model.config, spec, assignments, registry)
-    target = resolve_device(device or model.config.device)
-    configure_backends(target)
-    data_started = time.perf_counter()
-    application = prepare(model, registry, config, target)
-    data_seconds = time.perf_counter() - data_started
-    folder = RunFolder(path)
-    path.mkdir(parents=True, exist_ok=True)
+    beside = path.parent / lock_name(path.name)  # the folder itself exists only once complete
+    with folder_lock(path, "Prediction folder", lock_file=beside, hint="choose another --out"):
+        model = load_trained(run_folder, registry)
+        config = source_config(model.config, spec, assignments, registry)
+        target = resolve_device(device or model.config.device)
+        configure_backends(target)
+        data_started = time.perf_counter()
+        application = prepare(model, registry, config, target)
+        data_seconds = time.perf_counter() - data_started
+        with staged_folder(path, "--out") as staging:
+            folder = RunFolder(staging)
+            metrics = _write(application, folder, spec, assignments, target, Path(run_folder))
+            folder.write_timing(round(time.perf_counter() - started, 2), round(data_seconds, 2))
+            folder.write_metrics(metrics)
+    return PredictionResult(path, metrics)
+
+
+def _write(
+    application: Application,
+    folder: RunFolder,
+    spec: str,
+    assignments: tuple[str, ...],
+    target: torch.device,
+    run_folder: Path,
+) -> dict[str, Any]:
+    """The prediction's record, table, synthetic PET and ROC in ``folder``; its metrics."""
+    model = application.model
     folder.write_prediction_record(_record(application, spec, assignments, target))
     evaluation = application.predict(on_synthetic=_synthetic_writer(application, folder), progress=track)
     table = application.table(evaluation, PREDICTED)
@@ -99,20 +123,17 @@ def predict_run(
     roc_figure(
         {model.config.method.coupling: (table["label"].to_numpy(), table["probability"].to_numpy())},
         folder.figure("roc"),
-        f"{model.config.task}: {Path(run_folder).name} on {Path(spec).name or spec}",
+        f"{model.config.task}: {run_folder.name} on {Path(spec).name or spec}",
     )
-    metrics = {
+    return {
         **summary(evaluation),
         "threshold": model.threshold,
         "task": model.config.task,
         "method": dict(model.config.raw["method"]),
         "seed": model.config.seed,
-        "run_folder": str(Path(run_folder).resolve()),
+        "run_folder": str(run_folder.resolve()),
         "data": spec,
     }
-    folder.write_timing(round(time.perf_counter() - started, 2), round(data_seconds, 2))
-    folder.write_metrics(metrics)
-    return PredictionResult(path, metrics)
 
 
 def _record(application: Application, spec: str, assignments: tuple[str, ...], device: torch.device) -> dict:

@@ -2,7 +2,7 @@
 
 A run folder holds what applying its model needs: ``config.toml`` (the resolved
 configuration: method, settings, preprocessing), ``checkpoints/last.pt`` (the selected
-modules of every stage and the training PET mean, ``engine.CHECKPOINT_FORMAT``) and
+modules of every stage and the training PET mean, ``checkpoints.CHECKPOINT_FORMAT``) and
 ``metrics.json`` (the operating point chosen on validation). The model is rebuilt through
 ``assemble``, the function a run trains with, so precision, memory layout and the coupling
 are those of the run; its modules then take the selected weights. The core names no method:
@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from cdsf_bench.assemble import Assembly, assemble
+from cdsf_bench.checkpoints import check_finite, check_format, load_modules
 from cdsf_bench.data.splits import Splits
-from cdsf_bench.engine import CHECKPOINT_FORMAT
 from cdsf_bench.errors import InputError
 from cdsf_bench.interfaces import Cohort
 from cdsf_bench.registry import Registry
@@ -86,26 +86,15 @@ def _threshold(folder: RunFolder) -> float:
 
 def _check_checkpoint(state: Any, path: Path) -> None:
     """A checkpoint of finished training in the layout this version writes, or an InputError."""
-    found = state.get("format") if isinstance(state, dict) else None
-    if found != CHECKPOINT_FORMAT:
-        raise InputError(
-            f"Checkpoint {path} was written by another version of cdsf-bench (checkpoint format "
-            f"{found if found is not None else 'unrecorded'}; this version applies format "
-            f"{CHECKPOINT_FORMAT}). "
-            "Apply it with the version that trained it, or train the run again."
-        )
-    mean = state.get("train_pet_mean")
-    stages = state.get("stages")
-    if not isinstance(mean, torch.Tensor) or mean.dim() != 5 or not isinstance(stages, list):
-        raise InputError(
-            f"Checkpoint {path} lacks the training PET mean or the stages' modules; it is damaged."
-        )
+    check_format(state, path)
+    stages = state["stages"]
     if state.get("stage_index") != len(stages):
         raise InputError(
             f"Checkpoint {path} is of unfinished training (stage {state.get('stage_index')} of "
             f"{len(stages)}); "
             f"finish the run with 'cdsf-bench run --resume {path.parent.parent}'."
         )
+    check_finite(state, path)
 
 
 def rebuild(
@@ -132,23 +121,5 @@ def rebuild(
     assembly = assemble(
         run, registry, cohort, labels, everyone, device, train_pet_mean=model.state["train_pet_mean"]
     )
-    stages = assembly.coupling.stages()
-    checkpoint = RunFolder(model.folder).checkpoint_path
-    if len(stages) != len(model.state["stages"]):
-        raise InputError(
-            f"Checkpoint {checkpoint} holds {len(model.state['stages'])} stage(s), but the method its "
-            f"config.toml names trains {len(stages)}; the plugin changed since the run was trained. "
-            "Apply it with the plugin version that trained it."
-        )
-    for stage, saved in zip(stages, model.state["stages"], strict=True):
-        for name, module in stage.modules.items():
-            try:
-                module.load_state_dict(saved["modules"][name])
-            except (KeyError, RuntimeError) as error:
-                reason = str(error).strip().splitlines()[0][:300]
-                raise InputError(
-                    f"Checkpoint {checkpoint} does not fit the method its config.toml names (stage "
-                    f"'{stage.name}', module '{name}': {reason}); the plugin's networks changed since the "
-                    "run was trained. Apply it with the plugin version that trained it."
-                ) from None
+    load_modules(assembly.coupling.stages(), model.state, RunFolder(model.folder).checkpoint_path)
     return assembly

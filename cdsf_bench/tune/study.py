@@ -26,6 +26,9 @@ Optuna is imported here and only when a study runs (``require_optuna``): without
   draws the rest again, from the same seed and history, so it draws what it drew. An
   interrupted trial is queued again the same way. A trial lost again after ``MAX_RETRIES``
   retries fails for good and counts towards the budget (``lost``).
+- **Locks**: a study folder is shared by design (the workers of one study join it), so it is
+  not locked; each trial folder is, while a worker trains it (``RunFolder.lock``). A retry of
+  a trial whose worker still trains (its heartbeat late) is refused, exit 2 naming the worker.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 from cdsf_bench.errors import InputError, RunFailed
 from cdsf_bench.interfaces import Choice, FloatRange, IntRange, TrainingStage
+from cdsf_bench.locking import is_lock_file
 from cdsf_bench.registry import Registry
 from cdsf_bench.results import json_safe, write_json
 from cdsf_bench.run_folder import RunFolder
@@ -378,14 +382,18 @@ def _trial_folder(path: Path, config: RunConfig) -> bool:
     """Make ``path`` ready for a trial of ``config``; whether the trial resumes a checkpoint there.
 
     A retry continues its killed trial's checkpoint when the folder holds this very config;
-    anything else left there (a kill before the first epoch ended) is cleared.
+    anything else left there (a kill before the first epoch ended) is cleared, all but the
+    lock this process holds on it.
     """
     folder = RunFolder(path)
     same = folder.config_path.exists() and folder.config_text() == config.toml()
     if same and folder.checkpoint_path.exists():
         return True
-    if path.exists():
-        shutil.rmtree(path)
+    for entry in path.iterdir() if path.exists() else ():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        elif not is_lock_file(entry):
+            entry.unlink()
     return False
 
 
@@ -405,7 +413,7 @@ def run_trial(
     trial.set_user_attr("folder_of", origin)
     path = folder.trial(origin)
     config = plan.trial_config(values)
-    resume = _trial_folder(path, config)
+    resume = False
     reporter = EpochReporter(trial, plan.metric)
     started = time.perf_counter()
 
@@ -422,7 +430,8 @@ def run_trial(
         return Outcome(trial.number, state.name.lower(), value, note, time.perf_counter() - started)
 
     try:
-        with Heartbeat(trial):
+        with RunFolder.lock(path), Heartbeat(trial):  # a late heartbeat's retry must not train here too
+            resume = _trial_folder(path, config)
             result = train_and_validate(
                 config, registry, data, path, plan.metric, resume=resume, on_epoch=reporter
             )

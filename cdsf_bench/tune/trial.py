@@ -71,9 +71,10 @@ def train_and_validate(
     ``resume`` continues a killed trial from its checkpoint (the folder's config must be
     this one), first showing ``on_epoch`` the epochs the checkpoint holds. A metric the
     method's validation does not produce is the user's error (``InputError``); a score that
-    is not a number fails the trial (``RunFailed``).
+    is not a number fails the trial (``RunFailed``). The caller holds the folder's lock
+    (``RunFolder.lock``) while it runs.
     """
-    run_folder = RunFolder.prepare(run.toml(), folder, run.name, resume)
+    run_folder = RunFolder.prepare(run.toml(), folder, resume)
     assembly = prepare(run, registry, study.device, data=study.data).assembly
     splits = study.data.splits
     run_folder.log(
