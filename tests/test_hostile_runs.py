@@ -209,21 +209,7 @@ def _tree(folder: Path) -> dict[str, tuple[int, int]]:
     }
 
 
-#: the lead's branch reads every TOML through cdsf_bench.textfiles; until that merges, a config.toml
-#: that is not UTF-8 ends in a traceback (strict: the mark goes once it passes)
-PENDING_TOML = {"resume-config-not-utf8"}
-
-
-@pytest.mark.parametrize(
-    "case",
-    [
-        pytest.param(case, marks=pytest.mark.xfail(strict=True, reason="TOML read in config.py"))
-        if case.id in PENDING_TOML
-        else case
-        for case in CASES
-    ],
-    ids=[case.id for case in CASES],
-)
+@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
 def test_run_folder_commands_refuse_hostile_input(
     case: Case, trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
