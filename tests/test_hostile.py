@@ -208,6 +208,23 @@ def test_data_check_refuses_hostile_input(
     assert _tree(tmp_path) == before, "the refused command wrote or changed files"
 
 
+def _refused_in_a_subprocess(args: list[str], cwd: Path) -> str:
+    """Run cdsf-bench in a subprocess with a time limit (a hang fails instead of blocking the
+    suite); assert exit 2 without a traceback; return the output on one line."""
+    result = subprocess.run(
+        [sys.executable, "-m", "cdsf_bench.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "CDSF_BENCH_QUIET": "1", "CDSF_BENCH_DEBUG": "0"},
+        cwd=cwd,
+    )
+    output = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode == 2, output
+    assert "Traceback" not in output
+    return output
+
+
 @pytest.mark.parametrize("special", ["fifo", "/dev/zero", "folder", "latin-1"])
 def test_a_table_that_is_no_regular_utf8_file_is_refused_at_once(special: str, tmp_path: Path) -> None:
     """A FIFO would block a reader forever and /dev/zero never ends: both are refused by their
@@ -227,17 +244,7 @@ def test_a_table_that_is_no_regular_utf8_file_is_refused_at_once(special: str, t
     else:  # not a table by its name: refused by the source detection, which names it
         path = Path(special)
         expected = "could not tell what --data /dev/zero is"
-    result = subprocess.run(
-        [sys.executable, "-m", "cdsf_bench.cli", "data", "check", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "CDSF_BENCH_QUIET": "1", "CDSF_BENCH_DEBUG": "0"},
-        cwd=tmp_path,
-    )
-    output = " ".join((result.stdout + result.stderr).split())
-    assert result.returncode == 2, output
-    assert "Traceback" not in output
+    output = _refused_in_a_subprocess(["data", "check", str(path)], tmp_path)
     assert expected in output and str(path.name) in output
 
 
@@ -340,28 +347,11 @@ def test_a_config_file_that_cannot_be_one_is_refused_at_once(kind: str, tmp_path
     """A FIFO would block the reader forever and /dev/zero never ends: a subprocess with a time
     limit, so that a hang fails the test instead of stopping the suite."""
     path = _config_file(kind, tmp_path)
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cdsf_bench.cli",
-            "run",
-            "--config",
-            str(path),
-            "--out",
-            str(tmp_path / "run"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "CDSF_BENCH_QUIET": "1", "CDSF_BENCH_DEBUG": "0"},
-        cwd=tmp_path,
+    output = _refused_in_a_subprocess(
+        ["run", "--config", str(path), "--out", str(tmp_path / "run")], tmp_path
     )
-    output = " ".join((result.stdout + result.stderr).split())
-    assert result.returncode == 2, output
-    assert "Traceback" not in output
     assert CONFIG_CASES[kind] in output and path.name in output
-    assert not (tmp_path / "o").exists()
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_bom_at_the_start_of_a_config_is_read(tmp_path: Path) -> None:
