@@ -351,7 +351,7 @@ def test_held_out_cohorts_need_the_phantom(tmp_path):
             ("evaluate.phantom_test_subjects=100",),
             flags={"data.spec": str(tmp_path / "x.csv")},
         )
-    with pytest.raises(InputError, match="phantom_test_subjects must be 0"):
+    with pytest.raises(InputError, match=r"'evaluate.phantom_test_subjects' must be in \[0, "):
         cfg.resolve(registry, None, ("evaluate.phantom_test_subjects=-1",))
 
 

@@ -36,7 +36,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from cdsf_bench import config as cfg
 from cdsf_bench.data.grid import reference_grid
 from cdsf_bench.interfaces import bf16_autocast
 from cdsf_bench.perf.settings import PerfSettings, resolve_config
@@ -165,7 +164,7 @@ def networks(
             key = "synth" if kind == "synthesiser" else "diag"
             try:
                 config = resolve_config(PerfSettings(**{key: name}), registry)  # type: ignore[arg-type]
-                _, params = cfg.plugin_settings(config, key)
+                _, params = config.plugin(key)
                 factory = registry.get(kind, name).factory
                 if kind == "synthesiser":
                     yield kind, name, factory(**params), 1
