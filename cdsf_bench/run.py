@@ -68,7 +68,13 @@ def execute(
         tracking = trackers if trackers is not None else open_trackers(run.track, registry, cluster)
         depth = tracking.depth
         try:
-            return _execute(run, registry, out, resume, cluster, device, started, tracking, track_name)
+            with contextlib.ExitStack() as held:
+                planned = RunFolder.place(out, run.name) if cluster.is_main else None
+                if planned is not None:  # rank 0 writes, so rank 0 alone holds the folder's lock
+                    held.enter_context(RunFolder.lock(planned))
+                    RunFolder.plan(run.toml(), planned, resume)
+                path = distributed.broadcast_object(planned, cluster)
+                return _execute(run, registry, path, resume, cluster, device, started, tracking, track_name)
         except BaseException:
             tracking.abandon(depth)  # the tracked run is closed as failed; the error goes on
             raise
@@ -79,28 +85,6 @@ def execute(
 def _execute(
     run: RunConfig,
     registry: Registry,
-    out: Path | None,
-    resume: bool,
-    cluster: distributed.Cluster,
-    device: torch.device,
-    started: float,
-    tracking: Trackers,
-    track_name: str | None,
-) -> RunResult:
-    """``execute`` once the device and the trackers are set up."""
-    main = cluster.is_main
-    planned = RunFolder.place(out, run.name) if main else None
-    # rank 0 writes, so rank 0 alone holds the folder's lock, for the whole run
-    with RunFolder.lock(planned) if planned is not None else contextlib.nullcontext():
-        if planned is not None:
-            RunFolder.plan(run.toml(), planned, resume)
-        path = distributed.broadcast_object(planned, cluster)
-        return _execute_locked(run, registry, path, resume, cluster, device, started, tracking, track_name)
-
-
-def _execute_locked(
-    run: RunConfig,
-    registry: Registry,
     path: Path,
     resume: bool,
     cluster: distributed.Cluster,
@@ -109,7 +93,8 @@ def _execute_locked(
     tracking: Trackers,
     track_name: str | None,
 ) -> RunResult:
-    """``execute`` once the folder is planned (and locked by rank 0).
+    """``execute`` once the device and the trackers are set up and the folder is planned (and
+    locked by rank 0).
 
     The folder's files are written only once the data are accepted: a refused run leaves none.
     """
