@@ -162,6 +162,8 @@ class Cohort:
     ``participant_id``, ``diagnosis`` and ``has_pet``; an optional ``split`` column
     (train / val / test) is honoured by the splitter. ``pet`` is zero where ``has_pet`` is
     False. ``pet_truth`` holds the real PET of every subject when the source knows it.
+    ``pet_expected`` holds E[PET | what the MRI shows] for every subject when the source knows
+    it (the phantom): the output of a perfect generator, the ceiling of what synthesis can add.
     """
 
     participants: pd.DataFrame
@@ -171,6 +173,7 @@ class Cohort:
     affine: np.ndarray  # [4, 4] voxel to MNI mm
     brain_mask: np.ndarray  # [D, H, W] bool
     pet_truth: np.ndarray | None = None  # [N, D, H, W] float16
+    pet_expected: np.ndarray | None = None  # [N, D, H, W] float16; E[PET | MRI] where the source knows it
     source: str = ""  # what was read, for logs and environment.json
     extra: dict = field(default_factory=dict)
 
@@ -195,6 +198,7 @@ class Cohort:
             affine=self.affine,
             brain_mask=self.brain_mask,
             pet_truth=None if self.pet_truth is None else take_rows(self.pet_truth, rows),
+            pet_expected=None if self.pet_expected is None else take_rows(self.pet_expected, rows),
             source=self.source,
             extra=self.extra,
         )
