@@ -27,9 +27,10 @@ import pandas as pd
 
 from cdsf_bench.interfaces import Cohort, DataSettings
 
-#: Bump when the layout of an entry or the preprocessing changes, to invalidate old entries.
-CACHE_VERSION = 1
-_VOLUMES = ("mri", "pet", "pet_truth")
+#: Bump when the layout of an entry or the preprocessing changes, to invalidate old entries
+#: (2: ``pet_expected``).
+CACHE_VERSION = 2
+_VOLUMES = ("mri", "pet", "pet_truth", "pet_expected")
 _BOOL_TEXT = {"True": True, "False": False, "true": True, "false": False}
 #: The data package, whose code shapes every cohort (reading, grid, preprocessing, checks, phantom).
 DATA_PACKAGE = Path(__file__).resolve().parent
@@ -94,7 +95,7 @@ def _save(cohort: Cohort, folder: Path) -> None:
         "source": cohort.source,
         "subjects": len(cohort),
         "shape": list(cohort.shape),
-        "has_pet_truth": cohort.pet_truth is not None,
+        "volumes": [name for name in _VOLUMES if getattr(cohort, name) is not None],
         "dtypes": {column: str(dtype) for column, dtype in cohort.participants.dtypes.items()},
         "extra": cohort.extra,
     }
@@ -118,8 +119,10 @@ def _load(folder: Path) -> Cohort:
     meta = json.loads((folder / "meta.json").read_text())
     if meta.get("cache_version") != CACHE_VERSION:
         raise ValueError("cache version differs")
-    volumes = {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in ("mri", "pet")}
-    pet_truth = np.load(folder / "pet_truth.npy", mmap_mode="r") if meta["has_pet_truth"] else None
+    stored = set(meta["volumes"])
+    if not {"mri", "pet"} <= stored:
+        raise ValueError("cache entry lacks its MRI or PET")
+    volumes = {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in _VOLUMES if name in stored}
     participants = _read_participants(folder / "participants.tsv", meta["dtypes"])
     cohort = Cohort(
         participants=participants,
@@ -128,12 +131,13 @@ def _load(folder: Path) -> Cohort:
         has_pet=np.load(folder / "has_pet.npy"),
         affine=np.load(folder / "affine.npy"),
         brain_mask=np.load(folder / "brain_mask.npy"),
-        pet_truth=pet_truth,
+        pet_truth=volumes.get("pet_truth"),
+        pet_expected=volumes.get("pet_expected"),
         source=meta["source"],
         extra=meta.get("extra", {}),
     )
     expected = (meta["subjects"], *meta["shape"])
-    arrays = [cohort.mri, cohort.pet] + ([pet_truth] if pet_truth is not None else [])
+    arrays = list(volumes.values())
     if (
         any(a.shape != expected for a in arrays)
         or cohort.has_pet.shape != (len(participants),)

@@ -17,7 +17,7 @@ from cdsf_bench.data.problems import Problem
 from cdsf_bench.safe_names import unsafe_reason
 
 #: Volume columns, their role in messages.
-ROLES = {"mri": "MRI", "pet": "PET", "pet_truth": "PET"}
+ROLES = {"mri": "MRI", "pet": "PET", "pet_truth": "PET", "pet_expected": "PET"}
 
 
 def unsafe_id_problems(table: pd.DataFrame) -> list[Problem]:

@@ -3,8 +3,8 @@
 A manifest is a CSV or TSV written by the user, or by ``cdsf-bench data phantom``; a Clinica
 CAPS directory gives the same table (``cdsf_bench.data.caps``, which reuses the reading and
 normalising here). The table has ``participant_id``, ``diagnosis``, ``mri`` (absolute
-path), ``pet`` (absolute path or "" when the subject has no PET), optionally ``pet_truth``
-and ``split``, and every other column of the input (age, sex, ...), so the run folder keeps
+path), ``pet`` (absolute path or "" when the subject has no PET), optionally ``pet_truth``,
+``pet_expected`` and ``split``, and every other column of the input (age, sex, ...), so the run folder keeps
 what the user gave.
 
 Labels are matched case-insensitively to CN, sMCI, pMCI and AD. A bare "MCI" is not
@@ -39,7 +39,7 @@ ALIASES = {
     "pet_truth": ("pet_truth_path",),
     "session_id": ("session",),
 }
-PATH_COLUMNS = ("mri", "pet", "pet_truth")
+PATH_COLUMNS = ("mri", "pet", "pet_truth", "pet_expected")
 SPLIT_ALIASES = {"validation": "val", "valid": "val", "training": "train", "testing": "test"}
 _DIAGNOSIS_BY_LOWER = {label.lower(): label for label in DIAGNOSES}
 
@@ -198,7 +198,7 @@ def select_session(table: pd.DataFrame, session: str, path: Path) -> tuple[pd.Da
 
 def read_manifest(path: Path, *, strict: bool = True) -> pd.DataFrame:
     """Read a manifest: CSV or TSV with participant_id, diagnosis, mri, and optional
-    pet, pet_truth, split and any other columns; relative paths are read from its folder.
+    pet, pet_truth, pet_expected, split and any other columns; relative paths are read from its folder.
 
     ``strict`` raises one ``InputError`` listing every bad row (label, duplicate, split);
     without it the rows come back as given, for ``check_table`` to report.

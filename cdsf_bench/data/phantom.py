@@ -39,7 +39,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import pandas as pd
-from scipy import ndimage
+from scipy import ndimage, special, stats
 
 from cdsf_bench.data.conventions import DIAGNOSES
 from cdsf_bench.data.grid import BRAIN_BOX_MM, Grid, reference_grid
@@ -50,8 +50,9 @@ from cdsf_bench.errors import ConfigError
 from cdsf_bench.staging import staged_folder
 
 #: Bumped whenever the files ``write_phantom`` writes change meaning or layout
-#: (2: the ``labelled`` column).
-FORMAT_VERSION = 2
+#: (2: the ``labelled`` column; 3: the ``pet_expected`` column and files). Folders of an
+#: earlier version read as before, without E[PET | MRI].
+FORMAT_VERSION = 3
 
 #: The columns of ``PhantomCohort.participants``, in order.
 PARTICIPANT_COLUMNS = (
@@ -66,7 +67,7 @@ PARTICIPANT_COLUMNS = (
     "labelled",
 )
 #: The columns of ``participants.tsv``: the table plus the files, relative to its folder.
-TSV_COLUMNS = PARTICIPANT_COLUMNS[:5] + ("mri", "pet", "pet_truth") + PARTICIPANT_COLUMNS[5:]
+TSV_COLUMNS = PARTICIPANT_COLUMNS[:5] + ("mri", "pet", "pet_truth", "pet_expected") + PARTICIPANT_COLUMNS[5:]
 
 #: A progress wrapper: ``progress(iterable, total, label)`` yields the iterable's items.
 Progress = Callable[[Iterable, int, str], Iterable]
@@ -80,6 +81,10 @@ GOLDEN_STEP = (math.sqrt(5.0) - 1.0) / 2.0
 LOW_UPTAKE_WIDTH = 1.5
 #: The age at which every age effect is zero.
 REFERENCE_AGE = 70.0
+#: The frontal weight of ``age_frontal_hypometabolism``: a logistic step in MNI y, one half at
+#: ``ANTERIOR_Y_MM`` (just behind the central sulcus' front) rising over ``ANTERIOR_WIDTH_MM``.
+ANTERIOR_Y_MM = 0.0
+ANTERIOR_WIDTH_MM = 10.0
 #: Participants columns that are the phantom's ground truth: never inputs to a method.
 LATENT_COLUMNS = ("severity_structural", "severity_metabolic", "head_scale")
 #: Settings that ``[data]`` itself holds (``data.subjects`` ...): not ``data.phantom.*`` keys.
@@ -228,6 +233,16 @@ class PhantomSettings:
     # sd of a smooth log field multiplying the PET (attenuation and scatter corrections), with
     # the MRI bias field's smoothness; drawn from the site stream (SITE_STREAM). 0: none.
     pet_bias_field_sd: float = 0.0
+    # Hypometabolism co-localised with atrophy, as in real AD: the fraction of grey-matter
+    # uptake lost in the hippocampus and entorhinal cortex at structural severity 1, beyond
+    # the partial volume of the grey matter lost there. MRI shows its drive. 0: none.
+    medial_temporal_hypometabolism: float = 0.0
+    # PET variance that MRI predicts and diagnosis does not (age and head size are the same in
+    # every class): the fraction of grey-matter uptake lost per year above REFERENCE_AGE over
+    # the frontal lobe (ANTERIOR_Y_MM), and the relative change of cortical uptake (every grey
+    # matter but the reference's) per unit of relative head scale (head_scale - 1). 0: none.
+    age_frontal_hypometabolism: float = 0.0
+    head_scale_uptake: float = 0.0
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first setting that cannot be used."""
@@ -299,6 +314,8 @@ class PhantomSettings:
             "pet_cerebellum_uptake",
             "pet_pons_uptake",
             "t1_csf",
+            "medial_temporal_hypometabolism",
+            "age_frontal_hypometabolism",
         )
         for name in non_negative:
             if not getattr(self, name) >= 0:
@@ -332,11 +349,13 @@ class PhantomCohort:
 
     ``pet`` holds every subject's PET, the withheld ones too (the ground truth that
     synthesis is scored against); ``has_pet`` says which a method may see.
+    ``pet_expected`` is E[PET | what the MRI shows] (``_simulate_subject``).
     """
 
     participants: pd.DataFrame
     mri: np.ndarray  # [N, D, H, W] float32, T1-like, white matter about 1
     pet: np.ndarray  # [N, D, H, W] float32, SUVR (reference region mean 1)
+    pet_expected: np.ndarray  # [N, D, H, W] float32, SUVR
     has_pet: np.ndarray  # [N] bool
     affine: np.ndarray  # [4, 4] voxel to MNI mm
     brain_mask: np.ndarray  # [D, H, W] bool
@@ -358,6 +377,8 @@ class _Anatomy:
     low_uptake: dict[str, np.ndarray]  # pons, cerebellum: [D, H, W] wide Gaussian weights
     reference_masks: dict[str, np.ndarray]  # per reference setting: [D, H, W] bool
     centre_mm: np.ndarray  # [3] the brain box centre, where head scaling is anchored
+    frontal: np.ndarray  # [D, H, W] the frontal weight of age_frontal_hypometabolism
+    cortical: np.ndarray  # [D, H, W] 1 in the cerebrum, 0 in the reference regions (head_scale_uptake)
 
 
 @functools.lru_cache(maxsize=4)
@@ -382,7 +403,19 @@ def _anatomy(resolution_mm: float) -> _Anatomy:
         key: np.logical_or.reduce([spheres[n] for n in names]) for key, names in REFERENCE_REGIONS.items()
     }
     centre = np.array([(lo + hi) / 2 for lo, hi in BRAIN_BOX_MM], dtype=np.float32)
-    return _Anatomy(templates, grid, mni, weights, low_uptake, reference_masks, centre)
+    frontal = 1.0 / (1.0 + np.exp(-(mni[..., 1] - np.float32(ANTERIOR_Y_MM)) / np.float32(ANTERIOR_WIDTH_MM)))
+    cortical = np.clip(1.0 - low_uptake["pons"] - low_uptake["cerebellum"], 0.0, 1.0)
+    return _Anatomy(
+        templates,
+        grid,
+        mni,
+        weights,
+        low_uptake,
+        reference_masks,
+        centre,
+        frontal.astype(np.float32),
+        cortical.astype(np.float32),
+    )
 
 
 @functools.lru_cache(maxsize=8)
@@ -541,11 +574,12 @@ def assign_has_pet(settings: PhantomSettings, diagnoses: list[str]) -> np.ndarra
 
 @dataclass
 class PhantomSubject:
-    """One simulated subject: its participants row, MRI and PET (float32, physical units)."""
+    """One simulated subject: its participants row, MRI, PET and E[PET | MRI] (float32, physical units)."""
 
     row: dict
     mri: np.ndarray
     pet: np.ndarray
+    pet_expected: np.ndarray
 
 
 def _truncated_normal(rng: np.random.Generator, mean: float, sd: float, low: float, high: float) -> float:
@@ -568,6 +602,50 @@ def _region_map(weights: np.ndarray, amounts: np.ndarray) -> np.ndarray:
     for weight, amount in zip(weights, amounts, strict=True):
         out += np.float32(amount) * weight
     return out
+
+
+def expected_metabolic_severity(settings: PhantomSettings, severity_structural: float) -> float:
+    """E[metabolic severity | structural severity] under the cohort's class mixture.
+
+    Within class c the severities are bivariate normal with mean ``mu_c`` each, sd ``sd``
+    and correlation ``rho``, so E[metabolic | structural s, c] = mu_c + rho (s - mu_c). The
+    class is hidden: P(c | s) is proportional to the class fraction times the normal density
+    of s about mu_c. Nothing else MRI shows (age, sex, anatomy, regional deviations) depends
+    on the class, so conditioning on it adds nothing. With sd 0 both severities are the
+    class mean, and the structural one is the answer.
+    """
+    if settings.severity_sd == 0:
+        return float(severity_structural)
+    means = dict(settings.severity_means)
+    classes = [(c, float(f)) for c, f in settings.class_fractions if f > 0]
+    centres = np.array([float(means[c]) for c, _ in classes])
+    log_weights = np.log([f for _, f in classes]) + stats.norm.logpdf(
+        severity_structural, loc=centres, scale=settings.severity_sd
+    )
+    posterior = np.exp(log_weights - special.logsumexp(log_weights))
+    rho = settings.severity_correlation
+    return float(np.sum(posterior * (centres + rho * (severity_structural - centres))))
+
+
+def _visible_uptake_loss(
+    settings: PhantomSettings, anatomy: _Anatomy, severity_structural: float, years: float, head_scale: float
+) -> np.ndarray | None:
+    """The uptake loss that MRI's latents fix (template space), or None where every such knob is 0.
+
+    Medial temporal hypometabolism follows the structural severity at the atrophied centres;
+    the frontal loss follows age, the cortical change head size. None of them draws.
+    """
+    s = settings
+    knobs = (s.medial_temporal_hypometabolism, s.age_frontal_hypometabolism, s.head_scale_uptake)
+    if not any(knobs):
+        return None
+    loss = np.float32(s.age_frontal_hypometabolism * years) * anatomy.frontal
+    loss -= np.float32(s.head_scale_uptake * (head_scale - 1.0)) * anatomy.cortical
+    for name in ("hippocampus", "entorhinal"):
+        n = anatomy.weights[name].shape[0]
+        amount = s.medial_temporal_hypometabolism * severity_structural
+        loss += _region_map(anatomy.weights[name], np.full(n, amount))
+    return loss
 
 
 def _simulate_subject(
@@ -626,20 +704,35 @@ def _simulate_subject(
     }
     # The drive of the hypometabolism: the metabolic severity, mixed with the structural
     # pattern MRI shows (severity plus regional deviations, in severity units) when
-    # metabolic_from_structure > 0. At 0 the drive is the metabolic severity itself.
+    # metabolic_from_structure > 0. At 0 the drive is the metabolic severity itself. The
+    # expected PET's drive mixes the metabolic severity's expectation given the structural
+    # one (expected_metabolic_severity) with the same pattern.
     mix = float(s.metabolic_from_structure)
+    expected_drive = expected_metabolic_severity(s, severity_structural)
     if mix > 0.0:
         pattern = severity_structural + (deviations / strength_sum if strength_sum > 0 else 0.0)
         severity_metabolic = (1.0 - mix) * severity_metabolic + mix * pattern
+        expected_drive = (1.0 - mix) * expected_drive + mix * pattern
+    visible_loss = _visible_uptake_loss(s, anatomy, severity_structural, years, head_scale)
     uptake_loss = np.zeros(anatomy.grid.shape, dtype=np.float32)
+    expected_loss = np.zeros(anatomy.grid.shape, dtype=np.float32)
     for name in HYPOMETABOLISM_REGIONS:
         n = w[name].shape[0]
         amounts = hypo_strengths[name] * severity_metabolic + s.regional_uptake_sd * rng.standard_normal(n)
         uptake_loss += _region_map(w[name], amounts)
-    uptake_loss = np.clip(uptake_loss, -0.5, 0.8)
+        expected_loss += _region_map(w[name], np.full(n, hypo_strengths[name] * expected_drive))
+    if visible_loss is not None:
+        uptake_loss += visible_loss
+        expected_loss += visible_loss
     base = 1.0 - (1.0 - s.pet_pons_uptake) * anatomy.low_uptake["pons"]
     base = base - (1.0 - s.pet_cerebellum_uptake) * anatomy.low_uptake["cerebellum"]
-    activity = gm * np.maximum(base, 0.1) * (1.0 - uptake_loss) + s.pet_wm_uptake * tpl.wm
+
+    def activity_of(loss: np.ndarray) -> np.ndarray:
+        loss = np.clip(loss, -0.5, 0.8)
+        return gm * np.maximum(base, 0.1) * (1.0 - loss) + s.pet_wm_uptake * tpl.wm
+
+    activity = activity_of(uptake_loss)
+    expected_activity = activity_of(expected_loss)
 
     # Where each output voxel samples the template: head scale about the brain centre,
     # ventricle enlargement (a radial stretch that grows what sits at the centres), and a
@@ -659,6 +752,7 @@ def _simulate_subject(
         return ndimage.map_coordinates(volume, coordinates, order=1, mode="constant", cval=0.0)
 
     gm_w, wm_w, csf_w, activity_w = warp(gm), warp(tpl.wm), warp(csf), warp(activity)
+    expected_activity_w = warp(expected_activity)
 
     # MRI: tissue contrast, scanner gain, smooth bias field, the scanner's resolution, Rician noise.
     gain = math.exp(s.mri_gain_sd * rng.standard_normal())
@@ -674,9 +768,11 @@ def _simulate_subject(
     mri = np.sqrt(real * real + imaginary * imaginary)
 
     # PET: scanner resolution, counting noise (sd grows with the square root of uptake,
-    # correlated at the kernel's scale as reconstructed PET is), then SUVR.
+    # correlated at the kernel's scale as reconstructed PET is), then SUVR. The expected PET
+    # has the same blur and SUVR, no noise and no bias field (module docstring).
     sigma_voxels = s.pet_fwhm_mm / FWHM_PER_SIGMA / resolution
     blurred = ndimage.gaussian_filter(activity_w, sigma_voxels, mode="constant", truncate=4.0)
+    expected = ndimage.gaussian_filter(expected_activity_w, sigma_voxels, mode="constant", truncate=4.0)
     white = rng.standard_normal(blurred.shape, dtype=np.float32)
     noise = ndimage.gaussian_filter(white, sigma_voxels, mode="constant", truncate=4.0)
     noise /= np.float32(_smoothed_noise_sd(sigma_voxels))
@@ -685,8 +781,11 @@ def _simulate_subject(
         site = np.random.default_rng(np.random.SeedSequence(s.seed, spawn_key=(SITE_STREAM, index)))
         log_pet_bias = _smooth_fields(site, 1, s.bias_field_smoothness_mm, resolution)[0]
         pet = pet * np.exp(np.float32(s.pet_bias_field_sd) * log_pet_bias)
-    reference = float(pet[anatomy.reference_masks[s.pet_reference]].mean())
+    reference_mask = anatomy.reference_masks[s.pet_reference]
+    reference = float(pet[reference_mask].mean())
     pet = pet / np.float32(max(reference, 1e-6))
+    expected = np.maximum(expected, 0.0)
+    expected = expected / np.float32(max(float(expected[reference_mask].mean()), 1e-6))
 
     row = {
         "participant_id": f"sub-{index + 1:04d}",
@@ -697,7 +796,7 @@ def _simulate_subject(
         "severity_metabolic": float(severity_metabolic),
         "head_scale": head_scale,
     }
-    return PhantomSubject(row, mri.astype(np.float32), pet.astype(np.float32))
+    return PhantomSubject(row, mri.astype(np.float32), pet.astype(np.float32), expected.astype(np.float32))
 
 
 # --------------------------------------------------------------------------------------
@@ -822,15 +921,18 @@ def generate_phantom(
     plan = plan_phantom(settings)
     mri = np.empty((len(plan), *plan.shape), dtype=np.float32)
     pet = np.empty_like(mri)
+    pet_expected = np.empty_like(mri)
     rows = []
     for i, subject in enumerate(plan.subjects(progress, workers)):
         mri[i] = subject.mri
         pet[i] = subject.pet
+        pet_expected[i] = subject.pet_expected
         rows.append(subject.row)
     return PhantomCohort(
         participants=plan.participants(rows),
         mri=mri,
         pet=pet,
+        pet_expected=pet_expected,
         has_pet=plan.has_pet,
         affine=plan.affine,
         brain_mask=plan.brain_mask,
@@ -853,8 +955,9 @@ def write_phantom(
 
     Layout: ``sub-NNNN/sub-NNNN_T1w.nii.gz``; ``sub-NNNN/sub-NNNN_pet.nii.gz`` where the
     PET is available, ``sub-NNNN/sub-NNNN_desc-hidden_pet.nii.gz`` (the ground truth for
-    scoring synthesis) where it is withheld. The TSV doubles as a manifest: its ``mri``,
-    ``pet`` and ``pet_truth`` columns are paths relative to ``out_dir``, and ``pet`` is
+    scoring synthesis) where it is withheld, and ``sub-NNNN/sub-NNNN_desc-expected_pet.nii.gz``
+    (E[PET | MRI]) for every subject. The TSV doubles as a manifest: its ``mri``, ``pet``,
+    ``pet_truth`` and ``pet_expected`` columns are paths relative to ``out_dir``, and ``pet`` is
     empty where PET is withheld. Returns the TSV's path. The folder must be new or empty (a
     BIDS dataset's own ``participants.tsv`` is never replaced), and appears only once complete.
     """
@@ -869,7 +972,7 @@ def _write_phantom_files(
 ) -> None:
     table = cohort.participants.copy()
     n = len(table)
-    mri_paths, pet_paths, truth_paths = [], [], []
+    mri_paths, pet_paths, truth_paths, expected_paths = [], [], [], []
     indices: Iterable = range(n)
     if progress is not None:
         indices = progress(indices, n, "write")
@@ -886,13 +989,17 @@ def _write_phantom_files(
             pet_rel = ""
             truth_rel = f"{pid}/{pid}_desc-hidden_pet.nii.gz"
         save_nifti(_mni_image(cohort.pet[i], cohort.affine), out_dir / truth_rel)
+        expected_rel = f"{pid}/{pid}_desc-expected_pet.nii.gz"
+        save_nifti(_mni_image(cohort.pet_expected[i], cohort.affine), out_dir / expected_rel)
         mri_paths.append(mri_rel)
         pet_paths.append(pet_rel)
         truth_paths.append(truth_rel)
+        expected_paths.append(expected_rel)
     table["has_pet"] = np.asarray(cohort.has_pet, dtype=bool)
     table["mri"] = mri_paths
     table["pet"] = pet_paths
     table["pet_truth"] = truth_paths
+    table["pet_expected"] = expected_paths
     tsv = out_dir / "participants.tsv"
     table[list(TSV_COLUMNS)].to_csv(tsv, sep="\t", index=False, float_format="%.6g")
     meta = {

@@ -63,7 +63,8 @@ def cohort_from_table(table: pd.DataFrame, settings: DataSettings, source_desc: 
     template (``registration_problem``: inputs must be in MNI space, on any grid) and
     ``to_grid``; the brain mask that scales each MRI is the ICBM152 template's on the same grid. PET is
     zero for subjects without one. ``pet_truth`` is kept only when every subject has a
-    known PET (its ``pet_truth`` cell, else its ``pet``), as a phantom folder provides.
+    known PET (its ``pet_truth`` cell, else its ``pet``), as a phantom folder provides;
+    ``pet_expected`` (E[PET | MRI]) only when every subject has a ``pet_expected`` cell.
     Every subject is attempted; all failures are raised together at the end.
     """
     from cdsf_bench.data.templates import load_templates
@@ -75,10 +76,13 @@ def cohort_from_table(table: pd.DataFrame, settings: DataSettings, source_desc: 
     pet_paths = [str(row.get("pet") or "") for row in rows]
     truth_paths = [str(row.get("pet_truth") or "") or pet for row, pet in zip(rows, pet_paths, strict=True)]
     keep_truth = "pet_truth" in table.columns and all(truth_paths)
+    expected_paths = [str(row.get("pet_expected") or "") for row in rows]
+    keep_expected = "pet_expected" in table.columns and all(expected_paths)
     has_pet = np.array([bool(path) for path in pet_paths], dtype=bool)
     mri = np.zeros((n, *grid.shape), dtype=np.float16)
     pet = np.zeros((n, *grid.shape), dtype=np.float16)
     pet_truth = np.zeros((n, *grid.shape), dtype=np.float16) if keep_truth else None
+    pet_expected = np.zeros((n, *grid.shape), dtype=np.float16) if keep_expected else None
     problems: list[Problem] = []
 
     def volume(participant: str, path: str, kind: Literal["mri", "pet"]) -> np.ndarray | None:
@@ -110,6 +114,10 @@ def cohort_from_table(table: pd.DataFrame, settings: DataSettings, source_desc: 
                 result = volume(participant, truth_paths[i], "pet")
                 if result is not None:
                     pet_truth[i] = result
+        if pet_expected is not None:
+            result = volume(participant, expected_paths[i], "pet")
+            if result is not None:
+                pet_expected[i] = result
     raise_problems(problems, source_desc)
     participants = table.reset_index(drop=True).copy()
     participants["has_pet"] = has_pet
@@ -121,6 +129,7 @@ def cohort_from_table(table: pd.DataFrame, settings: DataSettings, source_desc: 
         affine=grid.affine.copy(),
         brain_mask=mask,
         pet_truth=pet_truth,
+        pet_expected=pet_expected,
         source=source_desc,
     )
 
@@ -255,11 +264,13 @@ class PhantomSource(DataSource):
         # each subject goes straight to float16: the float32 cohort is never held (memory)
         mri = np.empty((n, *plan.shape), dtype=np.float16)
         truth = np.empty_like(mri)
+        expected = np.empty_like(mri)
         pet = np.zeros_like(mri)
         rows = []
         for i, subject in enumerate(plan.subjects(progress=track, workers=cpu_workers())):
             mri[i] = normalise_mri(subject.mri, mask)
             truth[i] = normalise_pet(subject.pet, settings.pet_suvr_max)
+            expected[i] = normalise_pet(subject.pet_expected, settings.pet_suvr_max)
             if has_pet[i]:
                 pet[i] = truth[i]
             rows.append(subject.row)
@@ -271,6 +282,7 @@ class PhantomSource(DataSource):
             affine=np.asarray(plan.affine, dtype=np.float64),
             brain_mask=mask,
             pet_truth=truth,
+            pet_expected=expected,
             source=f"phantom ({n} subjects, seed {settings.phantom_seed})",
         )
 
