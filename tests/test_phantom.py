@@ -219,6 +219,7 @@ def test_write_round_trip(cohort: PhantomCohort, tmp_path: Path) -> None:
         "mri",
         "pet",
         "pet_truth",
+        "pet_expected",
         "severity_structural",
         "severity_metabolic",
         "head_scale",
@@ -233,7 +234,13 @@ def test_write_round_trip(cohort: PhantomCohort, tmp_path: Path) -> None:
             assert row.pet == row.pet_truth == f"{pid}/{pid}_pet.nii.gz"
         else:
             assert row.pet == "" and row.pet_truth == f"{pid}/{pid}_desc-hidden_pet.nii.gz"
-        for column, expected in (("mri", cohort.mri[i]), ("pet_truth", cohort.pet[i])):
+        assert row.pet_expected == f"{pid}/{pid}_desc-expected_pet.nii.gz"
+        volumes = (
+            ("mri", cohort.mri[i]),
+            ("pet_truth", cohort.pet[i]),
+            ("pet_expected", cohort.pet_expected[i]),
+        )
+        for column, expected in volumes:
             image = nib.load(tmp_path / row[column])
             assert image.get_data_dtype() == np.float32
             np.testing.assert_allclose(image.affine, cohort.affine, atol=1e-6)
@@ -368,7 +375,16 @@ def test_scenarios_set_their_values_and_explicit_settings_win() -> None:
     assert learnable.severity_sd < PhantomSettings().severity_sd
     assert learnable.hippocampus_atrophy > PhantomSettings().hippocampus_atrophy
     assert learnable.metabolic_from_structure == 1.0
-    assert set(SCENARIOS) == {"default", "independent", "predictable", "label_scarce", "learnable"}
+    assert set(SCENARIOS) == {
+        "default",
+        "independent",
+        "predictable",
+        "label_scarce",
+        "learnable",
+        "synthesis_control",
+        "joint_control",
+        "adni_like",
+    }
 
 
 @pytest.mark.parametrize(
