@@ -684,7 +684,20 @@ def _visible_uptake_loss(
 def _simulate_subject(
     settings: PhantomSettings, anatomy: _Anatomy, index: int, diagnosis: str
 ) -> PhantomSubject:
-    """Draw subject ``index``: demographics, severities, anatomy, then its MRI and PET."""
+    """Draw subject ``index``: demographics, severities, anatomy, then its MRI, PET and E[PET | MRI].
+
+    E[PET | MRI], the PET a perfect generator could produce, is rendered from the same draws:
+    what MRI shows stays (age, sex, head scale, ventricles, deformation, structural severity,
+    regional grey-matter deviations, the uptake terms they fix) and each PET-only term becomes
+    its expectation given that. The metabolic severity becomes
+    :func:`expected_metabolic_severity`, mixed with the structural pattern exactly as the PET
+    mixes it under ``metabolic_from_structure``; the regional uptake deviations and the
+    counting noise, of mean 0, become 0; the PET bias field becomes its mean, a constant the
+    SUVR divides out. Blur and SUVR are the PET's, the reference mean read from the expected
+    PET itself. Exact where the clips of the uptake loss are inactive (they are at every
+    shipped strength) and to first order in the SUVR ratio; with every PET-only term off it is
+    the PET itself. It adds no draw, so every other output is the same with or without it.
+    """
     s = settings
     rng = np.random.default_rng(np.random.SeedSequence(s.seed, spawn_key=(0, index)))
     tpl = anatomy.templates
@@ -802,7 +815,7 @@ def _simulate_subject(
 
     # PET: scanner resolution, counting noise (sd grows with the square root of uptake,
     # correlated at the kernel's scale as reconstructed PET is), then SUVR. The expected PET
-    # has the same blur and SUVR, no noise and no bias field (module docstring).
+    # has the same blur and SUVR, no noise and no bias field (the docstring).
     sigma_voxels = s.pet_fwhm_mm / FWHM_PER_SIGMA / resolution
     blurred = ndimage.gaussian_filter(activity_w, sigma_voxels, mode="constant", truncate=4.0)
     expected = ndimage.gaussian_filter(expected_activity_w, sigma_voxels, mode="constant", truncate=4.0)
