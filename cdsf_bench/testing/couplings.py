@@ -113,7 +113,8 @@ class _Harness:
     def batch(self, has_pet: tuple[bool, ...], labels: tuple[int, ...], missing_pet: float = 0.0) -> Batch:
         """A batch on the device; the PET of subjects without it is ``missing_pet`` (zero, as the core's).
 
-        The PET is tanh(1.5 x + noise) of the MRI x, so E[PET | MRI] is taken as tanh(1.5 x).
+        The PET is tanh(1.5 x + noise) of the MRI x; its noise-free part tanh(1.5 x) stands for
+        E[PET | MRI] (``pet_expected``).
         """
         generator = torch.Generator().manual_seed(self.seed + 7)
         size = len(has_pet)
