@@ -15,7 +15,7 @@ import torch
 from cdsf_bench.compiling import compile_in_place
 from cdsf_bench.data.conventions import TASKS
 from cdsf_bench.data.labels import training_cohort
-from cdsf_bench.data.pipeline import DevicePipeline
+from cdsf_bench.data.pipeline import DevicePipeline, HiddenVolumes
 from cdsf_bench.data.sources import detect_source
 from cdsf_bench.data.splits import Splits, check_no_leak, make_splits
 from cdsf_bench.distributed import SINGLE_PROCESS, Cluster, global_sum
@@ -111,11 +111,6 @@ def build_method(
     mismatch = method_mismatch(run, registry)
     if mismatch is not None:
         raise InputError(mismatch)
-    if coupling_class.needs_pet_truth and not context.has_pet_truth:
-        raise InputError(
-            f"Coupling '{coupling_name}' needs every subject's real PET, which this data does not have "
-            "(only the phantom keeps the PET it withholds)."
-        )
 
     build_synth = None
     if synth_name != "none":
@@ -196,6 +191,10 @@ def assemble(
     mixed = precision.mixed and bf16_supported(device)
     channels_last = precision.channels_last
     coupling_class = registry.coupling_class(run.method.coupling)
+    hidden = HiddenVolumes.declared_by(coupling_class)
+    unmet = hidden.unmet(cohort)
+    if unmet:  # refused before anything is held or trained
+        raise InputError(f"Coupling '{run.method.coupling}' needs {'; and '.join(unmet)}.")
     pipeline = DevicePipeline(
         cohort,
         labels,
@@ -206,8 +205,8 @@ def assemble(
         augment=run.augment,
         channels_last=channels_last,
         shard=(cluster.rank, cluster.world),
-        # training batches carry (and augment) the withheld PET only for methods that train on it
-        train_with_pet_truth=coupling_class.needs_pet_truth,
+        # batches carry (and augment) what a study never acquires only for a method that needs it
+        hidden=hidden,
     )
     context = TrainingContext(
         device=device,

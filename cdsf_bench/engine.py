@@ -18,6 +18,7 @@ rebuild the trained model (``cdsf_bench.predict.trained``); ``format`` says whic
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -93,6 +94,8 @@ def evaluate(
     Synthesis is scored against the acquired PET and, as ``settings`` say, also against the
     hidden PET of subjects whose PET is "missing", where the data source keeps it: only the
     final test asks for that, since selection and early stopping use what a real cohort has.
+    That PET comes from the pipeline (``DevicePipeline.withheld_pet``) once the coupling has
+    predicted: the batches a coupling sees carry it only where the coupling declares it.
     That evaluation also reads the uptake in the hypometabolism regions (per subject in the
     table, ``metrics.disease_synthesis_metrics`` in ``synthesis``). Under torch.distributed
     (``cluster``) each process predicts its share and the records are gathered, one per subject.
@@ -118,6 +121,8 @@ def evaluate(
     with torch.no_grad():
         for batch in batches:
             prediction = coupling.predict(batch)
+            if score_withheld:  # the withheld PET joins the batch for scoring only, after the prediction
+                batch = dataclasses.replace(batch, pet_truth=pipeline.withheld_pet(batch.index))
             made = _batch_records(prediction, batch, mask, with_ssim, keep, score_withheld, regions)
             if on_synthetic is not None:
                 for record in made:

@@ -214,8 +214,12 @@ class Batch:
 
     Intensities are in [-1, 1] (see docs/data.md for the mapping of each modality).
     ``pet`` is zero where ``has_pet`` is False. ``pet_truth`` is the PET of every subject,
-    including those whose PET is "missing", and exists only where the data source knows
-    it (the phantom); methods must not train on it except the oracle reference.
+    including those whose PET is "missing"; ``pet_expected`` is E[PET | what the MRI shows]
+    for every subject, the output of a perfect generator. Neither is something a study
+    acquires: each exists only where the data source knows it (the phantom) and only in the
+    batches of a coupling that declares it needs it (``Coupling.needs_pet_truth``,
+    ``Coupling.needs_pet_expected``), in training, validation and test alike; both are
+    augmented and laid out exactly as ``pet`` is.
     ``labelled`` is False for a training subject whose label must not be used (an
     unlabelled subject, or one of another diagnosis than the task's, there for its PET);
     its ``label`` is -1. Only a stage that asks for them (``TrainingStage.labels``) meets
@@ -230,6 +234,7 @@ class Batch:
     index: Tensor  # [B] long, the subjects' rows in the cohort
     pet_truth: Tensor | None = None  # [B, 1, D, H, W]
     labelled: Tensor = None  # type: ignore[assignment]  # [B] bool; every subject when not given
+    pet_expected: Tensor | None = None  # [B, 1, D, H, W]
 
     def __post_init__(self) -> None:
         if self.labelled is None:
@@ -248,6 +253,7 @@ class Batch:
             index=self.index[rows],
             pet_truth=None if self.pet_truth is None else self.pet_truth[rows],
             labelled=self.labelled[rows],
+            pet_expected=None if self.pet_expected is None else self.pet_expected[rows],
         )
 
 
@@ -372,8 +378,13 @@ class Coupling(ABC):
     needs_synthesiser: bool | None = True
     #: which subjects of every split the method sees: complete-case uses real PET only
     subjects: Literal["all", "with_pet"] = "all"
-    #: whether the method needs every subject's real PET (the oracle reference)
+    #: whether the method needs every subject's real PET (the oracle reference): only then do
+    #: its batches carry ``Batch.pet_truth``, and a cohort without it is refused before training
     needs_pet_truth: bool = False
+    #: whether the method needs every subject's E[PET | what the MRI shows] (the oracle
+    #: synthesiser): only then do its batches carry ``Batch.pet_expected``, and a cohort
+    #: without it is refused before training
+    needs_pet_expected: bool = False
 
     def __init__(
         self,

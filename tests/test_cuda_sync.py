@@ -18,7 +18,7 @@ import torch
 
 from cdsf_bench.data import pipeline as pipeline_module
 from cdsf_bench.data.labels import UNLABELLED
-from cdsf_bench.data.pipeline import DevicePipeline, Labels
+from cdsf_bench.data.pipeline import DevicePipeline, HiddenVolumes, Labels
 from cdsf_bench.engine import _to_floats
 from cdsf_bench.perf.cohort import synthetic_cohort
 from cdsf_bench.registry import default_registry
@@ -60,6 +60,7 @@ def _pipeline(device: str = "cuda", resident: bool = True) -> DevicePipeline:
             batch_size=BATCH,
             augment=AUGMENT,
             channels_last=True,
+            hidden=HiddenVolumes(pet_truth=True),  # so that the withheld PET's path is drawn too
         )
     finally:
         pipeline_module.DEVICE_MEMORY_SHARE = share

@@ -18,7 +18,7 @@ import torch
 from support import training_context
 
 from cdsf_bench.data.labels import UNLABELLED
-from cdsf_bench.data.pipeline import DevicePipeline
+from cdsf_bench.data.pipeline import DevicePipeline, HiddenVolumes
 from cdsf_bench.data.splits import make_splits
 from cdsf_bench.interfaces import Batch, Cohort
 from cdsf_bench.registry import default_registry
@@ -170,7 +170,7 @@ def test_every_coupling_trains_on_a_cohort_with_unlabelled_subjects(name: str):
     coupling_class = registry.coupling_class(name)
     pipe = DevicePipeline(
         cohort, labels, splits, device=torch.device("cpu"), seed=0, batch_size=4,
-        augment=AugmentSettings(enabled=False), train_with_pet_truth=coupling_class.needs_pet_truth,
+        augment=AugmentSettings(enabled=False), hidden=HiddenVolumes.declared_by(coupling_class),
     )  # fmt: skip
     synth = registry.get("synthesiser", "ism").factory
     diag = registry.get("diagnoser", "mdm").factory

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cdsf_bench.data.pipeline import DevicePipeline
+from cdsf_bench.data.pipeline import DevicePipeline, HiddenVolumes
 from cdsf_bench.data.splits import make_splits
 from cdsf_bench.interfaces import Cohort
 from cdsf_bench.rows import RowView
@@ -79,6 +79,7 @@ def test_subset_of_a_memory_mapped_cohort_stays_on_disk_with_the_same_values(tmp
             seed=0,
             batch_size=4,
             augment=replace(AUGMENT, enabled=True),
+            hidden=HiddenVolumes(pet_truth=True),
         )
         for c in (mapped, cohort)
     ]

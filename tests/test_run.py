@@ -213,7 +213,7 @@ def test_assemble_builds_what_a_run_trains(coupling: str, synth: str, compile_mo
     cohort, labels, splits = synthetic_cohort((8, 8, 8), 2, 0)
     assembly = assemble(config, registry, cohort, labels, splits, torch.device("cpu"))
     # only a method that trains on the withheld PET gets it (and pays for augmenting it)
-    assert assembly.pipeline.train_with_pet_truth is (coupling == "oracle")
+    assert assembly.pipeline.hidden.pet_truth is (coupling == "oracle")
     modules = [m for stage in assembly.coupling.stages() for m in stage.modules.values()]
     assert modules
     # compiled in place (compilation itself happens at the first call, not tested here)

@@ -18,6 +18,11 @@ pinned memory with a non-blocking copy; the gather, the cast from float16 and th
 resampling run on the device, and the per-subject labels and flags live there too. A
 host-resident cohort is gathered into pinned memory and copied the same way. The only
 synchronisation in a training step is then the engine's one read of the step's losses.
+
+What a study never acquires (the phantom's withheld PET, its E[PET | MRI]) reaches the
+batches of training, validation and test by one rule, :class:`HiddenVolumes`: only where
+the coupling declares it needs it. The engine scores synthesis against the withheld PET
+through :meth:`DevicePipeline.withheld_pet`, apart from the batches a coupling sees.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -34,7 +40,7 @@ import torch.nn.functional as F
 from cdsf_bench.data.labels import UNLABELLED
 from cdsf_bench.data.splits import SPLITS, Splits
 from cdsf_bench.errors import RunFailed
-from cdsf_bench.interfaces import Batch, Cohort
+from cdsf_bench.interfaces import Batch, Cohort, Coupling
 from cdsf_bench.settings import AugmentSettings
 
 Subjects = Literal["all", "with_pet"]
@@ -43,6 +49,44 @@ Labels = Literal["required", "where_known", "unused"]
 FINGERPRINT_EPOCHS = 10
 #: share of free device memory the cohort may take before it stays in host memory
 DEVICE_MEMORY_SHARE = 0.5
+
+
+#: each volume a study never acquires, by its ``Batch`` and ``Cohort`` field, as a refusal names it
+HIDDEN_VOLUMES = {
+    "pet_truth": "every subject's real PET, which this data does not have (only the phantom keeps "
+    "the PET it withholds)",
+    "pet_expected": "E[PET | MRI] for every subject (the PET a perfect generator would make of the "
+    "MRI), which this data does not have (only the phantom knows it)",
+}
+
+
+@dataclass(frozen=True)
+class HiddenVolumes:
+    """Which volumes that a study never acquires the batches carry, by ``Batch`` field.
+
+    The truth gate: a coupling meets ``pet_truth`` (every subject's real PET) and
+    ``pet_expected`` (E[PET | what the MRI shows]) only where it declares it needs them
+    (:meth:`declared_by`), and then in every batch, training, validation and test alike,
+    where the cohort has them; nothing otherwise, so no method trains or is selected on what
+    a real cohort lacks.
+    """
+
+    pet_truth: bool = False
+    pet_expected: bool = False
+
+    @classmethod
+    def declared_by(cls, coupling: type[Coupling]) -> HiddenVolumes:
+        """The volumes ``coupling`` declares it needs (``needs_pet_truth``, ``needs_pet_expected``)."""
+        return cls(pet_truth=coupling.needs_pet_truth, pet_expected=coupling.needs_pet_expected)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The fields carried, in the order they are stacked after MRI and PET to be augmented."""
+        return tuple(name for name in HIDDEN_VOLUMES if getattr(self, name))
+
+    def unmet(self, cohort: Cohort) -> list[str]:
+        """Each volume needed here that ``cohort`` lacks, in words (``Cohort`` has the same fields)."""
+        return [HIDDEN_VOLUMES[name] for name in self.names if getattr(cohort, name) is None]
 
 
 def _seed(*parts: int | str) -> int:
@@ -65,13 +109,13 @@ class DevicePipeline:
         augment: AugmentSettings,
         channels_last: bool = False,
         shard: tuple[int, int] = (0, 1),
-        train_with_pet_truth: bool = True,
+        hidden: HiddenVolumes = HiddenVolumes(),
     ) -> None:
         self.device = device
         #: (rank, world): this process trains on batch[rank::world] and evaluates rows[rank::world]
         self.rank, self.world = shard
-        #: whether training batches carry pet_truth (only the oracle trains on it)
-        self.train_with_pet_truth = train_with_pet_truth
+        #: what the batches carry beyond a study's acquisitions: the coupling's declared needs
+        self.hidden = hidden
         self.seed = seed
         self.batch_size = batch_size
         self.augment = augment
@@ -95,7 +139,11 @@ class DevicePipeline:
 
         self.mri = hold(cohort.mri)
         self.pet = hold(cohort.pet)
+        # the withheld PET is held wherever it is known (the engine scores synthesis against it);
+        # E[PET | MRI] only for a coupling that reads it
         self.pet_truth = None if cohort.pet_truth is None else hold(cohort.pet_truth)
+        expected = cohort.pet_expected if hidden.pet_expected else None
+        self.pet_expected = None if expected is None else hold(expected)
         # per-subject flags and labels are small: on the device whatever holds the volumes
         self.has_pet = torch.from_numpy(self.has_pet_np).to(device)
         self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
@@ -105,7 +153,8 @@ class DevicePipeline:
     def _fits_on_device(self, cohort: Cohort) -> bool:
         if self.device.type != "cuda":
             return True
-        n_volumes = 3 if cohort.pet_truth is not None else 2
+        expected = cohort.pet_expected if self.hidden.pet_expected else None
+        n_volumes = sum(v is not None for v in (cohort.mri, cohort.pet, cohort.pet_truth, expected))
         needed = cohort.mri.size * 2 * n_volumes
         free, _ = torch.cuda.mem_get_info(self.device)
         return needed < DEVICE_MEMORY_SHARE * free
@@ -175,12 +224,11 @@ class DevicePipeline:
         if labels == "where_known":
             extras = np.array_split(self.train_order(epoch, subjects, False), n_batches)
         for index, (chunk, extra) in enumerate(zip(chunks, extras, strict=True)):
-            batch = self._batch(chunk, self._augmenter("augment", epoch, index), self.train_with_pet_truth)
+            batch = self._batch(chunk, self._augmenter("augment", epoch, index))
             if len(extra):
-                more = self._batch(
-                    extra, self._augmenter("augment-unlabelled", epoch, index), self.train_with_pet_truth
+                batch = _concatenate(
+                    batch, self._batch(extra, self._augmenter("augment-unlabelled", epoch, index))
                 )
-                batch = _concatenate(batch, more)
             batch = self._layout(batch)
             # every process draws the global batch (same augmentation), then keeps its share
             yield batch if self.world == 1 else batch.take(slice(self.rank, None, self.world))
@@ -222,31 +270,48 @@ class DevicePipeline:
             ]
         return chunks
 
-    def _batch(self, rows: np.ndarray, generator: torch.Generator | None, with_truth: bool = True) -> Batch:
-        """The subjects ``rows``, gathered on the device; ``index`` (the rows) stays on the host."""
+    def withheld_pet(self, index: torch.Tensor) -> torch.Tensor | None:
+        """Every subject's real PET for the cohort rows ``index`` of an evaluation batch
+        ([B, 1, D, H, W] on the device), or None where the source does not know it.
+
+        The engine's, to score synthesis against PET the source withheld once the coupling
+        has predicted; never part of a batch the coupling did not declare it needs.
+        """
+        if self.pet_truth is None:
+            return None
+        return self._fetch(self.pet_truth, index, to_device(index, self.device))
+
+    def _fetch(self, volumes: torch.Tensor, index: torch.Tensor, take: torch.Tensor) -> torch.Tensor:
+        """The rows ``index`` (``take`` on the device) of held ``volumes``, [B, 1, D, H, W] float32."""
+        if volumes.device == self.device:
+            return volumes.index_select(0, take).float().unsqueeze(1)
+        staged = torch.empty((len(index), *volumes.shape[1:]), dtype=volumes.dtype, pin_memory=True)
+        torch.index_select(volumes, 0, index, out=staged)
+        return staged.to(self.device, non_blocking=True).float().unsqueeze(1)
+
+    def _batch(self, rows: np.ndarray, generator: torch.Generator | None) -> Batch:
+        """The subjects ``rows``, gathered on the device; ``index`` (the rows) stays on the host.
+
+        The volumes a study never acquires come only as ``hidden`` says (the coupling's needs).
+        """
         index = torch.from_numpy(rows.astype(np.int64))
         take = to_device(index, self.device)
-
-        def fetch(volumes: torch.Tensor) -> torch.Tensor:
-            if volumes.device == self.device:
-                return volumes.index_select(0, take).float().unsqueeze(1)
-            staged = torch.empty((len(index), *volumes.shape[1:]), dtype=volumes.dtype, pin_memory=True)
-            torch.index_select(volumes, 0, index, out=staged)
-            return staged.to(self.device, non_blocking=True).float().unsqueeze(1)
-
-        mri, pet = fetch(self.mri), fetch(self.pet)
-        pet_truth = None if self.pet_truth is None or not with_truth else fetch(self.pet_truth)
+        mri, pet = self._fetch(self.mri, index, take), self._fetch(self.pet, index, take)
+        held = {name: getattr(self, name) for name in self.hidden.names}
+        hidden = {
+            name: self._fetch(volumes, index, take) for name, volumes in held.items() if volumes is not None
+        }
         has_pet = self.has_pet.index_select(0, take)
         if generator is not None:
-            mri, pet, pet_truth = self._augment(mri, pet, pet_truth, has_pet, generator)
+            mri, pet, hidden = self._augment(mri, pet, hidden, has_pet, generator)
         return Batch(
             mri=mri,
             pet=pet,
             has_pet=has_pet,
             label=self.labels.index_select(0, take),
             index=index,
-            pet_truth=pet_truth,
             labelled=self.labelled.index_select(0, take),
+            **hidden,
         )
 
     def _layout(self, batch: Batch) -> Batch:
@@ -256,17 +321,20 @@ class DevicePipeline:
             batch.mri, batch.pet = (t.contiguous(memory_format=layout) for t in (batch.mri, batch.pet))
             if batch.pet_truth is not None:
                 batch.pet_truth = batch.pet_truth.contiguous(memory_format=layout)
+            if batch.pet_expected is not None:
+                batch.pet_expected = batch.pet_expected.contiguous(memory_format=layout)
         return batch
 
     def _augment(
         self,
         mri: torch.Tensor,
         pet: torch.Tensor,
-        pet_truth: torch.Tensor | None,
+        hidden: dict[str, torch.Tensor],
         has_pet: torch.Tensor,
         generator: torch.Generator,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """One small random rigid transform per subject, shared by its MRI and PET.
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """One small random rigid transform per subject, shared by its MRI, its PET and the
+        ``hidden`` volumes it carries (each moved exactly as its PET).
 
         MRI also gets a global intensity scale and shift (scanner variation); PET
         intensities are left alone because their level is the disease signal.
@@ -280,8 +348,7 @@ class DevicePipeline:
         theta = _rigid_theta(angles, shift_vox, shape)
         drawn = to_device(torch.cat([theta.flatten(1), jitter], 1), mri.device)
         theta, jitter = drawn[:, :12].view(b, 3, 4), drawn[:, 12:]
-        volumes = [mri, pet] + ([pet_truth] if pet_truth is not None else [])
-        stacked = torch.cat(volumes, dim=1)
+        stacked = torch.cat([mri, pet, *hidden.values()], dim=1)
         grid = _affine_grid(theta, shape)
         # -1 is the background of every modality, so pad with it rather than zero
         moved = (
@@ -291,8 +358,7 @@ class DevicePipeline:
         mri = (mri + jitter[:, 1].view(b, 1, 1, 1, 1)).clamp(-1, 1)
         # a missing PET stays exactly zero, as the interface promises
         pet = moved[:, 1:2] * has_pet.view(b, 1, 1, 1, 1)
-        truth = moved[:, 2:3] if pet_truth is not None else None
-        return mri, pet, truth
+        return mri, pet, {name: moved[:, 2 + i : 3 + i] for i, name in enumerate(hidden)}
 
     def train_pet_mean(self) -> torch.Tensor:
         """Mean real PET over training subjects that have it, [1, 1, D, H, W] on the device."""
@@ -317,18 +383,22 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def _concatenate(first: Batch, second: Batch) -> Batch:
-    """The subjects of ``first`` followed by those of ``second``."""
-    truth = None
-    if first.pet_truth is not None and second.pet_truth is not None:
-        truth = torch.cat([first.pet_truth, second.pet_truth])
+    """The subjects of ``first`` followed by those of ``second`` (both drawn by one pipeline,
+    so they carry the same hidden volumes)."""
+
+    def joined(name: str) -> torch.Tensor | None:
+        one, two = getattr(first, name), getattr(second, name)
+        return None if one is None or two is None else torch.cat([one, two])
+
     return Batch(
         mri=torch.cat([first.mri, second.mri]),
         pet=torch.cat([first.pet, second.pet]),
         has_pet=torch.cat([first.has_pet, second.has_pet]),
         label=torch.cat([first.label, second.label]),
         index=torch.cat([first.index, second.index]),
-        pet_truth=truth,
+        pet_truth=joined("pet_truth"),
         labelled=torch.cat([first.labelled, second.labelled]),
+        pet_expected=joined("pet_expected"),
     )
 
 

@@ -27,8 +27,8 @@ def synthetic_cohort(size: tuple[int, int, int], batch: int, seed: int) -> tuple
     on all subjects and a stage on subjects with PET both draw batches of exactly ``batch``;
     labels alternate so every batch can hold both classes. Two validation and two test
     subjects make the splits well formed; they are never used. The PET of every subject is
-    kept as ``pet_truth``, as on the phantom, so methods that need it can be measured and
-    the pipeline augments the same three volumes as in a default run.
+    kept as ``pet_truth`` and, as its own E[PET | MRI], as ``pet_expected``, as on the
+    phantom, so methods that need them can be measured.
     """
     n_train = 2 * batch * TRAIN_BATCHES
     n = n_train + 4
@@ -53,6 +53,7 @@ def synthetic_cohort(size: tuple[int, int, int], batch: int, seed: int) -> tuple
         affine=np.eye(4),
         brain_mask=np.ones(size, dtype=bool),
         pet_truth=truth,
+        pet_expected=truth,
         source="perf: random volumes",
     )
     rows = np.arange(n)

@@ -142,7 +142,7 @@ def _pipeline_part(run: _Run, pipeline: Any) -> Part:
         run.settings.batch,
         {
             "augment": run.config.augment.enabled,
-            "volumes_per_subject": 3 if pipeline.train_with_pet_truth else 2,
+            "volumes_per_subject": 2 + len(pipeline.hidden.names),
         },
         count=False,
     )

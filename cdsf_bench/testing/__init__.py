@@ -11,7 +11,9 @@ what failed:
 - :func:`check_coupling`: modules on the run's device; stages the engine can run (each
   step updates its modules and returns finite 0-d losses); predictions of the right
   shapes that never read the PET of a subject without it (``has_pet`` false), including a
-  batch where no subject has PET.
+  batch where no subject has PET. Its batches carry ``pet_truth`` and ``pet_expected``
+  only where the coupling declares it needs them, as the core's do: a coupling that
+  relies on one without declaring it fails here as it would in a run.
 
 Every check also asks that the same seed gives the same output, that the state survives a
 checkpoint (``state_dict`` -> ``torch.save`` -> ``torch.load(weights_only=True)`` ->

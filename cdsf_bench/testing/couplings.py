@@ -79,7 +79,8 @@ class _Harness:
         self.diagnoser = diagnoser or _TinyDiagnoser
         self.with_synthesiser = with_synthesiser
         self.settings = dict(settings)
-        self.truth = cls.needs_pet_truth
+        # the batches carry what a study never acquires only where the coupling declares it, as the core's
+        self.truth, self.expected = cls.needs_pet_truth, cls.needs_pet_expected
 
     def build(self, build_seed: int) -> Coupling:
         torch.manual_seed(build_seed)
@@ -110,10 +111,15 @@ class _Harness:
         return coupling
 
     def batch(self, has_pet: tuple[bool, ...], labels: tuple[int, ...], missing_pet: float = 0.0) -> Batch:
-        """A batch on the device; the PET of subjects without it is ``missing_pet`` (zero, as the core's)."""
+        """A batch on the device; the PET of subjects without it is ``missing_pet`` (zero, as the core's).
+
+        The PET is tanh(1.5 x + noise) of the MRI x; its noise-free part tanh(1.5 x) stands for
+        E[PET | MRI] (``pet_expected``).
+        """
         generator = torch.Generator().manual_seed(self.seed + 7)
         size = len(has_pet)
         mri = torch.rand(size, 1, *self.shape, generator=generator) * 2 - 1
+        expected = torch.tanh(mri * 1.5)
         truth = torch.tanh(mri * 1.5 + 0.2 * torch.randn(mri.shape, generator=generator))
         present = torch.tensor(has_pet)
         pet = torch.where(present.view(-1, 1, 1, 1, 1), truth, torch.full_like(truth, missing_pet))
@@ -126,6 +132,7 @@ class _Harness:
             index=torch.arange(size, device=self.device),
             pet_truth=truth.to(self.device) if self.truth else None,
             labelled=(label >= 0).to(self.device),
+            pet_expected=expected.to(self.device) if self.expected else None,
         )
 
     def training_batch(self, stage: TrainingStage) -> Batch:

@@ -14,6 +14,7 @@ from cdsf_plugins.cdsf import SYNTHETIC_PAIRS, JointCoupling
 from cdsf_plugins.diffusion import DiffusionSynthesiser
 from cdsf_plugins.ism import ISM
 from cdsf_plugins.mdm import MDM
+from cdsf_plugins.oracle_synthesis import OracleSynthesis
 from cdsf_plugins.task_induced import TaskInducedCoupling
 from cdsf_plugins.unet3d import UNet3D
 
@@ -71,7 +72,7 @@ DECOUPLED_SPACE: dict[str, SearchParam] = {
     "discriminator_norm": Choice(("instance", "batch")),
     "weight_decay": WEIGHT_DECAY_SPACE,
 }
-#: the diagnosis-only couplings (single, mean-impute, complete-case, oracle)
+#: the diagnosis-only couplings (single, mean-impute, complete-case, oracle, oracle-synthesis)
 DIAGNOSIS_SPACE: dict[str, SearchParam] = {"weight_decay": WEIGHT_DECAY_SPACE}
 
 
@@ -163,6 +164,12 @@ def cdsf_bench_couplings() -> list[Component]:
             "oracle",
             Oracle,
             "reference: every subject's real PET, withheld PET included (phantom only)",
+            space=DIAGNOSIS_SPACE,
+        ),
+        Component(
+            "oracle-synthesis",
+            OracleSynthesis,
+            "reference: missing PET replaced by E[PET | MRI], a perfect generator's output (phantom only)",
             space=DIAGNOSIS_SPACE,
         ),
     ]
