@@ -339,14 +339,15 @@ def evaluate_checks(
 def _expectation(check: Check, alpha: float) -> str:
     metric = check.metric.upper() if check.kind in PAIRED_KINDS else check.metric
     tost = f"TOST at α = {alpha:g}"
+    margin = f"±{check.margin:g}" if math.isfinite(check.margin) else "a margin never named"
     if check.kind == "beats":
         return f"{check.method} beats {check.reference} on {metric} ({1 - alpha:.0%} t-CI above 0)"
     if check.kind == "not_beats":
-        return f"{check.method} within ±{check.margin:g} of {check.reference} on {metric} ({tost})"
+        return f"{check.method} within {margin} of {check.reference} on {metric} ({tost})"
     if check.kind == "aa":
         return f"{check.method} − {check.reference} on {metric} contains 0 ({1 - alpha:.0%} t-CI)"
     if check.kind == "metric_abs_below":
-        return f"{check.method}: mean {metric} within ±{check.margin:g} ({tost})"
+        return f"{check.method}: mean {metric} within {margin} ({tost})"
     sign = {"metric_above": ">", "metric_below": "<"}[check.kind]
     return f"{check.method}: mean {metric} {sign} {check.bound:g}"
 
