@@ -287,3 +287,37 @@ def test_a_run_counts_its_labelled_training_subjects_as_n_train():
         subjects = "all"
 
     assert _split_sizes(Pipeline(), Coupling()) == {"train": 2, "val": 1, "test": 1}  # type: ignore[arg-type]
+
+
+def test_an_aa_suite_runs_two_trainings_of_one_split_and_reports_its_check(tmp_path):
+    """Trained end to end (tiny, one epoch): the two runs of a replicate record one split and
+    cohort but another batch order, predict differently, and the report has the A/A check."""
+    import json
+
+    from click.testing import CliRunner
+
+    from cdsf_bench.cli import main
+
+    text = AA_SUITE.replace(
+        "[scenarios.one]",
+        '[settings]\n"data.subjects" = 60\n"train.epochs" = 1\n"evaluate.bootstrap" = 10\n\n[scenarios.one]',
+    )
+    (tmp_path / "aa.toml").write_text(text)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["bench", str(tmp_path / "aa.toml"), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    for seed in (0, 1):
+        replicate = out / "one" / "ad_cn" / f"seed-{seed}"
+        data = [json.loads((replicate / m / "data.json").read_text()) for m in ("m", "m-again")]
+        assert data[0]["phantom_seed"] == data[1]["phantom_seed"] == seed
+        assert data[0]["fingerprints"]["splits_sha256"] == data[1]["fingerprints"]["splits_sha256"]
+        assert data[0]["fingerprints"]["batch_order_sha256"] != data[1]["fingerprints"]["batch_order_sha256"]
+        probabilities = [
+            pd.read_csv(replicate / m / "predictions.csv")["probability"] for m in ("m", "m-again")
+        ]
+        assert not np.allclose(probabilities[0], probabilities[1])
+    checks = pd.read_csv(out / "checks.csv")
+    assert list(checks["kind"]) == ["aa"] and checks["status"][0] in ("pass", "fail"), checks.to_dict(
+        "records"
+    )
+    assert "A/A" in checks["detail"][0] and "90% t-CI" in (out / "report.md").read_text()
