@@ -200,7 +200,7 @@ def assemble(
         labels,
         splits,
         device=device,
-        seed=run.seed,
+        seed=run.training_seed,
         batch_size=train.batch_size,
         augment=run.augment,
         channels_last=channels_last,

@@ -45,9 +45,9 @@ SPLITS = ("train", "val", "test")
 
 
 def seed(run: RunConfig, device: torch.device) -> None:
-    """Seed torch and NumPy by the run's seed and choose the device's kernels."""
-    torch.manual_seed(run.seed)
-    np.random.seed(run.seed % 2**32)
+    """Seed torch and NumPy by the run's training seed and choose the device's kernels."""
+    torch.manual_seed(run.training_seed)
+    np.random.seed(run.training_seed % 2**32)
     configure_backends(device)
 
 

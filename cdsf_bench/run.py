@@ -279,7 +279,7 @@ def _metrics(
             "threshold": threshold,
         },
         "stages": trainer.selections,
-        "n": {name: int(len(pipeline.rows(name, coupling.subjects))) for name in ("train", "val", "test")},
+        "n": _split_sizes(pipeline, coupling),
         "task": run.task,
         "method": dict(run.raw["method"]),
         "seed": run.raw["seed"],
@@ -296,6 +296,19 @@ def _metrics(
             "phantom_seed": held_out.phantom_seed,
         }
     return metrics
+
+
+def _split_sizes(pipeline: DevicePipeline, coupling: Coupling) -> dict[str, int]:
+    """metrics.json "n": the subjects the diagnoser trained on, selected on and was tested on.
+
+    Training counts the labelled subjects of the task's classes only: the unlabelled ones
+    (other diagnoses, or labels withheld) train a generator, never the diagnoser, and the
+    corrected resampled t-test reads n_test / n_train as the diagnoser's overlap
+    (:mod:`cdsf_bench.bench.answers`); data.json's "unlabelled" counts them.
+    """
+    rows = {name: pipeline.rows(name, coupling.subjects) for name in ("train", "val", "test")}
+    rows["train"] = rows["train"][pipeline.labelled_np[rows["train"]]]
+    return {name: int(len(chosen)) for name, chosen in rows.items()}
 
 
 def _write_test_outputs(

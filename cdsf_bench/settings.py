@@ -21,7 +21,7 @@ import tomli_w
 
 from cdsf_bench.errors import ConfigError
 from cdsf_bench.interfaces import DataSettings, Method, SelectionMetric
-from cdsf_bench.ranges import check_finite, within
+from cdsf_bench.ranges import MAX_SEED, check_finite, within
 
 #: the trackers a run reports to, one table of settings each (``--track NAME``,
 #: ``--set track.NAME.KEY=VALUE``); absent from a run that tracks nothing, so its config is unchanged
@@ -54,6 +54,9 @@ class TrainSettings:
     learning_rate: float = field(default=1e-3, metadata=within(0.0, 10.0, low_open=True))
     patience: int = field(default=8, metadata=within(0, 100_000))  # 0: no early stopping
     select_on: SelectionMetric = "auc"
+    # the seed of initialisation, batch order and augmentation; -1: the run's seed (which
+    # always decides the split), so that two runs of one split can train independently
+    seed: int = field(default=-1, metadata=within(-1, MAX_SEED))
 
 
 @dataclass(frozen=True)
@@ -179,6 +182,13 @@ class RunConfig:
     @property
     def seed(self) -> int:
         return int(self.raw["seed"])
+
+    @property
+    def training_seed(self) -> int:
+        """``train.seed``, or the run's seed where it is -1: what seeds the networks' weights,
+        the batch order and the augmentation (the split follows :attr:`seed` alone)."""
+        own = self.train.seed
+        return self.seed if own < 0 else own
 
     @property
     def task(self) -> str:

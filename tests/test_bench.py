@@ -546,6 +546,7 @@ kind = "not_beats"
 method = "M"
 reference = "R"
 metric = "auc"
+margin = 0.05
 
 [[checks]]
 scenario = "easy"
@@ -559,7 +560,7 @@ scenario = "hard"
 kind = "metric_abs_below"
 method = "M"
 metric = "pet_specific_r"
-bound = 0.1
+margin = 0.1
 
 [[checks]]
 scenario = "hard"
@@ -621,6 +622,13 @@ def load_suite_text(tmp_path: Path, text: str):
         (('scenario = "easy"\nkind = "beats"', 'scenario = "medium"\nkind = "beats"'), "field 'scenario'"),
         (('why = "constructed', 'because = "constructed'), "unknown field"),
         (('metric = "auc"\nwhy', 'metric = "mae"\nwhy'), "compares auc or bacc"),
+        (
+            ("margin = 0.05\n", ""),
+            r"entry 2: a 'not_beats' check is an equivalence test and needs field 'margin'",
+        ),
+        (("margin = 0.1\n", "bound = 0.1\n"), "entry 4: a 'metric_abs_below' check has no 'bound'"),
+        (("margin = 0.05\n", "margin = -0.05\n"), "needs field 'margin'"),
+        (("bound = 0.3", "bound = 0.3\nmargin = 0.1"), "check has no 'margin'"),
         (("[scenarios.easy]", "[scenarios.'a b']"), "scenario name"),
         (('"data.phantom.severity_sd"', '"seed"'), "suite controls"),
     ],
@@ -662,6 +670,7 @@ def _constructed_results(tmp_path: Path):
         predictions.to_csv(out / spec.folder / "predictions.csv", index=False)
         row = result_row(spec, out, "missing")
         row.update(status="done", auc=roc_auc_score(labels, probability), bacc=0.5, n_test=len(labels))
+        row.update(n_train=80, n_val=20)  # a recorded design: independent replicates
         if spec.method.name == "M":
             row.update(ssim=0.8, psnr=20.0, mae=0.05, roi_mae=0.03, roi_r=0.5)
             row["pet_specific_r"] = 0.6 if spec.scenario == "easy" else 0.02 * (spec.seed - 1)
@@ -678,24 +687,27 @@ def test_checks_evaluate_on_constructed_results(tmp_path):
     from cdsf_bench.bench.table import load_results
 
     suite, out = _constructed_results(tmp_path)
-    outcomes = evaluate_checks(out, load_results(out), suite.checks)
-    assert [o.status for o in outcomes] == ["pass", "pass", "pass", "pass", "fail"]
+    designed = {("easy", "ad_cn"): 0.0, ("hard", "ad_cn"): 0.0}
+    outcomes = evaluate_checks(out, load_results(out), suite.checks, designed)
+    # three replicates of chance-level AUCs cannot see a margin of 0.05: not evaluable, not passed
+    assert [o.status for o in outcomes] == ["pass", "not evaluable", "pass", "pass", "fail"]
     assert "ΔAUC" in outcomes[0].observed and "0.600" in outcomes[2].observed
+    assert "exceeds the margin 0.05" in outcomes[1].detail and "TOST p" in outcomes[3].observed
     # the same checks against the other scenario's results fail: they can fail
     swapped = [
         type(c)(**{**c.canonical(), "scenario": "hard" if c.scenario == "easy" else "easy"})
         for c in suite.checks
     ]
-    assert [o.status for o in evaluate_checks(out, load_results(out), tuple(swapped))][:4] == [
-        "fail",
-        "fail",
-        "fail",
-        "fail",
-    ]
+    statuses = [o.status for o in evaluate_checks(out, load_results(out), tuple(swapped), designed)]
+    assert statuses[0] == "fail" and statuses[2] == "fail" and statuses[3] == "fail"
     # a check whose method never finished is not evaluated, not passed
     results = load_results(out)
     results.loc[results["method"] == "M", "status"] = "failed"
-    assert {o.status for o in evaluate_checks(out, results, suite.checks[:4])} == {"not evaluated"}
+    assert {o.status for o in evaluate_checks(out, results, suite.checks[:4], designed)} == {"not evaluated"}
+    # without a recorded design the interval checks are not evaluated; the threshold ones are
+    plain = evaluate_checks(out, load_results(out), suite.checks, {})
+    assert [o.status for o in plain] == ["not evaluated", "not evaluated", "pass", "not evaluated", "fail"]
+    assert "no design" in plain[0].detail
 
 
 def test_report_prints_the_checks_table(tmp_path):
@@ -705,11 +717,13 @@ def test_report_prints_the_checks_table(tmp_path):
     write_report(out, formats=("md",), reference="R")
     text = (out / "report.md").read_text()
     assert "Expected findings (written before the suite ran)" in text
-    assert "4 passed, 1 failed, 0 not evaluated, of 5" in text
+    assert "3 passed, 1 failed, 1 not evaluable at this power, 0 not evaluated, of 5" in text
     assert "Scenario easy, task ad_cn" in text and "Scenario hard, task ad_cn" in text
     assert "Disease-specific synthesis" in text
+    assert "R's advantage (one-sided 95% each)" in text and "MDD (80% power) [range]" in text
     checks = pd.read_csv(out / "checks.csv")
-    assert list(checks["status"]) == ["pass", "pass", "pass", "pass", "fail"]
+    assert list(checks["status"]) == ["pass", "not evaluable", "pass", "pass", "fail"]
+    assert checks["margin"].tolist()[1] == 0.05
 
 
 def test_the_validation_suite_parses_and_checks_every_scenario():

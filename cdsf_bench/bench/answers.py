@@ -4,15 +4,20 @@ A suite compares every method with a reference, replicate by replicate (the pair
 :func:`cdsf_bench.bench.stats.compare_replicate`). This module turns those per-replicate
 differences into one answer per comparison and metric (AUC, balanced accuracy):
 
-- the mean difference over replicates with its paired 95% interval and p-value, from the
-  t-test the design calls for (:func:`design_of`): plain when every replicate drew its own
-  cohort, the Nadeau-Bengio corrected resampled t-test when replicates re-use one cohort;
+- the mean difference over replicates with its paired (1 - alpha) interval and p-value,
+  from the t-test the design calls for (:func:`design_of`): plain when every replicate drew
+  its own cohort, the Nadeau-Bengio corrected resampled t-test when replicates re-use one
+  cohort; beside it the one-sided (1 - alpha) bounds ("the advantage is at most +x", "at
+  least -y"), each a statement of its own;
 - the Holm-adjusted p-value over all comparisons of the suite (every scenario, task,
   method and metric of the table: one family);
 - the minimal detectable difference (MDD): the smallest true difference this design would
-  detect with 80% power at the observed spread (two-sided 5%);
-- a verdict: "better" or "worse" when the Holm-adjusted p is below 0.05, otherwise "no
+  detect with 80% power at the observed spread (two-sided alpha), with its range over the
+  chi-square confidence interval of the replicates' variance (J - 1 degrees of freedom);
+- a verdict: "better" or "worse" when the Holm-adjusted p is below alpha, otherwise "no
   difference detectable at this power", which is not a claim that the methods are equal.
+
+alpha is the suite's (``alpha`` in its file, 0.05 by default).
 
 A results folder whose runs did not record their split sizes (no ``n_train`` column) has
 no design to read: its report has no answers and plain t intervals.
@@ -30,13 +35,18 @@ import pandas as pd
 
 from cdsf_bench.bench.figures import answers_plot
 from cdsf_bench.bench.render import Block, Figure, Heading, Paragraph, Table
-from cdsf_bench.bench.stats import POWER, holm, minimal_detectable_difference, t_interval
+from cdsf_bench.bench.stats import (
+    ALPHA,
+    POWER,
+    holm,
+    mdd_range,
+    minimal_detectable_difference,
+    t_interval,
+)
 from cdsf_bench.bench.suite import PER_REPLICATE
 
 #: the metrics answered (the paired tests' differences, column ``<metric>_diff``)
 ANSWERED = {"auc": "AUC", "bacc": "BACC"}
-#: the family-wise level of the verdicts
-ALPHA = 0.05
 
 
 @dataclass(frozen=True)
@@ -73,8 +83,9 @@ def design_of(suite: dict[str, Any], runs: pd.DataFrame) -> Design | None:
     """The design of the finished runs of one scenario and task; None without split sizes.
 
     ``suite`` is the suite.json's canonical definition. n_train counts the subjects the
-    model learnt from, validation included (it chose the epoch): the subjects outside the
-    test split.
+    diagnoser learnt from (``n_train``: the labelled training subjects of the task's classes,
+    never the unlabelled ones kept for a generator; ``n_val``: validation, which chose the
+    epoch).
     """
     if "n_train" not in runs.columns or runs["n_train"].isna().all():
         return None
@@ -98,12 +109,17 @@ class Answer:
     high: float
     p_value: float
     mdd: float
+    at_least: float = math.nan  # the one-sided (1 - alpha) lower bound
+    at_most: float = math.nan  # and upper bound
+    mdd_low: float = math.nan  # the MDD at the variance's lower and upper confidence limits
+    mdd_high: float = math.nan
+    alpha: float = ALPHA
     holm_p: float = math.nan
 
     def verdict(self, reference: str) -> str:
         if self.replicates < 2:
             return "not answered: an interval needs two replicates"
-        if np.isfinite(self.holm_p) and self.holm_p < ALPHA:
+        if np.isfinite(self.holm_p) and self.holm_p < self.alpha:
             return f"{'better' if self.estimate > 0 else 'worse'} than {reference}"
         if not np.isfinite(self.mdd):
             return "no difference detectable at this power"
@@ -112,11 +128,14 @@ class Answer:
         return f"no difference detectable at this power (80% power needs |Δ| ≥ {self.mdd:.3f})"
 
 
-def answers(pairs: pd.DataFrame, designs: dict[tuple[str, str], Design]) -> list[Answer]:
+def answers(
+    pairs: pd.DataFrame, designs: dict[tuple[str, str], Design], alpha: float = ALPHA
+) -> list[Answer]:
     """One answer per (scenario, task, method, metric) with Holm over all of them.
 
     ``pairs``: the per-replicate comparisons (``report.comparisons``, a ``scenario`` column
-    added); ``designs``: the design of each (scenario, task) that has one.
+    added); ``designs``: the design of each (scenario, task) that has one; ``alpha``: the
+    suite's level.
     """
     if pairs.empty:
         return []
@@ -127,10 +146,11 @@ def answers(pairs: pd.DataFrame, designs: dict[tuple[str, str], Design]) -> list
         for method in dict.fromkeys(group["method"]):
             part = group[group["method"] == method]
             for metric in ANSWERED:
-                result = t_interval(
-                    part[f"{metric}_diff"].to_numpy(), test_train_ratio=design.test_train_ratio
-                )
-                mdd = minimal_detectable_difference(result.sd, result.n, design.test_train_ratio)
+                ratio = design.test_train_ratio
+                result = t_interval(part[f"{metric}_diff"].to_numpy(), 1 - alpha, ratio)
+                mdd = minimal_detectable_difference(result.sd, result.n, ratio, alpha=alpha)
+                at_least, at_most = result.one_sided(alpha)
+                mdd_low, mdd_high = mdd_range(result.sd, result.n, ratio, alpha=alpha)
                 out.append(
                     Answer(
                         scenario,
@@ -143,9 +163,14 @@ def answers(pairs: pd.DataFrame, designs: dict[tuple[str, str], Design]) -> list
                         result.high,
                         result.p_value,
                         mdd,
+                        at_least,
+                        at_most,
+                        mdd_low,
+                        mdd_high,
+                        alpha,
                     )
                 )
-    adjusted = holm([a.p_value for a in out], ALPHA)
+    adjusted = holm([a.p_value for a in out], alpha)
     return [Answer(**{**a.__dict__, "holm_p": float(p)}) for a, p in zip(out, adjusted, strict=True)]
 
 
@@ -159,22 +184,38 @@ def _p(value: float) -> str:
     return f"{value:.3g}" if np.isfinite(value) else "-"
 
 
+def _advantage(a: Answer) -> str:
+    """The reference's advantage (minus Δ) as its two one-sided bounds."""
+    if a.replicates < 2:
+        return "-"
+    return f"at most {_number(-a.at_least, signed=True)}, at least {_number(-a.at_most, signed=True)}"
+
+
+def _mdd(a: Answer) -> str:
+    if not np.isfinite(a.mdd):
+        return "-"
+    return f"{_number(a.mdd)} [{_number(a.mdd_low)}, {_number(a.mdd_high)}]"
+
+
 def answers_blocks(
     found: list[Answer], designs: dict[tuple[str, str], Design], reference: str
 ) -> list[Block]:
     """The report's "Answers" section (nothing for a folder without a design)."""
     if not designs:
         return []
+    alpha = found[0].alpha if found else ALPHA
+    level = f"{1 - alpha:.0%}"
     scenarios = any(scenario for scenario, _ in designs)
     rows = []
     for a in found:
         low, high = _number(a.low, signed=True), _number(a.high, signed=True)
         interval = _number(a.estimate, signed=True) + (f" [{low}, {high}]" if a.replicates >= 2 else "")
-        cells = [a.task, a.method, ANSWERED[a.metric], str(a.replicates), interval, _p(a.p_value)]
-        cells += [_p(a.holm_p), _number(a.mdd), a.verdict(reference)]
+        cells = [a.task, a.method, ANSWERED[a.metric], str(a.replicates), interval, _advantage(a)]
+        cells += [_p(a.p_value), _p(a.holm_p), _mdd(a), a.verdict(reference)]
         rows.append(tuple([a.scenario or "-"] * scenarios + cells))
-    columns = ["task", "method", "metric", "replicates", f"Δ vs {reference} [95% CI]", "p", "Holm p"]
-    columns += [f"MDD ({POWER:.0%} power)", "verdict"]
+    columns = ["task", "method", "metric", "replicates", f"Δ vs {reference} [{level} CI]"]
+    columns += [f"{reference}'s advantage (one-sided {level} each)", "p", "Holm p"]
+    columns += [f"MDD ({POWER:.0%} power) [range]", "verdict"]
     described = list(dict.fromkeys(d.describe() for d in designs.values()))
     blocks: list[Block] = [
         Heading(2, f"Answers: each method against {reference}"),
@@ -187,12 +228,16 @@ def answers_blocks(
     blocks.append(
         Paragraph(
             "Δ: method minus reference, the mean over replicates of the paired per-replicate differences "
-            "(ΔAUC by DeLong's pairing, ΔBACC by the paired bootstrap's observed difference). p: the "
-            f"across-replicate t-test of the design above. Holm p: Holm's step-down adjustment over the "
+            "(ΔAUC by DeLong's pairing, ΔBACC by the paired bootstrap's observed difference), with its "
+            f"two-sided {level} interval. {reference}'s advantage: minus Δ, as two one-sided {level} "
+            f'bounds, each a statement on its own ("{reference}\'s advantage is at most +x"). p: the '
+            "across-replicate t-test of the design above. Holm p: Holm's step-down adjustment over the "
             f"{sum(np.isfinite(a.p_value) for a in found)} comparisons of this table (statsmodels). MDD: "
             f"the smallest true difference this design detects with {POWER:.0%} power at the observed "
-            "spread of the replicate differences (noncentral t, two-sided 5%). Verdict: better or worse "
-            f"when the Holm p is below {ALPHA}; otherwise no difference is detectable at this power, "
+            f"spread of the replicate differences (noncentral t, two-sided {alpha:g}); in brackets, the "
+            f"MDD at the limits of the {level} chi-square interval of the replicates' variance (J − 1 "
+            "degrees of freedom), the range the few replicates leave it in. Verdict: better or worse "
+            f"when the Holm p is below {alpha:g}; otherwise no difference is detectable at this power, "
             "which does not show that the methods are equal: differences smaller than the MDD would "
             "mostly go unseen (docs/benchmark.md, 'Reading a verdict')."
         )
@@ -219,7 +264,8 @@ def answers_figure(found: list[Answer], folder: Path, reference: str) -> list[Bl
         for a in answered
     ]
     answers_plot(rows, folder / "figures" / "answers.png", reference)
-    caption = f"Each comparison with {reference}: the difference and its 95% interval; grey, ±MDD"
+    level = f"{1 - answered[0].alpha:.0%}"
+    caption = f"Each comparison with {reference}: the difference and its {level} interval; grey, ±MDD"
     return [Figure("figures/answers.png", caption)]
 
 

@@ -15,7 +15,8 @@ to ``checks.csv``; a suite with ``test_data`` gets an external-validation sectio
 (:mod:`cdsf_bench.bench.external`). Where the runs recorded their split sizes, the report
 also answers each comparison (:mod:`cdsf_bench.bench.answers`: the design's t-test, Holm,
 the minimal detectable difference and a verdict; ``answers.csv``) and the intervals follow
-the design; a folder without split sizes gets no answers and plain t intervals. A tuned
+the design; a folder without split sizes gets no answers, plain t intervals in its tables
+and its interval checks not evaluated. A tuned
 suite's report states the budget and each method's chosen settings
 (:mod:`cdsf_bench.bench.tuning_report`). What the report reads, and in which order, is
 :mod:`cdsf_bench.bench.inputs`.
@@ -59,6 +60,7 @@ from cdsf_bench.bench.inputs import (
 )
 from cdsf_bench.bench.render import Block, Figure, Heading, Paragraph, Table, to_html, to_markdown
 from cdsf_bench.bench.stats import (
+    ALPHA,
     BOOTSTRAP_REPLICATES,
     compare_replicate,
     interval_text,
@@ -299,11 +301,12 @@ def build_report(
             if design is not None:
                 designs[scenario, task] = design
     ratios = {group: design.test_train_ratio for group, design in designs.items()}
-    outcomes = evaluate_checks(folder, results, checks_from_canonical(suite), ratios)
-    blocks += checks_blocks(outcomes)
+    alpha = suite.get("alpha", ALPHA)
+    outcomes = evaluate_checks(folder, results, checks_from_canonical(suite), ratios, alpha)
+    blocks += checks_blocks(outcomes, alpha)
     all_pairs = [p.assign(scenario=s) if s and len(p) else p for (s, _), p in paired_of.items()]
     pairs = pd.concat(all_pairs, ignore_index=True) if all_pairs else pd.DataFrame()
-    found = answers(pairs, designs)
+    found = answers(pairs, designs, alpha)
     blocks += answers_blocks(found, designs, reference) + answers_figure(found, Path(folder), reference)
     blocks += tuning_blocks(folder, results, suite.get("tune"))
     for scenario, task in groups(results):

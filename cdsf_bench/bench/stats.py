@@ -12,7 +12,10 @@
   variance is corrected for their overlap (Nadeau and Bengio, Machine Learning 2003).
 - Over a suite's comparisons: Holm's step-down adjustment (statsmodels' multipletests).
 - The design's power: the minimal difference the across-replicate test detects with 80%
-  power (statsmodels' power of the one-sample t-test, the noncentral t).
+  power (statsmodels' power of the one-sample t-test, the noncentral t), with the range the
+  few degrees of freedom of the replicates' variance allow (its chi-square interval).
+- Equivalence: two one-sided tests (TOST, Schuirmann 1987) of a mean within a margin named
+  in advance, on the same corrected standard error as the interval.
 
 :func:`compare_replicate` applies both tests to two runs of a suite folder (one replicate,
 paired by participant); the report and the checks (:mod:`cdsf_bench.bench.checks`) share it.
@@ -149,6 +152,22 @@ class MeanInterval:
     def half_width(self) -> float:
         return (self.high - self.low) / 2
 
+    @property
+    def standard_error(self) -> float:
+        """sd * sqrt(1 / J + r), the design's standard error of the mean (NaN for one value)."""
+        return self.sd * math.sqrt(1 / self.n + self.test_train_ratio) if self.n >= 2 else math.nan
+
+    def one_sided(self, alpha: float) -> tuple[float, float]:
+        """The one-sided (1 - alpha) bounds (at least, at most): mean -/+ t(1 - alpha, J - 1) SE.
+
+        Each alone holds with confidence 1 - alpha ("the advantage is at most +x"); together
+        they are the two-sided (1 - 2 alpha) interval that equivalence tests read.
+        """
+        if self.n < 2:
+            return math.nan, math.nan
+        reach = float(stats.t.ppf(1 - alpha, self.n - 1)) * self.standard_error
+        return self.mean - reach, self.mean + reach
+
 
 def t_interval(values: np.ndarray, level: float = 0.95, test_train_ratio: float = 0.0) -> MeanInterval:
     """Mean of per-replicate values with a Student t interval and p-value (NaN for one value).
@@ -178,6 +197,37 @@ def t_interval(values: np.ndarray, level: float = 0.95, test_train_ratio: float 
     return MeanInterval(mean, mean - half, mean + half, n, sd, p, test_train_ratio)
 
 
+@dataclass(frozen=True)
+class Equivalence:
+    """Two one-sided tests of a mean within (-margin, +margin)."""
+
+    interval: MeanInterval  # the mean and its design's standard error
+    margin: float
+    p_value: float  # the larger of the two one-sided p-values: below alpha means equivalent
+
+
+def equivalence_test(values: np.ndarray, margin: float, test_train_ratio: float = 0.0) -> Equivalence:
+    """TOST of H0: |mean| >= margin against H1: |mean| < margin, on the t statistic of
+    :func:`t_interval` (the design's correction included, J - 1 degrees of freedom).
+
+    The lower test refers (mean + margin) / SE, the upper (mean - margin) / SE to Student's t;
+    equivalence at level alpha is both rejecting, that is p = max(p_lower, p_upper) < alpha,
+    the same as the (1 - 2 alpha) interval lying inside the margin. With no spread p is 0
+    inside the margin and 1 outside; NaN for fewer than two values.
+    """
+    interval = t_interval(values, test_train_ratio=test_train_ratio)
+    if interval.n < 2:
+        return Equivalence(interval, margin, math.nan)
+    se, df = interval.standard_error, interval.n - 1
+    if se > 0:
+        p_lower = float(stats.t.sf((interval.mean + margin) / se, df))
+        p_upper = float(stats.t.cdf((interval.mean - margin) / se, df))
+        p = max(p_lower, p_upper)
+    else:
+        p = 0.0 if abs(interval.mean) < margin else 1.0
+    return Equivalence(interval, margin, p)
+
+
 def holm(p_values: ArrayLike, alpha: float = 0.05) -> np.ndarray:
     """Holm's step-down adjusted p-values (statsmodels' multipletests) of the finite p-values;
     NaN stays NaN and is not counted in the family."""
@@ -189,8 +239,10 @@ def holm(p_values: ArrayLike, alpha: float = 0.05) -> np.ndarray:
     return adjusted
 
 
-#: the power at which the minimal detectable difference is stated
+#: the power at which the minimal detectable difference is stated (the planned power)
 POWER = 0.8
+#: the level of a suite's checks and answers unless its file sets ``alpha``
+ALPHA = 0.05
 
 
 def minimal_detectable_difference(
@@ -212,6 +264,25 @@ def minimal_detectable_difference(
     )
     se = sd * math.sqrt(1 / replicates + test_train_ratio)
     return float(np.asarray(effect).item() * math.sqrt(replicates) * se)
+
+
+def mdd_range(
+    sd: float, replicates: int, test_train_ratio: float = 0.0, *, alpha: float = 0.05, power: float = POWER
+) -> tuple[float, float]:
+    """The MDD at the lower and upper (1 - alpha) confidence limits of the replicates' sd.
+
+    The sample variance of J replicates has (J - 1) s^2 / sigma^2 ~ chi-square(J - 1), so
+    sigma^2 lies in [(J - 1) s^2 / chi2(1 - alpha / 2), (J - 1) s^2 / chi2(alpha / 2)]; the
+    MDD is proportional to sigma, so this is the range of MDDs the data cannot tell apart
+    (wide for few replicates: at J = 3 and alpha 0.05 the upper limit is 12 times the lower,
+    at J = 10 2.7 times).
+    """
+    point = minimal_detectable_difference(sd, replicates, test_train_ratio, alpha=alpha, power=power)
+    if not np.isfinite(point):
+        return math.nan, math.nan
+    df = replicates - 1
+    low, high = (math.sqrt(df / float(stats.chi2.ppf(q, df))) for q in (1 - alpha / 2, alpha / 2))
+    return point * low, point * high
 
 
 def mean_sd(values: pd.Series, digits: int = 3) -> str:

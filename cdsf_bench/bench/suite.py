@@ -13,6 +13,11 @@ follows the seed), so hold-out replicates are independent and the report can use
 paired t-test across them; a suite that pins ``data.phantom_seed`` in ``[settings]`` keeps
 one shared cohort, like real data, and the report corrects for the overlap (Nadeau-Bengio).
 
+A method may be an A/A copy of another (``aa_of``): the same components and settings under
+a second name, trained from an independent training seed (``train.seed``) on the same
+replicates, so the same cohort and split. Its comparison with the original measures nothing
+but training noise and must contain 0 (an ``aa`` check, :mod:`cdsf_bench.bench.checks`).
+
 A suite's hash (sha256 of its normalised content) identifies it across shards: shards of a
 suite may be run anywhere and merged only with shards of the same suite. A suite file is
 read and checked by :mod:`cdsf_bench.bench.suite_file`.
@@ -32,6 +37,7 @@ import tomli_w
 from cdsf_bench import config as cfg
 from cdsf_bench.bench.budget import TuningBudget, budget_from_canonical
 from cdsf_bench.bench.checks import Check, checks_from_canonical
+from cdsf_bench.bench.stats import ALPHA
 from cdsf_bench.errors import ConfigError, InputError
 from cdsf_bench.registry import Registry
 from cdsf_bench.settings import RunConfig
@@ -40,6 +46,9 @@ from cdsf_bench.settings import RunConfig
 COHORT_SEED = "data.phantom_seed"
 #: how the replicates' cohorts relate: each seed draws its own, or all share one
 PER_REPLICATE, SHARED = "per-replicate", "shared"
+#: the setting an A/A copy's runs differ in, and how far its seed lies from the replicate's
+TRAINING_SEED = "train.seed"
+AA_SEED_OFFSET = 2**31
 
 
 @dataclass(frozen=True)
@@ -51,6 +60,19 @@ class MethodSpec:
     diag: str
     coupling: str
     settings: dict[str, Any] = field(default_factory=dict)
+    #: the method this one is an A/A copy of (its components and settings, another training seed)
+    aa_of: str = ""
+
+    def canonical(self) -> dict[str, Any]:
+        """The method in the suite's canonical content; ``aa_of`` only where given."""
+        out = {
+            "name": self.name,
+            "synth": self.synth,
+            "diag": self.diag,
+            "coupling": self.coupling,
+            "settings": self.settings,
+        }
+        return out | ({"aa_of": self.aa_of} if self.aa_of else {})
 
     @property
     def slug(self) -> str:
@@ -123,6 +145,8 @@ class Suite:
     tune: TuningBudget | None = None
     #: the trackers the suite reports to, name -> settings (``[track.NAME]``); not in the hash
     track: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: the level of the checks and the answers (two-sided intervals at 1 - alpha, TOST at alpha)
+    alpha: float = ALPHA
 
     @property
     def test_assignments(self) -> tuple[str, ...]:
@@ -132,11 +156,11 @@ class Suite:
     def canonical(self) -> dict[str, Any]:
         """The normalised definition (no comments or formatting): what the hash covers.
 
-        An optional field (scenarios, checks, external test data, the tuning budget) appears
-        only when given, so a suite that does not use it hashes as if the field did not
-        exist. ``cohorts`` appears only for per-replicate cohorts, so a suite whose replicates
-        draw their own cohorts never shares a hash, or a folder to resume, with the same
-        suite on one shared cohort.
+        An optional field (scenarios, checks, external test data, the tuning budget, a level
+        other than the default alpha, a method's ``aa_of``) appears only when given, so a
+        suite that does not use it hashes as if the field did not exist. ``cohorts`` appears
+        only for per-replicate cohorts, so a suite whose replicates draw their own cohorts
+        never shares a hash, or a folder to resume, with the same suite on one shared cohort.
         """
         extra: dict[str, Any] = {}
         if self.test_data:
@@ -149,6 +173,8 @@ class Suite:
             extra["checks"] = [check.canonical() for check in self.checks]
         if self.tune:
             extra["tune"] = self.tune.canonical()
+        if self.alpha != ALPHA:
+            extra["alpha"] = self.alpha
         return extra | {
             "name": self.name,
             "tasks": list(self.tasks),
@@ -157,16 +183,7 @@ class Suite:
             "seeds": list(self.seeds),
             "folds": self.folds,
             "settings": self.settings,
-            "methods": [
-                {
-                    "name": m.name,
-                    "synth": m.synth,
-                    "diag": m.diag,
-                    "coupling": m.coupling,
-                    "settings": m.settings,
-                }
-                for m in self.methods
-            ],
+            "methods": [m.canonical() for m in self.methods],
         }
 
     @property
@@ -207,6 +224,8 @@ class Suite:
             "method.coupling": method.coupling,
         }
         layers = [base, {**self.settings, **scenario}, chosen, method.settings]
+        if method.aa_of:  # the same replicate (seed: cohort and split), its own training seed
+            layers.append({TRAINING_SEED: (seed + AA_SEED_OFFSET) % 2**32})
         return tuple(f"{key}={toml_value(value)}" for layer in layers for key, value in layer.items())
 
 
@@ -248,4 +267,5 @@ def suite_from_canonical(content: dict[str, Any]) -> Suite:
         test_settings=external["settings"],
         cohorts=content.get("cohorts", SHARED),  # canonical() records per-replicate cohorts only
         tune=budget_from_canonical(content.get("tune")),
+        alpha=content.get("alpha", ALPHA),
     )

@@ -5,7 +5,10 @@ A suite file (TOML, docs/benchmark.md) names the methods, tasks and replicates o
 settings, like ``[settings]``) run every task, replicate and method once per scenario, in
 folders ``<scenario>/<task>/...``; optional ``[[checks]]`` state, before anything runs, what
 the results must show (the expected findings, :mod:`cdsf_bench.bench.checks`); the report
-evaluates each and prints pass / fail. An optional ``test_data`` (with ``[test_settings]``,
+evaluates each and prints pass / fail; a method entry with ``aa_of`` is an A/A copy of
+another method (the same components and settings, its own training seed) and brings its
+A/A check. An optional ``alpha`` sets the level of the checks and answers (default 0.05).
+An optional ``test_data`` (with ``[test_settings]``,
 its data settings) tests every run's selected model on another cohort too: external
 validation (:mod:`cdsf_bench.bench.external`). An optional ``[tune]`` table gives every
 method the same number of tuning trials in every replicate (:mod:`cdsf_bench.bench.budget`,
@@ -23,8 +26,17 @@ from typing import Any
 
 from cdsf_bench import config as cfg
 from cdsf_bench.bench.budget import parse_budget
-from cdsf_bench.bench.checks import parse_checks
-from cdsf_bench.bench.suite import COHORT_SEED, PER_REPLICATE, SHARED, MethodSpec, Suite, toml_value
+from cdsf_bench.bench.checks import aa_checks, parse_checks
+from cdsf_bench.bench.stats import ALPHA
+from cdsf_bench.bench.suite import (
+    COHORT_SEED,
+    PER_REPLICATE,
+    SHARED,
+    TRAINING_SEED,
+    MethodSpec,
+    Suite,
+    toml_value,
+)
 from cdsf_bench.data.conventions import TASKS
 from cdsf_bench.data.sources import PhantomSource
 from cdsf_bench.errors import InputError
@@ -51,8 +63,11 @@ SUITE_FIELDS = (
     "test_settings",
     "tune",
     "track",
+    "alpha",
 )
-METHOD_FIELDS = ("name", "synth", "diag", "coupling", "settings")
+METHOD_FIELDS = ("name", "synth", "diag", "coupling", "settings", "aa_of")
+#: what an A/A copy takes from its original, so may not give itself
+AA_TAKEN = ("synth", "diag", "coupling", "settings")
 #: settings a suite sets through its own fields; overriding them in [settings] would unpair runs
 SUITE_OWNED = {
     "preset": "preset",
@@ -64,6 +79,7 @@ SUITE_OWNED = {
     "method.synth": "the method's synth",
     "method.diag": "the method's diag",
     "method.coupling": "the method's coupling",
+    TRAINING_SEED: "the seed (an A/A copy, aa_of, trains from its own)",
 }
 DEFAULT_SEEDS = (0, 1, 2)
 
@@ -96,6 +112,10 @@ def load_suite(path: Path) -> Suite:
     _cohort_pinned_in_settings_only(methods, scenarios, fail)
     names, scenario_names = [m.name for m in methods], [n for n, _ in scenarios]
     checks = parse_checks(raw.get("checks", []), names, tasks, scenario_names, fail)
+    checks += aa_checks([(m.name, m.aa_of) for m in methods if m.aa_of], tasks, scenario_names)
+    alpha = raw.get("alpha", ALPHA)
+    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0 < alpha < 0.5:
+        raise fail(f"field 'alpha' must be a number in (0, 0.5), the level of checks and answers: {alpha!r}.")
     test_data, test_settings = _test_data(raw, fail)
     tune = parse_budget(raw.get("tune"), fail)
     track = _track(raw.get(cfg.TRACK, {}), fail)
@@ -116,6 +136,7 @@ def load_suite(path: Path) -> Suite:
         cohorts=cohort_design(data, settings),
         tune=tune,
         track=track,
+        alpha=float(alpha),
     )
 
 
@@ -224,7 +245,7 @@ def _methods(given: Any, fail: Fail) -> tuple[MethodSpec, ...]:
         raise fail(
             "needs at least one [[methods]] entry with name, synth, coupling (and optionally diag, settings)."
         )
-    methods = []
+    entries: list[dict[str, Any]] = []
     for number, entry in enumerate(given, start=1):
         label = f"[[methods]] entry {number}"
         if not isinstance(entry, dict):
@@ -234,23 +255,52 @@ def _methods(given: Any, fail: Fail) -> tuple[MethodSpec, ...]:
             raise fail(
                 f"{label} has unknown field(s) {', '.join(unknown)}; a method has {', '.join(METHOD_FIELDS)}."
             )
-        for key in ("name", "synth", "diag", "coupling"):
-            if not isinstance(entry.get(key), str) or not entry[key].strip():
-                raise fail(f"{label} needs field '{key}' (a non-empty string).")
-        name = entry["name"].strip()
-        settings = _settings(entry.get("settings", {}), f"methods '{name}' settings", fail)
-        method = MethodSpec(
-            name, entry["synth"].strip(), entry["diag"].strip(), entry["coupling"].strip(), settings
-        )
-        if not method.slug:
-            raise fail(f"{label}: name {name!r} needs at least one letter or digit.")
-        methods.append(method)
+        entries.append(entry)
+    by_name = {e["name"].strip(): e for e in entries if isinstance(e.get("name"), str)}
+    methods = [_method(entry, number, by_name, fail) for number, entry in enumerate(entries, start=1)]
     slugs = [m.slug for m in methods]
     for slug in slugs:
         if slugs.count(slug) > 1:
             clash = [m.name for m in methods if m.slug == slug]
             raise fail(f"method names {clash} share the folder name '{slug}'; make them distinct.")
+    originals = [m.aa_of for m in methods if m.aa_of]
+    for original in originals:
+        if originals.count(original) > 1:
+            raise fail(f"method '{original}' has several A/A copies (aa_of); give it one.")
     return tuple(methods)
+
+
+def _method(entry: dict[str, Any], number: int, by_name: dict[str, dict[str, Any]], fail: Fail) -> MethodSpec:
+    """One [[methods]] entry; an A/A copy (``aa_of``) takes its original's components and settings."""
+    label = f"[[methods]] entry {number}"
+    if not isinstance(entry.get("name"), str) or not entry["name"].strip():
+        raise fail(f"{label} needs field 'name' (a non-empty string).")
+    name = entry["name"].strip()
+    aa_of = entry.get("aa_of", "")
+    if "aa_of" in entry:
+        original = by_name.get(aa_of) if isinstance(aa_of, str) else None
+        if original is None or aa_of == name or "aa_of" in original:
+            raise fail(
+                f"{label} ('{name}'): field 'aa_of' must name another method of the suite that is not "
+                f"itself an A/A copy, got {aa_of!r}."
+            )
+        given = [key for key in AA_TAKEN if key in entry]
+        if given:
+            raise fail(
+                f"{label} ('{name}') is an A/A copy of '{aa_of}' and takes its {', '.join(AA_TAKEN)}; "
+                f"remove {', '.join(given)}."
+            )
+        entry = {**original, "name": name}
+    for key in ("synth", "diag", "coupling"):
+        if not isinstance(entry.get(key), str) or not entry[key].strip():
+            raise fail(f"{label} needs field '{key}' (a non-empty string).")
+    settings = _settings(entry.get("settings", {}), f"methods '{name}' settings", fail)
+    method = MethodSpec(
+        name, entry["synth"].strip(), entry["diag"].strip(), entry["coupling"].strip(), settings, aa_of
+    )
+    if not method.slug:
+        raise fail(f"{label}: name {name!r} needs at least one letter or digit.")
+    return method
 
 
 def _test_data(raw: dict[str, Any], fail: Fail) -> tuple[str, dict[str, Any]]:

@@ -115,7 +115,8 @@ def rebuild(
             f"on {model.shape}; it must be preprocessed as the run's data were (data.resolution_mm)."
         )
     run = model.config
-    torch.manual_seed(run.seed)  # as the run did before building: any parameter a stage left untouched
+    # as the run did before building: any parameter a stage left untouched
+    torch.manual_seed(run.training_seed)
     rows = np.arange(len(cohort))
     everyone = Splits(train=rows[:0], val=rows[:0], test=rows)
     assembly = assemble(
