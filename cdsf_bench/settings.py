@@ -21,7 +21,7 @@ import tomli_w
 
 from cdsf_bench.errors import ConfigError
 from cdsf_bench.interfaces import DataSettings, Method, SelectionMetric
-from cdsf_bench.ranges import check_finite, within
+from cdsf_bench.ranges import MAX_SEED, check_finite, within
 
 #: the trackers a run reports to, one table of settings each (``--track NAME``,
 #: ``--set track.NAME.KEY=VALUE``); absent from a run that tracks nothing, so its config is unchanged
@@ -85,6 +85,30 @@ class EvaluateSettings:
     native_space: bool = False
     # test on a fresh phantom cohort of this many subjects (0: the test split)
     phantom_test_subjects: int = field(default=0, metadata=within(0, 1_000_000))
+
+
+#: a ``[seeds]`` value that leaves the source to the seed it derives from
+FROM_RUN_SEED = -1
+
+
+@dataclass(frozen=True)
+class SeedSettings:
+    """``[seeds]``: one seed per source of run-to-run variance, so that a study can vary one
+    while the others stay (benchmarks/suites/variance-sources.toml).
+
+    Each is -1 (:data:`FROM_RUN_SEED`) by default: the run's ``seed`` then stands for it,
+    exactly the run the seed alone makes. ``init`` seeds torch's and NumPy's global
+    generators (the networks' initial weights and whatever a plugin draws from them while
+    training: dropout, noise); ``batches`` the
+    batch order and augmentation; ``split`` the test split (and the folds); ``validation`` which
+    of the remaining subjects validate, the test split untouched. The cohort's own seed is
+    ``data.phantom_seed``.
+    """
+
+    init: int = field(default=FROM_RUN_SEED, metadata=within(FROM_RUN_SEED, MAX_SEED))
+    batches: int = field(default=FROM_RUN_SEED, metadata=within(FROM_RUN_SEED, MAX_SEED))
+    split: int = field(default=FROM_RUN_SEED, metadata=within(FROM_RUN_SEED, MAX_SEED))
+    validation: int = field(default=FROM_RUN_SEED, metadata=within(FROM_RUN_SEED, MAX_SEED))
 
 
 def section_defaults(settings: type) -> dict[str, Any]:
@@ -232,6 +256,15 @@ class RunConfig:
     @property
     def evaluate(self) -> EvaluateSettings:
         return EvaluateSettings(**self.raw["evaluate"])
+
+    @property
+    def seeds(self) -> SeedSettings:
+        return SeedSettings(**self.raw["seeds"])
+
+    def seed_of(self, source: str) -> int:
+        """The seed of ``source`` (a :class:`SeedSettings` field): its own, or the run's."""
+        given = int(getattr(self.seeds, source))
+        return self.seed if given == FROM_RUN_SEED else given
 
     @property
     def track(self) -> dict[str, dict[str, Any]]:
