@@ -5,6 +5,8 @@ reported as one paragraph without a traceback unless ``--debug`` is given.
 
 Every command lives in its own module, imported when the command is used: listing the
 commands (``cdsf-bench --help``) imports none of them, and so neither torch nor a plugin.
+That is also why the OpenMP wait policy is chosen here (:func:`passive_openmp_waits`): the
+OpenMP runtime reads it once, when torch is first imported.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import errno
 import importlib
 import os
 import sys
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,6 +90,24 @@ COMMANDS: dict[str, LazyCommand] = {
 }
 
 
+#: the OpenMP runtime's settings for how a thread waits for its team; any of them given by the
+#: user (or a job script) is theirs to keep
+OPENMP_WAIT_SETTINGS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
+
+
+def passive_openmp_waits(environ: MutableMapping[str, str] = os.environ) -> None:
+    """``OMP_WAIT_POLICY=PASSIVE`` unless a wait setting is given: waiting threads sleep.
+
+    OpenMP's default keeps a waiting thread spinning for a while: on a machine whose cores
+    other processes also use, a team of several threads then burns the cores its preempted
+    members need, and a step takes several times longer than on one thread (docs/scaling.md,
+    "Threads on a shared machine"). Sleeping costs little on an idle machine. Effective only
+    before torch is first imported, which no command module does before :class:`Cli` runs it.
+    """
+    if not any(name in environ for name in OPENMP_WAIT_SETTINGS):
+        environ["OMP_WAIT_POLICY"] = "PASSIVE"
+
+
 def load_command(name: str) -> click.Command:
     """The command ``name`` of :data:`COMMANDS`, importing its module."""
     module, attribute = COMMANDS[name].target.split(":")
@@ -109,6 +130,10 @@ class Cli(click.Group):
         rows = [(name, make_default_short_help(COMMANDS[name].summary, limit)) for name in sorted(COMMANDS)]
         with formatter.section("Commands"):
             formatter.write_dl(rows)
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        passive_openmp_waits()  # before any command's module imports torch
+        return super().main(*args, **kwargs)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:

@@ -31,6 +31,7 @@ from cdsf_bench.settings import (
     EvaluateSettings,
     PrecisionSettings,
     RunConfig,
+    SeedSettings,
     SplitSettings,
     TrainSettings,
     check_against,
@@ -57,6 +58,7 @@ DEFAULTS: dict[str, Any] = {
     "augment": section_defaults(AugmentSettings),
     "precision": section_defaults(PrecisionSettings),
     "evaluate": section_defaults(EvaluateSettings),
+    "seeds": section_defaults(SeedSettings),
     "synth": {},
     "diag": {},
     "coupling": {},
@@ -69,6 +71,7 @@ SECTION_TYPES: dict[str, type] = {
     "train": TrainSettings,
     "augment": AugmentSettings,
     "evaluate": EvaluateSettings,
+    "seeds": SeedSettings,
 }
 SEED_RANGE = Range(0, MAX_SEED)
 DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")

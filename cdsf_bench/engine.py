@@ -47,7 +47,7 @@ from cdsf_bench.metrics import (
     regional_uptake_columns,
     synthesis_metrics,
 )
-from cdsf_bench.progress import make_progress
+from cdsf_bench.progress import DONE_BEFORE, make_progress, print_progress_line
 from cdsf_bench.results import load_torch, save_torch
 from cdsf_bench.run_folder import RunFolder
 
@@ -302,8 +302,9 @@ class Trainer:
         tie_higher = HIGHER_IS_BETTER[tie_break] if tie_break is not None else True
         patience = stage.patience
         label = f"{stage.name} ({index + 1}/{len(self.stages)})"
+        fields: dict[str, Any] = {"status": "", DONE_BEFORE: first_epoch}  # a resumed stage's epochs
         epochs_task = progress.add_task(
-            f"{label} epochs", total=stage.epochs, completed=first_epoch, status=""
+            f"{label} epochs", total=stage.epochs, completed=first_epoch, **fields
         )
         n_batches = self.pipeline.n_train_batches(stage.subjects, stage.labels)
         batch_task = progress.add_task("  batches", total=n_batches, status="")
@@ -356,6 +357,7 @@ class Trainer:
             best_value = best["value"] if best["value"] is not None else float("nan")
             status = f"val {stage.select_on} {value:.3f} (best {best_value:.3f} @ {best['epoch']})"
             progress.update(epochs_task, advance=1, status=status)
+            print_progress_line(progress, epochs_task)
             if self.on_epoch is not None:
                 self.on_epoch(stage, row)
         progress.update(batch_task, visible=False)

@@ -1,13 +1,19 @@
-"""What this machine is: its processor's model and features, read once.
+"""What this machine is (its processor's model and features, read once) and how many threads
+a process trains with.
 
 Runs need to know whether bf16 autocast pays off here; ``cdsf-bench perf`` and every run's
 environment.json report the processor. Both read it from here, so /proc/cpuinfo is parsed
-in one place.
+in one place. Every command that trains sets its thread count here (:func:`use_threads`),
+once per process before any work, and warns when the machine is busier than its cores
+(:func:`load_warning`); the rule is docs/scaling.md's "Threads on a shared machine".
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import platform
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 
@@ -65,3 +71,55 @@ def cpu_workers() -> int:
     given one core, keep to it in their data work too.
     """
     return max(1, torch.get_num_threads())
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask: a scheduler's or ``taskset``'s)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity masks on this platform (macOS)
+        return os.cpu_count() or 1
+
+
+def default_threads() -> int:
+    """Torch's own count (``OMP_NUM_THREADS``, else one per core), never more than the usable cores."""
+    return max(1, min(torch.get_num_threads(), usable_cores()))
+
+
+def use_threads(threads: int | None) -> int:
+    """Train with ``threads`` intra-op threads (None: :func:`default_threads`); the count set.
+
+    The inter-op pool gets the same count; torch accepts it only before its first parallel
+    work, so a process that already worked (a test session, a second command in one
+    process) keeps the pool it has.
+    """
+    count = default_threads() if threads is None else threads
+    torch.set_num_threads(count)
+    if torch.get_num_interop_threads() != count:
+        with contextlib.suppress(RuntimeError):  # the inter-op pool already started: it stays
+            torch.set_num_interop_threads(count)
+    return count
+
+
+def load_warning(
+    threads: int,
+    load: Callable[[], tuple[float, float, float]] = os.getloadavg,
+    cores: Callable[[], int] = usable_cores,
+) -> str | None:
+    """What to tell a user who starts training on a machine busier than its cores, or None.
+
+    A one-minute load average above the usable cores means other processes want the cores
+    too: an OpenMP team of several threads then waits on whichever of them is preempted.
+    """
+    current, usable = load()[0], cores()
+    if current <= usable:
+        return None
+    advice = (
+        "every step can wait on a preempted thread; if training is slow, use --threads 1."
+        if threads > 1
+        else "times include waiting for the other processes."
+    )
+    return (
+        f"the machine is busy: load average {current:.1f} on {usable} usable core(s), and this command "
+        f"trains with {threads} thread(s); {advice}"
+    )

@@ -2,9 +2,10 @@
 
 ``--set KEY=VALUE`` reaches the same configuration resolver from every command, so it is
 one declaration here rather than a copy per command that could drift (metavar, multiplicity);
-so do ``--track``, ``--debug`` and the options that name a method (:class:`MethodCommand`:
-``run``, ``data check``, ``tune``). This module imports no plugin and no torch: the command
-line is listed (``cdsf-bench --help``) without them.
+so do ``--track``, ``--debug``, ``--threads`` (every command that trains) and the options that
+name a method (:class:`MethodCommand`: ``run``, ``data check``, ``tune``). This module imports
+no plugin and no torch (``--threads`` reaches torch only when it is parsed): the command line
+is listed (``cdsf-bench --help``) without them.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 #: set to "1" by ``--debug``: errors are raised with their traceback instead of reported
 DEBUG_ENV = "CDSF_BENCH_DEBUG"
+#: ``--threads``'s value where the option is not given (a machine's or a job's own setting)
+THREADS_ENV = "CDSF_BENCH_THREADS"
 
 
 def set_option(help: str) -> Callable[[F], F]:
@@ -51,6 +54,33 @@ debug_option = click.option(
     is_eager=True,
     callback=_debug,
     help="Show full tracebacks for errors.",
+)
+
+
+def _threads(_ctx: click.Context, _param: click.Parameter, value: int | None) -> None:
+    """Set the process's thread count before the command works; warn when the machine is busy."""
+    from cdsf_bench.host import load_warning, use_threads
+    from cdsf_bench.progress import console
+
+    threads = use_threads(value)
+    warning = load_warning(threads)
+    if warning is not None:
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+
+
+#: ``--threads N`` (or ``CDSF_BENCH_THREADS``) for every command that trains: torch's intra-op
+#: and inter-op threads, set once per process as the command line is parsed, before any work
+#: (the command reads the count from torch, as environment.json records it)
+threads_option = click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    envvar=THREADS_ENV,
+    expose_value=False,
+    callback=_threads,
+    help=(
+        f"CPU threads to train with (also {THREADS_ENV}; default: torch's, OMP_NUM_THREADS or one "
+        "per usable core). On a busy machine --threads 1 is often fastest."
+    ),
 )
 
 

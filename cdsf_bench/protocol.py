@@ -45,9 +45,11 @@ SPLITS = ("train", "val", "test")
 
 
 def seed(run: RunConfig, device: torch.device) -> None:
-    """Seed torch and NumPy by the run's training seed and choose the device's kernels."""
-    torch.manual_seed(run.training_seed)
-    np.random.seed(run.training_seed % 2**32)
+    """Seed torch and NumPy by the run's initialisation seed (``seeds.init``, by default the
+    run's seed) and choose the device's kernels."""
+    init = run.seed_of("init")
+    torch.manual_seed(init)
+    np.random.seed(init % 2**32)
     configure_backends(device)
 
 
@@ -151,7 +153,7 @@ def data_record(run: RunConfig, data: CohortSplit, assembly: Assembly) -> dict[s
         # the cohort's own seed (a suite's replicate seed unless it pins one); None: not the phantom
         "phantom_seed": run.data.phantom_seed if data.source == PhantomSource.name else None,
         "split": {
-            "seed": run.seed,
+            "seed": run.seed_of("split"),
             "folds": run.split.folds,
             "fold": run.split.fold if run.split.folds else None,
         },

@@ -54,9 +54,6 @@ class TrainSettings:
     learning_rate: float = field(default=1e-3, metadata=within(0.0, 10.0, low_open=True))
     patience: int = field(default=8, metadata=within(0, 100_000))  # 0: no early stopping
     select_on: SelectionMetric = "auc"
-    # the seed of initialisation, batch order and augmentation; -1: the run's seed (which
-    # always decides the split), so that two runs of one split can train independently
-    seed: int = field(default=-1, metadata=within(-1, MAX_SEED))
 
 
 @dataclass(frozen=True)
@@ -88,6 +85,30 @@ class EvaluateSettings:
     native_space: bool = False
     # test on a fresh phantom cohort of this many subjects (0: the test split)
     phantom_test_subjects: int = field(default=0, metadata=within(0, 1_000_000))
+
+
+#: a ``[seeds]`` value that leaves the source to the seed it derives from
+FROM_RUN_SEED = -1
+
+
+@dataclass(frozen=True)
+class SeedSettings:
+    """``[seeds]``: one seed per source of run-to-run variance, so that a study can vary one
+    while the others stay (benchmarks/suites/variance-sources.toml).
+
+    Each is -1 (:data:`FROM_RUN_SEED`) by default: the run's ``seed`` then stands for it,
+    exactly the run the seed alone makes. ``init`` seeds torch's and NumPy's global
+    generators (the networks' initial weights and whatever a plugin draws from them while
+    training: dropout, noise); ``batches`` the
+    batch order and augmentation; ``split`` the test split (and the folds); ``validation`` which
+    of the remaining subjects validate, the test split untouched. The cohort's own seed is
+    ``data.phantom_seed``.
+    """
+
+    init: int = field(default=FROM_RUN_SEED, metadata=within(FROM_RUN_SEED, MAX_SEED))
+    batches: int = field(default=FROM_RUN_SEED, metadata=within(FROM_RUN_SEED, MAX_SEED))
+    split: int = field(default=FROM_RUN_SEED, metadata=within(FROM_RUN_SEED, MAX_SEED))
+    validation: int = field(default=FROM_RUN_SEED, metadata=within(FROM_RUN_SEED, MAX_SEED))
 
 
 def section_defaults(settings: type) -> dict[str, Any]:
@@ -184,13 +205,6 @@ class RunConfig:
         return int(self.raw["seed"])
 
     @property
-    def training_seed(self) -> int:
-        """``train.seed``, or the run's seed where it is -1: what seeds the networks' weights,
-        the batch order and the augmentation (the split follows :attr:`seed` alone)."""
-        own = self.train.seed
-        return self.seed if own < 0 else own
-
-    @property
     def task(self) -> str:
         return str(self.raw["task"])
 
@@ -242,6 +256,15 @@ class RunConfig:
     @property
     def evaluate(self) -> EvaluateSettings:
         return EvaluateSettings(**self.raw["evaluate"])
+
+    @property
+    def seeds(self) -> SeedSettings:
+        return SeedSettings(**self.raw["seeds"])
+
+    def seed_of(self, source: str) -> int:
+        """The seed of ``source`` (a :class:`SeedSettings` field): its own, or the run's."""
+        given = int(getattr(self.seeds, source))
+        return self.seed if given == FROM_RUN_SEED else given
 
     @property
     def track(self) -> dict[str, dict[str, Any]]:

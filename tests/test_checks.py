@@ -170,7 +170,9 @@ def test_an_aa_copy_differs_from_its_original_in_training_seed_only(tmp_path):
     ]
     for original, copy in zip(runs[::2], runs[1::2], strict=True):
         a, b = original.resolve(registry), copy.resolve(registry)
-        assert a.training_seed == a.seed and b.training_seed == (a.seed + AA_SEED_OFFSET) % 2**32
+        fresh = (a.seed + AA_SEED_OFFSET) % 2**32
+        assert (a.seed_of("init"), a.seed_of("batches")) == (a.seed, a.seed)
+        assert (b.seed_of("init"), b.seed_of("batches")) == (fresh, fresh)
         # the same replicate: seed (hence the split), cohort, and every other setting
         assert (b.seed, b.data.phantom_seed) == (a.seed, a.data.phantom_seed)
         differing = {
@@ -180,7 +182,7 @@ def test_an_aa_copy_differs_from_its_original_in_training_seed_only(tmp_path):
             for key in a.raw[section].keys() | b.raw[section].keys()
             if a.raw[section].get(key) != b.raw[section].get(key)
         }
-        assert differing == {("train", "seed")}
+        assert differing == {("seeds", "init"), ("seeds", "batches")}
         assert {k: v for k, v in a.raw.items() if not isinstance(v, dict)} == {
             k: v for k, v in b.raw.items() if not isinstance(v, dict)
         }
@@ -215,7 +217,7 @@ def test_the_aa_copy_shares_the_split_and_cohort_of_its_replicate(tmp_path):
         (('aa_of = "M"', 'aa_of = "M again"'), "field 'aa_of' must name another method"),
         (('aa_of = "M"', 'aa_of = "M"\ncoupling = "single"'), "takes its synth, diag, coupling, settings"),
         (("alpha = 0.1", "alpha = 0.7"), "field 'alpha' must be a number in"),
-        (('"data.phantom.scenario"', '"train.seed"'), "which the suite controls"),
+        (('"data.phantom.scenario"', '"method.coupling"'), "which the suite controls"),
     ],
 )
 def test_aa_and_alpha_errors_name_the_field(tmp_path, change, message):

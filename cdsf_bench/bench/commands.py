@@ -16,7 +16,7 @@ from rich.table import Table
 
 from cdsf_bench.errors import InputError
 from cdsf_bench.interfaces import Method
-from cdsf_bench.options import track_option
+from cdsf_bench.options import threads_option, track_option
 from cdsf_bench.progress import console
 from cdsf_bench.registry import Registry
 
@@ -34,6 +34,7 @@ FORMAT_CHOICES = {"md": ("md",), "html": ("html",), "both": ("md", "html")}
     "--shard", metavar="I/N", help="Run only the I-th of N disjoint parts (round-robin over the runs)."
 )
 @track_option(help="Report the suite and its runs to tracker NAME too (besides the suite's [track]).")
+@threads_option
 def bench(
     suite_file: Path, out: Path | None, resume: bool, shard: str | None, track: tuple[str, ...]
 ) -> None:

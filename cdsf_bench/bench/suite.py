@@ -14,8 +14,8 @@ paired t-test across them; a suite that pins ``data.phantom_seed`` in ``[setting
 one shared cohort, like real data, and the report corrects for the overlap (Nadeau-Bengio).
 
 A method may be an A/A copy of another (``aa_of``): the same components and settings under
-a second name, trained from an independent training seed (``train.seed``) on the same
-replicates, so the same cohort and split. Its comparison with the original measures nothing
+a second name, trained from independent training seeds (``seeds.init`` and ``seeds.batches``,
+whatever the suite pins them to) on the same replicates, so the same cohort and split. Its comparison with the original measures nothing
 but training noise and must contain 0 (an ``aa`` check, :mod:`cdsf_bench.bench.checks`).
 
 A suite's hash (sha256 of its normalised content) identifies it across shards: shards of a
@@ -47,7 +47,8 @@ COHORT_SEED = "data.phantom_seed"
 #: how the replicates' cohorts relate: each seed draws its own, or all share one
 PER_REPLICATE, SHARED = "per-replicate", "shared"
 #: the setting an A/A copy's runs differ in, and how far its seed lies from the replicate's
-TRAINING_SEED = "train.seed"
+#: the seeds an A/A copy draws afresh: initialisation, batch order and augmentation
+TRAINING_SEEDS = ("seeds.init", "seeds.batches")
 AA_SEED_OFFSET = 2**31
 
 
@@ -225,7 +226,7 @@ class Suite:
         }
         layers = [base, {**self.settings, **scenario}, chosen, method.settings]
         if method.aa_of:  # the same replicate (seed: cohort and split), its own training seed
-            layers.append({TRAINING_SEED: (seed + AA_SEED_OFFSET) % 2**32})
+            layers.append(dict.fromkeys(TRAINING_SEEDS, (seed + AA_SEED_OFFSET) % 2**32))
         return tuple(f"{key}={toml_value(value)}" for layer in layers for key, value in layer.items())
 
 

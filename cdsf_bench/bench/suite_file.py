@@ -32,7 +32,6 @@ from cdsf_bench.bench.suite import (
     COHORT_SEED,
     PER_REPLICATE,
     SHARED,
-    TRAINING_SEED,
     MethodSpec,
     Suite,
     toml_value,
@@ -79,7 +78,6 @@ SUITE_OWNED = {
     "method.synth": "the method's synth",
     "method.diag": "the method's diag",
     "method.coupling": "the method's coupling",
-    TRAINING_SEED: "the seed (an A/A copy, aa_of, trains from its own)",
 }
 DEFAULT_SEEDS = (0, 1, 2)
 

@@ -16,6 +16,7 @@ from cdsf_bench.options import (
     method_flags,
     method_options,
     set_option,
+    threads_option,
     track_option,
 )
 from cdsf_bench.progress import console, metrics_table, out
@@ -54,6 +55,7 @@ from cdsf_bench.progress import console, metrics_table, out
     type=click.IntRange(min=1),
     help="Train with N data-parallel processes on this node (torchrun).",
 )
+@threads_option
 @track_option(help="Report the run to tracker NAME too (settings: --set track.NAME.KEY=VALUE).")
 @debug_option
 def run(

@@ -54,11 +54,15 @@ def make_splits(
     val: float,
     test: float,
     seed: int,
+    val_seed: int | None = None,
     folds: int = 0,
     fold: int = 0,
     class_names: tuple[str, str] = ("label 0", "label 1"),
 ) -> Splits:
     """Split subjects into train / val / test, stratified by label and seeded.
+
+    ``seed`` draws the test split; ``val_seed`` (default ``seed``) which of the other
+    subjects validate, so that it varies the validation subjects alone.
 
     With ``folds`` >= 2, fold ``fold`` of a stratified k-fold is the test split and the
     validation split is drawn (stratified) from the remaining subjects with fraction ``val``.
@@ -77,7 +81,13 @@ def make_splits(
         )
     try:
         train, val_rows, test_rows = _stratified(
-            labels[known], val=val, test=test, seed=seed, folds=folds, fold=fold
+            labels[known],
+            val=val,
+            test=test,
+            seed=seed,
+            val_seed=seed if val_seed is None else val_seed,
+            folds=folds,
+            fold=fold,
         )
     except ValueError as error:  # scikit-learn's word for a split too small to stratify
         raise InputError(
@@ -96,7 +106,7 @@ def make_splits(
 
 
 def _stratified(
-    labels: np.ndarray, *, val: float, test: float, seed: int, folds: int, fold: int
+    labels: np.ndarray, *, val: float, test: float, seed: int, val_seed: int, folds: int, fold: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Positions in ``labels`` of the train, val and test subjects."""
     rows = np.arange(len(labels))
@@ -104,12 +114,12 @@ def _stratified(
         splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
         rest, test_rows = list(splitter.split(rows, labels))[fold]
         train_rows, val_rows = train_test_split(
-            rest, test_size=val / (1 - 1 / folds), stratify=labels[rest], random_state=seed
+            rest, test_size=val / (1 - 1 / folds), stratify=labels[rest], random_state=val_seed
         )
     else:
         rest, test_rows = train_test_split(rows, test_size=test, stratify=labels, random_state=seed)
         train_rows, val_rows = train_test_split(
-            rest, test_size=val / (1 - test), stratify=labels[rest], random_state=seed
+            rest, test_size=val / (1 - test), stratify=labels[rest], random_state=val_seed
         )
     return train_rows, val_rows, test_rows
 

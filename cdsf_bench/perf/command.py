@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from cdsf_bench.options import set_option
+from cdsf_bench.options import set_option, threads_option
 from cdsf_bench.perf.measure import measure
 from cdsf_bench.perf.parts import MATMUL_SIDE
 from cdsf_bench.perf.render import render, to_json
@@ -33,7 +33,7 @@ from cdsf_bench.perf.settings import DEFAULT_BATCH, DEFAULT_SIZE, PerfSettings
 )
 @set_option(help="Plugin settings, e.g. synth.NAME.norm=batch.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's, one per core).")
+@threads_option
 @click.option(
     "--matmul-side",
     type=int,
@@ -56,7 +56,6 @@ def perf_command(
     use_compile: bool,
     assignments: tuple[str, ...],
     seed: int,
-    threads: int | None,
     matmul_side: int,
     as_json: bool,
 ) -> None:
@@ -84,7 +83,6 @@ def perf_command(
         channels_last=not no_channels_last,
         compile=use_compile,
         seed=seed,
-        threads=threads,
         matmul_side=matmul_side,
         assignments=assignments,
     )

@@ -98,8 +98,6 @@ def measure(settings: PerfSettings, registry: Registry | None = None) -> dict[st
     config = resolve_config(settings, registry)
     device = resolve_device(config.device)
     run = _Run(settings, registry, config, device, settings.bf16 and bf16_supported(device))
-    if settings.threads is not None:
-        torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
     deterministic = configure_backends(device)  # as a run does: the kernels timed are a run's
 

@@ -38,7 +38,6 @@ class PerfSettings:
     channels_last: bool = True
     compile: bool = False
     seed: int = 0
-    threads: int | None = None  # torch CPU threads; None keeps torch's default (one per core)
     #: side of the reference matrix multiplies; a large GPU needs more than the default to fill it
     matmul_side: int = MATMUL_SIDE
     assignments: tuple[str, ...] = ()
@@ -52,8 +51,6 @@ def check(settings: PerfSettings) -> None:
         raise InputError(f"--batch must be at least 1, got {settings.batch}.")
     if settings.repeats < 1 or settings.warmup < 0:
         raise InputError("--repeats must be at least 1 and --warmup at least 0.")
-    if settings.threads is not None and settings.threads < 1:
-        raise InputError(f"--threads must be at least 1, got {settings.threads}.")
     if settings.matmul_side < 1:
         raise InputError(f"--matmul-side must be at least 1, got {settings.matmul_side}.")
 

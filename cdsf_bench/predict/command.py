@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 from rich.markup import escape
 
-from cdsf_bench.options import set_option
+from cdsf_bench.options import set_option, threads_option
 from cdsf_bench.progress import metrics_table
 from cdsf_bench.progress import out as results
 
@@ -27,6 +27,7 @@ from cdsf_bench.progress import out as results
 )
 @set_option(help="A data setting of the cohort, e.g. data.phantom_seed=7 or data.session=ses-M12.")
 @click.option("--device", help="auto, cpu or cuda (default: the run's).")
+@threads_option
 def predict_command(
     run_folder: Path, data_spec: str, out: Path | None, assignments: tuple[str, ...], device: str | None
 ) -> None:

@@ -116,7 +116,7 @@ def rebuild(
         )
     run = model.config
     # as the run did before building: any parameter a stage left untouched
-    torch.manual_seed(run.training_seed)
+    torch.manual_seed(run.seed_of("init"))
     rows = np.arange(len(cohort))
     everyone = Splits(train=rows[:0], val=rows[:0], test=rows)
     assembly = assemble(

@@ -17,7 +17,7 @@ from rich.table import Table
 
 from cdsf_bench.config import PRESETS, SELECTION_METRICS
 from cdsf_bench.data.conventions import TASKS
-from cdsf_bench.options import MethodCommand, method_flags, method_options, set_option
+from cdsf_bench.options import MethodCommand, method_flags, method_options, set_option, threads_option
 from cdsf_bench.progress import console, out
 from cdsf_bench.tune.plan import PRUNERS
 
@@ -66,6 +66,7 @@ if TYPE_CHECKING:
 )
 @click.option("--pruner", type=click.Choice(PRUNERS), default="median", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+@threads_option
 def tune_command(
     synth: str | None,
     diag: str | None,
