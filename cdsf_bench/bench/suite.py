@@ -16,7 +16,8 @@ one shared cohort, like real data, and the report corrects for the overlap (Nade
 A method may be an A/A copy of another (``aa_of``): the same components and settings under
 a second name, trained from independent training seeds (``seeds.init`` and ``seeds.batches``,
 whatever the suite pins them to) on the same replicates, so the same cohort and split. Its
-comparison with the original measures nothing but training noise and must contain 0 (an ``aa`` check, :mod:`cdsf_bench.bench.checks`).
+comparison with the original measures nothing but training noise and must contain 0 (an
+``aa`` check, :mod:`cdsf_bench.bench.checks`).
 
 A suite's hash (sha256 of its normalised content) identifies it across shards: shards of a
 suite may be run anywhere and merged only with shards of the same suite. A suite file is
