@@ -1,8 +1,8 @@
 """What this machine is: its processor's model and features, read once.
 
 Runs need to know whether bf16 autocast pays off here; ``cdsf-bench perf`` and every run's
-environment.json report the processor. Both read it from here, so /proc/cpuinfo is parsed
-in one place.
+environment.json report the processor (:func:`machine_record`). Both read it from here, so
+/proc/cpuinfo is parsed in one place.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import platform
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -43,11 +44,31 @@ def cpu_flags() -> dict[str, bool]:
     return {name: name in flags for name in BF16_FEATURES}
 
 
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what the platform calls the processor."""
+    return _cpuinfo()[0] or platform.processor() or platform.machine()
+
+
 def device_name(device: torch.device) -> str:
     """The GPU's name, or the CPU's model name."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return _cpuinfo()[0] or platform.processor() or platform.machine()
+    return cpu_model()
+
+
+def machine_record() -> dict[str, Any]:
+    """What environment.json records of this machine beyond versions: what sets a run's speed
+    and, through bf16 autocast and the thread count, its numbers.
+
+    Torch's intra-op count is ``torch_threads``; the inter-op count sits beside it, because a
+    run's floating-point reductions, hence its AUC, may differ with either.
+    """
+    return {
+        "cpu_model": cpu_model(),
+        "cpu_features": cpu_flags(),
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+    }
 
 
 def bf16_supported(device: torch.device) -> bool:
