@@ -17,13 +17,17 @@ from click.testing import CliRunner
 from cdsf_bench import host
 from cdsf_bench.bench.provenance import (
     FIELD_NAMES,
+    NO_RUN,
     SECTION_END,
     SECTION_START,
     UNKNOWN,
     comparison_warnings,
+    machine_blocks,
+    machine_section,
     provenance_of,
     write_machine_section,
 )
+from cdsf_bench.bench.render import Paragraph
 from cdsf_bench.bench.table import COLUMNS, RESULTS_FILE
 from cdsf_bench.cli import main
 from cdsf_bench.errors import InputError
@@ -245,3 +249,9 @@ def test_the_section_is_replaced_in_place_and_an_unclosed_one_refused(tmp_path: 
     missing = tmp_path / "new" / "README.md"
     write_machine_section(missing, f"{SECTION_START}\nnew\n{SECTION_END}\n")
     assert missing.read_text() == f"{SECTION_START}\nnew\n{SECTION_END}\n"
+
+
+def test_a_suite_without_a_finished_run_says_so(tmp_path: Path) -> None:
+    done = pd.DataFrame({"run_folder": [], "method": []})
+    assert machine_blocks(tmp_path, done)[-1] == Paragraph(NO_RUN)
+    assert NO_RUN in machine_section(tmp_path, done)

@@ -36,6 +36,7 @@ SECTION_START = (
 )
 SECTION_END = "<!-- end of the generated machine section -->"
 README = "README.md"
+NO_RUN = "No run finished, so no record says where one ran."
 
 
 @dataclass(frozen=True)
@@ -172,8 +173,7 @@ def machine_blocks(folder: Path, done: pd.DataFrame) -> list[Block]:
     )
     blocks: list[Block] = [Heading(2, "Machine and precision")]
     blocks += [Paragraph(f"Warning: {warning}") for warning in warnings]
-    if rows:
-        blocks.append(Table(columns, rows))
+    blocks.append(Table(columns, rows) if rows else Paragraph(NO_RUN))
     return blocks
 
 
@@ -215,7 +215,7 @@ def machine_section(folder: Path, done: pd.DataFrame) -> str:
             Paragraph(f"Differ between runs: {', '.join(differing) or 'nothing'}."),
         ]
     else:
-        blocks.append(Paragraph("No run finished, so no record says where it ran."))
+        blocks.append(Paragraph(NO_RUN))
     return f"{SECTION_START}\n\n{to_markdown(blocks)}\n{SECTION_END}\n"
 
 
