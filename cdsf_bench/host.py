@@ -2,10 +2,10 @@
 a process trains with.
 
 Runs need to know whether bf16 autocast pays off here; ``cdsf-bench perf`` and every run's
-environment.json report the processor. Both read it from here, so /proc/cpuinfo is parsed
-in one place. Every command that trains sets its thread count here (:func:`use_threads`),
-once per process before any work, and warns when the machine is busier than its cores
-(:func:`load_warning`); the rule is docs/scaling.md's "Threads on a shared machine".
+environment.json report the processor (:func:`machine_record`). Both read it from here, so
+/proc/cpuinfo is parsed in one place. Every command that trains sets its thread count here
+(:func:`use_threads`), once per process before any work, and warns when the machine is busier
+than its cores (:func:`load_warning`); the rule is docs/scaling.md's "Threads on a shared machine".
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import platform
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -49,11 +50,34 @@ def cpu_flags() -> dict[str, bool]:
     return {name: name in flags for name in BF16_FEATURES}
 
 
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what the platform calls the processor."""
+    return _cpuinfo()[0] or platform.processor() or platform.machine()
+
+
 def device_name(device: torch.device) -> str:
     """The GPU's name, or the CPU's model name."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return _cpuinfo()[0] or platform.processor() or platform.machine()
+    return cpu_model()
+
+
+def machine_record() -> dict[str, Any]:
+    """What environment.json records of this machine beyond versions: what sets a run's speed
+    and, through bf16 autocast and the thread count, its numbers.
+
+    Torch's intra-op count is ``torch_threads``; the inter-op count sits beside it, because a
+    run's floating-point reductions, hence its AUC, may differ with either. The OpenMP wait
+    policy (set by the CLI unless the user set one) changes speed only, and is recorded so a
+    timing can be read with it.
+    """
+    return {
+        "cpu_model": cpu_model(),
+        "cpu_features": cpu_flags(),
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
+    }
 
 
 def bf16_supported(device: torch.device) -> bool:

@@ -25,6 +25,7 @@ import pandas as pd
 import torch
 
 from cdsf_bench.errors import InputError
+from cdsf_bench.host import machine_record
 
 
 def _current_umask() -> int:
@@ -142,7 +143,7 @@ def source_commit() -> str | None:
 
 
 def environment(device: torch.device, plugins: list[dict[str, str]]) -> dict[str, Any]:
-    """Versions, device and commit: what a reader needs to reproduce or doubt a number."""
+    """Versions, machine, device and commit: what a reader needs to reproduce or doubt a number."""
 
     def version(name: str) -> str | None:
         try:
@@ -156,7 +157,7 @@ def environment(device: torch.device, plugins: list[dict[str, str]]) -> dict[str
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
+        **machine_record(),  # the CPU, its bf16 features, torch's thread counts
         "packages": {
             name: version(name)
             for name in ("cdsf-bench", "torch", "numpy", "nibabel", "nilearn", "scikit-learn", "pluggy")

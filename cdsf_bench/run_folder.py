@@ -10,7 +10,7 @@ way (``RunFolder(suite_folder / run_folder)``). The layout::
     config.toml        the resolved configuration (``run --config`` repeats the run)
     log.txt            timestamped log lines
     splits.csv         every subject's split
-    environment.json   versions, device, commit, precision
+    environment.json   versions, CPU and its bf16 features, torch threads, device, commit, precision
     data.json          what was read, split sizes, leak check, cache
     history.csv        one row per epoch and stage
     checkpoints/       last.pt, written after every epoch (``run --resume``)

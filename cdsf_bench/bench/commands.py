@@ -117,7 +117,8 @@ def export(folder: Path, dest: Path) -> None:
 
     DEST gets results.csv, suite.json, the report, comparisons, checks and figures, and per
     finished run metrics.json, predictions.csv, environment.json and the montage the report
-    shows; no checkpoints, no synthetic NIfTI. 'cdsf-bench report DEST' re-renders it.
+    shows; no checkpoints, no synthetic NIfTI. DEST's README.md (FOLDER's, else a new one) gets
+    a machine section generated from the runs' records. 'cdsf-bench report DEST' re-renders it.
     """
     from cdsf_bench.bench.export import export_results
 

@@ -1,4 +1,5 @@
-"""Figures of a suite report: pooled ROC curves, per-replicate strip plots, synthesis bars.
+"""Figures of a suite report: pooled ROC curves and reliability diagrams, per-replicate strip
+plots, synthesis bars.
 
 Drawn with the run figures' helpers (Agg backend, atomic PNG writes), so a report's figures
 look like a run's.
@@ -10,8 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from sklearn.calibration import calibration_curve
 
 from cdsf_bench.figures import plt, roc_figure, save_figure
+from cdsf_bench.metrics import ECE_BINS
 
 #: metrics of the strip plot and the synthesis bars, with their axis labels
 STRIP_METRICS = {"auc": "AUC", "bacc": "balanced accuracy"}
@@ -21,6 +24,28 @@ SYNTHESIS_METRICS = {"ssim": "SSIM", "psnr": "PSNR (dB)", "mae": "MAE ([0, 1] sc
 def pooled_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, task: str) -> Path:
     """ROC per method over the test subjects of every replicate pooled together."""
     return roc_figure(curves, path, f"{task}: test ROC, replicates pooled")
+
+
+def pooled_reliability(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, task: str) -> Path:
+    """Per method, the fraction of positives against the mean predicted probability in each of
+    ECE's equal-width bins (scikit-learn's ``calibration_curve``), the test subjects of every
+    replicate pooled; on the diagonal the probabilities mean what they say."""
+    figure, axis = plt.subplots(figsize=(4.8, 4.4))
+    axis.plot([0, 1], [0, 1], linestyle="--", color="0.5", linewidth=1, label="calibrated")
+    for method, (labels, probabilities) in curves.items():
+        observed, predicted = calibration_curve(labels, probabilities, n_bins=ECE_BINS, strategy="uniform")
+        axis.plot(predicted, observed, marker="o", markersize=3, label=method)
+    axis.set(
+        xlim=(0, 1),
+        ylim=(0, 1),
+        xlabel="mean predicted probability (bin)",
+        ylabel="fraction positive",
+        title=f"{task}: reliability, replicates pooled",
+    )
+    axis.legend(fontsize=7, loc="upper left")
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    return save_figure(figure, path)
 
 
 def strip_plot(done: pd.DataFrame, methods: list[str], path: Path, task: str) -> Path:

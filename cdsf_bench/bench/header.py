@@ -64,7 +64,7 @@ def header_blocks(folder: Path, results: pd.DataFrame, done: pd.DataFrame, refer
     hardware = ", ".join(
         str(part)
         for part in (
-            env.get("gpu") or env.get("processor"),
+            env.get("gpu") or env.get("cpu_model") or env.get("processor"),
             f"{env['cpu_count']} CPU cores" if env.get("cpu_count") else None,
             f"device {env['device']}" if env.get("device") else None,
             env.get("platform"),

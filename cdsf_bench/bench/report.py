@@ -2,7 +2,9 @@
 
 Read from a suite folder (``results.csv``, ``suite.json`` and the run folders), written to
 ``report.md`` (figures linked from ``figures/``), ``report.html`` (one file, figures embedded)
-and ``comparisons.csv`` (every paired test, one row per method and replicate).
+and ``comparisons.csv`` (every paired test, one row per method and replicate). Each run's
+precision, threads, torch and device head the report, with a warning where the compared runs
+differ in them (:mod:`cdsf_bench.bench.provenance`).
 
 Pairing: a method is compared with the reference within each replicate (the same task and
 seed or fold, hence the same split) on the test subjects both predicted, matched by
@@ -47,7 +49,7 @@ from cdsf_bench.bench.checks import (
     evaluate_checks,
 )
 from cdsf_bench.bench.external import EXTERNAL, external_runs, shift_blocks
-from cdsf_bench.bench.figures import pooled_roc, strip_plot, synthesis_bars
+from cdsf_bench.bench.figures import pooled_reliability, pooled_roc, strip_plot, synthesis_bars
 from cdsf_bench.bench.header import header_blocks
 from cdsf_bench.bench.inputs import (
     groups,
@@ -58,6 +60,7 @@ from cdsf_bench.bench.inputs import (
     require_run_files,
     synthesising_methods,
 )
+from cdsf_bench.bench.provenance import machine_blocks
 from cdsf_bench.bench.render import Block, Figure, Heading, Paragraph, Table, to_html, to_markdown
 from cdsf_bench.bench.stats import (
     ALPHA,
@@ -248,6 +251,13 @@ def _figures(folder: Path, task: str, done: pd.DataFrame, methods: list[str]) ->
     blocks.append(
         Figure(f"figures/{task}_roc.png", f"{task}: ROC curves, test subjects of all replicates pooled")
     )
+    pooled_reliability(curves, figures / f"{task}_reliability.png", task)
+    blocks.append(
+        Figure(
+            f"figures/{task}_reliability.png",
+            f"{task}: reliability diagram, test subjects of all replicates pooled",
+        )
+    )
     strip_plot(done, methods, figures / f"{task}_strip.png", task)
     blocks.append(
         Figure(f"figures/{task}_strip.png", f"{task}: AUC and balanced accuracy per replicate (bar: mean)")
@@ -290,6 +300,7 @@ def build_report(
     require_run_files(folder, done)
     reference = choose_reference(results, reference, default)
     blocks = header_blocks(folder, results, done, reference)
+    blocks += machine_blocks(folder, done)  # warns when the compared runs differ in precision
     suite = suite_record(Path(folder)).get("suite", {})
     designs: dict[tuple[str, str], Design] = {}
     paired_of: dict[tuple[str, str], pd.DataFrame] = {}
