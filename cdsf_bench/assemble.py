@@ -22,6 +22,7 @@ from cdsf_bench.distributed import SINGLE_PROCESS, Cluster, global_sum
 from cdsf_bench.errors import InputError
 from cdsf_bench.host import bf16_supported
 from cdsf_bench.interfaces import Cohort, Coupling, DataSource, TrainingContext
+from cdsf_bench.recipe import NO_RECIPE, Recipe
 from cdsf_bench.registry import Registry
 from cdsf_bench.settings import RunConfig
 
@@ -168,6 +169,8 @@ class Assembly:
     #: whether the networks were compiled (``precision.compile``), and if asked but not, why
     compiled: bool = False
     eager_because: str | None = None
+    #: what the engine adds around the coupling's steps (``[train]`` and ``[evaluate]``)
+    recipe: Recipe = NO_RECIPE
 
 
 def assemble(
@@ -230,4 +233,4 @@ def assemble(
     if precision.compile:
         eager_because = compile_in_place(coupling.modules().values(), device)
     compiled = precision.compile and eager_because is None
-    return Assembly(pipeline, context, coupling, channels_last, compiled, eager_because)
+    return Assembly(pipeline, context, coupling, channels_last, compiled, eager_because, Recipe.of(run))

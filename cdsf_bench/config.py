@@ -26,6 +26,7 @@ from cdsf_bench.interfaces import DataSettings, Method
 from cdsf_bench.ranges import MAX_SEED, Range, check_section, check_value
 from cdsf_bench.registry import Registry
 from cdsf_bench.settings import (
+    PATIENCE_FROM,
     TRACK,
     AugmentSettings,
     EvaluateSettings,
@@ -294,6 +295,10 @@ def _validate_values(config: dict) -> None:
     if train["select_on"] not in SELECTION_METRICS:
         raise ConfigError(
             f"train.select_on '{train['select_on']}' is not one of {', '.join(SELECTION_METRICS)}."
+        )
+    if train["patience_from"] not in PATIENCE_FROM:
+        raise ConfigError(
+            f"train.patience_from '{train['patience_from']}' is not one of {', '.join(PATIENCE_FROM)}."
         )
     split = config["split"]
     if not split["val"] + split["test"] < 1:

@@ -17,6 +17,7 @@ rebuild the trained model (``cdsf_bench.predict.trained``); ``format`` says whic
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import math
@@ -30,7 +31,7 @@ import pandas as pd
 import torch
 from rich.progress import Progress
 
-from cdsf_bench import distributed
+from cdsf_bench import batchnorm, distributed
 from cdsf_bench.checkpoints import CHECKPOINT_FORMAT, check_format, load_modules
 from cdsf_bench.data.pipeline import DevicePipeline
 from cdsf_bench.data.regions import hypometabolism_masks
@@ -48,6 +49,7 @@ from cdsf_bench.metrics import (
     synthesis_metrics,
 )
 from cdsf_bench.progress import DONE_BEFORE, make_progress, print_progress_line
+from cdsf_bench.recipe import NO_RECIPE, Averages, Recipe, scaled_learning_rates
 from cdsf_bench.results import load_torch, save_torch
 from cdsf_bench.run_folder import RunFolder
 
@@ -208,7 +210,8 @@ class Trainer:
 
     ``on_epoch`` is called once an epoch's checkpoint and history are written, so it may
     stop training by raising (``cdsf-bench tune`` prunes a trial that way) and leave a run
-    folder that resumes.
+    folder that resumes. ``recipe`` adds the engine's remedies around the coupling's steps
+    (``cdsf_bench.recipe``; none by default).
     """
 
     def __init__(
@@ -219,8 +222,10 @@ class Trainer:
         *,
         cluster: Cluster = SINGLE_PROCESS,
         on_epoch: EpochCallback | None = None,
+        recipe: Recipe = NO_RECIPE,
     ) -> None:
         self.coupling = coupling
+        self.recipe = recipe
         self.pipeline = pipeline
         self.folder = folder
         self.cluster = cluster
@@ -231,10 +236,14 @@ class Trainer:
         self.history: list[dict] = []
         #: per stage: its best epoch and validation value (metrics.json "selection")
         self.selections: list[dict] = []
+        #: the weight averages of the stage in training (``recipe.ema_decay``), checkpointed
+        self.averages: Averages | None = None
+        self._resumed_averages: dict | None = None
 
     # -- checkpointing -------------------------------------------------------------------
 
     def _state(self, stage_index: int, next_epoch: int, best: dict) -> dict:
+        averaged = {} if self.averages is None else {"averaged": self.averages.state_dict()}
         return {
             "format": CHECKPOINT_FORMAT,
             # the one input a coupling takes from the training data besides its modules' state
@@ -254,6 +263,7 @@ class Trainer:
                 }
                 for s in self.stages
             ],
+            **averaged,
         }
 
     def _restore(self, state: dict) -> None:
@@ -268,6 +278,7 @@ class Trainer:
                 scheduler.load_state_dict(saved["schedulers"][key])
         self.history = list(state["history"])
         self.selections = list(state["selections"])
+        self._resumed_averages = state.get("averaged")
         torch.set_rng_state(state["torch_rng"])
 
     def _save(self, state: dict) -> None:
@@ -308,6 +319,10 @@ class Trainer:
         )
         n_batches = self.pipeline.n_train_batches(stage.subjects, stage.labels)
         batch_task = progress.add_task("  batches", total=n_batches, status="")
+        recipe = self.recipe
+        self.averages = Averages(stage.modules, recipe.ema_decay) if recipe.ema_decay else None
+        if self.averages is not None and first_epoch and self._resumed_averages is not None:
+            self.averages.load_state_dict(self._resumed_averages)
         for epoch in range(first_epoch, stage.epochs):
             if best["stale"] is not None and patience is not None and best["stale"] > patience:
                 break
@@ -319,7 +334,10 @@ class Trainer:
             sums: dict[str, float] = {}
             progress.reset(batch_task, total=n_batches)
             for step, batch in enumerate(self.pipeline.train_batches(epoch, stage.subjects, stage.labels)):
-                losses = _to_floats(stage.step(batch))
+                with scaled_learning_rates(stage.optimisers, recipe.warmup_factor(epoch, step, n_batches)):
+                    losses = _to_floats(stage.step(batch))
+                if self.averages is not None:
+                    self.averages.update()
                 for key, value in losses.items():
                     if not math.isfinite(value):
                         self._fail(stage, epoch, step, key, value)
@@ -329,20 +347,21 @@ class Trainer:
                 scheduler.step()
             sums = distributed.average_scalars(sums, self.cluster)
             train_losses = {f"train_{k}": v / n_batches for k, v in sums.items()}
-            val = self._validate(stage)
-            value = val[f"val_{stage.select_on}"]
-            tie = val.get(f"val_{tie_break}") if tie_break is not None else None
-            improved = _improves(value, tie, best, higher, tie_higher)
-            if improved:
-                best = {
-                    "value": value,
-                    "tie": tie,
-                    "epoch": epoch,
-                    "stale": 0,
-                    "modules": {k: copy.deepcopy(m.state_dict()) for k, m in stage.modules.items()},
-                }
-            else:
-                best["stale"] = (best["stale"] or 0) + 1
+            with self.averages.swapped_in() if self.averages is not None else contextlib.nullcontext():
+                val = self._validate(stage)
+                value = val[f"val_{stage.select_on}"]
+                tie = val.get(f"val_{tie_break}") if tie_break is not None else None
+                improved = _improves(value, tie, best, higher, tie_higher)
+                if improved:
+                    best = {
+                        "value": value,
+                        "tie": tie,
+                        "epoch": epoch,
+                        "stale": 0,
+                        "modules": {k: copy.deepcopy(m.state_dict()) for k, m in stage.modules.items()},
+                    }
+                elif recipe.counts_towards_patience(stage.select_on, best["value"]):
+                    best["stale"] = (best["stale"] or 0) + 1
             row = {
                 "stage": stage.name,
                 "epoch": epoch,
@@ -364,6 +383,11 @@ class Trainer:
         if best["modules"] is not None:
             for key, module in stage.modules.items():
                 module.load_state_dict(best["modules"][key])
+        self.averages = None
+        reestimated = {}
+        if recipe.batchnorm_reestimation:
+            layers = batchnorm.reestimate(self.coupling, self.pipeline, stage.modules, stage.subjects)
+            reestimated = {"batchnorm_reestimated": layers}
         stage_summary = {
             "stage": stage.name,
             "best_epoch": best["epoch"],
@@ -371,6 +395,7 @@ class Trainer:
             "value": best["value"],
             "tie_break": tie_break,
             "tie_break_value": best.get("tie"),
+            **reestimated,
         }
         self.selections.append(stage_summary)
         # the next stage starts from here: record it so a resume does not repeat this stage

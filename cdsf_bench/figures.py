@@ -1,4 +1,4 @@
-"""The PNG figures of a run: ROC curve, learning curves and an MRI / PET slice montage.
+"""The PNG figures of a run: ROC curve, reliability diagram, learning curves and an MRI / PET slice montage.
 
 Each figure is meant to be read without the code: metrics of different scales on their
 own axes, images with their slice position, orientation and SUVR colour bar.
@@ -176,5 +176,24 @@ def slice_montage(
                 axis.set_title(columns[column], fontsize=9)
         axes[row, 0].set_ylabel(str(subject["title"]), fontsize=8)
         axes[row, 0].set_xlabel(f"axial, z = {z_mm:+.0f} mm (MNI; S up, I down)", fontsize=7)
+    figure.tight_layout()
+    return save_figure(figure, path)
+
+
+def reliability_diagram(table: pd.DataFrame, path: Path, title: str) -> Path:
+    """The fraction of positives against the mean predicted probability per bin
+    (``metrics.reliability_table``), each bin's share of the subjects as a bar beneath:
+    a calibrated model's points lie on the diagonal."""
+    figure, (axis, share) = plt.subplots(
+        2, 1, figsize=(4.6, 5.4), sharex=True, gridspec_kw={"height_ratios": (3, 1)}
+    )
+    filled = table[table["subjects"] > 0]
+    axis.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="calibrated")
+    axis.plot(filled["mean_probability"], filled["fraction_positive"], marker="o", label="test subjects")
+    axis.set(ylabel="fraction positive", title=title, xlim=(0, 1), ylim=(-0.02, 1.02))
+    axis.legend(loc="upper left", fontsize=8)
+    total = max(int(table["subjects"].sum()), 1)
+    share.bar(table["low"], table["subjects"] / total, width=table["high"] - table["low"], align="edge")
+    share.set(xlabel="predicted probability of the positive class", ylabel="share of subjects")
     figure.tight_layout()
     return save_figure(figure, path)

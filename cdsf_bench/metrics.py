@@ -73,6 +73,9 @@ HIGHER_IS_BETTER = {
     "pet_specific_r": True,
     "pet_specific_r_real": True,
 }
+#: The value of a selection metric that a prediction unrelated to the label reaches on average
+#: (``train.patience_from``); the synthesis metrics have none.
+CHANCE_LEVEL = {"auc": 0.5, "bacc": 0.5, "mcc": 0.0}
 #: The metric that breaks a tie in a stage's selection metric. A rank or threshold metric of
 #: a few dozen validation subjects saturates (AUC 1.0 is reached early and kept): every later
 #: epoch then ties with the first, and keeping the first keeps an undertrained model. The
@@ -118,20 +121,51 @@ def expected_calibration_error(labels: np.ndarray, probability: np.ndarray, bins
     """Expected calibration error of the probability of the positive class.
 
     The unit interval is cut into ``bins`` equal-width bins ([0, 1/bins), ..., the last one
-    closed at 1); in each non-empty bin the mean predicted probability is compared with the
-    fraction of positives, and the absolute gaps are averaged with the bins' shares of the
-    subjects as weights: ECE = sum_b (n_b / n) |mean(y in b) - mean(p in b)|. 0 for a
-    perfectly calibrated model; it depends on the binning, hence the fixed bins.
+    closed at 1; :func:`reliability_table` lists them); in each non-empty bin the mean
+    predicted probability is compared with the fraction of positives, and the absolute gaps
+    are averaged with the bins' shares of the subjects as weights:
+    ECE = sum_b (n_b / n) |mean(y in b) - mean(p in b)|. 0 for a perfectly calibrated model;
+    it depends on the binning, hence the fixed bins.
     """
     labels = np.asarray(labels, dtype=float)
-    probability = np.asarray(probability, dtype=float)
     if len(labels) == 0:
         return math.nan
-    which = np.clip(np.floor(probability * bins).astype(int), 0, bins - 1)
+    _, positives, predicted = _calibration_bins(labels, probability, bins)
     # (n_b / n) |positives_b / n_b - predicted_b / n_b| = |positives_b - predicted_b| / n
+    return float(np.abs(positives - predicted).sum() / len(labels))
+
+
+def reliability_table(labels: np.ndarray, probability: np.ndarray, bins: int = ECE_BINS) -> pd.DataFrame:
+    """The reliability diagram's data: per bin of :func:`expected_calibration_error` its
+    edges (``low``, ``high``), its number of ``subjects``, their ``mean_probability`` and
+    the ``fraction_positive`` among them (both NaN in an empty bin). Left-closed bins, the
+    last closed at 1 (scikit-learn's ``calibration_curve`` closes them on the right)."""
+    counts, positives, predicted = _calibration_bins(np.asarray(labels, dtype=float), probability, bins)
+    edges = np.arange(bins + 1) / bins
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_probability, fraction_positive = predicted / counts, positives / counts
+    return pd.DataFrame(
+        {
+            "bin": np.arange(bins),
+            "low": edges[:-1],
+            "high": edges[1:],
+            "subjects": counts.astype(int),
+            "mean_probability": np.where(counts > 0, mean_probability, np.nan),
+            "fraction_positive": np.where(counts > 0, fraction_positive, np.nan),
+        }
+    )
+
+
+def _calibration_bins(
+    labels: np.ndarray, probability: np.ndarray, bins: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per equal-width bin of the probability: subjects, positives and the sum of the probabilities."""
+    probability = np.asarray(probability, dtype=float)
+    which = np.clip(np.floor(probability * bins).astype(int), 0, bins - 1)
+    counts = np.bincount(which, minlength=bins).astype(float)
     positives = np.bincount(which, weights=labels, minlength=bins)
     predicted = np.bincount(which, weights=probability, minlength=bins)
-    return float(np.abs(positives - predicted).sum() / len(labels))
+    return counts, positives, predicted
 
 
 def subgroup_metrics(

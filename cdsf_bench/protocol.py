@@ -135,7 +135,8 @@ def train(
     ``on_epoch`` sees each epoch's history row as it is written; with ``replay``, a resumed
     training first shows it the epochs the checkpoint holds, as if they ran now.
     """
-    trainer = Trainer(assembly.coupling, assembly.pipeline, folder, cluster=cluster, on_epoch=on_epoch)
+    coupling, pipeline, recipe = assembly.coupling, assembly.pipeline, assembly.recipe
+    trainer = Trainer(coupling, pipeline, folder, cluster=cluster, on_epoch=on_epoch, recipe=recipe)
     if resume and replay and on_epoch is not None:
         stages = {stage.name: stage for stage in trainer.stages}
         for row in earlier_history(folder.path):

@@ -25,9 +25,9 @@ from cdsf_bench.data.labels import UNLABELLED
 from cdsf_bench.data.nifti import to_native
 from cdsf_bench.data.pipeline import DevicePipeline
 from cdsf_bench.engine import Evaluation, EvaluationSettings, Trainer, evaluate
-from cdsf_bench.figures import learning_curves, roc_figure, slice_montage
+from cdsf_bench.figures import learning_curves, reliability_diagram, roc_figure, slice_montage
 from cdsf_bench.interfaces import Cohort, Coupling, TrainingStage
-from cdsf_bench.metrics import youden_threshold
+from cdsf_bench.metrics import reliability_table, youden_threshold
 from cdsf_bench.predict.apply import HELD_OUT, HeldOut, predict_held_out, prediction_table, summary
 from cdsf_bench.registry import Registry
 from cdsf_bench.results import environment
@@ -319,10 +319,11 @@ def _write_test_outputs(
     test: Evaluation,
     held_out: HeldOut | None = None,
 ) -> None:
-    """predictions.csv, the figures and the synthetic PET of the test split.
+    """predictions.csv, reliability.csv, the figures and the synthetic PET of the test split.
 
-    With a held-out phantom cohort, predictions.csv and the ROC are the held-out cohort's and
-    the test split's table is predictions_test_split.csv; the synthetic PET stays the test split's.
+    With a held-out phantom cohort, predictions.csv, the ROC and the reliability bins are the
+    held-out cohort's and the test split's table is predictions_test_split.csv; the synthetic
+    PET stays the test split's.
     """
     predictions = prediction_table(test.predictions, cohort)
     if held_out is not None:
@@ -334,6 +335,9 @@ def _write_test_outputs(
         folder.figure("roc"),
         f"{run.task} test ROC",
     )
+    reliability = reliability_table(predictions["label"].to_numpy(), predictions["probability"].to_numpy())
+    folder.write_reliability(reliability)
+    reliability_diagram(reliability, folder.figure("reliability"), f"{run.task} test reliability")
     if history:
         learning_curves(pd.DataFrame(history), folder.figure("learning_curves"))
     if not test.synthetic:

@@ -17,8 +17,10 @@ way (``RunFolder(suite_folder / run_folder)``). The layout::
     failure.json       where a non-finite loss stopped the run, if one did
     metrics.json       the test metrics (written last: a run is finished when it exists)
     predictions.csv    one row per test subject
+    reliability.csv    the test predictions' calibration bins (``metrics.reliability_table``):
+                       bin, low, high, subjects, mean_probability, fraction_positive
     timing.json        wall and data seconds
-    figures/           roc.png, learning_curves.png, montage.png
+    figures/           roc.png, reliability.png, learning_curves.png, montage.png
     synth/             synthetic PET of the test subjects as NIfTI (SUVR units, MNI grid; with
                        evaluate.native_space also *_space-T1w_* on each subject's MRI grid)
     predictions_test_split.csv   with evaluate.phantom_test_subjects: the test split's predictions,
@@ -66,6 +68,7 @@ METRICS = "metrics.json"
 PREDICTIONS = "predictions.csv"
 TEST_SPLIT_PREDICTIONS = "predictions_test_split.csv"
 PREDICTION_RECORD = "prediction.json"
+RELIABILITY = "reliability.csv"
 TIMING = "timing.json"
 FIGURES = "figures"
 SYNTH = "synth"
@@ -174,6 +177,10 @@ class RunFolder:
         return self.path / (TEST_SPLIT_PREDICTIONS if test_split else PREDICTIONS)
 
     @property
+    def reliability_path(self) -> Path:
+        return self.path / RELIABILITY
+
+    @property
     def finished(self) -> bool:
         """A run is finished when its metrics.json exists: it is written last."""
         return self.metrics_path.exists()
@@ -234,6 +241,12 @@ class RunFolder:
         if not path.is_file():
             raise InputError(f"Run folder {self.path} has no {path.name}.")
         return self._read_csv(path, dtype={"participant_id": str})
+
+    def reliability(self) -> pd.DataFrame:
+        """reliability.csv: the calibration bins of the test predictions (one row per bin)."""
+        if not self.reliability_path.is_file():
+            raise InputError(f"Run folder {self.path} has no {RELIABILITY}.")
+        return self._read_csv(self.reliability_path)
 
     def splits(self) -> pd.DataFrame:
         """splits.csv: every subject's split, participant ids as written (no value read as missing)."""
@@ -307,6 +320,9 @@ class RunFolder:
     def write_predictions(self, table: pd.DataFrame, *, test_split: bool = False) -> None:
         """The per-subject predictions (see :meth:`predictions_path`)."""
         self._csv(self.predictions_path(test_split=test_split).name, table)
+
+    def write_reliability(self, table: pd.DataFrame) -> None:
+        self._csv(RELIABILITY, table)
 
     def write_prediction_record(self, record: dict[str, Any]) -> None:
         """prediction.json: what a prediction folder applied to what."""

@@ -33,6 +33,8 @@ DATA_SPEC = "phantom"
 #: benchmarks/suites/cdsf-synthesis-defaults.toml (docs/methods.md). Not a source's setting:
 #: neither in DataSettings nor in the cache key.
 SYNTHESIS_SUBJECTS = "all_diagnoses"
+#: ``train.patience_from``: when epochs without improvement start to count (cdsf_bench/recipe.py)
+PATIENCE_FROM = ("start", "above_chance")
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,13 @@ class TrainSettings:
     learning_rate: float = field(default=1e-3, metadata=within(0.0, 10.0, low_open=True))
     patience: int = field(default=8, metadata=within(0, 100_000))  # 0: no early stopping
     select_on: SelectionMetric = "auc"
+    # the training recipe (cdsf_bench/recipe.py): a linear learning-rate warm-up over this many
+    # epochs (0: none); the decay of an exponential moving average of the weights, validated
+    # and selected in their place (0: none); when epochs without improvement start to count
+    # towards patience, "start" or "above_chance"
+    warmup_epochs: int = field(default=0, metadata=within(0, 100_000))
+    ema_decay: float = field(default=0.0, metadata=within(0.0, 1.0, high_open=True))
+    patience_from: str = "start"
 
 
 @dataclass(frozen=True)
@@ -85,6 +94,9 @@ class EvaluateSettings:
     native_space: bool = False
     # test on a fresh phantom cohort of this many subjects (0: the test split)
     phantom_test_subjects: int = field(default=0, metadata=within(0, 1_000_000))
+    # re-estimate every batch-norm layer's running statistics of a stage's modules on its
+    # training subjects once its selected state is restored (cdsf_bench/batchnorm.py)
+    batchnorm_reestimation: bool = False
 
 
 #: a ``[seeds]`` value that leaves the source to the seed it derives from

@@ -63,6 +63,8 @@ LAYERS: tuple[tuple[str, frozenset[str], frozenset[str]], ...] = (
         frozenset(
             {
                 "cdsf_bench.engine",
+                "cdsf_bench.recipe",
+                "cdsf_bench.batchnorm",
                 "cdsf_bench.checkpoints",
                 "cdsf_bench.assemble",
                 "cdsf_bench.preflight",

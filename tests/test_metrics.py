@@ -8,7 +8,14 @@ import pytest
 from skimage.metrics import structural_similarity
 from sklearn.metrics import roc_auc_score
 
-from cdsf_bench.metrics import auc_interval, diagnosis_metrics, synthesis_metrics, youden_threshold
+from cdsf_bench.metrics import (
+    auc_interval,
+    diagnosis_metrics,
+    expected_calibration_error,
+    reliability_table,
+    synthesis_metrics,
+    youden_threshold,
+)
 
 
 def test_diagnosis_metrics_by_hand():
@@ -120,3 +127,15 @@ def test_regional_uptake_is_the_mask_mean_on_the_unit_scale():
     mask = np.zeros((4, 4, 4), dtype=bool)
     mask[0, 0, :2] = mask[1, 0, :2] = True
     assert regional_uptake(volume, {"a": mask}) == {"a": pytest.approx(0.5)}
+
+
+def test_reliability_table_bins_are_those_of_the_ece():
+    labels = np.array([0, 0, 1, 1, 1, 0, 1])
+    probability = np.array([0.05, 0.1, 0.15, 0.55, 0.95, 0.9, 1.0])
+    table = reliability_table(labels, probability)
+    assert table["subjects"].tolist() == [1, 2, 0, 0, 0, 1, 0, 0, 0, 3]  # left-closed, 1.0 in the last
+    assert table["subjects"].sum() == len(labels) and np.isnan(table["mean_probability"][2])
+    filled = table[table["subjects"] > 0]
+    gaps = (filled["fraction_positive"] - filled["mean_probability"]).abs() * filled["subjects"] / len(labels)
+    assert gaps.sum() == pytest.approx(expected_calibration_error(labels, probability))
+    assert table["fraction_positive"][9] == pytest.approx(2 / 3)

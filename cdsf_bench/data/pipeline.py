@@ -251,6 +251,15 @@ class DevicePipeline:
         for rows in self._eval_chunks(split, subjects, groups):
             yield self._layout(self._batch(rows, None))
 
+    def reference_batches(self, subjects: Subjects = "all") -> Iterator[Batch]:
+        """Every training subject, labelled or not, unaugmented and in cohort order, as
+        evaluation batches them, in batches of batch_size to 2*batch_size-1 (never 1): the
+        same batches on every process (``cdsf_bench.batchnorm``, whose statistics must not
+        depend on the process)."""
+        rows = self.rows("train", subjects)
+        for chunk in np.array_split(rows, max(1, len(rows) // self.batch_size)) if len(rows) else []:
+            yield self._layout(self._batch(chunk, None))
+
     def _eval_chunks(self, split: str, subjects: Subjects, groups: Sequence[np.ndarray]) -> list[np.ndarray]:
         """The rows of each batch ``eval_batches`` yields to this process.
 
