@@ -195,8 +195,8 @@ class JointCoupling(Coupling):
         """The class index, or under reading (b) the (class, source) index."""
         return label * 2 + int(synthetic) if self.head == "class_source" else label
 
-    def _diagnose(self, mri: Tensor, pet: Tensor, acquired: Tensor) -> DiagnoserOutput:
-        """D(x, p), given under ``pet_indicator`` which subjects' p is their acquired PET."""
+    def _diagnose(self, mri: Tensor, pet: Tensor, acquired: Tensor | None = None) -> DiagnoserOutput:
+        """D(x, p); under ``pet_indicator`` ``acquired`` says which subjects' p is their acquired PET."""
         return diagnose(self.diagnoser, self.context, mri, pet, acquired if self.pet_indicator else None)
 
     def diagnoser_loss(self, batch: Batch, synthetic: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
