@@ -123,7 +123,7 @@ def test_the_indicator_is_one_exactly_where_the_pet_is_acquired() -> None:
     batch = _batch()
     for coupling in (_decoupled(pet_indicator=True), _decoupled(synthetic_pairs="all", pet_indicator=True)):
         seen: list[torch.Tensor] = []
-        coupling.diagnoser.register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+        coupling.diagnoser.register_forward_pre_hook(lambda _, args, seen=seen: seen.append(args[0]))
         mri, channel, _ = coupling.training_pairs(batch)
         coupling._diagnose(mri, channel)
         (inputs,) = seen
