@@ -24,7 +24,7 @@ from cdsf_bench.interfaces import Batch, Cohort
 from cdsf_bench.registry import default_registry
 from cdsf_bench.settings import AugmentSettings
 from cdsf_plugins.cdsf import JointCoupling
-from cdsf_plugins.common import positive_probability
+from cdsf_plugins.common import cohort_halves, positive_probability
 from cdsf_plugins.ism import ISM
 from cdsf_plugins.mdm import MDM
 
@@ -202,16 +202,15 @@ def test_every_coupling_trains_on_a_cohort_with_unlabelled_subjects(name: str):
 
 
 def test_halves_are_fixed_per_subject_and_unrelated_to_the_row_order():
-    coupling = _coupling(synthetic_pairs="cross_fitted")
     rows = torch.arange(200)
     batch = Batch(
         torch.zeros(200, 1, 1, 1, 1), torch.zeros(200, 1, 1, 1, 1), torch.ones(200).bool(), rows * 0, rows
     )
-    halves = coupling.halves(batch)
+    halves = cohort_halves(batch)
     assert 80 < int(halves.sum()) < 120
     assert abs(float(halves[::2].float().mean()) - float(halves[1::2].float().mean())) < 0.2
     reversed_rows = batch.take(torch.arange(199, -1, -1))
-    assert torch.equal(coupling.halves(reversed_rows), halves.flip(0))
+    assert torch.equal(cohort_halves(reversed_rows), halves.flip(0))
 
 
 def test_cross_fitted_pairs_come_from_the_generator_of_the_other_half():
@@ -222,7 +221,7 @@ def test_cross_fitted_pairs_come_from_the_generator_of_the_other_half():
     optimised = {id(p) for group in coupling.optimise_synthesiser.param_groups for p in group["params"]}
     assert optimised == {id(p) for g in coupling.synthesisers for p in g.parameters()}
     batch = _batch()
-    halves = coupling.halves(batch)
+    halves = cohort_halves(batch)
     assert 0 < int(halves.sum()) < len(batch)
     own, other = coupling.synthesise(batch)
     assert own.requires_grad and not other.requires_grad
@@ -239,7 +238,7 @@ def test_a_cross_fitted_generator_learns_from_its_own_half_alone():
     batch = _batch()
     batch = _fully_labelled(batch, [0, 1, 1, 1, 0, 1])
     coupling = _coupling(synthetic_pairs="cross_fitted", **EVERY_TERM)
-    halves = coupling.halves(batch)
+    halves = cohort_halves(batch)
     changed = copy.copy(batch)
     flip = (halves == 1).view(-1, 1, 1, 1, 1)
     changed.pet = torch.where(flip, -batch.pet, batch.pet)

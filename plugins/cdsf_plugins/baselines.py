@@ -64,18 +64,24 @@ from cdsf_bench.errors import InputError
 from cdsf_bench.interfaces import DiagnoserFactory, PetSource, SynthesiserFactory
 from cdsf_plugins.common import (
     PREDICT_WITH,
+    SYNTHETIC_PAIRS,
     AdversarialCritic,
+    FeatureCritic,
+    acquired_where,
     check_choice,
+    cohort_halves,
     diagnose,
     diagnoser_optimiser,
     fill_pet,
     has_batch_norm,
     has_own_objective,
     own_objective,
+    own_objective_by_half,
     patch_critic,
     positive_probability,
     real_where,
     selected_stage,
+    through_halves,
 )
 from cdsf_plugins.memo import FrozenOutputs
 
@@ -91,13 +97,16 @@ class PetChannel(NamedTuple):
 class DiagnosisCoupling(Coupling):
     """A diagnoser trained with cross-entropy on (x, p); subclasses say what p is.
 
-    ``in_channels`` is 2 (MRI and PET) unless a subclass reads the MRI alone. The one
-    training stage, "diagnosis", sees the subjects named by the class's ``subjects``
-    and selects on the run's metric.
+    ``in_channels`` is 2 (MRI and PET) unless a subclass reads the MRI alone; one more with
+    ``pet_indicator`` (the PET-acquired channel, common.diagnose), which a subclass that
+    offers the setting stores before this constructor builds D. The one training stage,
+    "diagnosis", sees the subjects named by the class's ``subjects`` and selects on the
+    run's metric.
     """
 
     needs_synthesiser = False
     in_channels = 2
+    pet_indicator = False
 
     def __init__(
         self,
@@ -108,13 +117,22 @@ class DiagnosisCoupling(Coupling):
         weight_decay: float = 1e-4,
     ) -> None:
         super().__init__(context, build_synthesiser, build_diagnoser)
-        self.diagnoser = build_diagnoser(self.in_channels)
+        self.diagnoser = build_diagnoser(self.in_channels + int(self.pet_indicator))
         self.batch_norm = has_batch_norm(self.diagnoser)
         self.optimise_diagnoser = diagnoser_optimiser(self.diagnoser, context, weight_decay)
 
     @abstractmethod
     def pet_channel(self, batch: Batch, training: bool) -> PetChannel:
         """The PET channel for ``batch``; ``training`` tells a training step from a prediction."""
+
+    def training_pairs(self, batch: Batch) -> tuple[Tensor, PetChannel, Tensor]:
+        """The MRI, PET channel and labels of the pairs one step learns from: each subject's own."""
+        return batch.mri, self.pet_channel(batch, training=True), batch.label
+
+    def _diagnose(self, mri: Tensor, channel: PetChannel) -> Tensor:
+        """D's logits on (x, p), and the PET-acquired channel under ``pet_indicator``."""
+        acquired = acquired_where(channel.sources, mri.device) if self.pet_indicator else None
+        return diagnose(self.diagnoser, self.context, mri, channel.pet, acquired).logits
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"diagnoser": self.diagnoser}
@@ -132,18 +150,17 @@ class DiagnosisCoupling(Coupling):
         ]
 
     def step(self, batch: Batch) -> Mapping[str, Tensor]:
-        """One update of D on L_D = CE(D(x, p), c), averaged over the whole batch.
+        """One update of D on L_D = CE(D(x, p), c) over the step's pairs, averaged over the batch.
 
-        A share of one subject (data parallelism over small batches) is not shown to a
+        A forward of one pair (data parallelism over small batches) is not shown to a
         batch-norm diagnoser in training mode (``skipped_single``); it still takes part in
         the gradient average with nothing.
         """
-        skipped = len(batch) == 1 and self.batch_norm
+        mri, channel, label = self.training_pairs(batch)
+        skipped = len(mri) == 1 and self.batch_norm
         losses = batch.mri.new_zeros(0)
-        if not skipped:
-            channel = self.pet_channel(batch, training=True)
-            logits = diagnose(self.diagnoser, self.context, batch.mri, channel.pet).logits
-            losses = F.cross_entropy(logits.float(), batch.label, reduction="none")
+        if len(mri) and not skipped:
+            losses = F.cross_entropy(self._diagnose(mri, channel).float(), label, reduction="none")
         loss = self.context.mean(losses)
         self.optimise_diagnoser.zero_grad(set_to_none=True)
         if loss.requires_grad:
@@ -153,7 +170,7 @@ class DiagnosisCoupling(Coupling):
 
     def predict(self, batch: Batch) -> Prediction:
         channel = self.pet_channel(batch, training=False)
-        logits = diagnose(self.diagnoser, self.context, batch.mri, channel.pet).logits
+        logits = self._diagnose(batch.mri, channel)
         return Prediction(positive_probability(logits), channel.sources, channel.synthetic)
 
 
@@ -168,6 +185,18 @@ class SingleModality(DiagnosisCoupling):
 
 class MeanImpute(DiagnosisCoupling):
     """Missing PET replaced by the mean real PET of the training subjects that have it."""
+
+    def __init__(
+        self,
+        context: TrainingContext,
+        build_synthesiser: SynthesiserFactory | None,
+        build_diagnoser: DiagnoserFactory,
+        *,
+        weight_decay: float = 1e-4,
+        pet_indicator: bool = False,
+    ) -> None:
+        self.pet_indicator = pet_indicator
+        super().__init__(context, build_synthesiser, build_diagnoser, weight_decay=weight_decay)
 
     def pet_channel(self, batch: Batch, training: bool) -> PetChannel:
         pet, sources = fill_pet(batch, batch.has_pet, self.context.train_pet_mean, "mean")
@@ -201,8 +230,16 @@ class DecoupledCoupling(DiagnosisCoupling):
     """Two stages: a pix2pix-style 3D conditional GAN, then a diagnoser on real-or-imputed PET.
 
     ``synthesis_epochs`` = 0 means the run's epochs; the diagnosis stage always uses them.
-    ``w_adv`` = 0 trains the generator on the L1 term alone (no critic), the control that
-    matches the joint coupling's default generator loss.
+    ``w_adv`` = 0 trains the generator on the L1 term alone (no critic); ``w_feature`` > 0 adds
+    CDSF's feature consistency against a diagnoser F of real pairs trained beside G
+    (common.FeatureCritic), so the joint coupling's generator loss can be trained two-stage.
+    ``synthetic_pairs`` is the joint coupling's setting: which labelled training subjects
+    give D synthetic pairs, beside every real pair. ``"missing"``: those without PET, each
+    subject's own pair (real PET, else G(x)); ``"all"``: every one, G(x) in-sample for those
+    with PET; ``"cross_fitted"``: every one, from the generator of the other half of the
+    cohort (two generators, each trained on its own half's subjects against one critic), and
+    a prediction averages D's probability over the two generators (the synthetic PET it
+    reports and the synthesis stage's validation MAE are of their mean).
     """
 
     needs_synthesiser = True
@@ -217,13 +254,17 @@ class DecoupledCoupling(DiagnosisCoupling):
         *,
         w_adv: float = 1.0,
         w_l1: float = 100.0,
+        w_feature: float = 0.0,
         synthesis_lr: float = 2e-4,
         synthesis_epochs: int = 0,
         discriminator_widths: tuple[int, ...] = (16, 32, 64),
         discriminator_norm: str = "instance",
         predict_with: str = "real",
+        synthetic_pairs: str = "missing",
         weight_decay: float = 1e-4,
+        pet_indicator: bool = False,
     ) -> None:
+        self.pet_indicator = pet_indicator
         super().__init__(context, build_synthesiser, build_diagnoser, weight_decay=weight_decay)
         if build_synthesiser is None:
             raise InputError(f"The {self.name} coupling trains a synthesiser; choose one with --synth.")
@@ -233,28 +274,41 @@ class DecoupledCoupling(DiagnosisCoupling):
                 f"got {synthesis_epochs}."
             )
         self.predict_with = check_choice("predict_with", predict_with, PREDICT_WITH)
-        self.w_adv, self.w_l1 = w_adv, w_l1
+        self.synthetic_pairs = check_choice("synthetic_pairs", synthetic_pairs, SYNTHETIC_PAIRS)
+        self.w_adv, self.w_l1, self.w_feature = w_adv, w_l1, w_feature
         self.synthesis_epochs = synthesis_epochs or context.epochs
         self.synthesiser = build_synthesiser()
-        #: the synthesiser learns from its own objective (no critic, no L1)
+        #: one generator per half of the cohort under cross-fitting, else the one
+        self.synthesisers = [self.synthesiser]
+        if synthetic_pairs == "cross_fitted":
+            self.synthesisers.append(build_synthesiser())
+        #: the synthesiser learns from its own objective (no critic, no L1, no feature term)
         self.own_objective = has_own_objective(self.synthesiser)
         self.critic = None
         if w_adv and not self.own_objective:
             network = patch_critic(context, self.synthesiser, discriminator_widths, discriminator_norm)
             self.critic = AdversarialCritic(context, network, synthesis_lr)
         self.optimise_synthesiser = torch.optim.Adam(
-            self.synthesiser.parameters(), lr=synthesis_lr, betas=(0.5, 0.999)
+            [p for g in self.synthesisers for p in g.parameters()], lr=synthesis_lr, betas=(0.5, 0.999)
         )
-        #: G's predictions, computed once per input while its weights stay as they are (the
-        #: frozen G of the diagnosis stage meets the same validation batches every epoch)
-        self.remembered = FrozenOutputs(self.synthesiser)
+        self.features = None
+        if w_feature and not self.own_objective:
+            self.features = FeatureCritic(context, build_diagnoser(2), weight_decay)
+        #: each G's predictions, computed once per input while its weights stay as they are
+        #: (the frozen G of the diagnosis stage meets the same validation batches every epoch)
+        self.remembered = [FrozenOutputs(g) for g in self.synthesisers]
 
     def _gan(self) -> tuple[dict[str, torch.nn.Module], dict[str, torch.optim.Optimizer]]:
         modules: dict[str, torch.nn.Module] = {"synthesiser": self.synthesiser}
         optimisers: dict[str, torch.optim.Optimizer] = {"synthesiser": self.optimise_synthesiser}
+        if len(self.synthesisers) > 1:
+            modules["synthesiser_b"] = self.synthesisers[1]
         if self.critic is not None:
             modules["discriminator"] = self.critic.network
             optimisers["discriminator"] = self.critic.optimiser
+        if self.features is not None:
+            modules["feature_diagnoser"] = self.features.network
+            optimisers["feature_diagnoser"] = self.features.optimiser
         return modules, optimisers
 
     def modules(self) -> dict[str, torch.nn.Module]:
@@ -271,25 +325,37 @@ class DecoupledCoupling(DiagnosisCoupling):
             select_on="mae",
             subjects="with_pet",
             patience=self.context.patience,
-            labels="unused",  # the GAN reads no label: unlabelled subjects with PET train it too
+            # the GAN reads no label: unlabelled subjects with PET train it too (and every
+            # term but F's under the feature term, whose F learns from the labelled ones)
+            labels="unused" if self.features is None else "where_known",
         )
         return [synthesis, *super().stages()]
 
     def synthesis_step(self, batch: Batch) -> Mapping[str, Tensor]:
-        """One pix2pix update: P on L_P, then G on L_G (every subject here has real PET).
+        """One pix2pix update: P on L_P (and F on L_F), then G on L_G (every subject has PET).
 
-        A synthesiser with its own objective takes one update on that instead (``own``).
+        Under cross-fitting each subject's y_hat is its own half's generator's, so a generator
+        learns from its half alone. A synthesiser with its own objective takes one update on
+        that instead (``own``).
         """
         mri, real = batch.mri, batch.pet
+        half = cohort_halves(batch) if len(self.synthesisers) > 1 else None
         if self.own_objective:
-            own = self.context.mean(own_objective(self.synthesiser, self.context, mri, real))
+            if half is None:
+                per_subject = own_objective(self.synthesiser, self.context, mri, real)
+            else:
+                per_subject = own_objective_by_half(self.synthesisers, self.context, mri, real, half)
+            own = self.context.mean(per_subject)
             self.optimise_synthesiser.zero_grad(set_to_none=True)
             if own.requires_grad:
                 own.backward()
             self.optimise_synthesiser.step()
             return {"G": own.detach(), "own": own.detach()}
-        with self.context.autocast():
-            fake = self.synthesiser(mri)
+        if half is None:
+            with self.context.autocast():
+                fake = self.synthesiser(mri)
+        else:
+            fake = through_halves(self.synthesisers, self.context, mri, half, grad=True)
         zero = torch.zeros((), device=mri.device)
         loss_p, adversarial = zero, zero
         if self.critic is not None:
@@ -297,11 +363,38 @@ class DecoupledCoupling(DiagnosisCoupling):
             adversarial = self.critic.fooling(mri, fake)
         l1 = self.context.mean((fake.float() - real).abs().flatten(1).mean(dim=1))
         loss_g = self.w_adv * adversarial + self.w_l1 * l1
+        feature: dict[str, Tensor] = {}
+        if self.features is not None:
+            feature["F"] = self.features.learn(batch)
+            feature["feature"] = self.features.consistency(mri, fake, real)
+            loss_g = loss_g + self.w_feature * feature["feature"]
         self.optimise_synthesiser.zero_grad(set_to_none=True)
         loss_g.backward()
         self.optimise_synthesiser.step()
-        losses = {"D": loss_p, "G": loss_g, "adv": adversarial, "l1": l1}
+        losses = {"D": loss_p, "G": loss_g, "adv": adversarial, "l1": l1, **feature}
         return {key: value.detach() for key, value in losses.items()}
+
+    def training_pairs(self, batch: Batch) -> tuple[Tensor, PetChannel, Tensor]:
+        """Every real pair, then every subject's synthetic pair (in-sample, or cross-fitted).
+
+        One forward of both, so batch norm normalises them together, as the joint coupling's
+        D does; under ``"missing"`` each subject's own pair (real PET, else G's).
+        """
+        if self.synthetic_pairs == "missing":
+            return super().training_pairs(batch)
+        for generator in self.synthesisers:
+            generator.eval()  # frozen in the diagnosis stage: its norms behave as at inference
+        real = batch.has_pet
+        if len(self.synthesisers) == 1:
+            with torch.no_grad(), self.context.autocast():
+                synthetic = self.synthesiser(batch.mri)
+        else:
+            other = 1 - cohort_halves(batch)
+            synthetic = through_halves(self.synthesisers, self.context, batch.mri, other, grad=False)
+        n_real = int(real.sum())
+        sources: list[PetSource] = ["real" if i < n_real else "synthetic" for i in range(n_real + len(batch))]
+        channel = PetChannel(torch.cat([batch.pet[real], synthetic.to(batch.pet.dtype)]), sources)
+        return torch.cat([batch.mri[real], batch.mri]), channel, torch.cat([batch.label[real], batch.label])
 
     def pet_channel(self, batch: Batch, training: bool) -> PetChannel:
         """Real PET where training has it, else G's; a prediction also returns G's for all.
@@ -310,10 +403,7 @@ class DecoupledCoupling(DiagnosisCoupling):
         only on the subjects without PET: the others' synthetic PET would be thrown away.
         """
         if not training:
-            with torch.no_grad(), self.context.autocast():
-                synthetic = self.remembered(batch.mri, lambda: self.synthesiser(batch.mri).float())
-            pet, sources = fill_pet(batch, real_where(batch, self.predict_with), synthetic, "synthetic")
-            return PetChannel(pet, sources, synthetic)
+            return self._predicted_channel(batch, 0)
         self.synthesiser.eval()  # frozen in the diagnosis stage: its norms behave as at inference
         missing = ~batch.has_pet
         pet = batch.pet.clone()
@@ -321,3 +411,20 @@ class DecoupledCoupling(DiagnosisCoupling):
             with torch.no_grad(), self.context.autocast():
                 pet[missing] = self.synthesiser(batch.mri[missing]).to(pet.dtype)
         return PetChannel(pet, ["real" if bool(r) else "synthetic" for r in batch.has_pet.tolist()])
+
+    def _predicted_channel(self, batch: Batch, generator: int) -> PetChannel:
+        """The PET channel a prediction reads with generator ``generator``'s y_hat, and y_hat."""
+        synthesiser, remembered = self.synthesisers[generator], self.remembered[generator]
+        with torch.no_grad(), self.context.autocast():
+            synthetic = remembered(batch.mri, lambda: synthesiser(batch.mri).float())
+        pet, sources = fill_pet(batch, real_where(batch, self.predict_with), synthetic, "synthetic")
+        return PetChannel(pet, sources, synthetic)
+
+    def predict(self, batch: Batch) -> Prediction:
+        """D on real-or-imputed PET; under cross-fitting averaged over the two generators."""
+        if len(self.synthesisers) == 1:
+            return super().predict(batch)
+        channels = [self._predicted_channel(batch, k) for k in range(len(self.synthesisers))]
+        probabilities = [positive_probability(self._diagnose(batch.mri, c)) for c in channels]
+        synthetic = torch.stack([c.synthetic for c in channels if c.synthetic is not None]).mean(0)
+        return Prediction(torch.stack(probabilities).mean(0), channels[0].sources, synthetic)

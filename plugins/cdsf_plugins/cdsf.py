@@ -53,8 +53,6 @@ everyone.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 from collections.abc import Mapping
 
 import torch
@@ -65,8 +63,10 @@ from cdsf_bench import Batch, Coupling, Prediction, TrainingContext, TrainingSta
 from cdsf_bench.interfaces import DiagnoserFactory, DiagnoserOutput, SynthesiserFactory
 from cdsf_plugins.common import (
     PREDICT_WITH,
+    SYNTHETIC_PAIRS,
     AdversarialCritic,
     check_choice,
+    cohort_halves,
     diagnose,
     diagnoser_optimiser,
     fill_pet,
@@ -74,13 +74,14 @@ from cdsf_plugins.common import (
     has_batch_norm,
     has_own_objective,
     own_objective,
+    own_objective_by_half,
     patch_critic,
     positive_probability,
     real_where,
     selected_stage,
+    through_halves,
 )
 
-SYNTHETIC_PAIRS = ("all", "missing", "cross_fitted")
 MDM_HEADS = ("class", "class_source")
 
 
@@ -111,6 +112,7 @@ class JointCoupling(Coupling):
         critic_lr: float = 2e-4,
         critic_widths: tuple[int, ...] = (16, 32, 64),
         critic_norm: str = "instance",
+        pet_indicator: bool = False,
     ) -> None:
         super().__init__(context, build_synthesiser, build_diagnoser)
         if build_synthesiser is None:
@@ -133,12 +135,13 @@ class JointCoupling(Coupling):
         self.head = mdm_head
         self.synthetic_pairs = synthetic_pairs
         self.predict_with = predict_with
+        self.pet_indicator = pet_indicator
         self.warmup_epochs, self.ramp_epochs = warmup_epochs, ramp_epochs
         #: the share of the collaborative terms in this epoch (begin_epoch sets it; 1 without warm-up)
         self.collaboration = 1.0
         self.synthesiser = build_synthesiser()
         outputs = context.num_classes * (2 if mdm_head == "class_source" else 1)
-        self.diagnoser = build_diagnoser(2, outputs)
+        self.diagnoser = build_diagnoser(2 + int(pet_indicator), outputs)
         self.batch_norm = has_batch_norm(self.diagnoser)
         #: one generator per half of the cohort under cross-fitting (built after D, so D
         #: starts from the same weights as in the other readings), else the one
@@ -192,8 +195,9 @@ class JointCoupling(Coupling):
         """The class index, or under reading (b) the (class, source) index."""
         return label * 2 + int(synthetic) if self.head == "class_source" else label
 
-    def _diagnose(self, mri: Tensor, pet: Tensor) -> DiagnoserOutput:
-        return diagnose(self.diagnoser, self.context, mri, pet)
+    def _diagnose(self, mri: Tensor, pet: Tensor, acquired: Tensor | None = None) -> DiagnoserOutput:
+        """D(x, p); under ``pet_indicator`` ``acquired`` says which subjects' p is their acquired PET."""
+        return diagnose(self.diagnoser, self.context, mri, pet, acquired if self.pet_indicator else None)
 
     def diagnoser_loss(self, batch: Batch, synthetic: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """L_D: the diagnosis learnt from real pairs and (detached) synthetic pairs, in one forward.
@@ -213,10 +217,11 @@ class JointCoupling(Coupling):
         )
         skipped = len(mri) == 1 and self.batch_norm
         losses = mri.new_zeros(0)
-        if len(mri) and not skipped:
-            logits = self._diagnose(mri, pet).logits.float()
-            losses = F.cross_entropy(logits, target, reduction="none")
         n_real = int(take_real.sum())
+        if len(mri) and not skipped:
+            acquired = torch.arange(len(mri), device=mri.device) < n_real
+            logits = self._diagnose(mri, pet, acquired).logits.float()
+            losses = F.cross_entropy(logits, target, reduction="none")
         terms = {
             "cls_real": self.context.mean(losses[:n_real]),
             "cls_synth": self.context.mean(losses[n_real:]),
@@ -235,8 +240,9 @@ class JointCoupling(Coupling):
         voxel = (synthetic.float() - batch.pet).abs().flatten(1).mean(dim=1)
         terms = {"voxel": self.context.mean(voxel[real]), "feature": zero, "diag": zero, "adv": zero}
         if share and (w["feature"] or w["diag"]):
+            imputed = torch.zeros_like(real)  # y_hat, and y beside it, read as D reads y_hat
             with frozen(self.diagnoser):
-                fake = self._diagnose(batch.mri, synthetic)
+                fake = self._diagnose(batch.mri, synthetic, imputed)
                 if w["diag"]:
                     labelled = batch.labelled
                     target = self._target(batch.label[labelled], False)
@@ -245,7 +251,7 @@ class JointCoupling(Coupling):
                     )
                 if w["feature"]:
                     with torch.no_grad():
-                        aim = self._diagnose(batch.mri, batch.pet).features.float()
+                        aim = self._diagnose(batch.mri, batch.pet, imputed).features.float()
                     distance = (fake.features.float() - aim).pow(2).sum(dim=1)
                     terms["feature"] = self.context.mean(distance[real])
         if share and self.critic is not None:
@@ -262,56 +268,24 @@ class JointCoupling(Coupling):
         real = batch.has_pet
         if len(self.synthesisers) == 1:
             return own_objective(self.synthesiser, self.context, batch.mri[real], batch.pet[real])
-        half = self.halves(batch)
-        losses = [
-            own_objective(
-                generator, self.context, batch.mri[real & (half == k)], batch.pet[real & (half == k)]
-            )
-            for k, generator in enumerate(self.synthesisers)
-        ]
-        return torch.cat(losses)
-
-    def halves(self, batch: Batch) -> Tensor:
-        """[B] long: each subject's half of the cohort under cross-fitting (0 = A, 1 = B).
-
-        A hash of the subject's cohort row, so a subject keeps its half in every epoch, batch
-        and process, and the halves are unrelated to the row order (a table sorted by class).
-        """
-        bits = [hashlib.sha256(f"cdsf-half:{row}".encode()).digest()[0] & 1 for row in batch.index.tolist()]
-        return torch.tensor(bits, dtype=torch.long, device=batch.mri.device)
+        half = cohort_halves(batch)[real]
+        return own_objective_by_half(self.synthesisers, self.context, batch.mri[real], batch.pet[real], half)
 
     def synthesise(self, batch: Batch) -> tuple[Tensor, Tensor]:
         """y_hat, from each subject's own generator (with gradient), and y_tilde for D's pairs.
 
         Without cross-fitting both are G(x). With it, y_hat comes from the generator of the
-        subject's half and y_tilde from the other half's, frozen and without gradient.
+        subject's half (``common.cohort_halves``) and y_tilde from the other half's, frozen
+        and without gradient.
         """
         if len(self.synthesisers) == 1:
             with self.context.autocast():
                 synthetic = self.synthesiser(batch.mri)
             return synthetic, synthetic
-        half = self.halves(batch)
-        own = self._by_half(batch.mri, half, grad=True)
-        other = self._by_half(batch.mri, 1 - half, grad=False)
+        half = cohort_halves(batch)
+        own = through_halves(self.synthesisers, self.context, batch.mri, half, grad=True)
+        other = through_halves(self.synthesisers, self.context, batch.mri, 1 - half, grad=False)
         return own, other
-
-    def _by_half(self, mri: Tensor, half: Tensor, grad: bool) -> Tensor:
-        """Each subject's MRI through generator ``half[i]``; frozen and without gradient unless ``grad``."""
-        parts: list[Tensor] = []
-        rows: list[Tensor] = []
-        for k, generator in enumerate(self.synthesisers):
-            chosen = torch.nonzero(half == k).flatten()
-            if not len(chosen):  # this share holds no subject of the half
-                continue
-            with contextlib.ExitStack() as stack:
-                if not grad:
-                    stack.enter_context(torch.no_grad())
-                    stack.enter_context(frozen(generator))
-                stack.enter_context(self.context.autocast())
-                parts.append(generator(mri[chosen]))
-            rows.append(chosen)
-        order = torch.cat(rows)
-        return torch.cat(parts)[torch.argsort(order)]
 
     def step(self, batch: Batch) -> Mapping[str, Tensor]:
         """One collaborative update: D on real and synthetic pairs, P if adversarial, then G."""
@@ -343,7 +317,8 @@ class JointCoupling(Coupling):
             with self.context.autocast():
                 synthetic = generator(batch.mri).float()
             pet, sources = fill_pet(batch, use_real, synthetic, "synthetic")
-            probabilities.append(positive_probability(self._diagnose(batch.mri, pet).logits, self.head))
+            logits = self._diagnose(batch.mri, pet, use_real).logits
+            probabilities.append(positive_probability(logits, self.head))
             synthetics.append(synthetic)
         if len(self.synthesisers) == 1:
             return Prediction(probabilities[0], sources, synthetics[0])

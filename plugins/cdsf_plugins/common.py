@@ -11,6 +11,7 @@ stage in exactly the same way, so differences between methods are differences of
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import Callable, Iterator, Mapping
 from typing import Literal
 
@@ -25,6 +26,9 @@ from cdsf_plugins.space_to_depth import memory_format_of
 
 #: which PET a coupling with a synthesiser predicts with, for subjects whose PET is real
 PREDICT_WITH = ("real", "synthetic")
+#: which training subjects give a diagnoser synthetic pairs (``synthetic_pairs``): every labelled
+#: one, those without PET, or every labelled one from the generator of the other half
+SYNTHETIC_PAIRS = ("all", "missing", "cross_fitted")
 
 
 def check_choice(setting: str, value: str, allowed: tuple[str, ...]) -> str:
@@ -96,15 +100,30 @@ def positive_probability(logits: Tensor, head: str = "class") -> Tensor:
 
 
 def diagnose(
-    diagnoser: nn.Module, context: TrainingContext, mri: Tensor, pet: Tensor | None
+    diagnoser: nn.Module,
+    context: TrainingContext,
+    mri: Tensor,
+    pet: Tensor | None,
+    acquired: Tensor | None = None,
 ) -> DiagnoserOutput:
     """D(x, p): the diagnoser on the MRI and, when given, the PET stacked as a second channel.
 
+    With ``acquired`` ([B] bool, the ``pet_indicator`` setting of the couplings that read PET)
+    a third channel follows: a volume of 1 where p is the subject's acquired PET and of 0 where
+    it is imputed (synthetic or the mean), so D can learn to weigh an imputed PET differently.
     The forward pass runs under the run's autocast; callers compute losses in float32.
     """
     inputs = mri if pet is None else torch.cat([mri, pet], dim=1)
+    if acquired is not None:
+        indicator = acquired.to(mri.dtype).view(-1, 1, 1, 1, 1).expand_as(mri)
+        inputs = torch.cat([inputs, indicator], dim=1)
     with context.autocast():
         return diagnoser(inputs)
+
+
+def acquired_where(sources: list[PetSource], device: torch.device) -> Tensor:
+    """[B] bool: the subjects whose PET channel is their acquired PET (source "real")."""
+    return torch.tensor([source == "real" for source in sources], dtype=torch.bool, device=device)
 
 
 def real_where(batch: Batch, predict_with: str) -> Tensor:
@@ -204,6 +223,53 @@ class AdversarialCritic:
             return self.context.mean(self._per_subject(mri, fake, 1.0))
 
 
+class FeatureCritic:
+    """A diagnoser F(x, p) trained on real pairs, whose features a two-stage generator matches.
+
+    The two-stage couplings' reading of CDSF's feature consistency: G has no diagnoser beside
+    it while it learns, so F is trained in the synthesis stage with L_F = CE(F(x, y), c) on
+    the labelled subjects with PET (Adam at the run's learning rate and the diagnoser's weight
+    decay, as every diagnoser), and G's term is ||f(x, y_hat) - f(x, y)||^2 with F frozen
+    (evaluation mode, no gradient into F): F normalises both inputs alike with its running
+    statistics, so the term is exactly 0 for y_hat = y, as the joint coupling's is. F is
+    discarded after the stage: the diagnosis stage trains its own D.
+    """
+
+    def __init__(self, context: TrainingContext, network: nn.Module, weight_decay: float) -> None:
+        self.context = context
+        self.network = network
+        self.batch_norm = has_batch_norm(network)
+        self.optimiser = diagnoser_optimiser(network, context, weight_decay)
+
+    def learn(self, batch: Batch) -> Tensor:
+        """One update of F on its labelled subjects' real pairs (every subject here has PET).
+
+        A forward of one subject is skipped for a batch-norm F, as every diagnoser's is.
+        """
+        labelled = batch.labelled
+        losses = batch.mri.new_zeros(0)
+        if int(labelled.sum()) > int(self.batch_norm):
+            output = diagnose(self.network, self.context, batch.mri[labelled], batch.pet[labelled])
+            losses = F.cross_entropy(output.logits.float(), batch.label[labelled], reduction="none")
+        loss = self.context.mean(losses)
+        self.optimiser.zero_grad(set_to_none=True)
+        if loss.requires_grad:
+            loss.backward()
+        self.optimiser.step()  # every process steps, so gradient averaging stays in step
+        return loss.detach()
+
+    def consistency(self, mri: Tensor, fake: Tensor, real: Tensor) -> Tensor:
+        """The generator's term ||f(x, y_hat) - f(x, y)||^2, averaged over the subjects given."""
+        distance = mri.new_zeros(0)
+        if len(mri):
+            with frozen(self.network):
+                made = diagnose(self.network, self.context, mri, fake).features.float()
+                with torch.no_grad():
+                    aim = diagnose(self.network, self.context, mri, real).features.float()
+            distance = (made - aim).pow(2).sum(dim=1)
+        return self.context.mean(distance)
+
+
 def patch_critic(
     context: TrainingContext, generator: nn.Module, widths: tuple[int, ...], norm: str
 ) -> nn.Module:
@@ -212,3 +278,45 @@ def patch_critic(
     layout = memory_format_of(generator)
     # torch's stubs lack Module.to's memory_format keyword, which exists
     return critic.to(context.device, memory_format=layout)  # type: ignore[call-overload]
+
+
+def cohort_halves(batch: Batch) -> Tensor:
+    """[B] long: each subject's half of the cohort under cross-fitting (0 = A, 1 = B).
+
+    A hash of the subject's cohort row, so a subject keeps its half in every epoch, batch
+    and process, and the halves are unrelated to the row order (a table sorted by class).
+    """
+    bits = [hashlib.sha256(f"cdsf-half:{row}".encode()).digest()[0] & 1 for row in batch.index.tolist()]
+    return torch.tensor(bits, dtype=torch.long, device=batch.mri.device)
+
+
+def through_halves(
+    generators: list[nn.Module], context: TrainingContext, mri: Tensor, half: Tensor, grad: bool
+) -> Tensor:
+    """Each subject's MRI through generator ``half[i]``; frozen and without gradient unless ``grad``."""
+    parts: list[Tensor] = []
+    rows: list[Tensor] = []
+    for k, generator in enumerate(generators):
+        chosen = torch.nonzero(half == k).flatten()
+        if not len(chosen):  # this share holds no subject of the half
+            continue
+        with contextlib.ExitStack() as stack:
+            if not grad:
+                stack.enter_context(torch.no_grad())
+                stack.enter_context(frozen(generator))
+            stack.enter_context(context.autocast())
+            parts.append(generator(mri[chosen]))
+        rows.append(chosen)
+    order = torch.cat(rows)
+    return torch.cat(parts)[torch.argsort(order)]
+
+
+def own_objective_by_half(
+    generators: list[nn.Module], context: TrainingContext, mri: Tensor, pet: Tensor, half: Tensor
+) -> Tensor:
+    """Each subject's loss under its own half's generator's own objective, half A's first."""
+    losses = [
+        own_objective(generator, context, mri[half == k], pet[half == k])
+        for k, generator in enumerate(generators)
+    ]
+    return torch.cat(losses)

@@ -10,11 +10,13 @@ from __future__ import annotations
 from cdsf_bench import Choice, Component, Flag, FloatRange, IntRange, hookimpl
 from cdsf_bench.interfaces import Method, MethodDefaults, SearchParam
 from cdsf_plugins.baselines import CompleteCase, DecoupledCoupling, MeanImpute, Oracle, SingleModality
-from cdsf_plugins.cdsf import SYNTHETIC_PAIRS, JointCoupling
+from cdsf_plugins.cdsf import JointCoupling
+from cdsf_plugins.common import SYNTHETIC_PAIRS
 from cdsf_plugins.diffusion import DiffusionSynthesiser
 from cdsf_plugins.ism import ISM
 from cdsf_plugins.mdm import MDM
 from cdsf_plugins.oracle_synthesis import OracleSynthesis
+from cdsf_plugins.routing import RoutingCoupling
 from cdsf_plugins.task_induced import TaskInducedCoupling
 from cdsf_plugins.unet3d import UNet3D
 
@@ -153,6 +155,13 @@ def cdsf_bench_couplings() -> list[Component]:
         ),
         Component(
             "mean-impute", MeanImpute, "missing PET replaced by the mean training PET", space=DIAGNOSIS_SPACE
+        ),
+        Component(
+            "routing",
+            RoutingCoupling,
+            "the multi-modal diagnoser where PET was acquired, an MRI-only one elsewhere (--synth none)",
+            space=DIAGNOSIS_SPACE,
+            flag=Flag("routing", "Real PET where acquired, MRI alone elsewhere: no imputed PET."),
         ),
         Component(
             "complete-case",

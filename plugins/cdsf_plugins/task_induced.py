@@ -6,10 +6,10 @@ on the imputed images. Our reading (docs/methods.md says which parts are the pap
 stage 1 trains the generator G against a task-induced adversary A, a diagnoser built by the
 run's ``--diag`` factory with K + 1 outputs (the K classes of real pairs, then one "synthetic"
 output, the semi-supervised GAN's head), next to the decoupled baseline's pix2pix losses;
-stage 2 is the decoupled baseline's diagnosis stage (G frozen). Notation as in baselines.py;
-K is the task's class count, a_k(x, p) = softmax(A(x, p))_k, and for a subject without a
-usable label ("unlabelled", ``Batch.labelled`` False) "real" is -log sum_{k<K} a_k, the
-log-probability of any real class.
+stage 2 is the decoupled baseline's diagnosis stage (G frozen; its ``pet_indicator`` too).
+Notation as in baselines.py; K is the task's class count, a_k(x, p) = softmax(A(x, p))_k,
+and for a subject without a usable label ("unlabelled", ``Batch.labelled`` False) "real" is
+-log sum_{k<K} a_k, the log-probability of any real class.
 
     L_A = 1/2 [ mean_PET  CE(A(x, y), c)   (labelled)  |  -log sum_{k<K} a_k(x, y)  (unlabelled)
               + mean_all  CE(A(x, sg(y_hat)), K) ]
@@ -71,6 +71,7 @@ class TaskInducedCoupling(DecoupledCoupling):
         discriminator_norm: str = "instance",
         predict_with: str = "real",
         weight_decay: float = 1e-4,
+        pet_indicator: bool = False,
     ) -> None:
         super().__init__(
             context,
@@ -84,6 +85,7 @@ class TaskInducedCoupling(DecoupledCoupling):
             discriminator_norm=discriminator_norm,
             predict_with=predict_with,
             weight_decay=weight_decay,
+            pet_indicator=pet_indicator,
         )
         self.w_task = w_task
         self.classes = context.num_classes
