@@ -7,6 +7,7 @@ pipeline, augmentation and coupling.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import numpy as np
@@ -122,6 +123,9 @@ def build_method(
             return place(synth_component.factory(**synth_params), device, channels_last)
 
     diag_component = registry.get("diagnoser", diag_name)
+    # the grid's placement goes to a diagnoser that names it (an atlas reader; docs/plugins.md)
+    takes_affine = "affine" in inspect.signature(diag_component.factory).parameters
+    placement = {"affine": context.affine} if takes_affine else {}
 
     def build_diag(in_channels: int, num_classes: int | None = None) -> torch.nn.Module:
         return place(
@@ -129,6 +133,7 @@ def build_method(
                 in_channels=in_channels,
                 input_shape=context.input_shape,
                 num_classes=num_classes or context.num_classes,
+                **placement,
                 **diag_params,
             ),
             device,
@@ -227,6 +232,7 @@ def assemble(
         mixed_precision=mixed,
         world=cluster.world,
         global_sum=global_sum(cluster),
+        affine=cohort.affine,
     )
     coupling = build_method(run, registry, context, channels_last)
     eager_because = None

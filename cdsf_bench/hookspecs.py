@@ -34,6 +34,9 @@ def cdsf_bench_synthesisers() -> list[Component]:
 def cdsf_bench_diagnosers() -> list[Component]:
     """Diagnosers: factories called as ``factory(in_channels, input_shape, num_classes, **params)``.
 
+    A factory that names an ``affine`` parameter also gets the grid's [4, 4] voxel-to-MNI
+    affine (``TrainingContext.affine``), to place an atlas on it.
+
     The module maps a batch [B, in_channels, D, H, W] (MRI, then PET when present) to a
     :class:`~cdsf_bench.interfaces.DiagnoserOutput` of logits and features.
     """

@@ -23,9 +23,11 @@ from torch import Tensor, nn
 from cdsf_bench.ranges import MAX_SEED, within
 from cdsf_bench.rows import take_rows
 
-#: constructor arguments the core supplies itself; they are not user settings
+#: constructor arguments the core supplies itself; they are not user settings (``affine`` only
+#: to a diagnoser that names it: the voxel-to-MNI placement of the grid, for an atlas)
 CORE_ARGUMENTS = frozenset(
-    {"self", "in_channels", "input_shape", "num_classes", "context", "build_synthesiser", "build_diagnoser"}
+    {"self", "in_channels", "input_shape", "affine", "num_classes", "context"}
+    | {"build_synthesiser", "build_diagnoser"}
 )
 
 
@@ -326,6 +328,8 @@ class TrainingContext:
     world: int = 1
     #: the sum of a tensor over those processes (the identity in one process)
     global_sum: Callable[[Tensor], Tensor] = field(default=lambda tensor: tensor)
+    #: [4, 4] voxel to MNI mm of the grid ``input_shape`` lies on (None: a grid of unknown placement)
+    affine: np.ndarray | None = None
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """Autocast for forward passes: bf16 when mixed precision is on, a no-op otherwise."""

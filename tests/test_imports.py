@@ -93,7 +93,7 @@ LAYERS: tuple[tuple[str, frozenset[str], frozenset[str]], ...] = (
     ),
 )
 #: what a plugin may import of the core: the package's own exports, the contract, the hooks,
-#: the errors a plugin raises and the tracker protocol
+#: the errors a plugin raises, the tracker protocol and the MNI atlas (a diagnoser reads regions)
 PUBLIC_API = frozenset(
     {
         "cdsf_bench",
@@ -101,6 +101,7 @@ PUBLIC_API = frozenset(
         "cdsf_bench.hookspecs",
         "cdsf_bench.errors",
         "cdsf_bench.tracking",
+        "cdsf_bench.data.regions",
     }
 )
 

@@ -3,7 +3,8 @@
 Every cohort ends on an MNI grid (:mod:`cdsf_bench.data.grid`), so one atlas serves them
 all: the engine reads regional uptake in :data:`HYPOMETABOLISM_REGIONS` on any cohort, and a
 generator that simulates disease (the phantom) places its effects and its PET reference on
-the same regions. The atlas depends on nothing but NumPy and knows no data source.
+the same regions, and a diagnoser may read its features there (:func:`region_weights`). The atlas depends on nothing but NumPy and the grid module, and knows no
+data source.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
+
+from cdsf_bench.data.grid import BRAIN_BOX_MM
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,26 @@ REFERENCE_REGIONS = {
 }
 
 
+def brain_box_affine(shape: tuple[int, ...]) -> np.ndarray:
+    """The voxel-to-MNI affine of a grid whose first and last voxels lie on the brain box's faces.
+
+    For a reader given a volume's shape alone: the reference grid (:mod:`cdsf_bench.data.grid`)
+    covers that box, centred, so this places the atlas on it to within a voxel.
+    """
+    affine = np.eye(4)
+    for axis, ((low, high), n) in enumerate(zip(BRAIN_BOX_MM, shape, strict=True)):
+        affine[axis, axis] = (high - low) / max(n - 1, 1)
+        affine[axis, 3] = low
+    return affine
+
+
+def voxel_mm(affine: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """The MNI position (mm) of every voxel of a grid, [V, 3] in C order of ``shape``."""
+    index = np.indices(tuple(shape), dtype=np.float64).reshape(3, -1)
+    affine = np.asarray(affine, dtype=np.float64)
+    return (affine[:3, :3] @ index + affine[:3, 3:4]).T
+
+
 def region_masks(
     affine: np.ndarray, shape: tuple[int, ...], brain_mask: np.ndarray, names: Iterable[str]
 ) -> dict[str, np.ndarray]:
@@ -67,8 +90,7 @@ def region_masks(
 
     Computed from the affine (voxel to MNI mm), so it holds for any cohort on an MNI grid.
     """
-    index = np.indices(tuple(shape), dtype=np.float64).reshape(3, -1)
-    mm = (np.asarray(affine, dtype=np.float64)[:3, :3] @ index + np.asarray(affine)[:3, 3:4]).T
+    mm = voxel_mm(affine, shape)
     brain = np.asarray(brain_mask, dtype=bool).reshape(-1)
     out = {}
     for name in names:
@@ -78,6 +100,36 @@ def region_masks(
             near |= ((mm - np.asarray(centre)) ** 2).sum(-1) <= region.sigma_mm**2
         out[name] = (near & brain).reshape(tuple(shape))
     return out
+
+
+def region_weights(
+    affine: np.ndarray, shape: tuple[int, ...], names: Iterable[str], *, soft: bool
+) -> np.ndarray:
+    """Per region, voxel weights that sum to 1, [R, V] (V in C order of ``shape``).
+
+    ``soft``: a Gaussian of standard deviation ``sigma_mm`` around each of the region's
+    centres (the weight its effects get); otherwise uniform over the spheres of radius
+    ``sigma_mm`` (the masks of :func:`region_masks`, no brain mask: a reader of the
+    volumes alone has none). A weighted sum of a volume is then the region's mean; both
+    hemispheres of a bilateral region pool into one. A region with no weight on the grid
+    (it lies outside it) is refused.
+    """
+    mm = voxel_mm(affine, shape)
+    rows = []
+    for name in names:
+        region = REGIONS[name]
+        weight = np.zeros(len(mm))
+        for centre in region.centres_mm:
+            squared = ((mm - np.asarray(centre)) ** 2).sum(-1)
+            if soft:
+                weight += np.exp(-squared / (2 * region.sigma_mm**2))
+            else:
+                weight = np.maximum(weight, squared <= region.sigma_mm**2)
+        total = weight.sum()
+        if not total > 0:
+            raise ValueError(f"region {name!r} has no voxel on this grid (shape {tuple(shape)})")
+        rows.append(weight / total)
+    return np.stack(rows)
 
 
 def hypometabolism_masks(affine: np.ndarray, brain_mask: np.ndarray) -> dict[str, np.ndarray]:

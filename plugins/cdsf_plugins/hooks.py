@@ -16,6 +16,7 @@ from cdsf_plugins.diffusion import DiffusionSynthesiser
 from cdsf_plugins.ism import ISM
 from cdsf_plugins.mdm import MDM
 from cdsf_plugins.oracle_synthesis import OracleSynthesis
+from cdsf_plugins.regional import Regional
 from cdsf_plugins.routing import RoutingCoupling
 from cdsf_plugins.task_induced import TaskInducedCoupling
 from cdsf_plugins.unet3d import UNet3D
@@ -43,6 +44,12 @@ ISM_SPACE: dict[str, SearchParam] = {
 MDM_SPACE: dict[str, SearchParam] = {
     "feature_scale": FloatRange(4.0, 64.0, log=True),
     "norm": Choice(("batch", "group")),
+}
+#: the regional diagnoser: its masks and logistic regression against a small MLP (its
+#: regularisation, the weight decay, is the coupling's)
+REGIONAL_SPACE: dict[str, SearchParam] = {
+    "masks": Choice(("soft", "hard")),
+    "hidden": Choice((0, 16)),
 }
 #: the joint coupling: the loss weights against w_cls_real = 1 (the scale the learning rate
 #: sets), G's share of the learning rate, D's weight decay and which subjects give synthetic pairs
@@ -122,7 +129,14 @@ def cdsf_bench_diagnosers() -> list[Component]:
             MDM,
             "CDSF multi-modal diagnosis module: 3D CNN with L2-normalised spatial features",
             space=MDM_SPACE,
-        )
+        ),
+        Component(
+            "regional",
+            Regional,
+            "regional means of MRI and PET in the MNI atlas's regions, then logistic regression "
+            "or a small MLP: a diagnoser that learns from few labels",
+            space=REGIONAL_SPACE,
+        ),
     ]
 
 
