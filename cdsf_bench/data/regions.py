@@ -3,8 +3,8 @@
 Every cohort ends on an MNI grid (:mod:`cdsf_bench.data.grid`), so one atlas serves them
 all: the engine reads regional uptake in :data:`HYPOMETABOLISM_REGIONS` on any cohort, and a
 generator that simulates disease (the phantom) places its effects and its PET reference on
-the same regions, and a diagnoser may read its features there (:func:`region_weights`). The atlas depends on nothing but NumPy and the grid module, and knows no
-data source.
+the same regions, and a diagnoser may read its features there (:func:`region_weights`).
+The atlas depends on nothing but NumPy and the grid module, and knows no data source.
 """
 
 from __future__ import annotations
