@@ -23,6 +23,7 @@ from click.testing import CliRunner, Result
 from cdsf_bench.cli import main
 from cdsf_bench.data.importers.cohort import BRAIN_CENTRE_MM, ArrayGeometry
 from cdsf_bench.data.sources import ManifestSource
+from cdsf_bench.errors import InputError
 from cdsf_bench.interfaces import DataSettings
 
 h5py = pytest.importorskip("h5py")
@@ -111,7 +112,9 @@ def test_a_pasta_file_round_trips_and_passes_data_check(tmp_path):
     table, record, out = imported("pasta-hdf5", source, "--out", tmp_path / "cohort", "--voxel-mm", VOXEL_MM)
     assert list(table.participant_id) == list(volumes)
     assert list(table.diagnosis) == list(LABELS)  # Dementia is AD
-    assert set(table.session_id) == {"ses-bl"} and list(table.image_id) == [f"I{100 + i}" for i in range(len(LABELS))]
+    assert set(table.session_id) == {"ses-bl"} and list(table.image_id) == [
+        f"I{100 + i}" for i in range(len(LABELS))
+    ]
     assert table.age.iloc[1] == "71.0" and table.mmse.iloc[0] == "28.0" and table.apoe4.iloc[0] == ""
     assert table.pet.iloc[2] == "" and record["subjects_with_pet"] == len(LABELS) - 1
     expected_affine = ArrayGeometry(VOXEL_MM).affine(SHAPE)
@@ -368,6 +371,24 @@ def test_ecat_pet_keeps_its_own_affine_and_the_mri_is_copied(tmp_path):
         f"{folder / 'bad.csv'}, row 1 (sub-1) pet: {folder / 'broken.v'} cannot be read as ECAT 7"
         in refused("ecat", folder / "bad.csv", "--out", tmp_path / "b")
     )
+
+
+# --- the geometry of bare arrays -------------------------------------------------------------
+
+
+def test_axis_codes_set_the_direction_of_each_voxel_axis_and_the_centre_stays_put(tmp_path):
+    shape = (4, 6, 8)
+    affine = ArrayGeometry(2.0, "LPI", (1.0, 2.0, 3.0)).affine(shape)
+    np.testing.assert_allclose(affine[:3, :3], np.diag([-2.0, -2.0, -2.0]))
+    np.testing.assert_allclose(affine[:3, :3] @ ((np.array(shape) - 1) / 2) + affine[:3, 3], (1.0, 2.0, 3.0))
+    sagittal = ArrayGeometry(1.0, "ASR").affine(shape)[:3, :3]  # voxel axis 0 runs to the front
+    np.testing.assert_allclose(sagittal, [[0, 0, 1], [1, 0, 0], [0, 1, 0]])
+    for codes in ("RAR", "RA", "XYZ", "RASI"):
+        with pytest.raises(InputError, match="is not three axis codes"):
+            ArrayGeometry(1.0, codes)
+    source, _ = write_npy(tmp_path / "npy")
+    message = refused("npy-table", source, "--out", tmp_path / "a", "--voxel-mm", 2, "--centre-mm", "1,2")
+    assert "--centre-mm '1,2' must be three numbers" in message
 
 
 # --- the output folder ------------------------------------------------------------------------

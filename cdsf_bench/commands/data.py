@@ -207,7 +207,7 @@ def data_import(
             highlight=False,
         )
     shape, documented = record.get("array_shape"), record.get("documented_shape")
-    if shape and documented and shape != documented:
+    if voxel_mm is None and shape and documented and shape != documented:
         console.print(
             f"[yellow]note:[/] the arrays are {'x'.join(map(str, shape))}, not the layout's documented "
             f"{'x'.join(map(str, documented))}: check the voxel size assumed "

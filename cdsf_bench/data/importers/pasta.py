@@ -82,6 +82,13 @@ def _tabular_names(handle: Any, size: int) -> list[str]:
     return [f"tabular_{name}" if name in _RESERVED else name for name in names]
 
 
+def _tabular(group: Any, where: str) -> np.ndarray:
+    try:
+        return np.asarray(group["tabular"][()], dtype=float).reshape(-1)
+    except (OSError, ValueError, TypeError) as error:
+        raise InputError(f"{where}/tabular is not a list of numbers ({error}).") from None
+
+
 def _array(group: Any, field: str, where: str, geometry: ArrayGeometry) -> Volume:
     dataset = group.get(field)
     if dataset is None or not hasattr(dataset, "shape"):
@@ -130,7 +137,7 @@ def read(source: Path, options: ImportOptions) -> Reading:
                     raise InputError(f"{where}: attribute DX (the diagnosis) is missing.")
                 extra: dict[str, object] = {"image_id": name}
                 if "tabular" in group:
-                    values = np.asarray(group["tabular"][()], dtype=float).reshape(-1)
+                    values = _tabular(group, where)
                     if tabular_names is None:
                         tabular_names = _tabular_names(handle, values.size)
                     if values.size != len(tabular_names):

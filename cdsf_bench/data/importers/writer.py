@@ -42,7 +42,7 @@ from cdsf_bench.data.importers.cohort import (
     map_diagnosis,
 )
 from cdsf_bench.data.manifest import session_name
-from cdsf_bench.data.nifti import NIFTI_SUFFIXES, inspect_header, save_nifti
+from cdsf_bench.data.nifti import inspect_header, save_nifti
 from cdsf_bench.errors import InputError
 from cdsf_bench.safe_names import inside, safe_component
 from cdsf_bench.staging import refuse_existing, staged_folder
@@ -188,7 +188,7 @@ def _place(
     the NaN voxels set to 0, and the voxels written (None for a copied file)."""
     if isinstance(volume, NiftiFile):
         inspect_header(volume.path, "MRI")
-        suffix = next(s for s in reversed(NIFTI_SUFFIXES) if volume.path.name.lower().endswith(s))
+        suffix = ".nii.gz" if volume.path.name.lower().endswith(".gz") else ".nii"
         relative = f"{pid}/{stem}{suffix}"
         destination = inside(folder, folder / relative)
         destination.parent.mkdir(exist_ok=True)
