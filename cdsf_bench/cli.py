@@ -46,7 +46,10 @@ COMMANDS: dict[str, LazyCommand] = {
         "cdsf_bench.bench.commands:bench",
         "Run every method of SUITE_FILE on every task and seed (or fold); write results.csv and the report.",
     ),
-    "data": LazyCommand("cdsf_bench.commands.data:data", "Make the phantom cohort, or check a dataset."),
+    "data": LazyCommand(
+        "cdsf_bench.commands.data:data",
+        "Make the phantom cohort, check a dataset, or import one from a peer's layout.",
+    ),
     "export": LazyCommand(
         "cdsf_bench.bench.commands:export",
         "Copy what the report of suite FOLDER reads into DEST, a small folder to commit.",

@@ -1,7 +1,9 @@
-"""``cdsf-bench data``: make the phantom cohort (``data phantom``) or check a dataset (``data check``)."""
+"""``cdsf-bench data``: make the phantom cohort (``data phantom``), check a dataset (``data check``)
+or import one from a peer's layout (``data import``)."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -15,7 +17,7 @@ from cdsf_bench.progress import console, out
 
 @click.group()
 def data() -> None:
-    """Make the phantom cohort, or check a dataset."""
+    """Make the phantom cohort, check a dataset, or import one from a peer's layout."""
 
 
 @data.command("phantom")
@@ -116,3 +118,108 @@ def data_check(
         out.print(f"  - {escape(line)}", highlight=False)
     out.print(escape(scope), highlight=False)
     sys.exit(2)
+
+
+def _centre(value: str | None) -> tuple[float, float, float] | None:
+    from cdsf_bench.errors import InputError
+
+    if value is None:
+        return None
+    parts = value.split(",")
+    try:
+        numbers = [float(part) for part in parts]
+    except ValueError:
+        numbers = []
+    if len(numbers) != 3:
+        raise InputError(f"--centre-mm {value!r} must be three numbers in mm, X,Y,Z (e.g. 0,-17,5).")
+    return numbers[0], numbers[1], numbers[2]
+
+
+@data.command("import")
+@click.argument(
+    "layout", metavar="FORMAT", type=click.Choice(["pasta-hdf5", "tpagan-mat", "npy-table", "ecat"])
+)
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="New folder to write.")
+@click.option("--force", is_flag=True, help="Replace --out if an earlier 'data import' wrote it.")
+@click.option(
+    "--voxel-mm", type=float, default=None, help="Voxel size of bare arrays (default: the layout's)."
+)
+@click.option(
+    "--orientation", default="RAS", show_default=True, help="Axis codes of bare arrays' voxel axes."
+)
+@click.option(
+    "--centre-mm", default=None, help="World X,Y,Z of an array's centre (default: the MNI brain's)."
+)
+@click.option("--nan-to-zero", is_flag=True, help="Set NaN voxels to 0 instead of refusing them.")
+@click.option("--pet-scale", type=float, default=1.0, show_default=True, help="Divide PET voxels by this.")
+@click.option("--skip-diagnosis", multiple=True, metavar="LABEL", help="Leave out subjects with this label.")
+@click.option("--json", "as_json", is_flag=True, help="Print the import record as JSON on stdout.")
+def data_import(
+    layout: str,
+    source: Path,
+    out_dir: Path,
+    force: bool,
+    voxel_mm: float | None,
+    orientation: str,
+    centre_mm: str | None,
+    nan_to_zero: bool,
+    pet_scale: float,
+    skip_diagnosis: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Write SOURCE, in a peer's FORMAT, as NIfTI files and a manifest under --out.
+
+    FORMAT: pasta-hdf5 (PASTA / SiM2P HDF5 file), tpagan-mat (folder of TPA-GAN .mat files),
+    npy-table (CSV / TSV naming .npy volumes; needs --voxel-mm), ecat (CSV / TSV pairing NIfTI
+    MRI with ECAT .v PET). Arrays without an affine are placed by a stated assumption that
+    import.json records (docs/data.md, "Coming from PASTA / TPA-GAN / ADNI downloads").
+    """
+    from cdsf_bench.data.check import SUVR_FACTOR
+    from cdsf_bench.data.importers import open_source
+    from cdsf_bench.data.importers.cohort import ImportOptions
+    from cdsf_bench.data.importers.writer import write_import
+    from cdsf_bench.errors import InputError
+    from cdsf_bench.progress import track
+
+    if not pet_scale > 0:
+        raise InputError(f"--pet-scale must be positive, got {pet_scale}.")
+    options = ImportOptions(
+        voxel_mm=voxel_mm,
+        orientation=orientation,
+        centre_mm=_centre(centre_mm),
+        nan_to_zero=nan_to_zero,
+        pet_scale=pet_scale,
+        skip_diagnoses=skip_diagnosis,
+    )
+    record = write_import(
+        layout, source, open_source(layout, source, options), out_dir, options, force=force, progress=track
+    )
+    manifest = out_dir / record["manifest"]
+    if as_json:
+        out_json = {**record, "manifest": str(manifest)}
+        click.echo(json.dumps(out_json, indent=2))
+    else:
+        counts = ", ".join(f"{label} {n}" for label, n in record["diagnoses"].items())
+        out.print(
+            f"wrote {record['subjects']} subjects ({counts}; {record['subjects_with_pet']} with PET) "
+            f"to {manifest}",
+            highlight=False,
+        )
+    shape, documented = record.get("array_shape"), record.get("documented_shape")
+    if voxel_mm is None and shape and documented and shape != documented:
+        console.print(
+            f"[yellow]note:[/] the arrays are {'x'.join(map(str, shape))}, not the layout's documented "
+            f"{'x'.join(map(str, documented))}: check the voxel size assumed "
+            f"({record['geometry']['voxel_mm']} mm; --voxel-mm for another).",
+            highlight=False,
+        )
+    suvr_max = cfg.DEFAULTS["data"]["pet_suvr_max"]
+    if record["pet_p99_max"] is not None and record["pet_p99_max"] > SUVR_FACTOR * suvr_max:
+        console.print(
+            f"[yellow]note:[/] PET reaches {record['pet_p99_max']:.3g} (99th percentile), far above SUVR: "
+            "re-import with --pet-scale (the top of the source's scale, e.g. 255) and run with "
+            "--set data.pet_suvr_max=1, or give SUVR images.",
+            highlight=False,
+        )
+    console.print(f"next: cdsf-bench data check {escape(str(manifest))}", highlight=False)
