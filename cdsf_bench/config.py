@@ -308,12 +308,12 @@ def _validate_values(config: dict) -> None:
     if split["folds"] and not 0 <= split["fold"] < split["folds"]:
         raise ConfigError(f"split.fold must be in 0..{split['folds'] - 1}, got {split['fold']}.")
     data = config["data"]
-    held_out = config["evaluate"]["phantom_test_subjects"]
-    if held_out and data["spec"].strip().lower() != "phantom":
-        raise ConfigError(
-            "evaluate.phantom_test_subjects draws a fresh test cohort from the phantom's generative model; "
-            f"the data here are {data['spec']!r}, not the phantom. Set it to 0."
-        )
+    for key, role in (("phantom_test_subjects", "test"), ("phantom_val_subjects", "validation")):
+        if config["evaluate"][key] and data["spec"].strip().lower() != "phantom":
+            raise ConfigError(
+                f"evaluate.{key} draws a fresh {role} cohort from the phantom's generative model; "
+                f"the data here are {data['spec']!r}, not the phantom. Set it to 0."
+            )
     if data["synthesis_subjects"] not in SYNTHESIS_SUBJECTS:
         raise ConfigError(
             f"data.synthesis_subjects must be one of {', '.join(SYNTHESIS_SUBJECTS)}, "

@@ -156,6 +156,13 @@ def _log_start(
         f"({int((data.labels == UNLABELLED).sum())} of them unlabelled, training only), {cohort.shape}, "
         f"{cache} ({cohort.extra.get('cache_entry', 'no cache')}), {data.seconds:.1f} s"
     )
+    if data.validation is not None:
+        held = data.validation
+        folder.log(
+            f"validation: held-out phantom cohort of {held['subjects']} subjects, seed "
+            f"{held['phantom_seed']}; {held['validating']} of the task validate, the split's "
+            f"{held['split_val_unused']} validation subjects are unused"
+        )
     if assembly.eager_because is not None:
         folder.log(
             f"precision.compile: torch.compile cannot compile here ({assembly.eager_because}); "

@@ -94,6 +94,9 @@ class EvaluateSettings:
     native_space: bool = False
     # test on a fresh phantom cohort of this many subjects (0: the test split)
     phantom_test_subjects: int = field(default=0, metadata=within(0, 1_000_000))
+    # select the epoch and the threshold on a fresh phantom cohort of this many subjects
+    # (0: the split's validation subjects; cdsf_bench/protocol.py)
+    phantom_val_subjects: int = field(default=0, metadata=within(0, 1_000_000))
     # re-estimate every batch-norm layer's running statistics of a stage's modules on its
     # training subjects once its selected state is restored (cdsf_bench/batchnorm.py)
     batchnorm_reestimation: bool = False

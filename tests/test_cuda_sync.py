@@ -22,6 +22,7 @@ from cdsf_bench.data.pipeline import DevicePipeline, HiddenVolumes, Labels
 from cdsf_bench.engine import _to_floats
 from cdsf_bench.perf.cohort import synthetic_cohort
 from cdsf_bench.registry import default_registry
+from cdsf_bench.settings import RunConfig
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -113,21 +114,55 @@ def test_losses_on_two_devices_are_read_in_one_synchronisation() -> None:
     assert len([w for w in caught if "synchronizing" in str(w.message)]) == 1
 
 
-def _couplings() -> Iterator[str]:
-    yield from default_registry().names("coupling")
+#: the switches that change what a step computes, each on a coupling's defaults:
+#: (coupling, diagnoser or None for the default, --set assignments)
+SWITCHES: dict[str, tuple[str, str | None, tuple[str, ...]]] = {
+    "decoupled-cross-fitted": ("decoupled", None, ("coupling.decoupled.synthetic_pairs=cross_fitted",)),
+    "joint-pet-indicator": ("joint", None, ("coupling.joint.pet_indicator=true",)),
+    "decoupled-pet-indicator": ("decoupled", None, ("coupling.decoupled.pet_indicator=true",)),
+    "mean-impute-pet-indicator": ("mean-impute", None, ("coupling.mean-impute.pet_indicator=true",)),
+    "single-regional": ("single", "regional", ()),
+    "joint-regional": ("joint", "regional", ()),
+}
 
 
-@pytest.mark.parametrize("coupling", list(_couplings()))
-def test_a_training_step_waits_for_the_gpu_only_to_read_its_losses(coupling: str) -> None:
-    """Every stage of every shipped coupling: batches drawn and steps taken, losses left unread."""
-    from cdsf_bench.assemble import assemble
+def _cases() -> Iterator[tuple[str, str | None, tuple[str, ...]]]:
+    """Every shipped coupling with its defaults, then each switch."""
+    for coupling in default_registry().names("coupling"):
+        yield coupling, None, ()
+    yield from SWITCHES.values()
+
+
+def _config(coupling: str, diag: str | None, assignments: tuple[str, ...], device: str) -> RunConfig:
     from cdsf_bench.perf.settings import PerfSettings, resolve_config
 
     registry = default_registry()
     synth = "none" if registry.coupling_class(coupling).needs_synthesiser is False else None
-    config = resolve_config(
-        PerfSettings(synth=synth, coupling=coupling, size=SIZE, batch=BATCH, device="cuda"), registry
+    settings = PerfSettings(
+        synth=synth,
+        diag=diag,
+        coupling=coupling,
+        size=SIZE,
+        batch=BATCH,
+        device=device,
+        assignments=assignments,
     )
+    return resolve_config(settings, registry)
+
+
+CASES = list(_cases())
+CASE_NAMES = [*default_registry().names("coupling"), *SWITCHES]
+
+
+@pytest.mark.parametrize(("coupling", "diag", "assignments"), CASES, ids=CASE_NAMES)
+def test_a_training_step_waits_for_the_gpu_only_to_read_its_losses(
+    coupling: str, diag: str | None, assignments: tuple[str, ...]
+) -> None:
+    """Every stage of every shipped coupling and switch: batches drawn and steps taken, losses left unread."""
+    from cdsf_bench.assemble import assemble
+
+    registry = default_registry()
+    config = _config(coupling, diag, assignments, "cuda")
     cohort, labels, splits = synthetic_cohort(SIZE, BATCH, seed=0)
     assembly = assemble(config, registry, cohort, labels, splits, torch.device("cuda"))
     found: dict[str, list[str]] = {}

@@ -47,6 +47,15 @@ COUPLINGS: dict[str, tuple[str, dict]] = {
     "mean-impute": ("mean-impute", {}),
     "complete-case": ("complete-case", {}),
     "oracle": ("oracle", {}),
+    "oracle-synthesis": ("oracle-synthesis", {}),
+    "routing": ("routing", {}),
+    "decoupled-cross-fitted": (
+        "decoupled",
+        {"synthetic_pairs": "cross_fitted", "discriminator_widths": (4, 8)},
+    ),
+    "joint-pet-indicator": ("joint", {"pet_indicator": True, "w_diag": 0.1, "critic_widths": (4, 8)}),
+    "decoupled-pet-indicator": ("decoupled", {"pet_indicator": True, "discriminator_widths": (4, 8)}),
+    "mean-impute-pet-indicator": ("mean-impute", {"pet_indicator": True}),
 }
 
 
@@ -58,7 +67,10 @@ def _batch(with_pet_only: bool, unlabelled: bool) -> Batch:
     pet = torch.where(has_pet.view(-1, 1, 1, 1, 1), truth, torch.zeros_like(truth))
     labelled = torch.tensor([1, 0, 1, 1, 0] if unlabelled else [1] * 5).bool()
     label = torch.where(labelled, torch.tensor([0, 1, 1, 0, 1]), -1)
-    return Batch(mri, pet, has_pet, label, torch.arange(5), truth, labelled)
+    expected = (
+        torch.rand(5, 1, *SHAPE, generator=generator) * 2 - 1
+    )  # E[PET | MRI]: oracle-synthesis reads it
+    return Batch(mri, pet, has_pet, label, torch.arange(5), truth, labelled, pet_expected=expected)
 
 
 def _coupling(name: str, cluster: distributed.Cluster) -> Coupling:

@@ -17,7 +17,7 @@ from scipy import stats
 from sklearn.calibration import calibration_curve
 
 from cdsf_bench.bench.answers import Design, answers, design_of
-from cdsf_bench.bench.sizing import Components, half_width, plan
+from cdsf_bench.bench.sizing import Components, Target, half_width, plan
 from cdsf_bench.bench.stats import holm, minimal_detectable_difference, t_interval
 from cdsf_bench.bench.suite import PER_REPLICATE, SHARED, suite_from_canonical
 from cdsf_bench.bench.suite_file import load_suite
@@ -284,7 +284,7 @@ def test_answers_verdicts_holm_and_mdd_on_constructed_differences():
 
 def test_plan_gives_the_fewest_test_subjects_that_reach_the_target():
     parts = Components("m", 3, -0.02, 0.005, 0.0036, 36.0, 0.0014)
-    for row in plan(parts, 0.05, range(2, 9)):
+    for row in plan(parts, Target("half_width", 0.05), range(2, 9)):
         if row.test_subjects is None:  # the training variance alone is too large for this count
             t = stats.t.ppf(0.975, row.replicates - 1)
             assert t * math.sqrt(parts.training_variance / row.replicates) > 0.05

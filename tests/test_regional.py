@@ -176,6 +176,20 @@ def test_the_core_places_the_atlas_with_the_cohorts_affine() -> None:
     np.testing.assert_allclose(diagnoser["diagnoser"].weights.numpy(), expected, rtol=1e-6, atol=1e-12)
 
 
+def test_perf_measures_the_regional_diagnoser_on_its_synthetic_cohort() -> None:
+    """``cdsf-bench perf`` (and the CUDA tests) build methods on the synthetic cohort: its grid
+    lies on the MNI brain box, so every atlas region has voxels at any size."""
+    registry = default_registry()
+    shape = (20, 24, 24)
+    settings = PerfSettings(synth="none", diag="regional", coupling="single", size=shape, device="cpu")
+    cohort, labels, splits = synthetic_cohort(shape, 4, seed=0)
+    modules = assemble(
+        resolve_config(settings, registry), registry, cohort, labels, splits, torch.device("cpu")
+    )
+    expected = region_weights(brain_box_affine(shape), shape, REGIONS, soft=False)
+    np.testing.assert_allclose(modules.coupling.modules()["diagnoser"].weights.numpy(), expected, rtol=1e-6)
+
+
 @pytest.mark.parametrize(
     "method",
     [

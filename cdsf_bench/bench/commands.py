@@ -21,7 +21,7 @@ from cdsf_bench.progress import console
 from cdsf_bench.registry import Registry
 
 if TYPE_CHECKING:
-    from cdsf_bench.bench.sizing import Components
+    from cdsf_bench.bench.sizing import Components, Plan, Target
 
 FORMAT_CHOICES = {"md": ("md",), "html": ("html",), "both": ("md", "html")}
 
@@ -160,7 +160,15 @@ def regress(results: Path, baseline: Path, update: bool, as_json_flag: bool) -> 
 
 @click.command()
 @click.argument("folder", type=click.Path(path_type=Path, exists=True, file_okay=False))
-@click.option("--half-width", type=float, default=0.05, show_default=True, help="Target ΔAUC half-width.")
+@click.option(
+    "--half-width", type=float, help="Target ΔAUC half-width of the paired interval [default: 0.05]."
+)
+@click.option("--mdd", type=float, help="Target minimal detectable ΔAUC at --power, two-sided --alpha.")
+@click.option(
+    "--margin", type=float, help="Equivalence margin: the TOST at --alpha has --power at a true ΔAUC of 0."
+)
+@click.option("--power", "power_level", type=float, help="Power of --mdd and --margin [default: 0.8].")
+@click.option("--alpha", type=float, help="Level: intervals at 1 - alpha, tests at alpha [default: 0.05].")
 @click.option("--reference", help="Method the others are compared with (default as in report).")
 @click.option("--max-replicates", type=click.IntRange(2, 100), default=10, show_default=True)
 @click.option(
@@ -168,14 +176,26 @@ def regress(results: Path, baseline: Path, update: bool, as_json_flag: bool) -> 
     type=click.IntRange(2, None),
     help="Also predict the half-width and MDD at this many test subjects of the task per replicate.",
 )
+@click.option("--json", "as_json_flag", is_flag=True, help="Print one JSON object instead of tables.")
 def power(
-    folder: Path, half_width: float, reference: str | None, max_replicates: int, test_subjects: int | None
+    folder: Path,
+    half_width: float | None,
+    mdd: float | None,
+    margin: float | None,
+    power_level: float | None,
+    alpha: float | None,
+    reference: str | None,
+    max_replicates: int,
+    test_subjects: int | None,
+    as_json_flag: bool,
 ) -> None:
-    """Size a suite from the finished suite FOLDER: replicates and test subjects for a ΔAUC half-width.
+    """Size a suite from the finished suite FOLDER: replicates and test subjects for a ΔAUC target.
 
     From each comparison's replicate ΔAUCs and DeLong variances: the training and the
     test-sampling variance, then per number of independent replicates the fewest test
-    subjects (of the task, per replicate) whose paired 95% interval reaches --half-width.
+    subjects (of the task, per replicate) that reach one target: the paired interval's
+    --half-width (the default), a minimal detectable difference --mdd, or an equivalence
+    --margin (docs/benchmark.md, "Sizing a suite").
     """
     from cdsf_bench.bench.inputs import groups
     from cdsf_bench.bench.report import choose_reference, comparisons
@@ -183,60 +203,146 @@ def power(
     from cdsf_bench.bench.table import load_results
     from cdsf_bench.registry import default_registry
 
-    if not 0 < half_width < 1:
-        raise InputError(f"--half-width must be in (0, 1), got {half_width}.")
+    target = _target(half_width, mdd, margin, power_level, alpha)
     results = load_results(folder)
     done = results[results["status"] == "done"]
     reference = choose_reference(results, reference, default_method(default_registry()))
+    replicates = range(2, max_replicates + 1)
+    found = []
     for scenario, task in groups(results):
         part = done[(done["scenario"] == scenario) & (done["task"] == task)]
         label = f"{scenario + ' ' if scenario else ''}{task}"
         parts = components(comparisons(folder, part, reference)) if len(part) else []
+        plans = [plan(p, target, replicates) for p in parts]
+        found.append({"scenario": scenario, "task": task, "components": parts, "plans": plans})
+        if as_json_flag:
+            continue
         if not parts:
             console.print(f"{label}: no method has two paired replicates against {reference}")
             continue
-        table = Table(title=f"{label}: ΔAUC against {reference}, variance per replicate")
-        for column in ("method", "replicates", "mean Δ", "observed", "DeLong (test)", "n test", "training"):
-            table.add_column(column, justify="left" if column == "method" else "right")
-        for p in parts:
-            table.add_row(
-                p.method,
-                str(p.replicates),
-                f"{p.mean_difference:+.3f}",
-                *(f"{v:.5f}" for v in (p.observed_variance, p.test_variance)),
-                f"{p.test_subjects:.0f}",
-                f"{p.training_variance:.5f}",
-            )
-        console.print(table)
-        plans = [plan(p, half_width, range(2, max_replicates + 1)) for p in parts]
-        plan_table = Table(title=f"{label}: test subjects per replicate for half-width ≤ {half_width:g}")
-        plan_table.add_column("replicates", justify="right")
-        for p in parts:
-            plan_table.add_column(f"{p.method}: n (MDD)", justify="right")
-        for row in zip(*plans, strict=True):
-            cells = [
-                "unreachable" if r.test_subjects is None else f"{r.test_subjects} ({r.mdd:.3f})" for r in row
-            ]
-            plan_table.add_row(str(row[0].replicates), *cells)
-        console.print(plan_table)
+        console.print(_components_table(label, reference, parts))
+        console.print(_plan_table(label, target, parts, plans))
         if test_subjects is not None:
             at = Table(title=f"{label}: predicted half-width (MDD) at {test_subjects} test subjects")
             at.add_column("replicates", justify="right")
             for p in parts:
                 at.add_column(p.method, justify="right")
-            for count in range(2, max_replicates + 1):
-                at.add_row(str(count), *(predicted(p, count, test_subjects) for p in parts))
+            for count in replicates:
+                at.add_row(str(count), *(predicted(p, count, test_subjects, target) for p in parts))
             console.print(at)
+    if as_json_flag:
+        click.echo(_power_json(target, reference, found))
 
 
-def predicted(parts: Components, replicates: int, test_subjects: int) -> str:
+def _target(
+    half_width: float | None,
+    mdd: float | None,
+    margin: float | None,
+    power_level: float | None,
+    alpha: float | None,
+) -> Target:
+    """The one target the options name (a half-width of 0.05 when none), checked; power and
+    alpha default to the checks' (``bench.stats.POWER`` and ``ALPHA``)."""
+    from cdsf_bench.bench.sizing import Target
+    from cdsf_bench.bench.stats import ALPHA, POWER
+
+    alpha = ALPHA if alpha is None else alpha
+    power_level = POWER if power_level is None else power_level
+    given = {"half_width": half_width, "mdd": mdd, "margin": margin}
+    named = [kind for kind, value in given.items() if value is not None]
+    if len(named) > 1:
+        options = " and ".join(f"--{kind.replace('_', '-')}" for kind in named)
+        raise InputError(f"{options}: size for one target at a time (--half-width, --mdd or --margin).")
+    kind = named[0] if named else "half_width"
+    value = given[kind] if named else 0.05
+    if value is None or not 0 < value < 1:
+        raise InputError(f"--{kind.replace('_', '-')} must be in (0, 1), got {value}.")
+    if not 0 < alpha < 0.5:
+        raise InputError(f"--alpha must be in (0, 0.5), got {alpha}.")
+    if not alpha < power_level < 1:
+        raise InputError(f"--power must be in (alpha, 1) = ({alpha:g}, 1), got {power_level}.")
+    return Target(kind, value, alpha, power_level)  # type: ignore[arg-type]
+
+
+def _components_table(label: str, reference: str, parts: list[Components]) -> Table:
+    table = Table(title=f"{label}: ΔAUC against {reference}, variance per replicate")
+    for column in ("method", "replicates", "mean Δ", "observed", "DeLong (test)", "n test", "training"):
+        table.add_column(column, justify="left" if column == "method" else "right")
+    for p in parts:
+        table.add_row(
+            p.method,
+            str(p.replicates),
+            f"{p.mean_difference:+.3f}",
+            *(f"{v:.5f}" for v in (p.observed_variance, p.test_variance)),
+            f"{p.test_subjects:.0f}",
+            f"{p.training_variance:.5f}",
+        )
+    return table
+
+
+def _plan_table(label: str, target: Target, parts: list[Components], plans: list[list[Plan]]) -> Table:
+    """Per replicate count, each method's fewest test subjects and what that design reaches."""
+    if target.kind == "half_width":
+        title, cell = f"half-width ≤ {target.value:g}", "n (MDD)"
+    elif target.kind == "mdd":
+        title = f"MDD ≤ {target.value:g} ({target.power:.0%} power, two-sided α {target.alpha:g})"
+        cell = "n (MDD)"
+    else:
+        title = (
+            f"equivalence within ±{target.value:g} (TOST at α {target.alpha:g}, {target.power:.0%} power "
+            f"at Δ = 0; evaluable: MDD ≤ {target.value:g})"
+        )
+        cell = "n (power, MDD)"
+    table = Table(title=f"{label}: test subjects per replicate for {title}")
+    table.add_column("replicates", justify="right")
+    for p in parts:
+        table.add_column(f"{p.method}: {cell}", justify="right")
+    for row in zip(*plans, strict=True):
+        table.add_row(str(row[0].replicates), *(_plan_cell(r) for r in row))
+    return table
+
+
+def _plan_cell(row: Plan) -> str:
+    if row.test_subjects is None:
+        return "unreachable"
+    if row.tost_power is None:
+        return f"{row.test_subjects} ({row.mdd:.3f})"
+    return f"{row.test_subjects} ({row.tost_power:.2f}, {row.mdd:.3f})"
+
+
+def _power_json(target: Target, reference: str, found: list[dict]) -> str:
+    """``power --json``: the target, and per scenario and task each method's components and plan."""
+    import dataclasses
+    import json
+
+    groups_out = [
+        {
+            "scenario": group["scenario"],
+            "task": group["task"],
+            "methods": [
+                {
+                    **dataclasses.asdict(parts),
+                    "per_subject": parts.per_subject,
+                    "plan": [dataclasses.asdict(row) for row in plans],
+                }
+                for parts, plans in zip(group["components"], group["plans"], strict=True)
+            ],
+        }
+        for group in found
+    ]
+    body = {"target": dataclasses.asdict(target), "reference": reference, "groups": groups_out}
+    return json.dumps(body, indent=2)
+
+
+def predicted(parts: Components, replicates: int, test_subjects: int, target: Target) -> str:
     """``half-width (MDD)`` predicted for a design (:mod:`cdsf_bench.bench.sizing`)."""
     from cdsf_bench.bench.sizing import half_width
     from cdsf_bench.bench.stats import minimal_detectable_difference
 
     sd = parts.replicate_variance(test_subjects) ** 0.5
-    width = half_width(parts, replicates, test_subjects)
-    return f"{width:.3f} ({minimal_detectable_difference(sd, replicates):.3f})"
+    width = half_width(parts, replicates, test_subjects, 1 - target.alpha)
+    mdd = minimal_detectable_difference(sd, replicates, alpha=target.alpha, power=target.power)
+    return f"{width:.3f} ({mdd:.3f})"
 
 
 def default_method(registry: Registry) -> Method | None:

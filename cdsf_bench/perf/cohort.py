@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cdsf_bench.data.regions import brain_box_affine
 from cdsf_bench.data.splits import Splits
 from cdsf_bench.interfaces import Batch, Cohort
 
@@ -50,7 +51,7 @@ def synthetic_cohort(size: tuple[int, int, int], batch: int, seed: int) -> tuple
         mri=mri,
         pet=pet,
         has_pet=has_pet,
-        affine=np.eye(4),
+        affine=brain_box_affine(size),  # on the MNI brain box, so an atlas reader finds its regions
         brain_mask=np.ones(size, dtype=bool),
         pet_truth=truth,
         pet_expected=truth,

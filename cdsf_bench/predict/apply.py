@@ -37,6 +37,10 @@ from cdsf_bench.settings import RunConfig
 #: The held-out phantom cohort's seed is the training cohort's plus this: disjoint from every
 #: seed a user gives (below 2**31), and so from every training cohort of a suite's replicates.
 HELD_OUT_SEED_OFFSET = 2**31
+#: The held-out validation cohort's seed is the training cohort's plus this: above every
+#: training seed (at most ``ranges.MAX_SEED``) and every held-out test seed (at most
+#: ``HELD_OUT_SEED_OFFSET + MAX_SEED`` < 2**33), so the three cohorts never share a seed.
+VALIDATION_SEED_OFFSET = 2**33
 #: The ``split`` column of a held-out cohort's predictions.
 HELD_OUT = "held_out"
 
@@ -44,11 +48,12 @@ HELD_OUT = "held_out"
 def source_config(base: RunConfig, spec: str, assignments: tuple[str, ...], registry: Registry) -> RunConfig:
     """The run's configuration reading the cohort ``spec`` with the data ``assignments`` on top.
 
-    The run's own held-out phantom cohort (``evaluate.phantom_test_subjects``) is no part of
-    a prediction: the cohort predicted is ``spec``, phantom or not.
+    The run's own held-out phantom cohorts (``evaluate.phantom_test_subjects`` and
+    ``evaluate.phantom_val_subjects``) are no part of a prediction: the cohort predicted is
+    ``spec``, phantom or not.
     """
     check_data_assignments(assignments, "--set")
-    flags = {"data.spec": spec, "evaluate.phantom_test_subjects": 0}
+    flags = {"data.spec": spec, "evaluate.phantom_test_subjects": 0, "evaluate.phantom_val_subjects": 0}
     return cfg.resolve(registry, None, assignments, flags=flags, base=base)
 
 
@@ -60,6 +65,18 @@ def held_out_config(run: RunConfig) -> RunConfig:
     """
     return run.with_data(
         subjects=run.evaluate.phantom_test_subjects, phantom_seed=run.data.phantom_seed + HELD_OUT_SEED_OFFSET
+    )
+
+
+def validation_config(run: RunConfig) -> RunConfig:
+    """The run's phantom settings with ``evaluate.phantom_val_subjects`` subjects and a disjoint seed.
+
+    Drawn as :func:`held_out_config` draws the test cohort, ``VALIDATION_SEED_OFFSET`` above
+    the training seed; the protocol makes it the run's validation split.
+    """
+    return run.with_data(
+        subjects=run.evaluate.phantom_val_subjects,
+        phantom_seed=run.data.phantom_seed + VALIDATION_SEED_OFFSET,
     )
 
 
