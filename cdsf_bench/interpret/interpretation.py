@@ -124,7 +124,7 @@ def select_rows(application: Application, request: Request) -> np.ndarray:
         unusable = [ids[r] for r in rows if not usable[r]]
         if unusable:
             raise InputError(
-                f"--subjects: {', '.join(unusable)} have no acquired PET, and this run's coupling predicts "
+                f"--subjects: {', '.join(unusable)} without acquired PET; this run's coupling predicts "
                 "only subjects with PET."
             )
         return rows
