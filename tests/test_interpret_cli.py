@@ -136,3 +136,5 @@ def test_a_suite_gets_interpret_csv_and_its_report_a_table_per_method(runs, tmp_
     assert (suite / "interpret" / "runs" / "cdsf" / "metrics.json").is_file()
     (tables,) = [b for b in interpretation_blocks(suite) if isinstance(b, Table)]
     assert {row[0] for row in tables.rows} == set(METHODS)
+    assert invoke("report", suite, "--format", "md").exit_code == 0
+    assert "### Attribution by ig" in (suite / "report.md").read_text()
