@@ -119,6 +119,18 @@ def test_gradcam_is_refused_for_a_diagnoser_without_a_convolution():
     check_method("gradcam", ConvDiagnoser(), "diagnoser")  # accepted
 
 
+class Detached(OneRegion):
+    """A diagnoser whose logits do not depend on its input through autograd."""
+
+    def forward(self, x: Tensor) -> DiagnoserOutput:
+        return super().forward(x.detach())
+
+
+def test_a_diagnoser_captum_cannot_attribute_is_refused_with_the_reason():
+    with pytest.raises(InputError, match="Captum cannot attribute diagnoser 'd' .* by ig"):
+        attribute("ig", Detached(), "d", positive_input(), AttributionSettings(("ig",), 8.0, ig_steps=2))
+
+
 def test_methods_are_parsed_known_and_once():
     assert parse_methods("occlusion, ig,ig") == ("ig", "occlusion")
     with pytest.raises(InputError, match="choose among"):

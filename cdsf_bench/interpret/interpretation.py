@@ -14,6 +14,7 @@ so memory holds one subject's maps and the class sums, whatever the cohort's siz
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,7 @@ from cdsf_bench.results import utc_stamp, write_csv, write_json
 from cdsf_bench.run_folder import RunFolder
 from cdsf_bench.settings import RunConfig
 from cdsf_bench.staging import staged_folder
+from cdsf_bench.textfiles import read_text
 
 #: which subjects ``--split`` names: the run's test split, or every subject of the task
 SPLITS = ("test", "all")
@@ -153,16 +155,28 @@ def select_rows(application: Application, request: Request) -> np.ndarray:
 
 
 def truth_of(application: Application) -> dict[str, PlantedTruth]:
-    """The planted truth of a phantom cohort, by the cohort's own phantom settings; {} otherwise."""
-    if application.source != "phantom":
-        return {}
-    from cdsf_bench.data.phantom import phantom_settings
+    """The planted truth of a phantom cohort, by the cohort's own phantom settings; {} otherwise.
+
+    The generated phantom's settings are the run's (or ``--data``'s) ``data.phantom.*``; a
+    folder written by ``cdsf-bench data phantom`` records its own in ``phantom.json``.
+    """
+    from cdsf_bench.data.phantom import PhantomSettings, phantom_settings
     from cdsf_bench.data.sources import phantom_options
 
+    if application.source == "phantom":
+        settings = phantom_settings(phantom_options(application.config.data))
+    elif application.source == "phantom-folder":
+        path = Path(application.config.data_spec) / "phantom.json"
+        try:
+            settings = PhantomSettings.from_json(json.loads(read_text(path, "phantom.json"))["settings"])
+        except (ValueError, KeyError, TypeError) as error:
+            raise InputError(
+                f"{path}: no phantom settings to score against ({type(error).__name__} {error})."
+            ) from None
+    else:
+        return {}
     cohort = application.cohort
-    return planted_truth(
-        phantom_settings(phantom_options(application.config.data)), cohort.affine, cohort.brain_mask
-    )
+    return planted_truth(settings, cohort.affine, cohort.brain_mask)
 
 
 def _interpret(
