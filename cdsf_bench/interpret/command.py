@@ -80,7 +80,7 @@ def interpret_command(
     from cdsf_bench.interpret.suite import INTERPRET_TABLE, interpret_suite, is_suite
     from cdsf_bench.registry import default_registry
 
-    ids = tuple(p.strip() for p in (subjects or "").split(",") if p.strip())
+    ids = tuple(dict.fromkeys(p.strip() for p in (subjects or "").split(",") if p.strip()))  # each once
     request = Request(parse_methods(methods), ig_steps, data_spec, ids, split, device)
     registry = default_registry()
     if is_suite(folder):
