@@ -103,9 +103,18 @@ def method_mismatch(run: RunConfig, registry: Registry) -> str | None:
 
 
 def build_method(
-    run: RunConfig, registry: Registry, context: TrainingContext, channels_last: bool
+    run: RunConfig,
+    registry: Registry,
+    context: TrainingContext,
+    channels_last: bool,
+    diagnosers: list[torch.nn.Module] | None = None,
 ) -> Coupling:
-    """Instantiate the coupling with factories for the chosen synthesiser and diagnoser."""
+    """Instantiate the coupling with factories for the chosen synthesiser and diagnoser.
+
+    Every module the diagnoser factory builds is appended to ``diagnosers`` when given: a
+    reader of a trained model (``cdsf-bench interpret``) finds them there, whatever the
+    coupling calls them or wraps them in.
+    """
     device = context.device
     synth_name, synth_params = run.plugin("synth")
     diag_name, diag_params = run.plugin("diag")
@@ -128,7 +137,7 @@ def build_method(
     placement = {"affine": context.affine} if takes_affine else {}
 
     def build_diag(in_channels: int, num_classes: int | None = None) -> torch.nn.Module:
-        return place(
+        built = place(
             diag_component.factory(
                 in_channels=in_channels,
                 input_shape=context.input_shape,
@@ -139,6 +148,9 @@ def build_method(
             device,
             channels_last,
         )
+        if diagnosers is not None:
+            diagnosers.append(built)
+        return built
 
     try:
         return coupling_class(context, build_synth, build_diag, **coupling_params)
@@ -176,6 +188,8 @@ class Assembly:
     eager_because: str | None = None
     #: what the engine adds around the coupling's steps (``[train]`` and ``[evaluate]``)
     recipe: Recipe = NO_RECIPE
+    #: every module the coupling built with its diagnoser factory, in the order it built them
+    diagnosers: tuple[torch.nn.Module, ...] = ()
 
 
 def assemble(
@@ -234,9 +248,12 @@ def assemble(
         global_sum=global_sum(cluster),
         affine=cohort.affine,
     )
-    coupling = build_method(run, registry, context, channels_last)
+    diagnosers: list[torch.nn.Module] = []
+    coupling = build_method(run, registry, context, channels_last, diagnosers)
     eager_because = None
     if precision.compile:
         eager_because = compile_in_place(coupling.modules().values(), device)
     compiled = precision.compile and eager_because is None
-    return Assembly(pipeline, context, coupling, channels_last, compiled, eager_because, Recipe.of(run))
+    return Assembly(
+        pipeline, context, coupling, channels_last, compiled, eager_because, Recipe.of(run), tuple(diagnosers)
+    )

@@ -54,6 +54,10 @@ COMMANDS: dict[str, LazyCommand] = {
         "cdsf_bench.bench.commands:export",
         "Copy what the report of suite FOLDER reads into DEST, a small folder to commit.",
     ),
+    "interpret": LazyCommand(
+        "cdsf_bench.interpret.command:interpret_command",
+        "Attribution maps of a finished run's diagnoser, scored against the phantom's planted disease.",
+    ),
     "merge": LazyCommand(
         "cdsf_bench.bench.commands:merge",
         "Merge the shard folders SHARDS of one suite into OUT/results.csv and write the report.",

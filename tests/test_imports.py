@@ -83,6 +83,7 @@ LAYERS: tuple[tuple[str, frozenset[str], frozenset[str]], ...] = (
                 "cdsf_bench.predict",
                 "cdsf_bench.perf",
                 "cdsf_bench.testing",
+                "cdsf_bench.interpret",
             }
         ),
     ),

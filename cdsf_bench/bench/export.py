@@ -31,6 +31,7 @@ SUITE_FILES = (
     "comparisons.csv",
     "checks.csv",
     "answers.csv",
+    "interpret.csv",
     "report.md",
     "report.html",
     "suite.toml",

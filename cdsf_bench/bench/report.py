@@ -20,7 +20,9 @@ the minimal detectable difference and a verdict; ``answers.csv``) and the interv
 the design; a folder without split sizes gets no answers, plain t intervals in its tables
 and its interval checks not evaluated. A tuned
 suite's report states the budget and each method's chosen settings
-(:mod:`cdsf_bench.bench.tuning_report`). What the report reads, and in which order, is
+(:mod:`cdsf_bench.bench.tuning_report`). A suite interpreted by ``cdsf-bench interpret``
+(its ``interpret.csv``) gets one table per attribution method of where the diagnosers look
+(:mod:`cdsf_bench.interpret.suite`). What the report reads, and in which order, is
 :mod:`cdsf_bench.bench.inputs`.
 """
 
@@ -74,6 +76,7 @@ from cdsf_bench.bench.table import load_results, suite_record
 from cdsf_bench.bench.tuning_report import tuning_blocks
 from cdsf_bench.errors import InputError
 from cdsf_bench.interfaces import Method
+from cdsf_bench.interpret.suite import interpretation_blocks
 from cdsf_bench.metrics import CALIBRATION_KEYS, DISEASE_SYNTHESIS_KEYS, SUBGROUP_KEYS, SYNTHESIS_KEYS
 from cdsf_bench.progress import console
 from cdsf_bench.results import write_csv, write_text
@@ -339,6 +342,7 @@ def build_report(
                 paired = comparisons(folder / EXTERNAL, external, reference)
                 # one fixed external cohort: no resampling correction to the t-test
                 blocks += _comparison_table(paired, methods, reference, None)
+    blocks += interpretation_blocks(folder)  # present once 'cdsf-bench interpret FOLDER' ran
     unfinished = results[results["status"] != "done"]
     if len(unfinished):
         blocks += [
