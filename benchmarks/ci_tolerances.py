@@ -16,7 +16,9 @@ the allowed loss is the larger of
   at its ceiling on every seed (sd 0) does not fail on one subject.
 
 The baseline file carries, in comments, each entry's mean, sd and worst seed, the seeds and
-the command that produced it (docs/regression.md, "The CI baseline").
+the command that produced it (docs/regression.md, "The CI baseline"), and as ``threads`` the
+torch thread count the runs trained with (their environment.json's), the count ``regress``
+then requires of the runs it compares.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from cdsf_bench.bench.regress import THREADS, recorded_threads
 from cdsf_bench.metrics import HIGHER_IS_BETTER
 from cdsf_bench.results import write_text
 
@@ -55,8 +58,9 @@ def tolerance(values: pd.Series, metric: str) -> tuple[float, float, float, floa
     return mean, sd, worst, round(_round_up(allowed, step), 4)
 
 
-def baseline_text(results: pd.DataFrame, source: str) -> str:
-    """The baseline TOML, with the derivation of each entry in its comments."""
+def baseline_text(results: pd.DataFrame, source: str, threads: int | None = None) -> str:
+    """The baseline TOML, with the derivation of each entry in its comments; ``threads``: the
+    runs' thread count (None: unrecorded, and the baseline says none)."""
     done = results[results["status"] == "done"]
     unfinished = results[results["status"] != "done"]
     if len(unfinished):
@@ -68,8 +72,15 @@ def baseline_text(results: pd.DataFrame, source: str) -> str:
         f"# the suite over seeds {', '.join(map(str, seeds))} (benchmarks/suites/ci-spread.toml).",
         "# value: the mean over the seeds; abs_tol: the larger of 3 sd, 1.5 x (mean - worst seed)",
         "# and the metric's floor, rounded up. Comments: mean, sd and worst seed of each entry.",
-        "",
     ]
+    if threads is not None:
+        lines += [
+            "# threads: the torch threads every run trained with (their environment.json); regress",
+            "# compares only runs at this count (cdsf-bench bench SUITE --threads N, as .ci/run does).",
+            "",
+            f"{THREADS} = {threads}",
+        ]
+    lines.append("")
     for method, part in done.groupby("method", sort=False):
         metrics = DIAGNOSIS + tuple(m for m in SYNTHESIS if part[m].notna().all() and len(part[m].dropna()))
         for metric in metrics:
@@ -93,7 +104,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("results", type=Path, help="results.csv of the CI suite over several seeds")
     parser.add_argument("--out", type=Path, help="write the baseline here (default: print it)")
     args = parser.parse_args(argv)
-    text = baseline_text(pd.read_csv(args.results), str(args.results))
+    results = pd.read_csv(args.results)
+    done = results.loc[results["status"] == "done", "run_folder"]
+    counts = set(recorded_threads(args.results.parent, [str(run) for run in done]).values())
+    if len(counts) > 1:
+        raise SystemExit(f"{args.results}: the runs trained with several thread counts {sorted(counts)}")
+    text = baseline_text(results, str(args.results), next(iter(counts), None))
     if args.out is None:
         sys.stdout.write(text)
     else:

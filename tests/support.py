@@ -1,4 +1,5 @@
-"""Test support: a training context for couplings driven directly, and benchmark scripts.
+"""Test support: a training context for couplings driven directly, benchmark scripts, and the
+tiny suite and the tiny run that conftest.py runs once for the modules that read them.
 
 ``benchmarks/`` is a folder of scripts, not a package on the import path (a script run as
 ``python benchmarks/perf_step.py`` imports its neighbours by their bare names), so tests
@@ -15,6 +16,7 @@ from types import ModuleType
 import torch
 
 from cdsf_bench.interfaces import TrainingContext
+from cdsf_bench.registry import default_registry
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -46,3 +48,43 @@ def training_context(shape: tuple[int, int, int], **overrides: object) -> Traini
     }
     values.update(overrides)
     return TrainingContext(**values)
+
+
+#: a tiny MRI-only run's options (conftest.py trains one per session): seconds, one epoch
+TINY_RUN = ["--synth", "none", "--diag", "mdm", "--preset", "tiny", "--set", "data.subjects=24"]
+TINY_RUN += ["--epochs", "1", "--set", "evaluate.bootstrap=10"]
+
+
+def second_method() -> str:
+    """MRI alone when the 'single' coupling is installed, else CDSF without the feature term."""
+    if "single" in default_registry().names("coupling"):
+        return 'name = "MRI only"\nsynth = "none"\ndiag = "mdm"\ncoupling = "single"'
+    method = 'name = "CDSF no feature"\nsynth = "ism"\ndiag = "mdm"\ncoupling = "joint"\n'
+    return method + "settings.coupling.joint.w_feature = 0"
+
+
+TINY_SUITE = """
+name = "tiny"
+task = "ad_cn"
+preset = "tiny"
+seeds = [0, 1]
+
+[settings]
+"data.subjects" = 24
+"train.epochs" = 1
+"evaluate.bootstrap" = 10
+
+[[methods]]
+name = "CDSF"
+synth = "ism"
+diag = "mdm"
+coupling = "joint"
+
+[[methods]]
+{second}
+"""
+
+
+def tiny_suite_text() -> str:
+    """:data:`TINY_SUITE` with its second method: two methods, two seeds, 8 mm, one epoch."""
+    return TINY_SUITE.format(second=second_method())

@@ -1,8 +1,8 @@
 """Suites, the suite runner, the report and its statistics, and regression checks.
 
-One tiny suite (two methods, two seeds, 8 mm, one epoch) runs once for the whole module;
-the resume, shard, report and regression tests reuse its folder. conftest.py keeps the
-progress bars quiet and the data cache private.
+One tiny suite (support.TINY_SUITE: two methods, two seeds, 8 mm, one epoch) runs once per
+session (conftest.py); the resume, shard, report and regression tests reuse a copy of its
+folder. conftest.py keeps the progress bars quiet and the data cache private.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import pytest
 from click.testing import CliRunner
 from scipy.stats import mannwhitneyu
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
-from support import load_benchmark
+from support import load_benchmark, tiny_suite_text
 
 from cdsf_bench.bench.report import choose_reference
 from cdsf_bench.bench.runner import run_suite
@@ -37,49 +37,15 @@ from cdsf_bench.metrics import DIAGNOSIS_KEYS
 from cdsf_bench.registry import default_registry
 
 
-def _second_method() -> str:
-    """MRI alone when the 'single' coupling is installed, else CDSF without the feature term."""
-    if "single" in default_registry().names("coupling"):
-        return 'name = "MRI only"\nsynth = "none"\ndiag = "mdm"\ncoupling = "single"'
-    method = 'name = "CDSF no feature"\nsynth = "ism"\ndiag = "mdm"\ncoupling = "joint"\n'
-    return method + "settings.coupling.joint.w_feature = 0"
-
-
-TINY_SUITE = """
-name = "tiny"
-task = "ad_cn"
-preset = "tiny"
-seeds = [0, 1]
-
-[settings]
-"data.subjects" = 24
-"train.epochs" = 1
-"evaluate.bootstrap" = 10
-
-[[methods]]
-name = "CDSF"
-synth = "ism"
-diag = "mdm"
-coupling = "joint"
-
-[[methods]]
-{second}
-"""
+@pytest.fixture(scope="module")
+def suite_file(tiny_suite_file: Path) -> Path:
+    return tiny_suite_file
 
 
 @pytest.fixture(scope="module")
-def suite_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("suite") / "tiny.toml"
-    path.write_text(TINY_SUITE.format(second=_second_method()))
-    return path
-
-
-@pytest.fixture(scope="module")
-def suite_run(suite_file, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("bench") / "tiny"
-    result = CliRunner().invoke(main, ["bench", str(suite_file), "--out", str(out)])
-    assert result.exit_code == 0, result.output
-    return out
+def suite_run(tiny_suite: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This module's copy of the session's finished tiny suite (its tests change it)."""
+    return Path(shutil.copytree(tiny_suite, tmp_path_factory.mktemp("bench") / "tiny"))
 
 
 def invoke(*args: str):
@@ -598,9 +564,7 @@ def test_scenarios_expand_runs_into_their_own_folders_and_settings(tmp_path):
     from cdsf_bench.bench.suite import suite_from_canonical
 
     assert suite_from_canonical(suite.canonical()).hash == suite.hash
-    assert (
-        "scenarios" not in load_suite_text(tmp_path, TINY_SUITE.format(second=_second_method())).canonical()
-    )
+    assert "scenarios" not in load_suite_text(tmp_path, tiny_suite_text()).canonical()
 
 
 def load_suite_text(tmp_path: Path, text: str):

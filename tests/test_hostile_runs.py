@@ -17,14 +17,13 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner, Result
+from support import TINY_RUN
 
 from cdsf_bench.cli import main
 from cdsf_bench.errors import RunFailed
 from cdsf_bench.predict import output
 from cdsf_bench.results import load_torch
 
-TINY = ["--preset", "tiny", "--set", "data.subjects=24", "--epochs", "1", "--set", "evaluate.bootstrap=10"]
-METHOD = ["--synth", "none", "--diag", "mdm"]
 CHECKPOINT = Path("run/checkpoints/last.pt")
 
 
@@ -33,11 +32,9 @@ def invoke(*args: object) -> Result:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("hostile_runs") / "run"
-    result = invoke("run", *METHOD, *TINY, "--out", out)
-    assert result.exit_code == 0, result.output
-    return out
+def trained(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This module's copy of the session's tiny MRI-only run (conftest.py)."""
+    return Path(shutil.copytree(tiny_run, tmp_path_factory.mktemp("hostile_runs") / "run"))
 
 
 def _edit_checkpoint(edit: Callable[[dict], None]) -> Callable[[Path], None]:
@@ -148,9 +145,7 @@ CASES = [
         ("config.toml", "UTF-8"),
     ),
     Case("resume-not-a-folder", _write("file", b"x"), ("run", "--resume", "{root}/file"), ("file",)),
-    Case(
-        "run-out-is-a-file", _write("file", b"x"), ("run", *METHOD, *TINY, "--out", "{root}/file"), ("file",)
-    ),
+    Case("run-out-is-a-file", _write("file", b"x"), ("run", *TINY_RUN, "--out", "{root}/file"), ("file",)),
     Case("predict-out-is-a-file", _write("p", b"x"), PREDICT, ("p", "file")),
     Case("predict-out-inside-run", _nothing, (*PREDICT[:-1], "{root}/run/p"), ("inside the run folder",)),
     Case(

@@ -9,6 +9,7 @@ exit 2, naming the helper's pid, with nothing in the folder changed. Once the he
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,14 +19,12 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
+from support import TINY_RUN
 
 from cdsf_bench.cli import main
 from cdsf_bench.errors import InputError
 from cdsf_bench.locking import LOCK_FILE, folder_lock, lock_name
 from cdsf_bench.run_folder import RunFolder
-
-TINY = ["--preset", "tiny", "--set", "data.subjects=24", "--epochs", "1", "--set", "evaluate.bootstrap=10"]
-METHOD = ["--synth", "none", "--diag", "mdm"]
 
 
 def invoke(*args: object) -> Result:
@@ -78,11 +77,9 @@ def holders() -> Iterator[list[Holder]]:
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("locks") / "run"
-    result = invoke("run", *METHOD, *TINY, "--out", out)
-    assert result.exit_code == 0, result.output
-    return out
+def finished_run(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This module's copy of the session's tiny MRI-only run (conftest.py)."""
+    return Path(shutil.copytree(tiny_run, tmp_path_factory.mktemp("locks") / "run"))
 
 
 def assert_refused_naming(result: Result, pid: int) -> None:
@@ -122,7 +119,7 @@ def test_a_second_run_into_a_new_folder_another_process_locked_is_refused(
     out = tmp_path / "new"
     holder = Holder(out)
     holders.append(holder)
-    assert_refused_naming(invoke("run", *METHOD, *TINY, "--out", out), holder.pid)
+    assert_refused_naming(invoke("run", *TINY_RUN, "--out", out), holder.pid)
     assert [p.name for p in out.iterdir()] == [LOCK_FILE]
 
 

@@ -1,8 +1,8 @@
 """Committed results that re-render: ``cdsf-bench export`` keeps what ``report`` reads.
 
-One tiny suite (test_bench's: two methods, two seeds, 8 mm, one epoch) runs once; it is
-exported, the original deleted, and ``report`` on the export must write report.md byte for
-byte as ``bench`` wrote it.
+The session's tiny suite (conftest.py; two methods, two seeds, 8 mm, one epoch) is copied, the
+copy exported and deleted, and ``report`` on the export must write report.md byte for byte
+as ``bench`` wrote it.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from test_bench import TINY_SUITE, _second_method
 
 from cdsf_bench.cli import main
 
@@ -24,13 +23,10 @@ def invoke(*args: object):
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory) -> tuple[Path, bytes]:
+def exported(tiny_suite: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bytes]:
     """The export of a finished tiny suite whose original folder is gone, and its report.md."""
     root = tmp_path_factory.mktemp("rerender")
-    (root / "tiny.toml").write_text(TINY_SUITE.format(second=_second_method()))
-    suite = root / "suite"
-    result = invoke("bench", root / "tiny.toml", "--out", suite)
-    assert result.exit_code == 0, result.output
+    suite = Path(shutil.copytree(tiny_suite, root / "suite"))
     assert list(suite.glob("*/*/*/checkpoints/last.pt"))  # what the export must leave behind
     result = invoke("export", suite, root / "export")
     assert result.exit_code == 0, result.output

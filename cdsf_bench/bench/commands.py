@@ -136,15 +136,22 @@ def export(folder: Path, dest: Path) -> None:
     help="Baseline TOML or JSON.",
 )
 @click.option(
-    "--update", is_flag=True, help="Rewrite the baseline's values from RESULTS, keeping tolerances."
+    "--update",
+    is_flag=True,
+    help="Rewrite the baseline's values and thread count from RESULTS, keeping tolerances.",
 )
 @click.option("--json", "as_json_flag", is_flag=True, help="Print one JSON object instead of a table.")
 def regress(results: Path, baseline: Path, update: bool, as_json_flag: bool) -> None:
-    """Compare RESULTS (a run folder, results.csv or suite folder) with a baseline; exit 1 on a regression."""
+    """Compare RESULTS (a run folder, results.csv or suite folder) with a baseline; exit 1 on a regression.
+
+    Runs that trained at another thread count than the baseline's "threads" are refused (exit 2).
+    """
     from cdsf_bench.bench import regress as rg
 
     current = rg.read_current(results)
     entries = rg.load_baseline(baseline, need_values=not update)
+    if not update:
+        rg.refuse_other_threads(baseline, current)
     checks = rg.compare(entries, current)
     if update:
         rg.update_baseline(baseline, entries, current)

@@ -12,6 +12,13 @@ The allowed loss is the larger of ``abs_tol`` and ``rel_tol * |value|`` (zero if
 given). Methods are keyed by their display name when RESULTS is a suite (the value compared
 is the mean over the suite's finished runs of that method; ``task/name`` when the suite has
 several tasks) and by ``synth+diag+coupling`` when RESULTS is a single run folder.
+
+A baseline may say at how many torch threads its runs trained (a top-level ``threads = 2``):
+on a CPU one and two threads give different metrics, each repeating bit for bit, so results
+of runs at another count (their environment.json's ``torch_threads``) are not compared with
+it (:func:`refuse_other_threads`). A run whose record lacks the count is not counted, as in
+the report's provenance; a baseline without ``threads`` is compared whatever the runs' count.
+``--update`` records the count its runs trained with.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from cdsf_bench.bench.table import RESULTS_FILE
 from cdsf_bench.config import read_toml
 from cdsf_bench.errors import InputError
 from cdsf_bench.metrics import DIAGNOSIS_KEYS, HIGHER_IS_BETTER, SYNTHESIS_KEYS
+from cdsf_bench.options import THREADS_ENV
 from cdsf_bench.results import write_json, write_text
 from cdsf_bench.run_folder import METRICS, RunFolder
 
@@ -38,6 +46,8 @@ DIRECTIONS = ("higher", "lower")
 #: numeric results.csv columns a baseline may check besides the metrics
 EXTRA_COLUMNS = ("n_test", "wall_seconds")
 FAILING = ("worse", "missing", "failed")
+#: the baseline's top-level key: the torch intra-op thread count its runs trained with
+THREADS = "threads"
 
 
 @dataclass(frozen=True)
@@ -47,6 +57,7 @@ class Current:
     values: dict[str, dict[str, float]]
     failed: dict[str, list[str]]  # method -> run folders that did not finish
     source: str
+    threads: dict[str, int]  # finished run folder -> the torch threads its environment.json records
 
 
 @dataclass(frozen=True)
@@ -110,7 +121,18 @@ def read_current(path: Path) -> Current:
         unfinished = part.loc[part["status"] != "done", "run_folder"].tolist()
         if unfinished:
             failed[key] = unfinished
-    return Current(values, failed, str(table))
+    finished = results.loc[results["status"] == "done", "run_folder"]
+    threads = recorded_threads(table.parent, [str(run) for run in finished])
+    return Current(values, failed, str(table), threads)
+
+
+def recorded_threads(folder: Path, runs: list[str]) -> dict[str, int]:
+    """The torch threads each run under ``folder`` trained with (its environment.json's
+    ``torch_threads``), by run folder; runs whose record lacks it are left out."""
+    counts = {run: RunFolder(Path(folder) / run).environment().get("torch_threads") for run in runs}
+    return {
+        run: count for run, count in counts.items() if isinstance(count, int) and not isinstance(count, bool)
+    }
 
 
 def _read_run(run: RunFolder) -> Current:
@@ -131,21 +153,26 @@ def _read_run(run: RunFolder) -> Current:
     run_key = f"{method['synth']}+{method['diag']}+{method['coupling']}"
     recorded = {**metrics["diagnosis"], **(metrics.get("synthesis") or {})}
     finite = {k: v for k, v in recorded.items() if _finite(v) is not None}
-    return Current({run_key: finite}, {}, str(run.path))
+    return Current({run_key: finite}, {}, str(run.path), recorded_threads(run.path.parent, [run.path.name]))
+
+
+def _read_baseline(path: Path) -> object:
+    if path.suffix != ".json":
+        return read_toml(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"Baseline {path} does not exist.") from None
+    except json.JSONDecodeError as error:
+        raise InputError(f"Baseline {path} is not valid JSON: {error}.") from None
 
 
 def load_baseline(path: Path, need_values: bool = True) -> dict[str, dict[str, dict]]:
     """Read and validate a baseline; ``need_values=False`` lets an entry lack its value (for --update)."""
     path = Path(path)
-    if path.suffix == ".json":
-        try:
-            raw = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise InputError(f"Baseline {path} does not exist.") from None
-        except json.JSONDecodeError as error:
-            raise InputError(f"Baseline {path} is not valid JSON: {error}.") from None
-    else:
-        raw = read_toml(path)
+    raw = _read_baseline(path)
+    if isinstance(raw, dict):
+        _check_threads(path, raw)
     methods = raw.get("methods") if isinstance(raw, dict) else None
     if not isinstance(methods, dict) or not methods:
         raise InputError(
@@ -157,6 +184,58 @@ def load_baseline(path: Path, need_values: bool = True) -> dict[str, dict[str, d
         for metric, spec in metrics.items():
             _check_spec(path, method, metric, spec, need_values)
     return methods
+
+
+def _check_threads(path: Path, raw: dict) -> None:
+    count = raw.get(THREADS)
+    if THREADS in raw and (not isinstance(count, int) or isinstance(count, bool) or count < 1):
+        raise InputError(
+            f"Baseline {path}: {THREADS} must be the positive whole number of torch threads its runs "
+            f"trained with, got {count!r}."
+        )
+
+
+def baseline_threads(path: Path) -> int | None:
+    """The thread count a baseline says its runs trained with; None when it says none."""
+    path = Path(path)
+    raw = _read_baseline(path)
+    if not isinstance(raw, dict):
+        return None
+    _check_threads(path, raw)
+    return cast(int | None, raw.get(THREADS))
+
+
+def _runs_at(threads: dict[str, int]) -> dict[int, list[str]]:
+    """The run folders at each thread count, counts in ascending order."""
+    runs: dict[int, list[str]] = {}
+    for run, count in threads.items():
+        runs.setdefault(count, []).append(run)
+    return dict(sorted(runs.items()))
+
+
+def _listed(runs: dict[int, list[str]]) -> str:
+    shown = 3
+    parts = []
+    for count, folders in runs.items():
+        more = f" and {len(folders) - shown} more" if len(folders) > shown else ""
+        parts.append(f"{count} thread(s) in {', '.join(folders[:shown])}{more}")
+    return "; ".join(parts)
+
+
+def refuse_other_threads(path: Path, current: Current) -> None:
+    """Refuse (exit 2) to compare runs that trained at another thread count than the baseline
+    says its runs did: the metrics would differ by the thread count alone."""
+    expected = baseline_threads(path)
+    others = {run: count for run, count in current.threads.items() if count != expected}
+    if expected is None or not others:
+        return
+    raise InputError(
+        f"{current.source}: runs trained with {_listed(_runs_at(others))}, but baseline {path} "
+        f"was recorded at {THREADS} = {expected}; metrics differ with the thread count alone, so "
+        f"they are not compared. Rerun the suite at {expected} thread(s) (cdsf-bench bench SUITE "
+        f"--threads {expected}, or {THREADS_ENV}={expected}), or record a baseline at their count "
+        "with regress --update."
+    )
 
 
 def _check_spec(path: Path, method: str, metric: str, spec: object, need_value: bool) -> None:
@@ -222,7 +301,8 @@ def passed(checks: list[Check]) -> bool:
 
 
 def update_baseline(path: Path, baseline: dict[str, dict[str, dict]], current: Current) -> Path:
-    """Rewrite every value from ``current``, keeping directions and tolerances; atomic."""
+    """Rewrite every value from ``current``, keeping directions and tolerances, and the thread
+    count its runs trained with (none when no run recorded one); atomic."""
     gaps = [
         f"{method}.{metric}"
         for method, metrics in baseline.items()
@@ -240,17 +320,26 @@ def update_baseline(path: Path, baseline: dict[str, dict[str, dict]], current: C
         }
         for method, metrics in baseline.items()
     }
+    counts = _runs_at(current.threads)
+    if len(counts) > 1:
+        raise InputError(
+            f"Cannot update {path}: {current.source} holds runs at several thread counts "
+            f"({_listed(counts)}); a baseline is recorded at one. Rerun them with --threads N."
+        )
     ordered = {
         m: {k: {key: spec[key] for key in SPEC_KEYS if key in spec} for k, spec in ms.items()}
         for m, ms in updated.items()
     }
+    content: dict[str, object] = {"methods": ordered}
+    if counts:
+        content = {THREADS: next(iter(counts)), **content}
     if Path(path).suffix == ".json":
-        return write_json(path, {"methods": ordered})
+        return write_json(path, content)
     stamp = (
         f"# Values written by 'cdsf-bench regress --update' from {current.source} "
         f"on {datetime.now(UTC).strftime('%Y-%m-%d')}; tolerances and directions are kept.\n"
     )
-    return write_text(path, _leading_comments(path) + stamp + "\n" + tomli_w.dumps({"methods": ordered}))
+    return write_text(path, _leading_comments(path) + stamp + "\n" + tomli_w.dumps(content))
 
 
 def _leading_comments(path: Path) -> str:
