@@ -51,6 +51,10 @@ COMMANDS: dict[str, LazyCommand] = {
         "cdsf_bench.bench.commands:export",
         "Copy what the report of suite FOLDER reads into DEST, a small folder to commit.",
     ),
+    "export-splits": LazyCommand(
+        "cdsf_bench.commands.splits:export_splits",
+        "Write the subject ids of every split of every replicate of a run or suite FOLDER as TSV.",
+    ),
     "merge": LazyCommand(
         "cdsf_bench.bench.commands:merge",
         "Merge the shard folders SHARDS of one suite into OUT/results.csv and write the report.",
