@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -41,7 +42,7 @@ SPLIT_COLUMNS = (
 NOT_APPLICABLE = "n/a"
 
 
-def _run_splits(run: RunFolder, identity: dict[str, object]) -> pd.DataFrame:
+def _run_splits(run: RunFolder, identity: dict[str, Any]) -> pd.DataFrame:
     table = run.splits()
     missing = [c for c in ("participant_id", "split") if c not in table.columns]
     if missing:
@@ -49,9 +50,7 @@ def _run_splits(run: RunFolder, identity: dict[str, object]) -> pd.DataFrame:
     for column in ("diagnosis", "labelled"):
         if column not in table.columns:
             table[column] = NOT_APPLICABLE
-    out = table[["participant_id", "diagnosis", "labelled", "split"]].copy()
-    for key, value in identity.items():
-        out[key] = value
+    out = table[["participant_id", "diagnosis", "labelled", "split"]].assign(**identity)
     return out[list(SPLIT_COLUMNS)]
 
 
@@ -59,7 +58,7 @@ def _single_run(folder: Path) -> pd.DataFrame:
     run = RunFolder(folder)
     try:
         config = RunConfig(tomllib.loads(run.config_text()))
-        identity: dict[str, object] = {
+        identity: dict[str, Any] = {
             "suite": "",
             "scenario": "",
             "task": config.task,
