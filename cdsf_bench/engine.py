@@ -127,7 +127,17 @@ def evaluate(
             prediction = coupling.predict(batch)
             if score_withheld:  # the withheld PET joins the batch for scoring only, after the prediction
                 batch = dataclasses.replace(batch, pet_truth=pipeline.withheld_pet(batch.index))
-            made = _batch_records(prediction, batch, mask, settings, keep, regions)
+            made = _batch_records(
+                prediction,
+                batch,
+                mask,
+                settings.with_ssim,
+                keep,
+                score_withheld,
+                regions,
+                peer_psnr=settings.peer_psnr,
+                ms_ssim=settings.ms_ssim,
+            )
             if on_synthetic is not None:
                 for record in made:
                     if "volume" in record:
@@ -169,12 +179,15 @@ def _batch_records(
     prediction: Prediction,
     batch: Batch,
     mask: np.ndarray,
-    settings: EvaluationSettings,
+    with_ssim: bool,
     keep_synthetic: bool,
+    score_withheld: bool,
     regions: Mapping[str, np.ndarray],
+    *,
+    peer_psnr: bool = False,
+    ms_ssim: bool = False,
 ) -> list[dict[str, Any]]:
     """One record per subject of a predicted batch; each tensor crosses to the host once."""
-    score_withheld = settings.score_withheld
     rows = batch.index.tolist()
     labels = batch.label.tolist()
     has_pet = batch.has_pet.tolist()
@@ -197,12 +210,7 @@ def _batch_records(
         if synthetic is not None and truth is not None:
             if withheld_known or has_pet[i]:
                 scores = synthesis_metrics(
-                    truth[i],
-                    synthetic[i],
-                    mask,
-                    ssim=settings.with_ssim,
-                    peer_psnr=settings.peer_psnr,
-                    ms_ssim=settings.ms_ssim,
+                    truth[i], synthetic[i], mask, ssim=with_ssim, peer_psnr=peer_psnr, ms_ssim=ms_ssim
                 )
                 record.update({f"synth_{k}": v for k, v in scores.items()})
                 record.update(regional_uptake_columns(synthetic[i], truth[i], regions))
