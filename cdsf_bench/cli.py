@@ -58,6 +58,10 @@ COMMANDS: dict[str, LazyCommand] = {
         "cdsf_bench.interpret.command:interpret_command",
         "Attribution maps of a finished run's diagnoser, scored against the phantom's planted disease.",
     ),
+    "export-splits": LazyCommand(
+        "cdsf_bench.commands.splits:export_splits",
+        "Write the subject ids of every split of every replicate of a run or suite FOLDER as TSV.",
+    ),
     "merge": LazyCommand(
         "cdsf_bench.bench.commands:merge",
         "Merge the shard folders SHARDS of one suite into OUT/results.csv and write the report.",

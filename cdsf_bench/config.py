@@ -19,10 +19,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from cdsf_bench.cost import require_codecarbon
 from cdsf_bench.data.conventions import TASKS
+from cdsf_bench.data.grid import reference_grid
 from cdsf_bench.data.labels import SYNTHESIS_SUBJECTS
 from cdsf_bench.errors import ConfigError, InputError
 from cdsf_bench.interfaces import DataSettings, Method
+from cdsf_bench.metric_conventions import check_ms_ssim_grid, require_monai
 from cdsf_bench.ranges import MAX_SEED, Range, check_section, check_value
 from cdsf_bench.registry import Registry
 from cdsf_bench.settings import (
@@ -314,6 +317,12 @@ def _validate_values(config: dict) -> None:
                 f"evaluate.{key} draws a fresh {role} cohort from the phantom's generative model; "
                 f"the data here are {data['spec']!r}, not the phantom. Set it to 0."
             )
+    evaluate = config["evaluate"]
+    if evaluate["ms_ssim"]:  # the extra, and a grid its kernel and scales fit
+        require_monai()
+        check_ms_ssim_grid(reference_grid(data["resolution_mm"]).shape)
+    if evaluate["carbon"]:
+        require_codecarbon(evaluate["carbon_country"])
     if data["synthesis_subjects"] not in SYNTHESIS_SUBJECTS:
         raise ConfigError(
             f"data.synthesis_subjects must be one of {', '.join(SYNTHESIS_SUBJECTS)}, "

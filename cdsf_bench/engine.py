@@ -41,7 +41,6 @@ from cdsf_bench.interfaces import Batch, Coupling, Prediction, TrainingStage
 from cdsf_bench.metrics import (
     HIGHER_IS_BETTER,
     SELECTION_TIE_BREAK,
-    SYNTHESIS_KEYS,
     diagnosis_metrics,
     disease_synthesis_from_table,
     mean_synthesis,
@@ -75,6 +74,9 @@ class EvaluationSettings:
     seed: int = 0
     threshold: float = 0.5  # a subject is classified positive at or above it
     with_ssim: bool = True  # the (costly) 3D SSIM
+    # the peers' conventions (cdsf_bench.metric_conventions): the two PSNRs, MONAI's MS-SSIM
+    peer_psnr: bool = False
+    ms_ssim: bool = False
     keep_synthetic: bool = False  # every synthetic volume kept in the result
     # synthesis also scored against the PET the source withheld (the phantom's), with the uptake
     # in the hypometabolism regions: the final test only, as selection uses what a real cohort has
@@ -106,7 +108,7 @@ def evaluate(
     predicted and the volume is not kept (a large cohort's volumes need not fit in memory);
     ``progress`` wraps the batch loop as ``progress(batches, count, label)`` (a progress bar).
     """
-    split, score_withheld, with_ssim = settings.split, settings.score_withheld, settings.with_ssim
+    split, score_withheld = settings.split, settings.score_withheld
     threshold, groups = settings.threshold, settings.groups
     records: list[dict] = []
     mask = pipeline.brain_mask.cpu().numpy()
@@ -125,7 +127,17 @@ def evaluate(
             prediction = coupling.predict(batch)
             if score_withheld:  # the withheld PET joins the batch for scoring only, after the prediction
                 batch = dataclasses.replace(batch, pet_truth=pipeline.withheld_pet(batch.index))
-            made = _batch_records(prediction, batch, mask, with_ssim, keep, score_withheld, regions)
+            made = _batch_records(
+                prediction,
+                batch,
+                mask,
+                settings.with_ssim,
+                keep,
+                score_withheld,
+                regions,
+                peer_psnr=settings.peer_psnr,
+                ms_ssim=settings.ms_ssim,
+            )
             if on_synthetic is not None:
                 for record in made:
                     if "volume" in record:
@@ -154,7 +166,9 @@ def evaluate(
         seed=settings.seed,
         has_pet=table["has_pet"].to_numpy(bool),
     )
-    scored = [{key: r[f"synth_{key}"] for key in SYNTHESIS_KEYS} for r in records if "synth_mae" in r]
+    prefix = "synth_"  # a record's synthesis scores: synthesis_metrics' keys, prefixed
+    scored = [{k.removeprefix(prefix): v for k, v in r.items() if k.startswith(prefix)} for r in records]
+    scored = [scores for scores in scored if scores]
     synthesis = mean_synthesis(scored)
     if synthesis is not None and score_withheld:  # the test's scoring; per-epoch validation has none
         synthesis.update(disease_synthesis_from_table(table, participants, list(regions)) or {})
@@ -169,6 +183,9 @@ def _batch_records(
     keep_synthetic: bool,
     score_withheld: bool,
     regions: Mapping[str, np.ndarray],
+    *,
+    peer_psnr: bool = False,
+    ms_ssim: bool = False,
 ) -> list[dict[str, Any]]:
     """One record per subject of a predicted batch; each tensor crosses to the host once."""
     rows = batch.index.tolist()
@@ -192,7 +209,9 @@ def _batch_records(
         }
         if synthetic is not None and truth is not None:
             if withheld_known or has_pet[i]:
-                scores = synthesis_metrics(truth[i], synthetic[i], mask, ssim=with_ssim)
+                scores = synthesis_metrics(
+                    truth[i], synthetic[i], mask, ssim=with_ssim, peer_psnr=peer_psnr, ms_ssim=ms_ssim
+                )
                 record.update({f"synth_{k}": v for k, v in scores.items()})
                 record.update(regional_uptake_columns(synthetic[i], truth[i], regions))
             if keep_synthetic:

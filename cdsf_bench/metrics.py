@@ -5,7 +5,10 @@ over test subjects (stratified resampling, so every replicate has both classes),
 replicate's AUC computed as SciPy's Mann-Whitney U over its pairs (the same value).
 Synthesis metrics are computed on PET mapped to [0, 1] (the pipeline's [-1, 1] scale
 shifted and halved; 1 corresponds to ``data.pet_suvr_max`` SUVR): MAE and PSNR inside the
-brain mask, SSIM in 3D by scikit-image over the brain's bounding box.
+brain mask, SSIM in 3D by scikit-image over the brain's bounding box. The same scores in
+the conventions other papers report (:mod:`cdsf_bench.metric_conventions`: PSNR of the
+whole grid on [-1, 1], per axial slice on 0-255, MONAI's MS-SSIM) are added where
+``evaluate.peer_psnr`` and ``evaluate.ms_ssim`` ask.
 
 Disease-specific synthesis metrics read the uptake in the hypometabolism regions (posterior
 cingulate, precuneus, angular gyri: spheres around their MNI centres, inside the brain) of
@@ -26,6 +29,8 @@ import pandas as pd
 from scipy import stats
 from skimage.metrics import structural_similarity
 from sklearn import metrics as skm
+
+from cdsf_bench.metric_conventions import CONVENTION_KEYS, convention_metrics
 
 #: Calibration of the predicted probability of the positive class: the Brier score
 #: (scikit-learn) and the expected calibration error over ECE_BINS equal-width bins.
@@ -68,6 +73,7 @@ HIGHER_IS_BETTER = {
     "psnr": True,
     "ssim": True,
     "mae": False,
+    **dict.fromkeys(CONVENTION_KEYS, True),
     "roi_mae": False,
     "roi_r": True,
     "pet_specific_r": True,
@@ -234,12 +240,20 @@ def to_unit_scale(volume: np.ndarray) -> np.ndarray:
 
 
 def synthesis_metrics(
-    real: np.ndarray, synthetic: np.ndarray, mask: np.ndarray, *, ssim: bool = True
+    real: np.ndarray,
+    synthetic: np.ndarray,
+    mask: np.ndarray,
+    *,
+    ssim: bool = True,
+    peer_psnr: bool = False,
+    ms_ssim: bool = False,
 ) -> dict[str, float]:
-    """PSNR, SSIM and MAE of one subject's synthetic PET against its real PET.
+    """PSNR, SSIM and MAE of one subject's synthetic PET against its real PET, then the peers'
+    conventions asked for (``metric_conventions.convention_metrics``).
 
-    Both volumes are in the pipeline's [-1, 1] scale; metrics use [0, 1] (data range 1).
-    SSIM, the slow one, can be skipped (NaN) for per-epoch validation.
+    Both volumes are in the pipeline's [-1, 1] scale; PSNR, SSIM and MAE use [0, 1] (data
+    range 1), inside the brain mask. SSIM, the slow one, can be skipped (NaN) for per-epoch
+    validation.
     """
     real01, synth01 = to_unit_scale(real), to_unit_scale(synthetic)
     mask = np.asarray(mask, dtype=bool)
@@ -249,6 +263,7 @@ def synthesis_metrics(
         "psnr": float(10 * np.log10(1.0 / mse)) if mse > 0 else float("inf"),
         "ssim": ssim_3d(real01, synth01, mask) if ssim else float("nan"),
         "mae": float(error.mean()),
+        **convention_metrics(real, synthetic, mask, peer_psnr=peer_psnr, with_ms_ssim=ms_ssim),
     }
 
 
@@ -261,10 +276,11 @@ def ssim_3d(real01: np.ndarray, synth01: np.ndarray, mask: np.ndarray) -> float:
 
 
 def mean_synthesis(per_subject: list[dict[str, float]]) -> dict[str, float] | None:
-    """Average synthesis metrics over subjects; None when nothing was synthesised."""
+    """Average each synthesis metric of the subjects (those of :func:`synthesis_metrics`, in
+    its order) over them; None when nothing was synthesised."""
     if not per_subject:
         return None
-    return {key: float(np.mean([m[key] for m in per_subject])) for key in SYNTHESIS_KEYS}
+    return {key: float(np.mean([m[key] for m in per_subject])) for key in per_subject[0]}
 
 
 def regional_uptake(volume: np.ndarray, masks: Mapping[str, np.ndarray]) -> dict[str, float]:

@@ -21,6 +21,7 @@ import torch
 
 from cdsf_bench import distributed, protocol
 from cdsf_bench.assemble import Assembly, resolve_device
+from cdsf_bench.cost import EnergyMeter, energy_meter
 from cdsf_bench.data.labels import UNLABELLED
 from cdsf_bench.data.nifti import to_native
 from cdsf_bench.data.pipeline import DevicePipeline
@@ -74,7 +75,13 @@ def execute(
                     held.enter_context(RunFolder.lock(planned))
                     RunFolder.plan(run.toml(), planned, resume)
                 path = distributed.broadcast_object(planned, cluster)
-                return _execute(run, registry, path, resume, cluster, device, started, tracking, track_name)
+                evaluate = run.evaluate
+                meter = held.enter_context(
+                    energy_meter(evaluate.carbon, evaluate.carbon_country, measures=cluster.is_main)
+                )
+                return _execute(
+                    run, registry, path, resume, cluster, device, started, tracking, track_name, meter
+                )
         except BaseException:
             tracking.abandon(depth)  # the tracked run is closed as failed; the error goes on
             raise
@@ -92,11 +99,13 @@ def _execute(
     started: float,
     tracking: Trackers,
     track_name: str | None,
+    meter: EnergyMeter,
 ) -> RunResult:
     """``execute`` once the device and the trackers are set up and the folder is planned (and
     locked by rank 0).
 
     The folder's files are written only once the data are accepted: a refused run leaves none.
+    ``meter`` measures the run's energy where ``evaluate.carbon`` asks (``cdsf_bench.cost``).
     """
     main = cluster.is_main
     prepared = protocol.prepare(run, registry, device, cluster)
@@ -131,6 +140,9 @@ def _execute(
     if main:
         _write_test_outputs(folder, run, data.cohort, history, test, held_out)
         folder.write_metrics(metrics)
+        energy = meter.record()
+        if energy is not None:
+            folder.write_energy(energy)
         wall = round(time.perf_counter() - started, 2)
         folder.write_timing(wall, round(data.seconds, 2))
     folder.log(f"test: {_summary(metrics)}", echo=False)  # the console gets the table instead
@@ -248,6 +260,8 @@ def _test(run: RunConfig, assembly: Assembly, cluster: distributed.Cluster) -> t
         threshold=threshold,
         keep_synthetic=True,
         score_withheld=True,
+        peer_psnr=run.evaluate.peer_psnr,
+        ms_ssim=run.evaluate.ms_ssim,
     )
     return evaluate(coupling, pipeline, settings, cluster=cluster), threshold
 

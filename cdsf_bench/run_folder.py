@@ -20,6 +20,8 @@ way (``RunFolder(suite_folder / run_folder)``). The layout::
     reliability.csv    the test predictions' calibration bins (``metrics.reliability_table``):
                        bin, low, high, subjects, mean_probability, fraction_positive
     timing.json        wall and data seconds
+    energy.json        with evaluate.carbon: CodeCarbon's energy and CO2-equivalent estimate
+                       (``cost.energy_record``)
     figures/           roc.png, reliability.png, learning_curves.png, montage.png
     synth/             synthetic PET of the test subjects as NIfTI (SUVR units, MNI grid; with
                        evaluate.native_space also *_space-T1w_* on each subject's MRI grid)
@@ -70,6 +72,7 @@ TEST_SPLIT_PREDICTIONS = "predictions_test_split.csv"
 PREDICTION_RECORD = "prediction.json"
 RELIABILITY = "reliability.csv"
 TIMING = "timing.json"
+ENERGY = "energy.json"
 FIGURES = "figures"
 SYNTH = "synth"
 
@@ -177,6 +180,10 @@ class RunFolder:
         return self.path / (TEST_SPLIT_PREDICTIONS if test_split else PREDICTIONS)
 
     @property
+    def energy_path(self) -> Path:
+        return self.path / ENERGY
+
+    @property
     def reliability_path(self) -> Path:
         return self.path / RELIABILITY
 
@@ -234,6 +241,10 @@ class RunFolder:
         """timing.json (wall and data seconds); empty for a run that recorded none."""
         path = self.path / TIMING
         return self._read_json(path) if path.exists() else {}
+
+    def energy(self) -> dict[str, Any]:
+        """energy.json (``cost.energy_record``); empty for a run that measured none."""
+        return self._read_json(self.energy_path) if self.energy_path.exists() else {}
 
     def predictions(self, *, test_split: bool = False) -> pd.DataFrame:
         """The per-subject predictions (see :meth:`predictions_path`), participant ids as text."""
@@ -333,6 +344,9 @@ class RunFolder:
 
     def write_timing(self, wall_seconds: float, data_seconds: float) -> None:
         self._json(TIMING, {"wall_seconds": wall_seconds, "data_seconds": data_seconds})
+
+    def write_energy(self, record: dict[str, Any]) -> None:
+        self._json(ENERGY, record)
 
     def write_synthetic_pet(
         self, participant: str, suvr: np.ndarray, affine: np.ndarray, *, mni: bool

@@ -100,6 +100,15 @@ class EvaluateSettings:
     # re-estimate every batch-norm layer's running statistics of a stage's modules on its
     # training subjects once its selected state is restored (cdsf_bench/batchnorm.py)
     batchnorm_reestimation: bool = False
+    # synthesis also scored in the peers' conventions (cdsf_bench/conventions.py): PSNR of the
+    # whole grid on [-1, 1] and per axial slice on 0-255; MONAI's MS-SSIM (the diffusion extra)
+    peer_psnr: bool = False
+    ms_ssim: bool = False
+    # the run's energy and CO2-equivalent estimate by CodeCarbon, offline (the carbon extra;
+    # cdsf_bench/cost.py), for the electricity mix of the country with this ISO 3166-1 alpha-3
+    # code, which a run with carbon = true must name
+    carbon: bool = False
+    carbon_country: str = ""
 
 
 #: a ``[seeds]`` value that leaves the source to the seed it derives from

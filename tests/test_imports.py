@@ -46,6 +46,8 @@ LAYERS: tuple[tuple[str, frozenset[str], frozenset[str]], ...] = (
                 "cdsf_bench.locking",
                 "cdsf_bench.textfiles",
                 "cdsf_bench.ranges",
+                "cdsf_bench.metric_conventions",
+                "cdsf_bench.cost",
             }
         ),
         frozenset(),
@@ -75,7 +77,9 @@ LAYERS: tuple[tuple[str, frozenset[str], frozenset[str]], ...] = (
     ),
     (
         "workflows",
-        frozenset({"cdsf_bench.protocol", "cdsf_bench.run", "cdsf_bench.options"}),
+        frozenset(
+            {"cdsf_bench.protocol", "cdsf_bench.run", "cdsf_bench.options", "cdsf_bench.splits_export"}
+        ),
         frozenset(
             {
                 "cdsf_bench.tune",

@@ -1,8 +1,9 @@
 """What a suite's report reads from the suite folder, and the order it reads it in.
 
 The report groups the results table by (scenario, task) in the suite's order and, per
-finished run, reads its test predictions (required), its environment record (the header)
-and, for the first finished run of each synthesising method, its montage; a tuned suite's
+finished run, reads its test predictions (required), its environment record (the header
+and the compute cost), its energy record where it measured one (``evaluate.carbon``) and,
+for the first finished run of each synthesising method, its montage; a tuned suite's
 study summaries and a suite's external predictions come with them. :func:`report_inputs`
 lists those files, so an export keeps exactly what a re-render needs.
 """
@@ -73,14 +74,18 @@ def report_inputs(folder: Path) -> list[str]:
     """Every run file the report of ``folder`` reads, relative to the folder, that exists.
 
     What a committed results folder keeps so that ``report`` re-renders it: each finished
-    run's predictions and environment, and the montage the report shows per method.
+    run's predictions, environment and energy record, and the montage the report shows per method.
     """
     folder = Path(folder)
     results = load_results(folder)
     done = results[results["status"] == "done"]
     require_run_files(folder, done)
     runs = [RunFolder(Path(run_folder)) for run_folder in done["run_folder"]]
-    wanted = [path.as_posix() for run in runs for path in (run.predictions_path(), run.environment_path)]
+    wanted = [
+        path.as_posix()
+        for run in runs
+        for path in (run.predictions_path(), run.environment_path, run.energy_path)
+    ]
     wanted += [summary_path(r) for r in results["run_folder"]]  # a tuned suite's studies
     for scenario, task in groups(results):
         task_done = in_group(done, scenario, task)

@@ -22,7 +22,8 @@ and its interval checks not evaluated. A tuned
 suite's report states the budget and each method's chosen settings
 (:mod:`cdsf_bench.bench.tuning_report`). A suite interpreted by ``cdsf-bench interpret``
 (its ``interpret.csv``) gets one table per attribution method of where the diagnosers look
-(:mod:`cdsf_bench.interpret.suite`). What the report reads, and in which order, is
+(:mod:`cdsf_bench.interpret.suite`). Every report ends with the runs' compute cost
+(:mod:`cdsf_bench.bench.cost_report`). What the report reads, and in which order, is
 :mod:`cdsf_bench.bench.inputs`.
 """
 
@@ -50,6 +51,7 @@ from cdsf_bench.bench.checks import (
     checks_from_canonical,
     evaluate_checks,
 )
+from cdsf_bench.bench.cost_report import cost_blocks
 from cdsf_bench.bench.external import EXTERNAL, external_runs, shift_blocks
 from cdsf_bench.bench.figures import pooled_reliability, pooled_roc, strip_plot, synthesis_bars
 from cdsf_bench.bench.header import header_blocks
@@ -77,6 +79,7 @@ from cdsf_bench.bench.tuning_report import tuning_blocks
 from cdsf_bench.errors import InputError
 from cdsf_bench.interfaces import Method
 from cdsf_bench.interpret.suite import interpretation_blocks
+from cdsf_bench.metric_conventions import CONVENTION_KEYS
 from cdsf_bench.metrics import CALIBRATION_KEYS, DISEASE_SYNTHESIS_KEYS, SUBGROUP_KEYS, SYNTHESIS_KEYS
 from cdsf_bench.progress import console
 from cdsf_bench.results import write_csv, write_text
@@ -119,6 +122,15 @@ DISEASE_NOTE = (
     "synthetic regions' uptake loss with the metabolic severity given the structural one, the PET "
     "information beyond MRI's structural severity that the generator recovered; pet_specific_r_real: "
     "the same for the real PET, the ceiling (phantom only)."
+)
+
+CONVENTIONS_NOTE = (
+    "PSNR, SSIM and MAE: cdsf-bench's own, inside the brain mask on the [0, 1] scale (PSNR with "
+    "peak 1, 3D SSIM). The peers' conventions (docs/benchmark.md, \"Synthesis metrics in the "
+    "peers' conventions\"): psnr_pm1, PSNR of the whole grid on [-1, 1] with data range 2; "
+    "psnr_slice255, the mean over axial slices with brain of each slice's PSNR on 0-255 (data "
+    "range 255); ms_ssim, MONAI's 3D MS-SSIM of the whole grid on [0, 1] (Gaussian kernel 5, "
+    "three scales)."
 )
 
 
@@ -176,13 +188,15 @@ def _summary_tables(done: pd.DataFrame, methods: list[str]) -> list[Block]:
     ]
     synthesising = synthesising_methods(done, methods)
     if synthesising:
-        rows = [
-            (m, *(mean_sd(done.loc[done["method"] == m, k], 4) for k in SYNTHESIS_KEYS)) for m in synthesising
-        ]
+        peers = [k for k in CONVENTION_KEYS if k in done.columns and done[k].notna().any()]
+        keys = (*SYNTHESIS_KEYS, *peers)
+        rows = [(m, *(mean_sd(done.loc[done["method"] == m, k], 4) for k in keys)) for m in synthesising]
         blocks += [
             Heading(3, "Synthesis (PET on the [0, 1] scale, inside the brain mask; mean ± sd)"),
-            Table(("method", *(k.upper() for k in SYNTHESIS_KEYS)), tuple(rows)),
+            Table(("method", *(k.upper() for k in SYNTHESIS_KEYS), *peers), tuple(rows)),
         ]
+        if peers:
+            blocks.append(Paragraph(CONVENTIONS_NOTE))
     calibration = [k for k in (*CALIBRATION_KEYS, *SUBGROUP_KEYS) if k in done.columns]
     if calibration and done[calibration].notna().any().any():  # a section only where recorded
         rows = [(m, *(mean_sd(done.loc[done["method"] == m, k]) for k in calibration)) for m in methods]
@@ -343,6 +357,7 @@ def build_report(
                 # one fixed external cohort: no resampling correction to the t-test
                 blocks += _comparison_table(paired, methods, reference, None)
     blocks += interpretation_blocks(folder)  # present once 'cdsf-bench interpret FOLDER' ran
+    blocks += cost_blocks(folder, done)
     unfinished = results[results["status"] != "done"]
     if len(unfinished):
         blocks += [

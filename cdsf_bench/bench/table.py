@@ -1,7 +1,9 @@
 """A suite folder's results table and its record of the suite: the columns, a run's row, reading both.
 
 ``results.csv`` (``results.shard-I-of-N.csv`` for a shard) holds one row per run of the
-suite, in the suite's order, with the columns :data:`COLUMNS`; a finished run's metrics come
+suite, in the suite's order, with the columns :data:`COLUMNS`, and after the synthesis
+columns those of :data:`~cdsf_bench.metric_conventions.CONVENTION_KEYS` that a run recorded
+(``evaluate.peer_psnr``, ``evaluate.ms_ssim``: a suite without them has none); a finished run's metrics come
 from its run folder (:class:`~cdsf_bench.run_folder.RunFolder`). ``suite.json`` records the
 suite that wrote the folder (name, hash, canonical definition). The runner writes both, the
 report, export and regression read them; this module imports neither of those, so the
@@ -19,6 +21,7 @@ import pandas as pd
 
 from cdsf_bench.bench.suite import RunSpec
 from cdsf_bench.errors import InputError
+from cdsf_bench.metric_conventions import CONVENTION_KEYS
 from cdsf_bench.metrics import DIAGNOSIS_KEYS, DISEASE_SYNTHESIS_KEYS, SYNTHESIS_KEYS
 from cdsf_bench.run_folder import RunFolder
 
@@ -76,7 +79,9 @@ def result_row(spec: RunSpec, out: Path, status: str, error: str = "") -> dict[s
         run = RunFolder(out / spec.folder)
         metrics = run.metrics()
         row.update({k: metrics["diagnosis"].get(k) for k in DIAGNOSIS_KEYS})
-        row.update({k: (metrics.get("synthesis") or {}).get(k, math.nan) for k in SYNTHESIS_COLUMNS})
+        synthesis = metrics.get("synthesis") or {}
+        row.update({k: synthesis.get(k, math.nan) for k in SYNTHESIS_COLUMNS})
+        row.update({k: synthesis[k] for k in CONVENTION_KEYS if k in synthesis})
         row.update({f"n_{name}": metrics.get("n", {}).get(name) for name in ("test", "train", "val")})
         timing = run.timing()
         if timing:
@@ -85,7 +90,11 @@ def result_row(spec: RunSpec, out: Path, status: str, error: str = "") -> dict[s
 
 
 def results_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    frame = pd.DataFrame(rows, columns=list(COLUMNS))
+    """The table of ``rows``: :data:`COLUMNS`, with the conventions' columns that a row has."""
+    columns = list(COLUMNS)
+    at = columns.index(SPLIT_SIZES[0])
+    columns[at:at] = [key for key in CONVENTION_KEYS if any(key in row for row in rows)]
+    frame = pd.DataFrame(rows, columns=columns)
     # "" for a suite without scenarios (a merged shard table reads it back as missing)
     frame["scenario"] = frame["scenario"].astype(object).where(frame["scenario"].notna(), "").astype(str)
     return frame.astype({"seed": "Int64", "fold": "Int64", **dict.fromkeys(SPLIT_SIZES, "Int64")})
