@@ -76,7 +76,7 @@ COMMANDS: dict[str, LazyCommand] = {
     ),
     "power": LazyCommand(
         "cdsf_bench.bench.commands:power",
-        "Size a suite from the finished suite FOLDER: replicates and test subjects for a ΔAUC half-width.",
+        "Size a suite from the finished suite FOLDER: replicates and test subjects for a ΔAUC target.",
     ),
     "predict": LazyCommand(
         "cdsf_bench.predict.command:predict_command",
