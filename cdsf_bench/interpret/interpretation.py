@@ -13,7 +13,6 @@ so memory holds one subject's maps and the class sums, whatever the cohort's siz
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -43,11 +42,11 @@ from cdsf_bench.interpret.scoring import (
     score,
 )
 from cdsf_bench.predict.apply import Application, prepare, source_config
+from cdsf_bench.predict.output import model_record
 from cdsf_bench.predict.trained import TrainedModel, load_trained
 from cdsf_bench.progress import track
 from cdsf_bench.registry import Registry
 from cdsf_bench.results import utc_stamp, write_csv, write_json
-from cdsf_bench.run_folder import RunFolder
 from cdsf_bench.settings import RunConfig
 from cdsf_bench.staging import staged_folder
 from cdsf_bench.textfiles import read_text
@@ -323,12 +322,8 @@ def _record(
     device: torch.device,
 ) -> dict[str, Any]:
     model, cohort = application.model, application.cohort
-    checkpoint = RunFolder(model.folder).checkpoint_path
     return {
-        "run_folder": str(model.folder.resolve()),
-        "checkpoint_sha256": hashlib.sha256(checkpoint.read_bytes()).hexdigest(),
-        "method": dict(model.config.raw["method"]),
-        "task": model.config.task,
+        **model_record(application),
         "data": {
             "spec": request.spec or model.config.data_spec,
             "source": application.source,

@@ -136,14 +136,22 @@ def _write(
     }
 
 
-def _record(application: Application, spec: str, assignments: tuple[str, ...], device: torch.device) -> dict:
-    model, cohort = application.model, application.cohort
+def model_record(application: Application) -> dict[str, Any]:
+    """Which trained model was applied: its run folder, the checkpoint's SHA-256, method and task."""
+    model = application.model
     checkpoint = RunFolder(model.folder).checkpoint_path
     return {
         "run_folder": str(model.folder.resolve()),
         "checkpoint_sha256": hashlib.sha256(checkpoint.read_bytes()).hexdigest(),
         "method": dict(model.config.raw["method"]),
         "task": model.config.task,
+    }
+
+
+def _record(application: Application, spec: str, assignments: tuple[str, ...], device: torch.device) -> dict:
+    model, cohort = application.model, application.cohort
+    return {
+        **model_record(application),
         "threshold": model.threshold,
         "data": {
             "spec": spec,
